@@ -1,0 +1,161 @@
+"""AReSE, the Adaptive Regional Shift Extractor (paper section 3.3), as pure functions.
+
+Everything here works on one example and one AReSE set; the KPSEM module vmaps it over
+the batch and over the G sets. Shapes: features ``F`` are ``(T, H, W, C)``; a frame is cut
+into ``K = k * k`` regions by ``k - 1`` ordered split lines per axis, regions numbered
+row-major (top-left first).
+
+Coordinates are normalised to ``[-1, 1]`` at pixel centres, ``x_w = (2w + 1) / W - 1``,
+and a key point is ``(x, y)`` (x horizontal). A blob that moves ``dx`` pixels right per
+frame on a map of width ``W`` therefore has a shift of ``2 dx / W``.
+
+Where the paper is silent (see README "Choices where the paper is silent"):
+- split lines: ``k`` cell widths from a softmax of ``[0, logits]``, cut at their cumulative
+  sums, so lines stay ordered and inside the map; zero logits give the equal split
+  (the geometric centre ``O_i`` of Eq. 5 for K = 4);
+- soft region masks with a temperature (in pixels): the key point of region r is the
+  argmax of ``F - (1 - M_r) * (range(F) + 1)``, which is the paper's hard regional
+  argmax/max as the temperature goes to 0 (``temperature=0`` is exactly hard), while
+  ``V`` and the regional means stay differentiable in the split positions.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class AReSEOutput(NamedTuple):
+  """What one AReSE set extracts from one clip (T frames, K regions, C channels)."""
+  rkps: jax.Array  # (T-1, C, 2) regional key point shifts summed over regions.
+  splits_x: jax.Array  # (T, k-1) vertical split lines (x positions).
+  splits_y: jax.Array  # (T, k-1) horizontal split lines (y positions).
+  coords: jax.Array  # (T, K, C, 2) key point (x, y) per region and channel.
+  values: jax.Array  # (T, K, C) key point feature values V.
+  shifts: jax.Array  # (T-1, K, C, 2) key point shifts S (Eq. 10).
+  region_weights: jax.Array  # (T-1, K, C) regional weights W_R (Eq. 11).
+
+
+def grid_size(num_regions: int) -> int:
+  """``k`` with ``k * k == num_regions``; raises for a non-square region count."""
+  k = int(round(num_regions ** 0.5))
+  if k < 1 or k * k != num_regions:
+    raise ValueError(f"num_regions must be a square (1, 4, 9, 16, ...), got {num_regions}")
+  return k
+
+
+def pixel_coords(n: int) -> jax.Array:
+  """Normalised pixel-centre coordinates ``(n,)`` in ``(-1, 1)``."""
+  return (2.0 * jnp.arange(n) + 1.0) / n - 1.0
+
+
+def split_positions(logits: jax.Array) -> jax.Array:
+  """Ordered split lines ``(..., k-1)`` in ``(-1, 1)`` from free logits ``(..., k-1)``."""
+  zeros = jnp.zeros(logits.shape[:-1] + (1,), logits.dtype)
+  widths = jax.nn.softmax(jnp.concatenate([zeros, logits], axis=-1), axis=-1)
+  return -1.0 + 2.0 * jnp.cumsum(widths, axis=-1)[..., :-1]
+
+
+def interval_masks(n: int, splits: jax.Array, temperature: float) -> jax.Array:
+  """Membership ``(..., k, n)`` of the n pixel centres in the k intervals cut by ``splits``.
+
+  ``splits`` is ``(..., k-1)``, ordered. Memberships sum to one over the k intervals.
+  ``temperature`` is in pixels; 0 gives hard 0/1 membership.
+  """
+  coords = pixel_coords(n)
+  offset = coords - splits[..., None]  # (..., k-1, n)
+  if temperature > 0:
+    right_of = jax.nn.sigmoid(offset / (temperature * 2.0 / n))
+  else:
+    right_of = (offset >= 0).astype(splits.dtype)
+  ones = jnp.ones(splits.shape[:-1] + (1, n), splits.dtype)
+  zeros = jnp.zeros_like(ones)
+  return jnp.concatenate([ones, right_of], axis=-2) - jnp.concatenate([right_of, zeros], axis=-2)
+
+
+def region_masks(splits_x: jax.Array, splits_y: jax.Array, height: int, width: int,
+                 temperature: float) -> jax.Array:
+  """Region masks ``(T, K, H, W)`` from split lines ``(T, k-1)`` per axis (row-major K)."""
+  mx = interval_masks(width, splits_x, temperature)  # (T, k, W)
+  my = interval_masks(height, splits_y, temperature)  # (T, k, H)
+  masks = my[:, :, None, :, None] * mx[:, None, :, None, :]  # (T, k_y, k_x, H, W)
+  return masks.reshape(masks.shape[0], -1, height, width)
+
+
+def key_points(features: jax.Array, masks: jax.Array):
+  """Per region and channel key point (Eq. 6-7).
+
+  Args:
+    features: ``(T, H, W, C)``.
+    masks: ``(T, K, H, W)``.
+  Returns:
+    coords ``(T, K, C, 2)`` as normalised (x, y), and values ``(T, K, C)``.
+  """
+  t, h, w, c = features.shape
+  flat = features.reshape(t, 1, h * w, c)
+  m = masks.reshape(t, -1, h * w, 1)
+  span = jax.lax.stop_gradient(jnp.max(flat, axis=2) - jnp.min(flat, axis=2)) + 1.0
+  penalty = span[:, :, None, :]  # (T, 1, 1, C)
+  idx = jnp.argmax(flat - (1.0 - m) * penalty, axis=2)  # (T, K, C)
+  f_at = jnp.take_along_axis(flat, idx[:, :, None, :], axis=2)[:, :, 0, :]
+  m_at = jnp.take_along_axis(m[..., 0], idx, axis=2)
+  values = f_at - (1.0 - m_at) * penalty[:, :, 0, :]
+  coords = jnp.stack([pixel_coords(w)[idx % w], pixel_coords(h)[idx // w]], axis=-1)
+  return coords, values
+
+
+def key_point_shifts(coords: jax.Array, values: jax.Array, epsilon: float = 0.1) -> jax.Array:
+  """Key point shifts ``S`` ``(T-1, K, C, 2)`` (Eq. 8-10).
+
+  ``Delta[i, a, b] = I[i+1, b] - I[i, a]`` weighted by
+  ``softmax_b(1 / (|V[i, a] - V[i+1, b]| + epsilon))`` and summed over b.
+  """
+  delta = coords[1:, None, :, :, :] - coords[:-1, :, None, :, :]  # (T-1, Ka, Kb, C, 2)
+  affinity = 1.0 / (jnp.abs(values[:-1, :, None, :] - values[1:, None, :, :]) + epsilon)
+  weights = jax.nn.softmax(affinity, axis=2)  # (T-1, Ka, Kb, C)
+  return jnp.sum(weights[..., None] * delta, axis=2)
+
+
+def regional_weights(features: jax.Array, masks: jax.Array) -> jax.Array:
+  """``W_R = softmax_K(avgpool_T,2(region means))`` ``(T-1, K, C)`` (Eq. 11)."""
+  sums = jnp.einsum("tkhw,thwc->tkc", masks, features)
+  means = sums / (jnp.sum(masks, axis=(2, 3))[..., None] + 1e-6)
+  pooled = 0.5 * (means[:-1] + means[1:])
+  return jax.nn.softmax(pooled, axis=1)
+
+
+def arese(features: jax.Array, split_logits: jax.Array, temperature: float = 0.1,
+          epsilon: float = 0.1) -> AReSEOutput:
+  """One AReSE set on one clip.
+
+  Args:
+    features: ``(T, H, W, C)``.
+    split_logits: ``(T, 2, k-1)``: per frame, the x then y split logits
+      (see :func:`split_positions`); ``k - 1 = 0`` means a single region.
+    temperature: region-mask softness in pixels (0: hard regions).
+    epsilon: the 0.1 of Eq. 9.
+  Returns:
+    :class:`AReSEOutput`; ``rkps = sum_K W_R * S`` is ``(T-1, C, 2)`` (Eq. 12).
+  """
+  t, h, w, _ = features.shape
+  splits_x = split_positions(split_logits[:, 0])
+  splits_y = split_positions(split_logits[:, 1])
+  masks = region_masks(splits_x, splits_y, h, w, temperature)
+  coords, values = key_points(features, masks)
+  shifts = key_point_shifts(coords, values, epsilon)
+  weights = regional_weights(features, masks)
+  rkps = jnp.sum(weights[..., None] * shifts, axis=1)
+  return AReSEOutput(rkps, splits_x, splits_y, coords, values, shifts, weights)
+
+
+def centre_mlp(features: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array,
+               b2: jax.Array) -> jax.Array:
+  """Adaptive split logits ``(T, 2, k-1)`` from ``(T, H, W, C)`` (Eq. 4, our MLP).
+
+  Global average pool per frame -> Dense(C, hidden) -> ReLU -> Dense(hidden, 2 (k-1)),
+  shared across frames. With ``w2 = b2 = 0`` (its initialisation) the split is the
+  geometric one.
+  """
+  pooled = jnp.mean(features, axis=(1, 2))  # (T, C)
+  out = jax.nn.relu(pooled @ w1 + b1) @ w2 + b2
+  return out.reshape(out.shape[0], 2, -1)

@@ -1,0 +1,63 @@
+"""Video classifiers: a backbone, an optional KPSEM branch, and a linear classifier.
+
+``logits = Dense(concat(F_out, P_out))`` (Eq. 1): ``F_out`` is the backbone's pooled
+feature and ``P_out`` KPSEM's temporal feature taken from the stage ``kpsem_at``; without
+KPSEM this is the plain backbone baseline. Parameter paths: ``backbone/...`` (for MFNet
+exactly the PyTorch key names), ``kpsem/...``, ``classifier/{kernel,bias}``.
+"""
+
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+
+from kpsem_jax.kpsem import KPSEM
+from kpsem_jax.mfnet3d import MFNet3D
+from kpsem_jax.resnet3d import ResNet3D
+
+BACKBONES = {"mfnet3d": MFNet3D, "resnet3d": ResNet3D}
+
+
+class VideoClassifier(nn.Module):
+  """``(B, T, H, W, 3)`` normalised clips -> ``(B, num_classes)`` logits."""
+  backbone: nn.Module
+  num_classes: int
+  kpsem: Optional[KPSEM] = None
+  kpsem_at: str = "conv4"
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return self.classify(self.features(x, train))
+
+  def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """``V_out``: ``(B, C_s [+ C_p])``."""
+    stages = self.backbone(x, train)
+    if self.kpsem is None:
+      return stages["pooled"]
+    if self.kpsem_at not in stages:
+      raise ValueError(f"kpsem_at={self.kpsem_at!r} is not a stage of the backbone; "
+                       f"choose one of {sorted(k for k in stages if k != 'pooled')}")
+    p_out = self.kpsem(stages[self.kpsem_at])
+    return jax.numpy.concatenate([stages["pooled"], p_out.astype(stages["pooled"].dtype)], -1)
+
+  @nn.compact
+  def classify(self, v_out: jax.Array) -> jax.Array:
+    return nn.Dense(self.num_classes, name="classifier")(v_out)
+
+
+def create_model(backbone: str = "mfnet3d", num_classes: int = 400,
+                 backbone_kwargs: Optional[Mapping[str, Any]] = None,
+                 kpsem: Optional[Mapping[str, Any]] = None,
+                 kpsem_at: str = "conv4") -> VideoClassifier:
+  """Builds a classifier; ``kpsem=None`` is the plain backbone, a dict KPSEM's settings.
+
+  ``create_model("mfnet3d", 400)`` is the original MFNet-3D (7,996,368 parameters);
+  ``create_model("mfnet3d", 51, kpsem={})`` is the paper's MF-KPSEM (K=4, G=8, d_e=24,
+  after conv4); ``create_model("resnet3d", 51, kpsem={}, kpsem_at="res3")`` R3D-KPSEM.
+  """
+  if backbone not in BACKBONES:
+    raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+  return VideoClassifier(
+      backbone=BACKBONES[backbone](**dict(backbone_kwargs or {})),
+      num_classes=num_classes,
+      kpsem=None if kpsem is None else KPSEM(**dict(kpsem)),
+      kpsem_at=kpsem_at)

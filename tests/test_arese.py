@@ -1,0 +1,147 @@
+"""AReSE maths: properties from the paper and equality with a naive loop version."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kpsem_jax import arese as A
+from kpsem_jax.kpsem import KPSEM
+from naive_arese import naive_arese, naive_centre_mlp
+
+
+def blob_clip(x0, y0, dx, dy, frames=4, size=16, channels=2, amp=5.0):
+  """A compact bright disk (zero elsewhere, like post-ReLU features) moving (dx, dy)/frame."""
+  yy, xx = np.mgrid[0:size, 0:size]
+  f = np.zeros((frames, size, size, channels), np.float32)
+  for t in range(frames):
+    disk = np.maximum(0.0, 2.0 - np.hypot(xx - x0 - dx * t, yy - y0 - dy * t))
+    for c in range(channels):
+      f[t, :, :, c] = amp * (c + 1) * disk
+  return jnp.asarray(f)
+
+
+def equal_split(frames, k):
+  return jnp.zeros((frames, 2, k - 1))
+
+
+def test_split_positions_equal_and_ordered():
+  np.testing.assert_allclose(A.split_positions(jnp.zeros((2,))), [-1 / 3, 1 / 3], atol=1e-6)
+  pos = A.split_positions(jax.random.normal(jax.random.PRNGKey(0), (50, 3)) * 3)
+  assert bool(jnp.all(jnp.diff(pos, axis=-1) > 0))
+  assert bool(jnp.all((pos > -1) & (pos < 1)))
+
+
+def test_masks_partition_the_frame():
+  splits_x = A.split_positions(jnp.array([[0.3, -0.2]]))
+  splits_y = A.split_positions(jnp.array([[-0.5, 0.1]]))
+  for temperature in (0.0, 0.1, 1.0):
+    m = A.region_masks(splits_x, splits_y, 7, 9, temperature)
+    assert m.shape == (1, 9, 7, 9)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-6)
+  hard = A.region_masks(splits_x, splits_y, 7, 9, 0.0)
+  assert set(np.unique(hard).tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("dx,dy", [(1, 0), (0, 2), (-1, 1), (2, -1)])
+def test_k1_recovers_the_exact_shift(dx, dy):
+  size = 16
+  f = blob_clip(5, 6, dx, dy, size=size)
+  out = A.arese(f, equal_split(4, 1))
+  expected = np.broadcast_to([2 * dx / size, 2 * dy / size], out.rkps.shape)
+  np.testing.assert_allclose(out.rkps, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("x0,y0,dx,dy", [(2, 2, 1, 0), (12, 4, -1, 0), (4, 12, 0, -1),
+                                         (12, 3, 0, 1), (2, 2, 1, 1), (12, 12, -1, -1)])
+def test_k4_recovers_the_direction(x0, y0, dx, dy):
+  size = 16
+  out = A.arese(blob_clip(x0, y0, dx, dy, size=size), equal_split(4, 2))
+  mean = np.asarray(out.rkps).mean(axis=0)  # (C, 2)
+  for c in range(mean.shape[0]):
+    direction = mean[c] / np.linalg.norm(mean[c])
+    np.testing.assert_allclose(direction, np.array([dx, dy]) / np.hypot(dx, dy), atol=1e-2)
+  # The region that holds the blob shifts by exactly the blob's motion.
+  region = (y0 // (size // 2)) * 2 + x0 // (size // 2)
+  np.testing.assert_allclose(out.shifts[:, region, 0], np.broadcast_to(
+      [2 * dx / size, 2 * dy / size], (3, 2)), atol=1e-3)
+
+
+def test_static_clip_gives_zero_shifts():
+  static = jnp.broadcast_to(jax.random.normal(jax.random.PRNGKey(1), (1, 8, 8, 5)), (4, 8, 8, 5))
+  out = A.arese(static, equal_split(4, 1))
+  np.testing.assert_array_equal(out.rkps, 0.0)
+  # K = 4: each region matches itself; Eq. 9's softmax leaks weight exp(-(10 - 1/(dV+0.1)))
+  # to the other regions, negligible for a well-separated blob.
+  out4 = A.arese(blob_clip(4, 4, 0, 0), equal_split(4, 2))
+  assert float(jnp.abs(out4.rkps).max()) < 1e-3
+  np.testing.assert_allclose(out4.shifts[:, 0], 0.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("value", [0.0, 3.0])
+def test_constant_maps_are_finite_and_static(value):
+  """No NaN for flat maps. K = 1 gives zero; for K > 1 the paper's Eq. 9 weighs all
+  regions equally when their values tie, so the output is non-zero but the same for
+  every frame pair, and bounded by the map's extent."""
+  f = jnp.full((4, 6, 6, 3), value)
+  for k in (1, 2, 3):
+    out = A.arese(f, equal_split(4, k))
+    assert bool(jnp.all(jnp.isfinite(out.rkps)))
+    if k == 1:
+      np.testing.assert_array_equal(out.rkps, 0.0)
+    np.testing.assert_allclose(out.rkps, jnp.broadcast_to(out.rkps[:1], out.rkps.shape), atol=1e-6)
+    assert float(jnp.abs(out.rkps).max()) <= 2.0
+
+
+def test_horizontal_flip_negates_x_shifts():
+  f = jax.random.normal(jax.random.PRNGKey(2), (5, 8, 10, 4))
+  for k in (1, 2, 3):
+    out = A.arese(f, equal_split(5, k))
+    flipped = A.arese(f[:, :, ::-1], equal_split(5, k))
+    np.testing.assert_allclose(flipped.rkps[..., 0], -out.rkps[..., 0], atol=1e-5)
+    np.testing.assert_allclose(flipped.rkps[..., 1], out.rkps[..., 1], atol=1e-5)
+
+
+def test_fixed_regions_permuting_channels_permutes_shifts():
+  f = jax.random.normal(jax.random.PRNGKey(3), (2, 4, 8, 8, 6))
+  perm = np.array([3, 0, 5, 1, 4, 2])
+  module = KPSEM(num_regions=4, num_sets=3, adaptive=False, reduction_channels=(4,))
+  params = module.init(jax.random.PRNGKey(0), f)
+  _, state = module.apply(params, f, mutable=["intermediates"])
+  _, state_p = module.apply(params, f[..., perm], mutable=["intermediates"])
+  rkps = state["intermediates"]["arese"][0].rkps  # (G, B, T-1, C, 2)
+  rkps_p = state_p["intermediates"]["arese"][0].rkps
+  assert float(jnp.abs(rkps).max()) > 1e-3
+  np.testing.assert_allclose(rkps_p, rkps[:, :, :, perm], atol=1e-6)
+
+
+@pytest.mark.parametrize("k,temperature", [(1, 0.1), (2, 0.1), (2, 0.0), (3, 0.5)])
+def test_arese_matches_naive_loops(k, temperature):
+  f = jax.random.normal(jax.random.PRNGKey(4), (3, 6, 7, 3))
+  logits = jax.random.normal(jax.random.PRNGKey(5), (3, 2, k - 1))
+  out = jax.jit(A.arese, static_argnums=(2,))(f, logits, temperature)
+  ref = naive_arese(np.asarray(f), np.asarray(logits), temperature)
+  for name in ("rkps", "coords", "values", "shifts"):
+    np.testing.assert_allclose(getattr(out, name), ref[name], atol=1e-5, err_msg=name)
+
+
+def test_vmapped_multi_set_kpsem_matches_naive_loops():
+  """The jitted module (vmap over G sets and batch) against per-set, per-example loops."""
+  b, t, h, w, c, g = 2, 3, 6, 6, 4, 3
+  f = jax.random.normal(jax.random.PRNGKey(6), (b, t, h, w, c))
+  module = KPSEM(num_regions=4, num_sets=g, embed_dim=5, mlp_hidden=3, reduction_channels=(4,))
+  variables = module.init(jax.random.PRNGKey(7), f)
+  # Non-zero centre MLP outputs so that every set splits differently.
+  p = dict(variables["params"])
+  p["mlp_w2"] = jax.random.normal(jax.random.PRNGKey(8), p["mlp_w2"].shape)
+  p["mlp_b2"] = jax.random.normal(jax.random.PRNGKey(9), p["mlp_b2"].shape)
+  apply = jax.jit(lambda v, x: module.apply(v, x, mutable=["intermediates"]))
+  _, state = apply({"params": p}, f)
+  got = state["intermediates"]["arese"][0]
+  for gi in range(g):
+    for bi in range(b):
+      logits = naive_centre_mlp(f[bi], p["mlp_w1"][gi], p["mlp_b1"][gi], p["mlp_w2"][gi],
+                                p["mlp_b2"][gi])
+      ref = naive_arese(np.asarray(f[bi]), logits, module.mask_temperature)
+      np.testing.assert_allclose(got.rkps[gi, bi], ref["rkps"], atol=1e-5)
+  assert float(jnp.abs(got.rkps[0] - got.rkps[1]).max()) > 1e-4  # sets really differ
