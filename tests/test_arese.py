@@ -9,6 +9,8 @@ from kpsem_jax import arese as A
 from kpsem_jax.kpsem import KPSEM
 from naive_arese import naive_arese, naive_centre_mlp
 
+arese = jax.jit(A.arese, static_argnums=(2, 3))
+
 
 def blob_clip(x0, y0, dx, dy, frames=4, size=16, channels=2, amp=5.0):
   """A compact bright disk (zero elsewhere, like post-ReLU features) moving (dx, dy)/frame."""
@@ -47,7 +49,7 @@ def test_masks_partition_the_frame():
 def test_k1_recovers_the_exact_shift(dx, dy):
   size = 16
   f = blob_clip(5, 6, dx, dy, size=size)
-  out = A.arese(f, equal_split(4, 1))
+  out = arese(f, equal_split(4, 1))
   expected = np.broadcast_to([2 * dx / size, 2 * dy / size], out.rkps.shape)
   np.testing.assert_allclose(out.rkps, expected, atol=1e-6)
 
@@ -56,7 +58,7 @@ def test_k1_recovers_the_exact_shift(dx, dy):
                                          (12, 3, 0, 1), (2, 2, 1, 1), (12, 12, -1, -1)])
 def test_k4_recovers_the_direction(x0, y0, dx, dy):
   size = 16
-  out = A.arese(blob_clip(x0, y0, dx, dy, size=size), equal_split(4, 2))
+  out = arese(blob_clip(x0, y0, dx, dy, size=size), equal_split(4, 2))
   mean = np.asarray(out.rkps).mean(axis=0)  # (C, 2)
   for c in range(mean.shape[0]):
     direction = mean[c] / np.linalg.norm(mean[c])
@@ -69,11 +71,11 @@ def test_k4_recovers_the_direction(x0, y0, dx, dy):
 
 def test_static_clip_gives_zero_shifts():
   static = jnp.broadcast_to(jax.random.normal(jax.random.PRNGKey(1), (1, 8, 8, 5)), (4, 8, 8, 5))
-  out = A.arese(static, equal_split(4, 1))
+  out = arese(static, equal_split(4, 1))
   np.testing.assert_array_equal(out.rkps, 0.0)
   # K = 4: each region matches itself; Eq. 9's softmax leaks weight exp(-(10 - 1/(dV+0.1)))
   # to the other regions, negligible for a well-separated blob.
-  out4 = A.arese(blob_clip(4, 4, 0, 0), equal_split(4, 2))
+  out4 = arese(blob_clip(4, 4, 0, 0), equal_split(4, 2))
   assert float(jnp.abs(out4.rkps).max()) < 1e-3
   np.testing.assert_allclose(out4.shifts[:, 0], 0.0, atol=1e-3)
 
@@ -85,7 +87,7 @@ def test_constant_maps_are_finite_and_static(value):
   every frame pair, and bounded by the map's extent."""
   f = jnp.full((4, 6, 6, 3), value)
   for k in (1, 2, 3):
-    out = A.arese(f, equal_split(4, k))
+    out = arese(f, equal_split(4, k))
     assert bool(jnp.all(jnp.isfinite(out.rkps)))
     if k == 1:
       np.testing.assert_array_equal(out.rkps, 0.0)
@@ -96,8 +98,8 @@ def test_constant_maps_are_finite_and_static(value):
 def test_horizontal_flip_negates_x_shifts():
   f = jax.random.normal(jax.random.PRNGKey(2), (5, 8, 10, 4))
   for k in (1, 2, 3):
-    out = A.arese(f, equal_split(5, k))
-    flipped = A.arese(f[:, :, ::-1], equal_split(5, k))
+    out = arese(f, equal_split(5, k))
+    flipped = arese(f[:, :, ::-1], equal_split(5, k))
     np.testing.assert_allclose(flipped.rkps[..., 0], -out.rkps[..., 0], atol=1e-5)
     np.testing.assert_allclose(flipped.rkps[..., 1], out.rkps[..., 1], atol=1e-5)
 
@@ -106,9 +108,10 @@ def test_fixed_regions_permuting_channels_permutes_shifts():
   f = jax.random.normal(jax.random.PRNGKey(3), (2, 4, 8, 8, 6))
   perm = np.array([3, 0, 5, 1, 4, 2])
   module = KPSEM(num_regions=4, num_sets=3, adaptive=False, reduction_channels=(4,))
-  params = module.init(jax.random.PRNGKey(0), f)
-  _, state = module.apply(params, f, mutable=["intermediates"])
-  _, state_p = module.apply(params, f[..., perm], mutable=["intermediates"])
+  params = jax.jit(module.init)(jax.random.PRNGKey(0), f)
+  apply = jax.jit(lambda x: module.apply(params, x, mutable=["intermediates"]))
+  _, state = apply(f)
+  _, state_p = apply(f[..., perm])
   rkps = state["intermediates"]["arese"][0].rkps  # (G, B, T-1, C, 2)
   rkps_p = state_p["intermediates"]["arese"][0].rkps
   assert float(jnp.abs(rkps).max()) > 1e-3
@@ -130,7 +133,7 @@ def test_vmapped_multi_set_kpsem_matches_naive_loops():
   b, t, h, w, c, g = 2, 3, 6, 6, 4, 3
   f = jax.random.normal(jax.random.PRNGKey(6), (b, t, h, w, c))
   module = KPSEM(num_regions=4, num_sets=g, embed_dim=5, mlp_hidden=3, reduction_channels=(4,))
-  variables = module.init(jax.random.PRNGKey(7), f)
+  variables = jax.jit(module.init)(jax.random.PRNGKey(7), f)
   # Non-zero centre MLP outputs so that every set splits differently.
   p = dict(variables["params"])
   p["mlp_w2"] = jax.random.normal(jax.random.PRNGKey(8), p["mlp_w2"].shape)
