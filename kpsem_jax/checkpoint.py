@@ -1,0 +1,55 @@
+"""Model checkpoints on disk: orbax items ``variables`` (params, batch_stats) and ``metadata``.
+
+The metadata JSON holds ``model``, the keyword arguments of
+:func:`kpsem_jax.models.create_model`, so a checkpoint rebuilds its own network; the
+converter also records the source file, its sha256 and what was converted. Writes go to a
+temporary sibling folder renamed into place, so an interrupted write leaves nothing behind.
+"""
+
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Mapping, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+ITEMS = ("variables", "metadata")
+
+
+def save_variables(directory: str, variables: Mapping, metadata: Mapping[str, Any],
+                   overwrite: bool = False) -> None:
+  """Writes ``variables`` and ``metadata`` as step 0 of an orbax checkpoint in ``directory``."""
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory) and os.listdir(directory) and not overwrite:
+    raise FileExistsError(f"{directory} exists and is not empty (pass --overwrite to replace it)")
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+  try:
+    variables = jax.tree.map(np.asarray, dict(variables))
+    with ocp.CheckpointManager(os.path.join(tmp, "checkpoints"), item_names=ITEMS) as manager:
+      manager.save(0, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                              metadata=ocp.args.JsonSave(dict(metadata))))
+      manager.wait_until_finished()
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.rename(tmp, directory)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+
+
+def load_variables(directory: str) -> Tuple[Dict, Dict[str, Any]]:
+  """``(variables, metadata)`` from the newest step under ``directory``."""
+  path = os.path.join(os.path.abspath(directory), "checkpoints")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{directory} holds no kpsem-jax checkpoint (no 'checkpoints' folder)")
+  with ocp.CheckpointManager(path, item_names=ITEMS) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{path} holds no complete checkpoint step")
+    restored = manager.restore(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore()))
+  return dict(restored["variables"]), dict(restored["metadata"])

@@ -1,0 +1,192 @@
+"""PyTorch MFNet -> kpsem-jax: key list, converter, logits parity, bad inputs, inference API."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kpsem_jax import checkpoint, convert, porting  # noqa: E402
+from kpsem_jax.inference import load_predictor, normalize  # noqa: E402
+from test_models import reference_state_dict  # noqa: E402
+from torch_mfnet import MFNET_3D, randomize  # noqa: E402
+
+torch.set_num_threads(2)
+TINY = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32), stage_depths=(1, 1, 2, 1), groups=4)
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "videos")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def save(state_dict, path, legacy=False, wrap=False, module_prefix=False, drop_counters=False):
+  sd = {k: v for k, v in state_dict.items()
+        if not (drop_counters and k.endswith("num_batches_tracked"))}
+  if module_prefix:
+    sd = {f"module.{k}": v for k, v in sd.items()}
+  obj = {"epoch": 10, "state_dict": sd} if wrap else sd
+  torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+  return path
+
+
+def relative_error(jax_logits, torch_logits):
+  return float(np.abs(jax_logits - torch_logits).max() / np.abs(torch_logits).max())
+
+
+def torch_logits(net, clips_nthwc):
+  with torch.no_grad():
+    return net.eval()(torch.from_numpy(np.ascontiguousarray(
+        np.asarray(clips_nthwc).transpose(0, 4, 1, 2, 3)))).numpy()
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+  return randomize(MFNET_3D(num_classes=7, **TINY), seed=1)
+
+
+def test_reference_model_has_the_original_keys_and_shapes():
+  reference = reference_state_dict()
+  ours = {k: tuple(v.shape) for k, v in MFNET_3D().state_dict().items()}
+  assert ours == reference
+  assert sum(p.numel() for p in MFNET_3D().parameters()) == 7_996_368
+
+
+@pytest.mark.parametrize("fmt", [
+    dict(),  # zip format, bare state_dict
+    dict(legacy=True, wrap=True, module_prefix=True, drop_counters=True),  # as released
+    dict(wrap=True, module_prefix=True),
+    dict(legacy=True, drop_counters=True),
+])
+def test_converted_tiny_mfnet_matches_pytorch(tiny_net, tmp_path, fmt):
+  path = save(tiny_net.state_dict(), str(tmp_path / "mfnet.pth"), **fmt)
+  meta = convert.run(path, str(tmp_path / "out"), log=lambda *a: None)
+  assert meta["converted"] == len([k for k in tiny_net.state_dict()
+                                   if not k.endswith("num_batches_tracked")])
+  assert meta["model"]["backbone_kwargs"] == dict(TINY, stage_channels=list(
+      TINY["stage_channels"]), stage_depths=list(TINY["stage_depths"]))
+  predictor = load_predictor(str(tmp_path / "out"))
+  clips = np.random.default_rng(0).standard_normal((2, 8, 64, 64, 3)).astype(np.float32)
+  assert relative_error(predictor.logits(clips), torch_logits(tiny_net, clips)) < 1e-4
+
+
+@pytest.mark.slow
+def test_full_size_mfnet_matches_pytorch_on_a_16x224x224_clip(tmp_path):
+  net = randomize(MFNET_3D(), seed=2)
+  path = save(net.state_dict(), str(tmp_path / "k400.pth"), legacy=True, wrap=True,
+              module_prefix=True, drop_counters=True)
+  meta = convert.run(path, str(tmp_path / "out"), log=lambda *a: None)
+  assert meta["converted"] == 351 and meta["parameters"] == 7_996_368
+  clip = np.random.default_rng(1).standard_normal((1, 16, 224, 224, 3)).astype(np.float32)
+  assert relative_error(load_predictor(str(tmp_path / "out")).logits(clip),
+                        torch_logits(net, clip)) < 1e-4
+
+
+def test_new_class_count_and_mf_kpsem_keep_the_backbone(tiny_net, tmp_path):
+  path = save(tiny_net.state_dict(), str(tmp_path / "mfnet.pth"))
+  sd = {k: v.numpy() for k, v in tiny_net.state_dict().items()}
+  for model, classes, in_features in (("mfnet3d", 5, 32), ("mf_kpsem", 5, 32 + 7 * 96)):
+    out = str(tmp_path / model)
+    meta = convert.run(path, out, num_classes=5, model=model, log=lambda *a: None)
+    variables, saved_meta = checkpoint.load_variables(out)
+    assert saved_meta == meta
+    assert "classifier.weight" in meta["initialised"]
+    assert variables["params"]["classifier"]["kernel"].shape == (in_features, classes)
+    assert ("kpsem" in variables["params"]) == (model == "mf_kpsem")
+    for key, (collection, p) in porting.expected_torch_keys(variables).items():
+      if not key.startswith("classifier"):
+        leaf = porting.flatten(variables[collection])[p]
+        np.testing.assert_array_equal(porting.flax_to_torch_array(p, leaf), sd[key], err_msg=key)
+
+
+def test_inflating_a_2d_mfnet(tiny_net, tmp_path):
+  sd = tiny_net.state_dict()
+  flat2d = {k: (v.sum(dim=2) if v.ndim == 5 else v) for k, v in sd.items()}  # (O, I, kh, kw)
+  path = save(flat2d, str(tmp_path / "mfnet2d.pth"))
+  with pytest.raises(convert.ConversionError, match="mismatched"):
+    convert.run(path, str(tmp_path / "no"), log=lambda *a: None)
+  meta = convert.run(path, str(tmp_path / "out"), inflate_2d=True, log=lambda *a: None)
+  assert meta["inflated_2d"] == sum(1 for v in sd.values() if v.ndim == 5)
+  variables, _ = checkpoint.load_variables(str(tmp_path / "out"))
+  m1 = variables["params"]["backbone"]["conv2"]["B01"]["conv_m1"]["conv"]["kernel"]  # kt = 3
+  w2d = flat2d["conv2.B01.conv_m1.conv.weight"].numpy()
+  for t in range(3):
+    np.testing.assert_allclose(m1[t], w2d.transpose(2, 3, 1, 0) / 3, rtol=1e-6)
+  i1 = variables["params"]["backbone"]["conv2"]["B01"]["conv_i1"]["conv"]["kernel"]  # kt = 1
+  np.testing.assert_array_equal(i1[0], flat2d["conv2.B01.conv_i1.conv.weight"].numpy()
+                                .transpose(2, 3, 1, 0))
+
+
+def run_cli(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "kpsem_jax.convert", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_bad_inputs_give_one_paragraph_errors_and_write_nothing(tiny_net, tmp_path):
+  good = save(tiny_net.state_dict(), str(tmp_path / "good.pth"))
+  truncated = str(tmp_path / "truncated.pth")
+  with open(good, "rb") as f, open(truncated, "wb") as g:
+    g.write(f.read()[: os.path.getsize(good) // 2])
+  text = str(tmp_path / "notes.pth")
+  with open(text, "w") as f:
+    f.write("this is not a checkpoint\n")
+  resnet = save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 2048)},
+                str(tmp_path / "resnet.pth"))
+  sd = dict(tiny_net.state_dict())
+  sd["conv3.B01.conv_m1.conv.weight"] = torch.zeros(16, 2, 3, 3, 3)
+  del sd["conv4.B02.conv_i1.bn.weight"], sd["tail.bn.running_var"]
+  sd["extra.weight"] = torch.zeros(3)
+  broken = save(sd, str(tmp_path / "broken.pth"))
+  cases = {truncated: "not a readable PyTorch checkpoint", text: "not a readable PyTorch",
+           resnet: "is not an MFNet checkpoint",
+           broken: "2 missing: conv4.B02.conv_i1.bn.weight; tail.bn.running_var"}
+  for i, (path, message) in enumerate(cases.items()):
+    out = str(tmp_path / f"out{i}")
+    result = run_cli(f"--pytorch={path}", f"--output={out}")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+    assert path in result.stderr
+    assert not os.path.exists(out)
+  assert "1 unexpected: extra.weight" in result.stderr
+  assert "conv3.B01.conv_m1.conv.weight: checkpoint (16, 2, 3, 3, 3)" in result.stderr
+  assert not [p for p in os.listdir(tmp_path) if p.startswith(".out")]  # no temp leftovers
+
+  result = run_cli(f"--pytorch={broken}", f"--output={tmp_path / 'partial'}", "--allow_partial")
+  assert result.returncode == 0, result.stderr
+  assert "2 missing" in result.stdout and "done:" in result.stdout
+  _, meta = checkpoint.load_variables(str(tmp_path / "partial"))
+  assert "tail.bn.running_var" in meta["initialised"]
+
+
+def test_missing_torch_is_a_clear_error(tmp_path, monkeypatch):
+  path = str(tmp_path / "x.pth")
+  open(path, "wb").close()
+  monkeypatch.setitem(sys.modules, "torch", None)
+  with pytest.raises(convert.ConversionError, match="pip install torch==2.13.0"):
+    convert.read_state_dict(path)
+
+
+def test_predict_on_a_real_video_matches_pytorch(tiny_net, tmp_path):
+  video_path = os.path.join(FIXTURES, "kinetics400_arm_wrestling.mp4")
+  if not os.path.exists(video_path):
+    pytest.skip(f"{video_path} not found (../shared/fixtures beside the repo)")
+  path = save(tiny_net.state_dict(), str(tmp_path / "mfnet.pth"))
+  convert.run(path, str(tmp_path / "out"), log=lambda *a: None)
+  predictor = load_predictor(str(tmp_path / "out"))
+  top = predictor.predict(video_path, top_k=3, num_clips=2, crop=112)
+  assert [name for name, _ in top] == sorted([n for n, _ in top], key=lambda n: -dict(top)[n])
+  assert len(top) == 3 and all(name.startswith("class_") for name, _ in top)
+  # Reference: the same two windows decoded independently, through PyTorch.
+  import av  # pylint: disable=import-outside-toplevel
+  with av.open(video_path) as container:
+    frames = [f.reformat(width=170, height=128, format="rgb24").to_ndarray()
+              for f in container.decode(video=0)]
+  assert len(frames) == 280
+  starts = np.round(np.linspace(0, 280 - 32, 2)).astype(int)
+  clips = np.stack([np.stack(frames)[s + 2 * np.arange(16), 8:120, 29:141] for s in starts])
+  probs = torch.softmax(torch.from_numpy(torch_logits(tiny_net, np.asarray(normalize(clips)))),
+                        -1).mean(0).numpy()
+  for name, p in top:
+    np.testing.assert_allclose(p, probs[int(name.split("_")[1])], rtol=1e-4)
