@@ -15,11 +15,20 @@ class VideoError(Exception):
   """A video that cannot be used, with the file named in the message."""
 
 
-def read_video(path: str, short_side: Optional[int] = 256) -> np.ndarray:
+def resized_size(width: int, height: int, short_side: Optional[int]):
+  """``(width, height)`` with the short side at ``short_side``, even sizes; None: unchanged."""
+  if not short_side:
+    return width, height
+  scale = short_side / min(width, height)
+  return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+def read_video(path: str, short_side: Optional[int] = 256, with_info: bool = False):
   """All frames of the first video stream, RGB uint8 ``(N, H, W, 3)``.
 
   ``short_side`` resizes (keeping the aspect ratio, even sizes) while decoding; None keeps
-  the original size.
+  the original size. ``with_info=True`` also returns ``{"fps", "width", "height"}`` of the
+  source (fps 0 when the container does not say).
   """
   try:
     container = av.open(path, metadata_errors="ignore")
@@ -31,12 +40,13 @@ def read_video(path: str, short_side: Optional[int] = 256) -> np.ndarray:
       raise VideoError(f"{path}: has no video stream")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    rate = stream.average_rate or stream.guessed_rate
+    info = {"fps": float(rate) if rate else 0.0, "width": 0, "height": 0}
     try:
       for frame in container.decode(stream):
+        info["width"], info["height"] = frame.width, frame.height
         if short_side:
-          scale = short_side / min(frame.width, frame.height)
-          width = max(2, int(round(frame.width * scale / 2)) * 2)
-          height = max(2, int(round(frame.height * scale / 2)) * 2)
+          width, height = resized_size(frame.width, frame.height, short_side)
           frame = frame.reformat(width=width, height=height, format="rgb24")
         frames.append(frame.to_ndarray(format="rgb24"))
     except av.error.FFmpegError as e:
@@ -45,7 +55,8 @@ def read_video(path: str, short_side: Optional[int] = 256) -> np.ndarray:
       # A damaged tail: keep the frames decoded so far.
   if not frames:
     raise VideoError(f"{path}: no decodable video frames")
-  return np.stack(frames)
+  frames = np.stack(frames)
+  return (frames, info) if with_info else frames
 
 
 def clip_starts(num_frames: int, clip_frames: int, interval: int, num_clips: int) -> np.ndarray:

@@ -1,0 +1,144 @@
+"""What every video builder shares: the features, frame encoding, split-file errors, skips.
+
+An example holds ``frames`` (a sequence of JPEG bytes, one per frame, short side resized once
+at build time), ``label``, ``video_id``, ``fps``, the source's ``height``/``width`` and
+``num_frames`` (frames actually decoded, not the header's count).
+"""
+
+import io
+import os
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from kpsem_jax import video as video_lib
+
+JPEG_QUALITY = 90
+
+
+class SplitFileError(ValueError):
+  """A malformed line in a split/label file; the message names file and line."""
+
+  def __init__(self, path: str, line_number: int, line: str, expected: str):
+    super().__init__(f"{path}, line {line_number}: {line.rstrip()!r}: expected {expected}")
+
+
+class Item(NamedTuple):
+  """One video to encode: a file, or a folder of frame images."""
+  key: str
+  path: str
+  label: int
+  is_frame_folder: bool = False
+
+
+def features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
+  return tfds.features.FeaturesDict({
+      "frames": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+      "label": tfds.features.ClassLabel(names=list(class_names)),
+      "video_id": tfds.features.Tensor(shape=(), dtype=np.object_),
+      "fps": tfds.features.Scalar(dtype=np.float32),
+      "height": tfds.features.Scalar(dtype=np.int32),
+      "width": tfds.features.Scalar(dtype=np.int32),
+      "num_frames": tfds.features.Scalar(dtype=np.int32),
+  })
+
+
+def encode_jpeg(frame: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(frame).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+  return buffer.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+  return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def encode_frames(frames: np.ndarray) -> List[bytes]:
+  return [encode_jpeg(f) for f in frames]
+
+
+def video_example(item: Item, short_side: Optional[int]) -> dict:
+  """Decodes ``item`` and returns its TFDS example; raises VideoError if unusable."""
+  if item.is_frame_folder:
+    names = sorted(n for n in os.listdir(item.path)
+                   if n.lower().endswith((".jpg", ".jpeg", ".png")))
+    if not names:
+      raise video_lib.VideoError(f"{item.path}: frame folder holds no images")
+    jpegs, size = [], None
+    for name in names:
+      path = os.path.join(item.path, name)
+      try:
+        image = Image.open(path).convert("RGB")
+      except OSError as e:
+        raise video_lib.VideoError(f"{path}: unreadable image ({e})") from None
+      size = size or image.size
+      target = video_lib.resized_size(*image.size, short_side)
+      if short_side and min(image.size) > short_side:
+        image = image.resize(target, Image.BILINEAR)
+      jpegs.append(encode_jpeg(np.asarray(image)))
+    return dict(frames=jpegs, label=item.label, video_id=item.key, fps=12.0,
+                width=size[0], height=size[1], num_frames=len(jpegs))
+  frames, info = video_lib.read_video(item.path, short_side=short_side, with_info=True)
+  return dict(frames=encode_frames(frames), label=item.label, video_id=item.key,
+              fps=info["fps"], width=info["width"], height=info["height"],
+              num_frames=len(frames))
+
+
+class SkipLog:
+  """Files left out of a build, with reasons; written next to the dataset by ``prepare``."""
+
+  def __init__(self):
+    self.entries: List[Tuple[str, str, str]] = []  # (split, file, reason)
+
+  def add(self, split: str, path: str, reason: str):
+    self.entries.append((split, path, reason))
+
+  def count(self, split: Optional[str] = None) -> int:
+    return sum(1 for s, _, _ in self.entries if split is None or s == split)
+
+
+def generate(items: Iterable[Item], split: str, short_side: Optional[int],
+             skipped: SkipLog) -> Iterator[Tuple[str, dict]]:
+  """Examples for ``items``; an unreadable or empty video is skipped and logged."""
+  for item in items:
+    try:
+      yield item.key, video_example(item, short_side)
+    except video_lib.VideoError as e:
+      skipped.add(split, item.path, str(e))
+
+
+def read_lines(path: str) -> List[Tuple[int, str]]:
+  """``(line number, text)`` of the non-blank lines; CRLF and trailing spaces stripped."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: split file not found")
+  with open(path, encoding="utf-8", errors="replace") as f:
+    return [(i, line.strip()) for i, line in enumerate(f, 1) if line.strip()]
+
+
+class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
+  """Base of the video builders: array_record shards, a source folder, a skip log.
+
+  Args (beyond TFDS's ``data_dir``, ``config``):
+    source_dir: what the dataset's authors distribute, laid out as the builder documents.
+    short_side: frames are stored with this short side (None: original size).
+  """
+
+  def __init__(self, *, source_dir: Optional[str] = None, short_side: Optional[int] = 256,
+               **kwargs):
+    kwargs.setdefault("file_format", "array_record")
+    self.source_dir = source_dir
+    self.short_side = short_side
+    self.skipped = SkipLog()
+    super().__init__(**kwargs)
+
+  def require_source(self, *names: str) -> str:
+    """``source_dir`` joined with ``names``; a clear error when it is missing."""
+    if not self.source_dir:
+      raise ValueError(f"{self.name}: --source_dir is required to build this dataset")
+    path = os.path.join(self.source_dir, *names)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{self.name}: {path} not found (see the README's layout for "
+                              f"{self.name})")
+    return path
