@@ -7,7 +7,7 @@ at build time), ``label``, ``video_id``, ``fps``, the source's ``height``/``widt
 
 import io
 import os
-from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -126,11 +126,13 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
   """
 
   def __init__(self, *, source_dir: Optional[str] = None, short_side: Optional[int] = 256,
-               **kwargs):
+               splits_dir: Optional[str] = None, **kwargs):
     kwargs.setdefault("file_format", "array_record")
     self.source_dir = source_dir
+    self.splits_dir = splits_dir
     self.short_side = short_side
     self.skipped = SkipLog()
+    self.empty_splits: List[str] = []
     super().__init__(**kwargs)
 
   def require_source(self, *names: str) -> str:
@@ -142,3 +144,59 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
       raise FileNotFoundError(f"{self.name}: {path} not found (see the README's layout for "
                               f"{self.name})")
     return path
+
+  def split_file(self, *names: str) -> str:
+    """A split/label file: under ``splits_dir`` if given, else under ``source_dir``."""
+    if self.splits_dir:
+      path = os.path.join(self.splits_dir, *names)
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"{self.name}: {path} not found")
+      return path
+    return self.require_source(*names)
+
+  def items_or_missing(self, split: str, listed: Iterable[Tuple[str, str, int]],
+                       index: "FileIndex", listing: str) -> List[Item]:
+    """Items for ``(key, relative path, label)`` rows; rows whose file is absent are logged."""
+    items = []
+    for key, relative, label in listed:
+      path = index.find(relative)
+      if path is None:
+        self.skipped.add(split, relative, f"listed in {listing} but not found")
+      else:
+        items.append(Item(key, path, label, os.path.isdir(path)))
+    return items
+
+  def split_generators(self, items: Mapping[str, Sequence[Item]]):
+    """TFDS split generators for ``{split: items}``; a split with no video is left out
+    (reported by ``prepare``), and a dataset with none at all is an error."""
+    kept = {split: self._generate_examples(v, split) for split, v in items.items() if v}
+    self.empty_splits = [split for split, v in items.items() if not v]
+    if not kept:
+      raise FileNotFoundError(
+          f"{self.name}: none of the videos the split files list was found under "
+          f"{self.source_dir} ({self.skipped.count()} missing); check --source_dir")
+    return kept
+
+  def _generate_examples(self, items: Sequence[Item], split: str):
+    """Examples for ``items`` (a video that cannot be decoded is skipped and logged)."""
+    return generate(items, split, self.short_side, self.skipped)
+
+
+class FileIndex:
+  """Files (and folders) under ``root`` by relative path, matched case-insensitively.
+
+  Copies of UCF101 differ in case (``HandstandPushups/v_HandStandPushups_*``); file names
+  with ``[ ] ( ) ! # & + ; ~ @`` (HMDB51) are matched literally, never globbed.
+  """
+
+  def __init__(self, root: str, folders: bool = False):
+    self.root = root
+    self.paths = {}
+    for directory, subdirs, files in os.walk(root):
+      names = files + (subdirs if folders else [])
+      for name in names:
+        full = os.path.join(directory, name)
+        self.paths.setdefault(os.path.relpath(full, root).replace(os.sep, "/").lower(), full)
+
+  def find(self, relative: str) -> Optional[str]:
+    return self.paths.get(relative.replace("\\", "/").lower())

@@ -39,29 +39,30 @@ def _texture(rng, height, width, channels=3):
 
 
 def _path(rng, label, frames, size):
-  """Per-frame object centre (x, y) and radius for a class; pairs are time reversals."""
+  """Per-frame object centre (x, y) and radius. For the same draws, the path of class
+  2k+1 is exactly the time reversal of the path of class 2k."""
   t = np.arange(frames, dtype=np.float64)
   radius = np.full(frames, rng.uniform(size / 10, size / 7))
   kind, reverse = divmod(label, 2)
-  if kind in (0, 1):  # translation: a path of random length, centred anywhere it fits
+  if kind in (0, 1):  # translation (right / down): a path centred anywhere it fits
     span = rng.uniform(0.25, 0.45) * size  # whole-clip displacement, whatever the frame count
-    speed = span / (frames - 1)
     centre = rng.uniform(radius[0] + span / 2, size - radius[0] - span / 2, size=2)
-    offset = (t - (frames - 1) / 2) * speed * (-1 if reverse else 1)
+    offset = (t / (frames - 1) - 0.5) * span
     x = np.full(frames, centre[0]) + (offset if kind == 0 else 0)
     y = np.full(frames, centre[1]) + (offset if kind == 1 else 0)
   elif kind == 2:  # rotation about a random centre; image y points down: +angle = clockwise
     orbit = rng.uniform(size / 6, size / 4)
     centre = rng.uniform(orbit + radius[0], size - orbit - radius[0], size=2)
-    sweep = rng.uniform(0.5, 1.0) * np.pi / (frames - 1)  # a quarter to a half turn per clip
-    angle = rng.uniform(0, 2 * np.pi) + t * sweep * (-1 if reverse else 1)
+    sweep = rng.uniform(0.5, 1.0) * np.pi  # a quarter to a half turn per clip
+    angle = rng.uniform(0, 2 * np.pi) + t / (frames - 1) * sweep
     x, y = centre[0] + orbit * np.cos(angle), centre[1] + orbit * np.sin(angle)
-  else:  # approach (radius a -> 2a) / recede (2a -> a)
+  else:  # approach: radius a -> 2a
     small = rng.uniform(size / 14, size / 9)
-    growth = np.linspace(1.0, 2.0, frames)
-    radius = small * (growth[::-1] if reverse else growth)
+    radius = small * np.linspace(1.0, 2.0, frames)
     centre = rng.uniform(2 * small, size - 2 * small, size=2)
     x, y = np.full(frames, centre[0]), np.full(frames, centre[1])
+  if reverse:  # left, up, anticlockwise, recede
+    x, y, radius = x[::-1], y[::-1], radius[::-1]
   return x, y, radius
 
 

@@ -1,0 +1,189 @@
+"""Dataset builders on miniature layouts made of the real fixtures and official split files."""
+
+import csv
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from data import common
+from data.synthetic_motion import synthetic_motion_dataset_builder as synthetic
+from kpsem_jax import prepare as prepare_lib
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
+VIDEOS = os.path.join(SHARED, "videos")
+SPLITS = os.path.join(SHARED, "splits")
+
+
+@pytest.fixture(autouse=True)
+def need_fixtures():
+  if not os.path.isdir(SHARED):
+    pytest.skip(f"{SHARED} not found (the shared fixtures sit beside the repository)")
+
+
+def quiet(*args):
+  del args
+
+
+def build(dataset, tmp_path, **kwargs):
+  builder, skipped = prepare_lib.prepare(dataset, str(tmp_path / "tfds"), short_side=64,
+                                         log=quiet, **kwargs)
+  return builder, skipped
+
+
+def read_all(builder, split):
+  source = builder.as_data_source(split)
+  return [source[i] for i in range(len(source))]
+
+
+def hmdb51_layout(root, classes=("brush_hair", "cartwheel")):
+  """Two HMDB51 classes: their official split files and three real clips under listed names."""
+  splits = root / "testTrainMulti_7030_splits"
+  splits.mkdir(parents=True)
+  listed = {}
+  for name in classes:
+    for n in (1, 2, 3):
+      src = os.path.join(SPLITS, "hmdb51_testTrainMulti_7030_splits", f"{name}_test_split{n}.txt")
+      shutil.copy(src, splits)
+    lines = [l.split() for l in open(splits / f"{name}_test_split1.txt") if l.strip()]
+    listed[name] = lines
+    (root / name).mkdir()
+  brush_train = next(v for v, tag in listed["brush_hair"] if tag == "1")
+  brush_test = next(v for v, tag in listed["brush_hair"] if tag == "2")
+  cart_train = next(v for v, tag in listed["cartwheel"] if tag == "1")
+  shutil.copy(os.path.join(VIDEOS, "ucf101_style_ApplyEyeMakeup.avi"), root / "brush_hair" / brush_train)
+  shutil.copy(os.path.join(VIDEOS, "ucf101_style_BabyCrawling.avi"), root / "brush_hair" / brush_test)
+  shutil.copy(os.path.join(VIDEOS, "kinetics_style_flipping_pancake.mkv"), root / "cartwheel" / cart_train)
+  return listed, {brush_train: 0, brush_test: 0, cart_train: 1}
+
+
+def test_hmdb51_from_official_split_files(tmp_path):
+  listed, present = hmdb51_layout(tmp_path / "src")
+  builder, skipped = build("hmdb51", tmp_path, source_dir=str(tmp_path / "src"), split=1)
+  assert builder.info.features["label"].names == ["brush_hair", "cartwheel"]
+  train, test = read_all(builder, "train"), read_all(builder, "test")
+  assert len(train) == 2 and len(test) == 1
+  got = {e["video_id"].decode().split("/", 1)[1]: e["label"] for e in train + test}
+  assert got == present
+  used = sum(1 for lines in listed.values() for _, tag in lines if tag in ("1", "2"))
+  assert used == 200 and len(skipped) == used - 3  # 70 train + 30 test per class
+  assert all("not found" in reason for _, _, reason in skipped)
+  report = open(os.path.join(builder.data_dir, "skipped.tsv")).read().splitlines()
+  assert len(report) == 1 + len(skipped)
+  # The MKV's header says 0 frames: the stored count is what was decoded, frames resized.
+  mkv = next(e for e in train if e["label"] == 1)
+  assert mkv["num_frames"] == len(mkv["frames"]) == 310
+  assert (mkv["width"], mkv["height"]) == (426, 240)
+  frame = common.decode_jpeg(mkv["frames"][0])
+  assert frame.shape == (64, 114, 3)
+
+
+def test_malformed_split_line_names_file_and_line(tmp_path):
+  hmdb51_layout(tmp_path / "src")
+  path = tmp_path / "src" / "testTrainMulti_7030_splits" / "cartwheel_test_split1.txt"
+  lines = open(path).read().splitlines()
+  lines.insert(4, "broken_line_without_tag.avi")
+  path.write_text("\n".join(lines) + "\n")
+  with pytest.raises(common.SplitFileError, match=r"cartwheel_test_split1.txt, line 5: "
+                     r"'broken_line_without_tag.avi'"):
+    build("hmdb51", tmp_path, source_dir=str(tmp_path / "src"), split=1)
+
+
+def test_ucf101_labels_from_classind_and_case_mismatch(tmp_path):
+  src = tmp_path / "src"
+  shutil.copytree(os.path.join(SPLITS, "ucf101_ucfTrainTestlist"), src / "ucfTrainTestlist")
+  (src / "UCF-101" / "ApplyEyeMakeup").mkdir(parents=True)
+  (src / "UCF-101" / "HandstandPushups").mkdir(parents=True)
+  shutil.copy(os.path.join(VIDEOS, "ucf101_style_ApplyEyeMakeup.avi"),
+              src / "UCF-101" / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g01_c01.avi")  # test list
+  shutil.copy(os.path.join(VIDEOS, "ucf101_style_BabyCrawling.avi"),
+              src / "UCF-101" / "HandstandPushups" / "v_HandStandPushups_g08_c01.avi")  # train
+  corrupt = src / "UCF-101" / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g08_c01.avi"  # train list
+  corrupt.write_bytes(b"RIFF\x00\x00\x00\x00AVI garbage" * 10)
+  builder, skipped = build("ucf101", tmp_path, source_dir=str(src), split=1)
+  names = builder.info.features["label"].names
+  class_ind = [l.split()[1] for l in open(src / "ucfTrainTestlist" / "classInd.txt") if l.strip()]
+  assert names == class_ind and names != sorted(names)  # classInd order, not sorted()
+  assert names[36] == "HandstandPushups"
+  train, test = read_all(builder, "train"), read_all(builder, "test")
+  assert [(e["label"], e["num_frames"]) for e in train] == [(36, 127)]
+  assert [(e["label"], e["num_frames"]) for e in test] == [(0, 164)]
+  reasons = {os.path.basename(p): r for _, p, r in skipped}
+  assert "no video stream" in reasons["v_ApplyEyeMakeup_g08_c01.avi"]  # skipped, reported
+  assert len(skipped) == 9537 + 3783 - 2
+
+
+def test_mini_kinetics_missing_clips_are_counted(tmp_path):
+  src = tmp_path / "src"
+  src.mkdir()
+  rows = list(csv.reader(open(os.path.join(SPLITS, "mini_kinetics200", "kinetics_200_val.csv"))))
+  arm = next(r for r in rows[1:] if r[0] == "arm wrestling")
+  shutil.copy(os.path.join(VIDEOS, "kinetics400_arm_wrestling.mp4"),
+              src / f"{arm[1]}_{int(arm[2]):06d}_{int(arm[3]):06d}.mp4")
+  builder, skipped = build("mini_kinetics", tmp_path, source_dir=str(src),
+                           splits_dir=os.path.join(SPLITS, "mini_kinetics200"))
+  names = builder.info.features["label"].names
+  assert len(names) == 200 and names == sorted(names)
+  (val,) = read_all(builder, "validation")
+  assert names[val["label"]] == "arm wrestling" and val["num_frames"] == 280
+  assert abs(val["fps"] - 28.0) < 0.5
+  assert sum(1 for s, _, _ in skipped if s == "validation") == 5000 - 1
+  assert sum(1 for s, _, _ in skipped if s == "train") == 80000
+  assert builder.empty_splits == ["train"] and list(builder.info.splits) == ["validation"]
+
+
+def test_something_v1_from_frame_folders(tmp_path):
+  src = tmp_path / "src"
+  lines = open(os.path.join(SPLITS, "something_something_v1",
+                            "something-something-v1-validation.csv")).read().splitlines()
+  video_id, label = lines[0].split(";")
+  frames = src / video_id
+  frames.mkdir(parents=True)
+  for i, name in enumerate(sorted(os.listdir(os.path.join(VIDEOS, "frames_ApplyEyeMakeup")))):
+    shutil.copy(os.path.join(VIDEOS, "frames_ApplyEyeMakeup", name), frames / f"{i + 1:05d}.jpg")
+  builder, skipped = build("something_something_v1", tmp_path, source_dir=str(src),
+                           splits_dir=os.path.join(SPLITS, "something_something_v1"))
+  names = builder.info.features["label"].names
+  assert len(names) == 174 and names[0] == "Holding something"  # labels.csv line order
+  (val,) = read_all(builder, "validation")
+  assert names[val["label"]] == label and val["num_frames"] == 10
+  assert common.decode_jpeg(val["frames"][0]).shape == (64, 86, 3)  # even sizes
+  assert len(skipped) == 86017 + 11522 - 1
+
+
+def test_synthetic_motion_is_deterministic_and_motion_defined(tmp_path):
+  builder, skipped = build("synthetic_motion", tmp_path, config="tiny")
+  assert skipped == []
+  train = read_all(builder, "train")
+  assert len(train) == 32 and len(read_all(builder, "test")) == 16
+  assert sorted(np.bincount([e["label"] for e in train])) == [4] * 8
+  again = synthetic.render(3, 32, 8, np.random.default_rng([0, 0, 11]))
+  stored = next(e for e in train if e["video_id"] == b"synthetic_0_000011")
+  decoded = np.stack([common.decode_jpeg(f) for f in stored["frames"]])
+  other = synthetic.render(3, 32, 8, np.random.default_rng([0, 0, 19]))
+  same_error = np.abs(decoded.astype(int) - again.astype(int)).mean()  # JPEG loss only
+  assert same_error < 15 < 2 * same_error < np.abs(decoded.astype(int) - other.astype(int)).mean()
+  # Time-reversed pairs: the paths of class 2k reversed are paths of class 2k+1.
+  for label in (0, 2, 4, 6):
+    forward = synthetic._path(np.random.default_rng(5), label, 8, 64)
+    backward = synthetic._path(np.random.default_rng(5), label + 1, 8, 64)
+    for a, b in zip(forward, backward):
+      np.testing.assert_allclose(a[::-1], b, atol=1e-9)
+
+
+def test_interrupted_build_reruns_to_completion(tmp_path, monkeypatch):
+  calls = {"n": 0}
+  original = synthetic.render
+
+  def flaky(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 10:
+      raise KeyboardInterrupt
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(synthetic, "render", flaky)
+  with pytest.raises(KeyboardInterrupt):
+    build("synthetic_motion", tmp_path, config="tiny")
+  builder, _ = build("synthetic_motion", tmp_path, config="tiny")
+  assert len(read_all(builder, "train")) == 32 and len(read_all(builder, "test")) == 16
