@@ -221,19 +221,9 @@ def run(pytorch: str, output: str, num_classes: Optional[int] = None, model: str
   return metadata
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("pytorch", None, "the PyTorch MFNet checkpoint (.pth)")
-flags.DEFINE_string("output", None, "folder for the kpsem-jax checkpoint")
-flags.DEFINE_integer("num_classes", None, "classes of the new model (default: the checkpoint's)")
-flags.DEFINE_enum("model", "mfnet3d", ["mfnet3d", "mf_kpsem"], "the network to build")
-flags.DEFINE_bool("allow_partial", False, "convert what matches, initialise the rest")
-flags.DEFINE_bool("inflate_2d", False, "inflate a 2-D (ImageNet) MFNet's kernels to 3-D")
-flags.DEFINE_integer("frames", 16, "frames per clip the model will see (sizes KPSEM's output)")
-flags.DEFINE_bool("overwrite", False, "replace an existing output folder")
-
-
 def main(argv):
   del argv
+  FLAGS = flags.FLAGS
   logging.set_verbosity(logging.WARNING)  # orbax logs every step of a save at INFO
   if not FLAGS.pytorch or not FLAGS.output:
     print("usage: python -m kpsem_jax.convert --pytorch=PATH.pth --output=DIR", file=sys.stderr)
@@ -246,5 +236,18 @@ def main(argv):
     sys.exit(1)
 
 
+def define_flags():
+  """The command line's flags (defined only when run as a program)."""
+  flags.DEFINE_string("pytorch", None, "the PyTorch MFNet checkpoint (.pth)")
+  flags.DEFINE_string("output", None, "folder for the kpsem-jax checkpoint")
+  flags.DEFINE_integer("num_classes", None, "classes of the new model (default: the checkpoint's)")
+  flags.DEFINE_enum("model", "mfnet3d", ["mfnet3d", "mf_kpsem"], "the network to build")
+  flags.DEFINE_bool("allow_partial", False, "convert what matches, initialise the rest")
+  flags.DEFINE_bool("inflate_2d", False, "inflate a 2-D (ImageNet) MFNet's kernels to 3-D")
+  flags.DEFINE_integer("frames", 16, "frames per clip the model will see (sizes KPSEM's output)")
+  flags.DEFINE_bool("overwrite", False, "replace an existing output folder")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -15,15 +15,6 @@ import sys
 
 from absl import app, flags, logging
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("source_dir", None, "the dataset as distributed (not for synthetic_motion)")
-flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_datasets"), "output root")
-flags.DEFINE_integer("split", None, "official split 1, 2 or 3 (hmdb51, ucf101)")
-flags.DEFINE_string("config", None, "builder config, e.g. split1 or tiny (overrides --split)")
-flags.DEFINE_integer("short_side", 256, "stored frames' short side in pixels (0: original)")
-flags.DEFINE_string("splits_dir", None, "folder of split/label files if not in source_dir")
-
-
 def config_name(dataset: str, split, config):
   if config:
     return config
@@ -66,6 +57,7 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
 
 
 def main(argv):
+  FLAGS = flags.FLAGS
   if len(argv) != 2:
     print("usage: python -m kpsem_jax.prepare DATASET --source_dir=SRC --data_dir=OUT",
           file=sys.stderr)
@@ -79,5 +71,16 @@ def main(argv):
     sys.exit(1)
 
 
+def define_flags():
+  """The command line's flags (defined only when run as a program)."""
+  flags.DEFINE_string("source_dir", None, "the dataset as distributed (not for synthetic_motion)")
+  flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_datasets"), "output root")
+  flags.DEFINE_integer("split", None, "official split 1, 2 or 3 (hmdb51, ucf101)")
+  flags.DEFINE_string("config", None, "builder config, e.g. split1 or tiny (overrides --split)")
+  flags.DEFINE_integer("short_side", 256, "stored frames' short side in pixels (0: original)")
+  flags.DEFINE_string("splits_dir", None, "folder of split/label files if not in source_dir")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
