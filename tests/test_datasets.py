@@ -79,6 +79,46 @@ def test_hmdb51_from_official_split_files(tmp_path):
   assert frame.shape == (64, 114, 3)
 
 
+FAKE_UNAR = """#!{python}
+# Stand-in for Debian's unar in tests (nothing here can write RAR): the '.rar' files are zips.
+import sys, zipfile
+args = sys.argv[1:]
+out = args[args.index("-o") + 1]
+zipfile.ZipFile(args[-1]).extractall(out)
+"""
+
+
+def test_hmdb51_from_the_distributed_rar_archives(tmp_path, monkeypatch):
+  import sys
+  import zipfile
+  listed, present = hmdb51_layout(tmp_path / "folders")
+  src = tmp_path / "src"
+  src.mkdir()
+  shutil.move(str(tmp_path / "folders" / "testTrainMulti_7030_splits"), src)
+  inner = []
+  for name in ("brush_hair", "cartwheel"):
+    with zipfile.ZipFile(tmp_path / f"{name}.rar", "w") as z:
+      for f in os.listdir(tmp_path / "folders" / name):
+        z.write(tmp_path / "folders" / name / f, f"{name}/{f}")
+    inner.append(tmp_path / f"{name}.rar")
+  with zipfile.ZipFile(src / "hmdb51_org.rar", "w") as z:
+    for f in inner:
+      z.write(f, f.name)
+  monkeypatch.setenv("PATH", "/nonexistent")
+  with pytest.raises(FileNotFoundError, match="no extractor was found: install one"):
+    build("hmdb51", tmp_path, source_dir=str(src), split=1)
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "unar").write_text(FAKE_UNAR.format(python=sys.executable))
+  (bin_dir / "unar").chmod(0o755)
+  monkeypatch.setenv("PATH", str(bin_dir))
+  builder, _ = build("hmdb51", tmp_path, source_dir=str(src), split=1)
+  got = {e["video_id"].decode().split("/", 1)[1]: e["label"]
+         for split in ("train", "test") for e in read_all(builder, split)}
+  assert got == present
+  assert (tmp_path / "tfds" / "downloads" / "extracted" / "hmdb51" / "cartwheel").is_dir()
+
+
 def test_malformed_split_line_names_file_and_line(tmp_path):
   hmdb51_layout(tmp_path / "src")
   path = tmp_path / "src" / "testTrainMulti_7030_splits" / "cartwheel_test_split1.txt"

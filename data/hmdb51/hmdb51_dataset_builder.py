@@ -1,8 +1,10 @@
 """hmdb51: HMDB51 from its official layout and the ``testTrainMulti_7030_splits`` files.
 
-Source layout (``--source_dir``): ``<class>/<video>.avi`` for the 51 classes (the inner
-``<class>.rar`` archives of ``hmdb51_org.rar``, extracted), and the split files folder
-``testTrainMulti_7030_splits/`` (from ``test_train_splits.rar``), or ``--splits_dir``.
+Source layout (``--source_dir``): ``<class>/<video>.avi`` for the 51 classes, or the
+archives as distributed (``hmdb51_org.rar`` and/or its 51 inner ``<class>.rar``), which are
+extracted with ``unar`` (Debian's ``unar`` package) into ``<data_dir>/downloads/extracted/``;
+and the split files folder ``testTrainMulti_7030_splits/`` (from ``test_train_splits.rar``),
+or ``--splits_dir``.
 Configs ``split1``..``split3``. Each split file ``<class>_test_split<N>.txt`` has lines
 ``<video>.avi <tag>``: tag 1 = train, 2 = test, 0 = unused. Class names come from the split
 file names; labels are their alphabetical order (``brush_hair`` = 0 ... ``wave`` = 50).
@@ -10,6 +12,8 @@ file names; labels are their alphabetical order (``brush_hair`` = 0 ... ``wave``
 
 import os
 import re
+import shutil
+import subprocess
 
 import tensorflow_datasets as tfds
 
@@ -44,9 +48,45 @@ class Builder(common.VideoDatasetBuilder):
     return tfds.core.DatasetInfo(builder=self, description=__doc__,
                                  features=common.features(names or ["unknown"]))
 
+  def _video_root(self, class_names) -> str:
+    """The folder holding ``<class>/*.avi``: the source, or its extracted .rar archives."""
+    root = self.require_source()
+    if any(os.path.isdir(os.path.join(root, name)) for name in class_names):
+      return root
+    rars = sorted(f for f in os.listdir(root) if f.lower().endswith(".rar"))
+    if not rars:
+      return root  # every listed video will be reported missing
+    unar = shutil.which("unar")
+    if unar is None:
+      raise FileNotFoundError(
+          f"hmdb51: {root} holds .rar archives ({', '.join(rars[:3])}, ...) and no class "
+          "folders, and no extractor was found: install one (apt-get install unar) or "
+          "extract them so that <class>/<video>.avi sit in the source folder")
+    out = os.path.join(self._data_dir_root, "downloads", "extracted", "hmdb51")
+    os.makedirs(out, exist_ok=True)
+    pending = [os.path.join(root, f) for f in rars]
+    while pending:  # the outer archive yields the inner <class>.rar files
+      archive = pending.pop(0)
+      done = os.path.join(out, f".{os.path.basename(archive)}.done")
+      if not os.path.exists(done):
+        tmp = os.path.join(out, f".tmp-{os.path.basename(archive)}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        result = subprocess.run([unar, "-q", "-f", "-D", "-o", tmp, archive],
+                                capture_output=True, text=True, check=False)
+        if result.returncode:
+          raise ValueError(f"hmdb51: extracting {archive} failed: {result.stderr.strip()}")
+        for name in os.listdir(tmp):
+          shutil.move(os.path.join(tmp, name), os.path.join(out, name))
+        shutil.rmtree(tmp)
+        open(done, "w").close()
+      pending += [os.path.join(out, f) for f in sorted(os.listdir(out))
+                  if f.lower().endswith(".rar") and os.path.join(out, f) not in pending
+                  and not os.path.exists(os.path.join(out, f".{f}.done"))]
+    return out
+
   def _split_generators(self, dl_manager):
     del dl_manager
-    index = common.FileIndex(self.require_source())
+    index = common.FileIndex(self._video_root(list(self._split_files())))
     rows = {"train": [], "test": []}
     for label, (name, path) in enumerate(self._split_files().items()):
       for number, line in common.read_lines(path):
