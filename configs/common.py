@@ -1,0 +1,40 @@
+"""Settings shared by every config; each dataset's file starts from ``base()``.
+
+The paper's recipe (section 4.1, ../shared/reference/NOTES.md): MF-KPSEM (K=4, G=8, d_e=24,
+after conv4), SGD with Nesterov momentum 0.9, weight decay 1e-4, lr 0.005 halved for the
+first 100 steps, step decay, pretrained layers at 0.2x lr, 16-frame 224x224 clips, initialised
+from the converted Kinetics-400 MFNet.
+"""
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.dataset = ml_collections.ConfigDict(dict(
+      name="", config="default", data_dir="~/tensorflow_datasets", train_split="train",
+      eval_split="test", num_classes=0, auto_prepare=False))
+  c.clip = ml_collections.ConfigDict(dict(
+      frames=16, interval=2, crop=224, train_scale=(224, 288), aspect=(0.8, 1.25), flip=True,
+      eval_resize=256, eval_clips=10, eval_crops=3))
+  c.model = ml_collections.ConfigDict(dict(
+      backbone="mfnet3d", backbone_kwargs={}, use_kpsem=True,
+      kpsem=dict(num_regions=4, num_sets=8, embed_dim=24, adaptive=True), kpsem_at="conv4"))
+  # A checkpoint folder from `python -m kpsem_jax.convert` (or a training workdir's
+  # best/ or checkpoints/ parent): matching tensors are loaded, the rest initialised.
+  c.init_from = "checkpoints/mf_kpsem_init"
+  c.optimizer = ml_collections.ConfigDict(dict(
+      lr=0.005, momentum=0.9, nesterov=True, weight_decay=1e-4, warmup_steps=100,
+      decay_steps=(2000, 3200), decay_factor=0.1, pretrained_lr_mult=0.2))
+  c.batch_size = 64  # global, over all devices and grad_accum_steps
+  c.grad_accum_steps = 1
+  c.eval_batch_size = 32
+  c.compute_dtype = "float32"  # "bfloat16" on GPUs
+  c.num_train_steps = 4000
+  c.log_every = 20
+  c.eval_every = 1000
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.num_workers = 0  # grain worker processes
+  return c

@@ -1,0 +1,435 @@
+"""Training and evaluation: one jitted, data-parallel train step over every device.
+
+``train_and_evaluate(config, workdir)`` trains ``config`` (see ``configs/``) and evaluates it;
+``evaluate(config, workdir)`` evaluates the best (else latest) checkpoint of a workdir.
+
+- Devices: a 1-D ``Mesh`` over all devices of all processes, the batch sharded on its
+  ``data`` axis, parameters and optimizer state replicated. BatchNorm statistics are those of
+  the global (micro-)batch. Each process reads its own shard of the data.
+- Gradient accumulation: the global batch is ``grad_accum_steps`` micro-batches, scanned
+  inside the jitted step.
+- Checkpoints (orbax, ``workdir/checkpoints``): params, batch_stats, optimizer state, step,
+  the grain iterator state and metadata (model, classes, config); the last
+  ``keep_checkpoints`` are kept, and the best by validation accuracy in ``workdir/best``.
+  Rerunning the same command resumes where the last checkpoint left off, with the same
+  batches. A NaN/inf loss stops the run with a clear error; the last good checkpoint stays.
+- Logs: a progress bar (step, clips/s, loss, lr, ETA), ``metrics.jsonl`` and TensorBoard
+  events in the workdir, the resolved config in ``config.json``.
+"""
+
+import json
+import os
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import flax
+import grain.python as grain
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+from kpsem_jax import checkpoint as checkpoint_lib
+from kpsem_jax import evaluation
+from kpsem_jax import input_pipeline as ip
+from kpsem_jax import porting
+from kpsem_jax import prepare as prepare_lib
+from kpsem_jax.inference import normalize
+from kpsem_jax.models import create_model
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on (divergence, bad batch geometry); the message says why."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def model_spec(config) -> Dict[str, Any]:
+  m = config.model
+  return dict(backbone=m.backbone, num_classes=config.dataset.num_classes,
+              backbone_kwargs=dict(m.backbone_kwargs),
+              kpsem=dict(m.kpsem) if m.use_kpsem else None, kpsem_at=m.kpsem_at)
+
+
+def clip_spec(config, train: bool) -> ip.ClipSpec:
+  c = config.clip
+  return ip.ClipSpec(frames=c.frames, interval=c.interval, crop=c.crop,
+                     train_scale=tuple(c.train_scale), aspect=tuple(c.aspect),
+                     flip=c.flip and train, eval_resize=c.eval_resize,
+                     num_clips=1 if train else c.eval_clips,
+                     num_crops=1 if train else c.eval_crops)
+
+
+def lr_schedule(config) -> optax.Schedule:
+  """Halved for the first ``warmup_steps`` (MFNet's protocol), then step decay."""
+  o = config.optimizer
+  boundaries = {int(o.warmup_steps): 2.0} if o.warmup_steps else {}
+  for b in o.decay_steps:
+    boundaries[int(b)] = boundaries.get(int(b), 1.0) * o.decay_factor
+  return optax.piecewise_constant_schedule(o.lr * (0.5 if o.warmup_steps else 1.0), boundaries)
+
+
+def create_optimizer(config, pretrained: Optional[Any] = None) -> optax.GradientTransformation:
+  """SGD (Nesterov) momentum with weight decay; pretrained leaves at ``pretrained_lr_mult``."""
+  o = config.optimizer
+  schedule = lr_schedule(config)
+
+  def sgd(mult):
+    return optax.chain(optax.add_decayed_weights(o.weight_decay),
+                       optax.sgd(lambda s: schedule(s) * mult, momentum=o.momentum,
+                                 nesterov=o.nesterov))
+
+  if pretrained is None:
+    return sgd(1.0)
+  labels = jax.tree.map(lambda p: "pretrained" if p else "new", pretrained)
+  return optax.multi_transform({"pretrained": sgd(o.pretrained_lr_mult), "new": sgd(1.0)}, labels)
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_train_step(model, tx, schedule, compute_dtype):
+  """``(state, clips (A, b, T, H, W, 3) uint8, labels (A, b)) -> (state, metrics)``."""
+
+  def step(state: TrainState, clips, labels):
+    def micro_step(carry, batch):
+      grads, batch_stats, loss_sum, correct = carry
+      x, y = batch
+      x = normalize(x).astype(compute_dtype)
+
+      def loss_fn(params):
+        logits, new = model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                  train=True, mutable=["batch_stats"])
+        logits = logits.astype(jnp.float32)
+        return cross_entropy(logits, y), (new["batch_stats"], logits)
+
+      (loss, (batch_stats, logits)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      grads = jax.tree.map(jnp.add, grads, g)
+      correct = correct + jnp.sum(jnp.argmax(logits, -1) == y)
+      return (grads, batch_stats, loss_sum + loss, correct), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    init = (zeros, state.batch_stats, jnp.float32(0), jnp.int32(0))
+    (grads, batch_stats, loss, correct), _ = jax.lax.scan(micro_step, init, (clips, labels))
+    accum = clips.shape[0]
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss / accum, "accuracy": correct / labels.size,
+               "lr": schedule(state.step)}
+    return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+
+  return step
+
+
+class Trainer:
+  """Holds the mesh, model, optimizer, compiled steps and checkpoint managers of a run."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                              axis_types=(jax.sharding.AxisType.Auto,))
+    self.replicated = jax.NamedSharding(self.mesh, jax.P())
+    self.data_sharding = jax.NamedSharding(self.mesh, jax.P(None, "data"))
+    self.eval_sharding = jax.NamedSharding(self.mesh, jax.P("data"))
+    self.accum = int(config.grad_accum_steps)
+    self.micro = self._check_batch(config.batch_size, config.eval_batch_size)
+    self.dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+    self.spec = model_spec(config)
+    self.model = create_model(**self.spec)
+    self.class_names, self.train_source, self.eval_source = self._data()
+
+  def _check_batch(self, batch_size: int, eval_batch_size: int) -> int:
+    devices = jax.device_count()
+    if batch_size % self.accum:
+      raise TrainingError(f"batch_size={batch_size} does not divide into "
+                          f"grad_accum_steps={self.accum} micro-batches")
+    micro = batch_size // self.accum
+    for name, size in (("micro-batch (batch_size / grad_accum_steps)", micro),
+                       ("eval_batch_size", eval_batch_size)):
+      if size % devices:
+        raise TrainingError(
+            f"the {name} is {size}, which does not divide over the {devices} devices; "
+            f"use a multiple of {devices}")
+    return micro
+
+  def _data(self):
+    d = self.config.dataset
+    data_dir = os.path.expanduser(d.data_dir)
+    try:
+      ip.dataset_dir(data_dir, d.name, d.config)
+    except ip.DataNotPreparedError:
+      if not d.auto_prepare:
+        raise
+      if jax.process_index() == 0:
+        print(f"preparing {d.name} ({d.config}) in {data_dir}")
+        prepare_lib.prepare(d.name, data_dir, config=d.config)
+      multihost_utils.sync_global_devices("dataset prepared")
+    train, names = ip.load_source(data_dir, d.name, d.config, d.train_split)
+    evals, _ = ip.load_source(data_dir, d.name, d.config, d.eval_split)
+    if len(names) != d.num_classes:
+      raise TrainingError(f"config.dataset.num_classes={d.num_classes} but {d.name} has "
+                          f"{len(names)} classes")
+    return names, train, evals
+
+  # ---- state -------------------------------------------------------------------------
+  def initial_state(self) -> Tuple[TrainState, optax.GradientTransformation, Any]:
+    c = self.config.clip
+    dummy = jnp.zeros((1, c.frames, c.crop, c.crop, 3), self.dtype)
+    with jax.threefry_partitionable(False):  # XLA:CPU compiles these initialisers faster
+      variables = jax.jit(self.model.init)(jax.random.PRNGKey(self.config.seed), dummy)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    pretrained = None
+    if self.config.init_from:
+      params, batch_stats, pretrained = self._load_pretrained(params, batch_stats)
+    tx = create_optimizer(self.config, pretrained)
+    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+    return jax.device_put(state, self.replicated), tx, pretrained
+
+  def _load_pretrained(self, params, batch_stats):
+    loaded, meta = checkpoint_lib.load_variables(self.config.init_from)
+    counts = {"loaded": 0, "kept": 0}
+
+    def merge(fresh, source):
+      flat_source = porting.flatten(source)
+      out, mask = {}, {}
+      for path, value in porting.flatten(fresh).items():
+        got = flat_source.get(path)
+        use = got is not None and tuple(got.shape) == tuple(value.shape)
+        out[path] = jnp.asarray(got) if use else value
+        mask[path] = use
+        counts["loaded" if use else "kept"] += 1
+      return porting.unflatten(out), porting.unflatten(mask)
+
+    params, pretrained = merge(params, loaded.get("params", {}))
+    batch_stats, _ = merge(batch_stats, loaded.get("batch_stats", {}))
+    if jax.process_index() == 0:
+      print(f"init_from {self.config.init_from} ({meta.get('source', '?')}): "
+            f"{counts['loaded']} tensors loaded, {counts['kept']} initialised fresh")
+    return params, batch_stats, pretrained
+
+  def _managers(self):
+    checkpoints = ocp.CheckpointManager(
+        os.path.join(self.workdir, "checkpoints"),
+        item_names=("variables", "opt_state", "metadata", "data"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=self.config.keep_checkpoints))
+    best = ocp.CheckpointManager(
+        os.path.join(self.workdir, "best"), item_names=("variables", "metadata"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["accuracy"],
+                                             best_mode="max"))
+    return checkpoints, best
+
+  def _metadata(self, step: int) -> Dict[str, Any]:
+    return dict(format="kpsem-jax/1", model=self.spec, frames=self.config.clip.frames,
+                class_names=self.class_names, step=int(step), config=self.config.to_dict())
+
+  # ---- data --------------------------------------------------------------------------
+  def train_iterator(self):
+    per_process = self.config.batch_size // jax.process_count()
+    loader = ip.train_loader(self.train_source, per_process, clip_spec(self.config, True),
+                             seed=self.config.seed, worker_count=self.config.num_workers)
+    return iter(loader)
+
+  def global_batch(self, batch) -> Tuple[jax.Array, jax.Array]:
+    clips = batch["clips"].reshape((self.accum, -1) + batch["clips"].shape[1:])
+    labels = batch["label"].reshape(self.accum, -1)
+    global_shape = (self.accum, self.micro)
+    return (jax.make_array_from_process_local_data(self.data_sharding, clips,
+                                                   global_shape + clips.shape[2:]),
+            jax.make_array_from_process_local_data(self.data_sharding, labels, global_shape))
+
+  # ---- evaluation --------------------------------------------------------------------
+  def evaluate(self, variables, desc="eval") -> Dict[str, Any]:
+    """Every view of every eval video -> video-level metrics (gathered over processes)."""
+    forward = jax.jit(lambda v, x: self.model.apply(v, normalize(x).astype(self.dtype))
+                      .astype(jnp.float32), out_shardings=self.replicated)
+    per_process = self.config.eval_batch_size // jax.process_count()
+    spec = clip_spec(self.config, False)
+    outputs = {"logits": [], "video_index": [], "label": [], "mask": []}
+    batches = ip.eval_batches(self.eval_source, per_process, spec)
+    for batch in tqdm(batches, desc=desc, leave=False, disable=jax.process_index() != 0):
+      x = jax.make_array_from_process_local_data(
+          self.eval_sharding, batch["clips"],
+          (self.config.eval_batch_size,) + batch["clips"].shape[1:])
+      outputs["logits"].append(np.asarray(forward(variables, x)))
+      for key in ("video_index", "label", "mask"):
+        local = batch[key]
+        if jax.process_count() > 1:
+          local = multihost_utils.process_allgather(local, tiled=True)
+        outputs[key].append(np.asarray(local))
+    if not outputs["logits"]:
+      raise TrainingError("the eval split is empty")
+    cat = {k: np.concatenate(v) for k, v in outputs.items()}
+    keep = cat["mask"]
+    return evaluation.video_metrics(cat["logits"][keep], cat["video_index"][keep],
+                                    cat["label"][keep], len(self.class_names))
+
+  def write_eval(self, metrics: Dict[str, Any], step: int, split: str) -> str:
+    base = os.path.join(self.workdir, f"eval_{split}_step{step}")
+    if jax.process_index() == 0:
+      summary = {k: v for k, v in metrics.items() if not isinstance(v, np.ndarray)}
+      summary["per_class_accuracy"] = {
+          name: (None if np.isnan(a) else float(a))
+          for name, a in zip(self.class_names, metrics["per_class_accuracy"])}
+      with open(base + ".json", "w") as f:
+        json.dump(dict(summary, step=step, class_names=self.class_names), f, indent=1)
+      np.savetxt(base + "_confusion.csv", metrics["confusion"], fmt="%d", delimiter=",")
+      evaluation.confusion_png(metrics["confusion"], base + "_confusion.png", self.class_names)
+    return base
+
+
+class MetricWriter:
+  """``metrics.jsonl`` and TensorBoard events (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    if self.active:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+  def write(self, step: int, prefix: str, metrics: Dict[str, float]):
+    if not self.active:
+      return
+    scalars = {f"{prefix}/{k}": float(v) for k, v in metrics.items()
+               if np.ndim(v) == 0 and not isinstance(v, str)}
+    for k, v in scalars.items():
+      self.tb.add_scalar(k, v, step)
+    self.jsonl.write(json.dumps(dict(step=step, **scalars)) + "\n")
+    self.jsonl.flush()
+    self.tb.flush()
+
+  def close(self):
+    if self.active:
+      self.tb.close()
+      self.jsonl.close()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains (resuming from ``workdir`` if it holds checkpoints), then evaluates per video."""
+  os.makedirs(workdir, exist_ok=True)
+  trainer = Trainer(config, workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config.to_dict(), f, indent=1)
+  state, tx, _ = trainer.initial_state()
+  schedule = lr_schedule(config)
+  step_fn = jax.jit(make_train_step(trainer.model, tx, schedule, trainer.dtype),
+                    in_shardings=(trainer.replicated, trainer.data_sharding, trainer.data_sharding),
+                    out_shardings=(trainer.replicated, trainer.replicated), donate_argnums=(0,))
+  iterator = trainer.train_iterator()
+  checkpoints, best = trainer._managers()
+  start = 0
+  if checkpoints.latest_step() is not None:
+    start = checkpoints.latest_step()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = checkpoints.restore(start, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore({"params": abstract.params,
+                                            "batch_stats": abstract.batch_stats}),
+        opt_state=ocp.args.StandardRestore({"opt_state": abstract.opt_state,
+                                            "step": abstract.step}),
+        data=grain.PyGrainCheckpointRestore(iterator)))
+    state = TrainState(restored["opt_state"]["step"], restored["variables"]["params"],
+                       restored["variables"]["batch_stats"], restored["opt_state"]["opt_state"])
+    state = jax.device_put(state, trainer.replicated)
+    if jax.process_index() == 0:
+      print(f"resuming from step {start} ({os.path.join(trainer.workdir, 'checkpoints')})")
+
+  def save(step):
+    checkpoints.save(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardSave({"params": state.params,
+                                         "batch_stats": state.batch_stats}),
+        opt_state=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step}),
+        metadata=ocp.args.JsonSave(trainer._metadata(step)),
+        data=grain.PyGrainCheckpointSave(iterator)))
+
+  writer = MetricWriter(workdir)
+  total = config.num_train_steps
+  bar = tqdm(total=total, initial=start, desc="train", disable=jax.process_index() != 0,
+             dynamic_ncols=True)
+  last_time, last_step, last_good = time.perf_counter(), start, checkpoints.latest_step()
+  for step in range(start + 1, total + 1):
+    clips, labels = trainer.global_batch(next(iterator))
+    state, metrics = step_fn(state, clips, labels)
+    bar.update(1)
+    if step % config.log_every == 0 or step == total:
+      metrics = jax.device_get(metrics)
+      if not np.isfinite(metrics["loss"]):
+        bar.close()
+        checkpoints.wait_until_finished()
+        where = ("no checkpoint was written before it" if last_good is None else
+                 f"the last good checkpoint is step {last_good} in "
+                 f"{os.path.join(trainer.workdir, 'checkpoints')}")
+        raise TrainingError(
+            f"the loss became {metrics['loss']} at step {step}; stopping: {where} "
+            "(lower config.optimizer.lr, or check the data)")
+      now = time.perf_counter()
+      rate = (step - last_step) * config.batch_size / (now - last_time)
+      last_time, last_step = now, step
+      writer.write(step, "train", dict(metrics, clips_per_second=rate))
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2g}",
+                      clips_s=f"{rate:.1f}")
+    if step % config.eval_every == 0 or step == total:
+      variables = {"params": state.params, "batch_stats": state.batch_stats}
+      m = trainer.evaluate(variables, desc=f"eval@{step}")
+      writer.write(step, "eval", m)
+      best.save(step, metrics={"accuracy": m["video_top1"]}, args=ocp.args.Composite(
+          variables=ocp.args.StandardSave(variables),
+          metadata=ocp.args.JsonSave(trainer._metadata(step))))
+      bar.write(f"step {step}: eval video top-1 {m['video_top1']:.4f}, clip top-1 "
+                f"{m['clip_top1']:.4f} ({m['num_videos']} videos)")
+    if step % config.checkpoint_every == 0 or step == total:
+      if not np.isfinite(float(jax.device_get(metrics["loss"]))):
+        continue  # never checkpoint a diverged state (caught above at the next log step)
+      save(step)
+      last_good = step
+  bar.close()
+  checkpoints.wait_until_finished()
+  best.wait_until_finished()
+  final = trainer.evaluate({"params": state.params, "batch_stats": state.batch_stats},
+                           desc="final eval")
+  base = trainer.write_eval(final, total, config.dataset.eval_split)
+  writer.write(total, "final", final)
+  writer.close()
+  if jax.process_index() == 0:
+    print(f"final {config.dataset.eval_split}: video top-1 {final['video_top1']:.4f}, top-5 "
+          f"{final['video_top5']:.4f}, clip top-1 {final['clip_top1']:.4f} over "
+          f"{final['num_videos']} videos; details in {base}.json")
+  checkpoints.close()
+  best.close()
+  return final
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Evaluates the best (else the latest) checkpoint of ``workdir`` per video."""
+  trainer = Trainer(config, workdir)
+  for sub in ("best", "checkpoints"):
+    path = os.path.join(trainer.workdir, sub)
+    if os.path.isdir(path) and ocp.CheckpointManager(path).latest_step() is not None:
+      break
+  else:
+    raise TrainingError(f"{workdir} holds no checkpoint to evaluate")
+  with ocp.CheckpointManager(path, item_names=("variables", "metadata")) as manager:
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore()))
+  variables = jax.device_put(dict(restored["variables"]), trainer.replicated)
+  metrics = trainer.evaluate(variables)
+  base = trainer.write_eval(metrics, step, config.dataset.eval_split)
+  if jax.process_index() == 0:
+    print(f"{path} step {step} on {config.dataset.eval_split}: video top-1 "
+          f"{metrics['video_top1']:.4f}, top-5 {metrics['video_top5']:.4f}; details in "
+          f"{base}.json")
+  return metrics

@@ -1,0 +1,267 @@
+"""train.py's loop: learning, resume, divergence, evaluation, configs, sharded equivalence."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from kpsem_jax import checkpoint, evaluation, trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, REPO)
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(REPO)
+  return module.get_config()
+
+
+def tiny_config(data_dir, steps=6):
+  c = load_config("synthetic")
+  c.dataset.config = "tiny"  # 32x32, 8 frames, 32 train / 16 test videos
+  c.dataset.data_dir = str(data_dir)
+  c.clip.update(dict(frames=8, crop=24, train_scale=(24, 28), eval_resize=26))
+  c.model.backbone_kwargs = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32),
+                                 stage_depths=(1, 1, 1, 1), groups=4)
+  c.model.kpsem = dict(num_regions=4, num_sets=2, embed_dim=8, reduction_channels=(8, 8))
+  c.model.kpsem_at = "conv3"
+  c.optimizer.update(dict(lr=0.02, warmup_steps=0, decay_steps=()))
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.num_train_steps = steps
+  c.log_every = 1
+  c.eval_every = steps
+  c.checkpoint_every = 3
+  return c
+
+
+def read_metrics(workdir, prefix="train/loss"):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return [(r["step"], r[prefix]) for r in rows if prefix in r]
+
+
+def recording_batches(monkeypatch, seen, interrupt_at=None):
+  """Records each step's video indices; raises KeyboardInterrupt at call ``interrupt_at``."""
+  original = trainer.Trainer.global_batch
+
+  def recording(self, batch):
+    if interrupt_at is not None and len(seen) + 1 == interrupt_at:
+      raise KeyboardInterrupt
+    seen.append(batch["video_index"].tolist())
+    return original(self, batch)
+
+  monkeypatch.setattr(trainer.Trainer, "global_batch", recording)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("tfds")
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  config = tiny_config(data_dir)
+  batches = []
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    recording_batches(monkeypatch, batches)
+    final = trainer.train_and_evaluate(config, workdir)
+  return config, workdir, final, batches
+
+
+def test_loss_goes_down_and_outputs_are_written(straight_run):
+  _, workdir, final, _ = straight_run
+  losses = [loss for _, loss in read_metrics(workdir)]
+  assert len(losses) == 6
+  assert np.mean(losses[-2:]) < np.mean(losses[:2])
+  for name in ("config.json", "eval_test_step6.json", "eval_test_step6_confusion.csv",
+               "eval_test_step6_confusion.png"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir,
+                                                                                   "tensorboard")))
+  saved = json.load(open(os.path.join(workdir, "eval_test_step6.json")))
+  assert saved["num_videos"] == 16 and saved["video_top1"] == final["video_top1"]
+  assert np.loadtxt(os.path.join(workdir, "eval_test_step6_confusion.csv"), delimiter=",").sum() == 16
+
+
+def test_eval_mode_reproduces_the_final_metrics(straight_run):
+  config, workdir, final, _ = straight_run
+  again = trainer.evaluate(config, workdir)
+  assert again["video_top1"] == final["video_top1"]
+  np.testing.assert_array_equal(again["confusion"], final["confusion"])
+
+
+def test_checkpoint_serves_the_predictor(straight_run):
+  _, workdir, _, _ = straight_run
+  variables, meta = checkpoint.load_variables(workdir)
+  assert meta["step"] == 6 and len(meta["class_names"]) == 8
+  assert set(variables) == {"params", "batch_stats"}
+
+
+def test_kill_and_resume_gives_the_same_batches_and_parameters(straight_run, tmp_path,
+                                                               monkeypatch):
+  config, straight_dir, _, straight_batches = straight_run
+  workdir = str(tmp_path / "resumed")
+  first = []  # killed while fetching the 5th batch: step 4 ran, the last checkpoint is step 3
+  recording_batches(monkeypatch, first, interrupt_at=5)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train_and_evaluate(config, workdir)
+  assert len(first) == 4
+  second = []
+  recording_batches(monkeypatch, second)
+  trainer.train_and_evaluate(config, workdir)  # the same command again: resumes at step 3
+  assert first[:3] + second == straight_batches
+  straight, _ = checkpoint.load_variables(straight_dir)
+  resumed, _ = checkpoint.load_variables(workdir)
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert read_metrics(workdir)[-3:] == pytest.approx(read_metrics(straight_dir)[-3:], rel=1e-4)
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path, straight_run):
+  config, _, _, _ = straight_run
+  config = config.copy_and_resolve_references()
+  config.num_train_steps = 8
+  config.checkpoint_every = 2
+  config.optimizer.update(dict(lr=0.02, decay_steps=(4,), decay_factor=float("inf")))
+  workdir = str(tmp_path / "run")
+  with pytest.raises(trainer.TrainingError) as error:
+    trainer.train_and_evaluate(config, workdir)
+  message = str(error.value)
+  step = int(message.split(" at step ")[1].split(";")[0])
+  assert step > 4 and "the loss became" in message and "lower config.optimizer.lr" in message
+  good = int(message.split("the last good checkpoint is step ")[1].split(" ")[0])
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert saved[-1] == good < step
+  variables, _ = checkpoint.load_variables(workdir)
+  assert all(np.isfinite(v).all() for v in jax.tree.leaves(variables))
+
+
+def test_bfloat16_compute_keeps_float32_parameters(straight_run):
+  import jax.numpy as jnp
+  config, _, _, _ = straight_run
+  spec = trainer.model_spec(config)
+  model = trainer.create_model(**spec)
+  rng = np.random.default_rng(0)
+  clips = jnp.asarray(rng.integers(0, 255, (1, 8, 8, 24, 24, 3), dtype=np.uint8))
+  labels = jnp.asarray(rng.integers(0, 8, (1, 8)), jnp.int32)
+  with jax.threefry_partitionable(False):
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), clips[0])
+  tx = trainer.create_optimizer(config)
+  state = trainer.TrainState(jnp.zeros((), jnp.int32), variables["params"],
+                             variables["batch_stats"], tx.init(variables["params"]))
+  losses = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    step = jax.jit(trainer.make_train_step(model, tx, trainer.lr_schedule(config), dtype))
+    new, metrics = step(state, clips, labels)
+    losses[dtype] = float(metrics["loss"])
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(new.params))
+  assert abs(losses[jnp.bfloat16] - losses[jnp.float32]) < 0.05 * losses[jnp.float32]
+
+
+def test_cli_overrides_and_names_the_prepare_command(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "train.py", "--config=configs/hmdb51.py", f"--workdir={tmp_path / 'w'}",
+       f"--config.dataset.data_dir={tmp_path / 'nothing'}", "--config.dataset.config=split2"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 1
+  assert "Traceback" not in out.stderr
+  assert (f"error: the hmdb51 dataset (split2) is not prepared in {tmp_path / 'nothing'}. Build it "
+          f"with:\n  python -m kpsem_jax.prepare hmdb51 --source_dir=<the dataset as distributed> "
+          f"--data_dir={tmp_path / 'nothing'} --split=2") in out.stderr
+
+
+def test_video_level_aggregation_on_hand_built_logits():
+  # Video 0 (label 1): its views disagree, the mean softmax picks class 1.
+  # Video 1 (label 2): both views say class 0 (wrong). Video 2 (label 0): right.
+  logits = np.log(np.array([[0.1, 0.6, 0.3], [0.5, 0.4, 0.1],
+                            [0.7, 0.1, 0.2], [0.6, 0.3, 0.1],
+                            [0.9, 0.05, 0.05], [0.8, 0.1, 0.1]]))
+  video_index = np.array([5, 5, 9, 9, 2, 2])
+  labels = np.array([1, 1, 2, 2, 0, 0])
+  m = evaluation.video_metrics(logits, video_index, labels, 3)
+  assert m["video_top1"] == pytest.approx(2 / 3)
+  assert m["clip_top1"] == pytest.approx(3 / 6)
+  assert m["video_top5"] == 1.0
+  np.testing.assert_array_equal(m["confusion"], [[1, 0, 0], [0, 1, 0], [1, 0, 0]])
+  np.testing.assert_allclose(m["per_class_accuracy"], [1.0, 1.0, 0.0])
+  _, probs, _ = evaluation.aggregate(logits, video_index, labels)
+  np.testing.assert_allclose(probs[0], [0.8 + 0.9, 0.15, 0.15] / np.float64(2))  # video 2
+
+
+def test_paper_configs():
+  for name, batch, classes in (("hmdb51", 128, 51), ("ucf101", 80, 101),
+                               ("mini_kinetics", 64, 200), ("something_v1", 64, 174)):
+    c = load_config(name)
+    assert (c.batch_size, c.dataset.num_classes) == (batch, classes), name
+    assert c.model.kpsem.to_dict() == dict(num_regions=4, num_sets=8, embed_dim=24, adaptive=True)
+    assert c.model.kpsem_at == "conv4" and c.clip.frames == 16 and c.clip.crop == 224
+    o = c.optimizer
+    assert (o.lr, o.momentum, o.weight_decay, o.pretrained_lr_mult) == (0.005, 0.9, 1e-4, 0.2)
+    assert c.init_from
+  assert load_config("something_v1").clip.flip is False
+  assert load_config("synthetic").clip.flip is False
+  schedule = trainer.lr_schedule(load_config("hmdb51"))
+  assert [float(schedule(s)) for s in (0, 99, 100, 1999, 2000, 3200)] == pytest.approx(
+      [0.0025, 0.0025, 0.005, 0.005, 0.0005, 0.00005])
+
+
+SHARDED_SCRIPT = r"""
+import os, sys, json
+import jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+import test_train
+from kpsem_jax import trainer
+assert jax.device_count() == 8, jax.devices()
+config = test_train.tiny_config({data_dir!r})
+results = {{}}
+for devices in (1, 8):
+  t = trainer.Trainer.__new__(trainer.Trainer)
+  t.config, t.accum, t.micro, t.dtype = config, 1, 8, jnp.float32
+  t.mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices],
+                         axis_types=(jax.sharding.AxisType.Auto,))
+  t.replicated = jax.NamedSharding(t.mesh, jax.P())
+  t.data_sharding = jax.NamedSharding(t.mesh, jax.P(None, "data"))
+  t.spec = trainer.model_spec(config); t.model = trainer.create_model(**t.spec)
+  state, tx, _ = t.initial_state()
+  step = jax.jit(trainer.make_train_step(t.model, tx, trainer.lr_schedule(config), jnp.float32),
+                 in_shardings=(t.replicated, t.data_sharding, t.data_sharding),
+                 out_shardings=(t.replicated, t.replicated))
+  rng = np.random.default_rng(0)
+  clips = jax.device_put(rng.integers(0, 255, (1, 8, 8, 24, 24, 3), dtype=np.uint8), t.data_sharding)
+  labels = jax.device_put(rng.integers(0, 8, (1, 8)).astype(np.int32), t.data_sharding)
+  assert len(clips.sharding.device_set) == devices
+  state, metrics = step(state, clips, labels)
+  state, metrics = step(state, clips, labels)
+  results[devices] = [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats))]
+worst = max(float(np.abs(a - b).max() / (np.abs(a).max() + 1e-6))
+            for a, b in zip(results[1], results[8]))
+try:
+  config.batch_size = 12
+  trainer.Trainer(config, {workdir!r})
+  error = None
+except trainer.TrainingError as e:
+  error = str(e)
+print(json.dumps({{"worst": worst, "error": error}}))
+"""
+
+
+def test_sharded_step_over_8_devices_equals_one_device(tmp_path, straight_run):
+  config, _, _, _ = straight_run  # its tiny dataset is already prepared
+  script = SHARDED_SCRIPT.format(repo=REPO, tests=os.path.dirname(__file__),
+                                 data_dir=config.dataset.data_dir, workdir=str(tmp_path))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["worst"] < 1e-4  # max |1 device - 8 devices| / max |value|, after 2 steps
+  assert "micro-batch (batch_size / grad_accum_steps) is 12, which does not divide over " \
+         "the 8 devices" in result["error"]
