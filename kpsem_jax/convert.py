@@ -213,7 +213,8 @@ def run(pytorch: str, output: str, num_classes: Optional[int] = None, model: str
                   source_sha256=sha256(pytorch), converted=len(report["converted"]),
                   initialised=report["initialised"] + report["missing"] + report["mismatched"]
                   + (["kpsem"] if model == "mf_kpsem" else []),
-                  inflated_2d=report["inflated"], parameters=int(n_params), class_names=None)
+                  inflated_2d=report["inflated"], parameters=int(n_params), class_names=None,
+                  converted_paths=sorted("/".join((c,) + p) for c, p in flat))
   log(f"[4/4] writing {output}")
   checkpoint.save_variables(output, variables, metadata, overwrite=overwrite)
   log(f"done: {len(report['converted'])} tensors converted, {n_params:,d} parameters, "

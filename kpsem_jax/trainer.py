@@ -201,20 +201,24 @@ class Trainer:
   def _load_pretrained(self, params, batch_stats):
     loaded, meta = checkpoint_lib.load_variables(self.config.init_from)
     counts = {"loaded": 0, "kept": 0}
+    # A converted checkpoint lists what it converted; its freshly initialised parts
+    # (classifier, KPSEM) are not pretrained. A training checkpoint is used whole.
+    converted = set(meta.get("converted_paths") or ()) or None
 
-    def merge(fresh, source):
+    def merge(fresh, source, collection):
       flat_source = porting.flatten(source)
       out, mask = {}, {}
       for path, value in porting.flatten(fresh).items():
         got = flat_source.get(path)
-        use = got is not None and tuple(got.shape) == tuple(value.shape)
+        use = (got is not None and tuple(got.shape) == tuple(value.shape)
+               and (converted is None or "/".join((collection,) + path) in converted))
         out[path] = jnp.asarray(got) if use else value
         mask[path] = use
         counts["loaded" if use else "kept"] += 1
       return porting.unflatten(out), porting.unflatten(mask)
 
-    params, pretrained = merge(params, loaded.get("params", {}))
-    batch_stats, _ = merge(batch_stats, loaded.get("batch_stats", {}))
+    params, pretrained = merge(params, loaded.get("params", {}), "params")
+    batch_stats, _ = merge(batch_stats, loaded.get("batch_stats", {}), "batch_stats")
     if jax.process_index() == 0:
       print(f"init_from {self.config.init_from} ({meta.get('source', '?')}): "
             f"{counts['loaded']} tensors loaded, {counts['kept']} initialised fresh")
