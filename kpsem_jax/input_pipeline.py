@@ -183,7 +183,9 @@ def eval_batches(source, batch_size: int, spec: ClipSpec = ClipSpec(),
   """All ``num_clips x num_crops`` views of this process's videos, in fixed-size batches.
 
   Videos are split across processes (``jax.process_index()`` by default); the last batch
-  is padded with copies of its first view and ``mask=False``.
+  is padded with copies of its first view and ``mask=False``, and every process yields the
+  same number of batches (a process with fewer videos adds fully masked ones), as the
+  global jitted forward needs.
   """
   if shard_index is None:
     shard_index, shard_count = jax.process_index(), jax.process_count()
@@ -191,9 +193,12 @@ def eval_batches(source, batch_size: int, spec: ClipSpec = ClipSpec(),
   videos = range(shard_index, len(source), shard_count)
   dataset = grain.MapDataset.range(len(videos) * views).map(
       lambda i: eval_view(source[videos[i // views]], videos[i // views], i % views, spec))
-  for start in range(0, len(dataset), batch_size):
+  most_views = -(-len(source) // shard_count) * views
+  for start in range(0, most_views, batch_size):
     items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
     mask = np.array([True] * len(items) + [False] * (batch_size - len(items)))
+    if not items:  # this process ran out of videos before the others
+      items = [eval_view(source[0], 0, 0, spec)]
     items += [items[0]] * (batch_size - len(items))
     batch = {k: np.stack([it[k] for it in items]) for k in items[0]}
     batch["mask"] = mask

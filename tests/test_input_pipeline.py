@@ -120,6 +120,9 @@ def test_eval_views_crops_and_padding():
   assert indices.tolist() == [i for i in range(5) for _ in range(6)]
   odd = list(ip.eval_batches(Source(), 4, spec, shard_index=1, shard_count=2))
   assert sorted(set(np.concatenate([b["video_index"][b["mask"]] for b in odd]))) == [1, 3]
+  even = list(ip.eval_batches(Source(), 4, spec, shard_index=0, shard_count=2))  # 3 videos
+  assert len(even) == len(odd) == 5  # equal batch counts on every process
+  assert sum(b["mask"].sum() for b in odd) == 12 and not odd[-1]["mask"].any()
 
 
 def test_missing_data_names_the_command(tmp_path):
