@@ -163,7 +163,7 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
       if path is None:
         self.skipped.add(split, relative, f"listed in {listing} but not found")
       else:
-        items.append(Item(key, path, label, os.path.isdir(path)))
+        items.append(Item(key, path, label))
     return items
 
   def split_generators(self, items: Mapping[str, Sequence[Item]]):
@@ -183,18 +183,17 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
 
 
 class FileIndex:
-  """Files (and folders) under ``root`` by relative path, matched case-insensitively.
+  """Files under ``root`` by relative path, matched case-insensitively.
 
   Copies of UCF101 differ in case (``HandstandPushups/v_HandStandPushups_*``); file names
   with ``[ ] ( ) ! # & + ; ~ @`` (HMDB51) are matched literally, never globbed.
   """
 
-  def __init__(self, root: str, folders: bool = False):
+  def __init__(self, root: str):
     self.root = root
     self.paths = {}
-    for directory, subdirs, files in os.walk(root):
-      names = files + (subdirs if folders else [])
-      for name in names:
+    for directory, _, files in os.walk(root):
+      for name in files:
         full = os.path.join(directory, name)
         self.paths.setdefault(os.path.relpath(full, root).replace(os.sep, "/").lower(), full)
 

@@ -86,10 +86,6 @@ def _frames(record, indices: Sequence[int]) -> np.ndarray:
   return np.stack([decode_jpeg(record["frames"][i]) for i in indices])
 
 
-def _window(num_frames: int, start: int, spec: ClipSpec) -> np.ndarray:
-  return (start + spec.interval * np.arange(spec.frames)) % num_frames
-
-
 class TrainClip(grain.RandomMapTransform):
   """Record -> one randomly sampled, scaled, cropped and flipped training clip."""
 
@@ -101,7 +97,7 @@ class TrainClip(grain.RandomMapTransform):
     s = self.spec
     n = len(record["frames"])
     start = int(rng.integers(0, max(1, n - s.frames * s.interval + 1)))
-    clip = _frames(record, _window(n, start, s))
+    clip = _frames(record, video.window_indices(n, start, s.frames, s.interval))
     h, w = clip.shape[1:3]
     short = rng.uniform(*s.train_scale)
     aspect = np.sqrt(rng.uniform(*s.aspect))
@@ -163,7 +159,8 @@ def eval_view(record, index: int, view: int, spec: ClipSpec) -> dict:
   clip_id, crop_id = divmod(view, spec.num_crops)
   n = len(record["frames"])
   starts = video.clip_starts(n, spec.frames, spec.interval, spec.num_clips)
-  clip = _frames(record, _window(n, int(starts[clip_id]), spec))
+  clip = _frames(record, video.window_indices(n, int(starts[clip_id]), spec.frames,
+                                                  spec.interval))
   h, w = clip.shape[1:3]
   new_w, new_h = video.resized_size(w, h, spec.eval_resize)
   new_w, new_h = max(new_w, spec.crop), max(new_h, spec.crop)

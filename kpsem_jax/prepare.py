@@ -41,11 +41,11 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
   info = builder.info
   log(f"{dataset} ({name}) in {builder.data_dir}")
   for split_name, split_info in info.splits.items():
-    skipped = sum(1 for s, _, _ in entries if s == split_name)
+    skipped = builder.skipped.count(split_name)
     log(f"  {split_name:10s} {split_info.num_examples:7d} examples"
         + (f", {skipped} skipped" if skipped else ""))
   for split_name in builder.empty_splits:
-    skipped = sum(1 for s, _, _ in entries if s == split_name)
+    skipped = builder.skipped.count(split_name)
     log(f"  {split_name:10s}       0 examples: none of its {skipped} listed videos was found, "
         "so the split was not written")
   log(f"  {info.features['label'].num_classes} classes")

@@ -150,6 +150,10 @@ class Trainer:
     self.spec = model_spec(config)
     self.model = create_model(**self.spec)
     self.class_names, self.train_source, self.eval_source = self._data()
+    # Compiled once per run (not per evaluation): per-view float32 logits, replicated.
+    self.eval_forward = jax.jit(
+        lambda v, x: self.model.apply(v, normalize(x).astype(self.dtype)).astype(jnp.float32),
+        out_shardings=self.replicated)
 
   def _check_batch(self, batch_size: int, eval_batch_size: int) -> int:
     devices = jax.device_count()
@@ -257,8 +261,6 @@ class Trainer:
   # ---- evaluation --------------------------------------------------------------------
   def evaluate(self, variables, desc="eval") -> Dict[str, Any]:
     """Every view of every eval video -> video-level metrics (gathered over processes)."""
-    forward = jax.jit(lambda v, x: self.model.apply(v, normalize(x).astype(self.dtype))
-                      .astype(jnp.float32), out_shardings=self.replicated)
     per_process = self.config.eval_batch_size // jax.process_count()
     spec = clip_spec(self.config, False)
     outputs = {"logits": [], "video_index": [], "label": [], "mask": []}
@@ -267,7 +269,7 @@ class Trainer:
       x = jax.make_array_from_process_local_data(
           self.eval_sharding, batch["clips"],
           (self.config.eval_batch_size,) + batch["clips"].shape[1:])
-      outputs["logits"].append(np.asarray(forward(variables, x)))
+      outputs["logits"].append(np.asarray(self.eval_forward(variables, x)))
       for key in ("video_index", "label", "mask"):
         local = batch[key]
         if jax.process_count() > 1:
@@ -421,8 +423,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   trainer = Trainer(config, workdir)
   for sub in ("best", "checkpoints"):
     path = os.path.join(trainer.workdir, sub)
-    if os.path.isdir(path) and ocp.CheckpointManager(path).latest_step() is not None:
-      break
+    if os.path.isdir(path):
+      with ocp.CheckpointManager(path) as probe:
+        if probe.latest_step() is not None:
+          break
   else:
     raise TrainingError(f"{workdir} holds no checkpoint to evaluate")
   with ocp.CheckpointManager(path, item_names=("variables", "metadata")) as manager:

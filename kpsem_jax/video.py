@@ -68,12 +68,16 @@ def clip_starts(num_frames: int, clip_frames: int, interval: int, num_clips: int
   return np.round(np.linspace(0, last, num_clips)).astype(int)
 
 
+def window_indices(num_frames: int, start: int, clip_frames: int, interval: int) -> np.ndarray:
+  """Frame indices ``start + i * interval`` of a clip, looped past the end of short videos."""
+  return (start + interval * np.arange(clip_frames)) % num_frames
+
+
 def sample_clip(video: np.ndarray, start: int, clip_frames: int = 16, interval: int = 2,
                 crop: int = 224) -> np.ndarray:
   """``(clip_frames, crop, crop, 3)``: frames ``start + i * interval`` (looped past the end
   of short videos), centre-cropped."""
-  idx = (start + interval * np.arange(clip_frames)) % len(video)
-  clip = video[idx]
+  clip = video[window_indices(len(video), start, clip_frames, interval)]
   h, w = clip.shape[1:3]
   if h < crop or w < crop:
     raise VideoError(f"frames of {w}x{h} are smaller than the {crop}x{crop} crop")
