@@ -4,9 +4,12 @@
         [--config.optimizer.lr=0.01 ...]
 
 With no flags it runs the embedded default (configs/synthetic.py into workdirs/synthetic).
-Rerunning the same command resumes from the workdir's latest checkpoint. Multi-host:
-``jax.distributed.initialize()`` runs when JAX's coordinator settings are in the
-environment (or --coordinator_address etc. are given); see the README.
+Rerunning the same command resumes from the workdir's latest checkpoint.
+
+Multi-host (README, "Several hosts"): run the same command on every host with
+--coordinator_address=HOST0:PORT --num_processes=N --process_id=I (or JAX_COORDINATOR_ADDRESS
+in the environment), or --distributed alone where JAX detects the cluster (SLURM, Open MPI,
+Kubernetes). If a process dies, the others stop within --heartbeat_timeout seconds.
 """
 
 import os
@@ -27,6 +30,10 @@ flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or 
 flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
 flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
+flags.DEFINE_bool("distributed", False, "multi-host: call jax.distributed.initialize() even "
+                  "without a coordinator address (JAX detects SLURM, Open MPI, Kubernetes)")
+flags.DEFINE_integer("heartbeat_timeout", 100, "multi-host: seconds without a heartbeat "
+                     "after which a process counts as dead and every other process stops")
 FLAGS = flags.FLAGS
 
 
@@ -34,8 +41,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  if FLAGS.coordinator_address or "JAX_COORDINATOR_ADDRESS" in os.environ:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.distributed or FLAGS.coordinator_address or "JAX_COORDINATOR_ADDRESS" in os.environ:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
+    print(f"process {jax.process_index()} of {jax.process_count()}: "
+          f"{jax.local_device_count()} of {jax.device_count()} devices", flush=True)
   try:
     if FLAGS.mode == "train":
       trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)

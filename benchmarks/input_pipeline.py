@@ -60,7 +60,7 @@ def fixture_ucf101(root):
 
 def loader_rate(source, spec, workers):
   loader = ip.train_loader(source, FLAGS.batch_size, spec, seed=0, worker_count=workers,
-                           shard_index=0, shard_count=1)
+                           process_index=0, process_count=1)
   it = iter(loader)
   for _ in range(2):
     next(it)

@@ -37,4 +37,7 @@ def base() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.num_workers = 0  # grain worker processes
+  # Debugging: every process logs the video indices it reads per step, and a digest of its
+  # final parameters, to workdir/inputs/process_{i}.jsonl.
+  c.record_inputs = False
   return c

@@ -9,13 +9,31 @@ temporary sibling folder renamed into place, so an interrupted write leaves noth
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 ITEMS = ("variables", "metadata")
+
+
+def manager_for(path: str) -> ocp.CheckpointManager:
+  """A read-only view of the ``variables`` and ``metadata`` items of an orbax folder."""
+  return ocp.CheckpointManager(path, item_handlers={
+      "variables": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()})
+
+
+def restore_variables(manager: ocp.CheckpointManager, step: int,
+                      sharding: Optional[jax.sharding.Sharding] = None) -> Dict:
+  """The ``variables`` of ``step`` placed with ``sharding`` (default: this process's first
+  device), whatever devices and processes wrote them."""
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                          manager.item_metadata(step)["variables"])
+  restored = manager.restore(step, args=ocp.args.Composite(
+      variables=ocp.args.StandardRestore(abstract)))
+  return dict(restored["variables"])
 
 
 def save_variables(directory: str, variables: Mapping, metadata: Mapping[str, Any],
@@ -46,10 +64,11 @@ def load_variables(directory: str) -> Tuple[Dict, Dict[str, Any]]:
   path = os.path.join(os.path.abspath(directory), "checkpoints")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{directory} holds no kpsem-jax checkpoint (no 'checkpoints' folder)")
-  with ocp.CheckpointManager(path, item_names=ITEMS) as manager:
+  with manager_for(path) as manager:
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f"{path} holds no complete checkpoint step")
-    restored = manager.restore(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore()))
-  return dict(restored["variables"]), dict(restored["metadata"])
+    variables = restore_variables(manager, step)
+    metadata = manager.restore(step, args=ocp.args.Composite(
+        metadata=ocp.args.JsonRestore()))["metadata"]
+  return variables, dict(metadata)

@@ -130,28 +130,55 @@ class _WithIndex:
     return f"_WithIndex({self.source!r})"
 
 
-def shard(shard_index: Optional[int], shard_count: Optional[int]) -> grain.ShardOptions:
-  """This process's shard: by default ``jax.process_index()`` of ``jax.process_count()``."""
-  if shard_index is None:
-    return grain.ShardByJaxProcess(drop_remainder=True)
-  return grain.ShardOptions(shard_index=shard_index, shard_count=shard_count,
-                            drop_remainder=True)
+class ProcessSlice:
+  """A grain sampler: this process's contiguous slice of every global batch.
+
+  Global batch ``s`` is positions ``[s*B, (s+1)*B)`` of one shuffled, process-independent
+  ``global_sampler``; process ``p`` of ``n`` reads ``[s*B + p*b, s*B + (p+1)*b)`` with
+  ``b = B/n``. The global batches, and each record's augmentation RNG (seeded by its global
+  position), are the same for any number of processes.
+  """
+
+  def __init__(self, global_sampler, batch_size: int, process_index: int, process_count: int):
+    self.global_sampler = global_sampler
+    self.batch_size = batch_size  # per process
+    self.process_index, self.process_count = process_index, process_count
+
+  def __len__(self):
+    return len(self.global_sampler) // (self.batch_size * self.process_count) * self.batch_size
+
+  def __getitem__(self, index):
+    if index < 0 or index >= len(self):
+      raise IndexError(index)
+    step, k = divmod(index, self.batch_size)
+    global_batch = self.batch_size * self.process_count
+    return self.global_sampler[step * global_batch + self.process_index * self.batch_size + k]
+
+  def __repr__(self):  # grain compares it when restoring an iterator's state
+    return (f"ProcessSlice({self.global_sampler!r}, batch_size={self.batch_size}, "
+            f"process {self.process_index} of {self.process_count})")
 
 
 def train_loader(source, batch_size: int, spec: ClipSpec = ClipSpec(), seed: int = 0,
-                 worker_count: int = 0, shard_index: Optional[int] = None,
-                 shard_count: Optional[int] = None, num_epochs: Optional[int] = None
+                 worker_count: int = 0, process_index: Optional[int] = None,
+                 process_count: Optional[int] = None, num_epochs: Optional[int] = None
                  ) -> grain.DataLoader:
   """An endless (or ``num_epochs``) shuffled loader of ``batch_size`` clips per process.
 
-  ``iter(loader)`` gives a grain iterator whose ``get_state()``/``set_state()`` checkpoint
-  the position, so a resumed run sees the same batches.
+  Each process reads its slice of every global batch (``ProcessSlice``; by default
+  ``jax.process_index()`` of ``jax.process_count()``). ``iter(loader)`` gives a grain
+  iterator whose ``get_state()``/``set_state()`` checkpoint the position, so a resumed run
+  sees the same batches.
   """
-  sampler = grain.IndexSampler(num_records=len(source), shard_options=shard(shard_index, shard_count),
-                               shuffle=True, num_epochs=num_epochs, seed=seed)
-  return grain.DataLoader(data_source=_WithIndex(source), sampler=sampler,
+  if process_index is None:
+    process_index, process_count = jax.process_index(), jax.process_count()
+  everything = grain.IndexSampler(num_records=len(source), shard_options=grain.NoSharding(),
+                                  shuffle=True, num_epochs=num_epochs, seed=seed)
+  return grain.DataLoader(data_source=_WithIndex(source),
+                          sampler=ProcessSlice(everything, batch_size, process_index,
+                                               process_count),
                           operations=[TrainClip(spec), grain.Batch(batch_size, drop_remainder=True)],
-                          worker_count=worker_count)
+                          worker_count=worker_count, shard_options=grain.NoSharding())
 
 
 def eval_view(record, index: int, view: int, spec: ClipSpec) -> dict:
@@ -175,7 +202,7 @@ def eval_view(record, index: int, view: int, spec: ClipSpec) -> dict:
 
 
 def eval_batches(source, batch_size: int, spec: ClipSpec = ClipSpec(),
-                 shard_index: Optional[int] = None, shard_count: Optional[int] = None
+                 process_index: Optional[int] = None, process_count: Optional[int] = None
                  ) -> Iterator[dict]:
   """All ``num_clips x num_crops`` views of this process's videos, in fixed-size batches.
 
@@ -184,13 +211,13 @@ def eval_batches(source, batch_size: int, spec: ClipSpec = ClipSpec(),
   same number of batches (a process with fewer videos adds fully masked ones), as the
   global jitted forward needs.
   """
-  if shard_index is None:
-    shard_index, shard_count = jax.process_index(), jax.process_count()
+  if process_index is None:
+    process_index, process_count = jax.process_index(), jax.process_count()
   views = spec.num_clips * spec.num_crops
-  videos = range(shard_index, len(source), shard_count)
+  videos = range(process_index, len(source), process_count)
   dataset = grain.MapDataset.range(len(videos) * views).map(
       lambda i: eval_view(source[videos[i // views]], videos[i // views], i % views, spec))
-  most_views = -(-len(source) // shard_count) * views
+  most_views = -(-len(source) // process_count) * views
   for start in range(0, most_views, batch_size):
     items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
     mask = np.array([True] * len(items) + [False] * (batch_size - len(items)))

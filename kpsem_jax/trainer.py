@@ -5,7 +5,11 @@
 
 - Devices: a 1-D ``Mesh`` over all devices of all processes, the batch sharded on its
   ``data`` axis, parameters and optimizer state replicated. BatchNorm statistics are those of
-  the global (micro-)batch. Each process reads its own shard of the data.
+  the global (micro-)batch. Each process reads its own contiguous slice of every global
+  batch; the sequence of global batches depends on the seed only, not on the process count.
+- Multi-host: the same program on every process (``jax.distributed``); checkpoints are
+  written once (orbax coordinates the processes; each also saves its data position), logs
+  and files by process 0, evaluation by every process on its share of the videos, gathered.
 - Gradient accumulation: the global batch is ``grad_accum_steps`` micro-batches, scanned
   inside the jitted step.
 - Checkpoints (orbax, ``workdir/checkpoints``): params, batch_stats, optimizer state, step,
@@ -17,6 +21,7 @@
   events in the workdir, the resolved config in ``config.json``.
 """
 
+import hashlib
 import json
 import os
 import time
@@ -133,6 +138,14 @@ def make_train_step(model, tx, schedule, compute_dtype):
   return step
 
 
+def params_digest(params) -> str:
+  """SHA-256 of this process's own copy of (replicated) parameters, in tree order."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    h.update(np.ascontiguousarray(leaf.addressable_data(0)).tobytes())
+  return h.hexdigest()
+
+
 class Trainer:
   """Holds the mesh, model, optimizer, compiled steps and checkpoint managers of a run."""
 
@@ -232,16 +245,18 @@ class Trainer:
     checkpoints = ocp.CheckpointManager(
         os.path.join(self.workdir, "checkpoints"),
         item_names=("variables", "opt_state", "metadata", "data"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=self.config.keep_checkpoints))
+        options=ocp.CheckpointManagerOptions(max_to_keep=self.config.keep_checkpoints,
+                                             cleanup_tmp_directories=True))
     best = ocp.CheckpointManager(
         os.path.join(self.workdir, "best"), item_names=("variables", "metadata"),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["accuracy"],
-                                             best_mode="max"))
+                                             best_mode="max", cleanup_tmp_directories=True))
     return checkpoints, best
 
   def _metadata(self, step: int) -> Dict[str, Any]:
     return dict(format="kpsem-jax/1", model=self.spec, frames=self.config.clip.frames,
-                class_names=self.class_names, step=int(step), config=self.config.to_dict())
+                class_names=self.class_names, step=int(step), config=self.config.to_dict(),
+                process_count=jax.process_count())
 
   # ---- data --------------------------------------------------------------------------
   def train_iterator(self):
@@ -249,6 +264,21 @@ class Trainer:
     loader = ip.train_loader(self.train_source, per_process, clip_spec(self.config, True),
                              seed=self.config.seed, worker_count=self.config.num_workers)
     return iter(loader)
+
+  def record_inputs(self, step: int, batch=None, state=None):
+    """``config.record_inputs``: each process appends what it read (and, given ``state``,
+    a digest of its parameters) to ``workdir/inputs/process_{i}.jsonl``."""
+    if not self.config.get("record_inputs"):
+      return
+    os.makedirs(os.path.join(self.workdir, "inputs"), exist_ok=True)
+    row = {"step": int(step), "process_count": jax.process_count()}
+    if batch is not None:
+      row["video_index"] = batch["video_index"].tolist()
+    if state is not None:
+      row["params_sha256"] = params_digest(state.params)
+    with open(os.path.join(self.workdir, "inputs", f"process_{jax.process_index()}.jsonl"),
+              "a") as f:
+      f.write(json.dumps(row) + "\n")
 
   def global_batch(self, batch) -> Tuple[jax.Array, jax.Array]:
     clips = batch["clips"].reshape((self.accum, -1) + batch["clips"].shape[1:])
@@ -340,6 +370,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   start = 0
   if checkpoints.latest_step() is not None:
     start = checkpoints.latest_step()
+    written_by = checkpoints.restore(start, args=ocp.args.Composite(
+        metadata=ocp.args.JsonRestore()))["metadata"].get("process_count", 1)
+    if written_by != jax.process_count():
+      raise TrainingError(
+          f"the checkpoint at step {start} in {os.path.join(trainer.workdir, 'checkpoints')} "
+          f"was written by {written_by} process(es) and each saved its own data position; "
+          f"resume it with {written_by} process(es), not {jax.process_count()}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     restored = checkpoints.restore(start, args=ocp.args.Composite(
         variables=ocp.args.StandardRestore({"params": abstract.params,
@@ -367,7 +404,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
              dynamic_ncols=True)
   last_time, last_step, last_good = time.perf_counter(), start, checkpoints.latest_step()
   for step in range(start + 1, total + 1):
-    clips, labels = trainer.global_batch(next(iterator))
+    batch = next(iterator)
+    trainer.record_inputs(step, batch)
+    clips, labels = trainer.global_batch(batch)
     state, metrics = step_fn(state, clips, labels)
     bar.update(1)
     if step % config.log_every == 0 or step == total:
@@ -404,6 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   bar.close()
   checkpoints.wait_until_finished()
   best.wait_until_finished()
+  trainer.record_inputs(total, state=state)
   final = trainer.evaluate({"params": state.params, "batch_stats": state.batch_stats},
                            desc="final eval")
   base = trainer.write_eval(final, total, config.dataset.eval_split)
@@ -429,11 +469,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           break
   else:
     raise TrainingError(f"{workdir} holds no checkpoint to evaluate")
-  with ocp.CheckpointManager(path, item_names=("variables", "metadata")) as manager:
+  with checkpoint_lib.manager_for(path) as manager:
     step = manager.latest_step()
-    restored = manager.restore(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardRestore()))
-  variables = jax.device_put(dict(restored["variables"]), trainer.replicated)
+    variables = checkpoint_lib.restore_variables(manager, step, trainer.replicated)
   metrics = trainer.evaluate(variables)
   base = trainer.write_eval(metrics, step, config.dataset.eval_split)
   if jax.process_index() == 0:

@@ -33,9 +33,9 @@ def batches(loader, n):
 def test_train_batches_shapes_and_determinism(tiny_data):
   source, names = ip.load_source(tiny_data, "synthetic_motion", "tiny", "train")
   assert len(names) == 8
-  a = batches(ip.train_loader(source, 4, SPEC, seed=1, shard_index=0, shard_count=1), 3)
-  b = batches(ip.train_loader(source, 4, SPEC, seed=1, shard_index=0, shard_count=1), 3)
-  c = batches(ip.train_loader(source, 4, SPEC, seed=2, shard_index=0, shard_count=1), 3)
+  a = batches(ip.train_loader(source, 4, SPEC, seed=1, process_index=0, process_count=1), 3)
+  b = batches(ip.train_loader(source, 4, SPEC, seed=1, process_index=0, process_count=1), 3)
+  c = batches(ip.train_loader(source, 4, SPEC, seed=2, process_index=0, process_count=1), 3)
   assert a[0]["clips"].shape == (4, 8, 24, 24, 3) and a[0]["clips"].dtype == np.uint8
   assert a[0]["label"].dtype == np.int32
   for x, y in zip(a, b):
@@ -48,13 +48,13 @@ def test_train_batches_shapes_and_determinism(tiny_data):
 
 def test_iterator_state_restores_the_same_batches(tiny_data):
   source, _ = ip.load_source(tiny_data, "synthetic_motion", "tiny", "train")
-  loader = ip.train_loader(source, 4, SPEC, seed=3, shard_index=0, shard_count=1)
+  loader = ip.train_loader(source, 4, SPEC, seed=3, process_index=0, process_count=1)
   it = iter(loader)
   for _ in range(5):  # past the first epoch of 32 videos
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(4)]
-  resumed = iter(ip.train_loader(source, 4, SPEC, seed=3, shard_index=0, shard_count=1))
+  resumed = iter(ip.train_loader(source, 4, SPEC, seed=3, process_index=0, process_count=1))
   resumed.set_state(state)
   for want in expected:
     got = next(resumed)
@@ -62,16 +62,22 @@ def test_iterator_state_restores_the_same_batches(tiny_data):
     np.testing.assert_array_equal(got["clips"], want["clips"])
 
 
-def test_process_shards_are_disjoint_and_cover_the_epoch(tiny_data):
+def test_processes_read_disjoint_slices_of_the_same_global_batches(tiny_data):
   source, _ = ip.load_source(tiny_data, "synthetic_motion", "tiny", "train")
-  seen = []
-  for shard_index in (0, 1):
-    loader = ip.train_loader(source, 4, SPEC, seed=0, shard_index=shard_index, shard_count=2,
-                             num_epochs=1)
-    seen.append(sorted(int(i) for b in loader for i in b["video_index"]))
-  assert len(seen[0]) == len(seen[1]) == 16
-  assert not set(seen[0]) & set(seen[1])
-  assert sorted(seen[0] + seen[1]) == list(range(32))
+  one = list(ip.train_loader(source, 8, SPEC, seed=0, process_index=0, process_count=1,
+                             num_epochs=2))
+  halves = [list(ip.train_loader(source, 4, SPEC, seed=0, process_index=p, process_count=2,
+                                 num_epochs=2)) for p in (0, 1)]
+  assert len(one) == len(halves[0]) == len(halves[1]) == 8  # 2 epochs of 32 videos
+  for whole, first, second in zip(one, *halves):
+    # Process 0 holds the first half of the global batch, process 1 the second: same videos,
+    # same augmentation (the record's RNG follows its global position).
+    np.testing.assert_array_equal(whole["video_index"][:4], first["video_index"])
+    np.testing.assert_array_equal(whole["video_index"][4:], second["video_index"])
+    np.testing.assert_array_equal(whole["clips"], np.concatenate([first["clips"],
+                                                                  second["clips"]]))
+  epoch = [int(i) for b in one[:4] for i in b["video_index"]]
+  assert sorted(epoch) == list(range(32))  # each epoch covers every video once
 
 
 def test_short_videos_loop_and_windows_follow_the_interval():
@@ -113,14 +119,14 @@ def test_eval_views_crops_and_padding():
     def __getitem__(self, i):
       return dict(rec, label=i)
 
-  out = list(ip.eval_batches(Source(), 4, spec, shard_index=0, shard_count=1))
+  out = list(ip.eval_batches(Source(), 4, spec, process_index=0, process_count=1))
   assert len(out) == 8  # 5 videos x 6 views = 30 views -> 7 full batches + 1 padded
   assert out[-1]["mask"].tolist() == [True, True, False, False]
   indices = np.concatenate([b["video_index"][b["mask"]] for b in out])
   assert indices.tolist() == [i for i in range(5) for _ in range(6)]
-  odd = list(ip.eval_batches(Source(), 4, spec, shard_index=1, shard_count=2))
+  odd = list(ip.eval_batches(Source(), 4, spec, process_index=1, process_count=2))
   assert sorted(set(np.concatenate([b["video_index"][b["mask"]] for b in odd]))) == [1, 3]
-  even = list(ip.eval_batches(Source(), 4, spec, shard_index=0, shard_count=2))  # 3 videos
+  even = list(ip.eval_batches(Source(), 4, spec, process_index=0, process_count=2))  # 3 videos
   assert len(even) == len(odd) == 5  # equal batch counts on every process
   assert sum(b["mask"].sum() for b in odd) == 12 and not odd[-1]["mask"].any()
 

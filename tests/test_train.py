@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from kpsem_jax import checkpoint, evaluation, trainer
+import tiny_config as tiny_config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,21 +28,8 @@ def load_config(name):
 
 
 def tiny_config(data_dir, steps=12):
-  c = load_config("synthetic")
-  c.dataset.config = "tiny"  # 32x32, 8 frames, 32 train / 16 test videos
+  c = tiny_config_lib.get_config(steps)
   c.dataset.data_dir = str(data_dir)
-  c.clip.update(dict(frames=8, crop=24, train_scale=(24, 28), eval_resize=26))
-  c.model.backbone_kwargs = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32),
-                                 stage_depths=(1, 1, 1, 1), groups=4)
-  c.model.kpsem = dict(num_regions=4, num_sets=2, embed_dim=8, reduction_channels=(8, 8))
-  c.model.kpsem_at = "conv3"
-  c.optimizer.update(dict(lr=0.05, warmup_steps=0, decay_steps=()))
-  c.batch_size = 8
-  c.eval_batch_size = 8
-  c.num_train_steps = steps
-  c.log_every = 1
-  c.eval_every = steps
-  c.checkpoint_every = 3
   return c
 
 

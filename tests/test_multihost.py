@@ -1,0 +1,183 @@
+"""Multi-host training, for real: two ``train.py`` processes joined by ``jax.distributed``.
+
+Both processes run on this machine over loopback, each with 4 forced CPU devices (8 in the
+global mesh), and are compared with one process holding 8 devices over the same global
+batches. Run alone with ``pytest -m multihost``.
+
+The model is the plain (narrow) MFNet: KPSEM's key points are arg-maxes, so last-bit
+differences in the order of the cross-device sums (in-process vs. gloo) can move a key
+point and grow over steps (tests/test_train.py checks the KPSEM model after one sharded
+step); without them the two runs agree to float32 rounding.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from kpsem_jax import checkpoint, porting, prepare
+
+pytestmark = pytest.mark.multihost
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6
+HEARTBEAT = 10  # seconds; train.py's --heartbeat_timeout
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def command(data_dir, workdir, steps=STEPS):
+  return [sys.executable, os.path.join(REPO, "train.py"),
+          "--config=" + os.path.join(REPO, "tests", "tiny_config.py"),
+          f"--config.dataset.data_dir={data_dir}", f"--config.num_train_steps={steps}",
+          f"--config.eval_every={STEPS}", "--config.checkpoint_every=2",
+          "--config.model.use_kpsem=False", "--config.record_inputs=True",
+          f"--workdir={workdir}"]
+
+
+def environment(devices):
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+              PYTHONUNBUFFERED="1")
+
+
+def start_pair(data_dir, workdir, log_dir, steps=STEPS, tag="run"):
+  """Starts processes 0 and 1 (4 devices each); returns the Popen objects and log paths."""
+  port = free_port()
+  procs, logs = [], []
+  for pid in (0, 1):
+    log = os.path.join(log_dir, f"{tag}_process{pid}.log")
+    procs.append(subprocess.Popen(
+        command(data_dir, workdir, steps) + [
+            f"--coordinator_address=localhost:{port}", "--num_processes=2",
+            f"--process_id={pid}", f"--heartbeat_timeout={HEARTBEAT}"],
+        env=environment(4), cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT))
+    logs.append(log)
+  return procs, logs
+
+
+def wait_all(procs, logs, timeout=400):
+  for p, log in zip(procs, logs):
+    try:
+      p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      pytest.fail(f"{log} did not finish in {timeout} s:\n{open(log).read()[-3000:]}")
+    assert p.returncode == 0, open(log).read()[-3000:]
+
+
+def inputs(workdir, pid):
+  return [json.loads(l) for l in open(os.path.join(workdir, "inputs", f"process_{pid}.jsonl"))]
+
+
+def final_params(workdir):
+  variables, meta = checkpoint.load_variables(workdir)
+  return porting.flatten(variables), meta
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  prepare.prepare("synthetic_motion", data_dir, config="tiny", log=lambda *a: None)
+  logs = str(tmp_path_factory.mktemp("logs"))
+  single = str(tmp_path_factory.mktemp("single"))
+  out = subprocess.run(command(data_dir, single), env=environment(8), cwd=REPO,
+                       capture_output=True, text=True, timeout=400)
+  assert out.returncode == 0, out.stderr[-3000:]
+  multi = str(tmp_path_factory.mktemp("multi"))
+  wait_all(*start_pair(data_dir, multi, logs))
+  return dict(data_dir=data_dir, logs=logs, single=single, multi=multi)
+
+
+def test_two_processes_split_every_global_batch_between_them(runs):
+  single = [r["video_index"] for r in inputs(runs["single"], 0) if "video_index" in r]
+  halves = [[r["video_index"] for r in inputs(runs["multi"], pid) if "video_index" in r]
+            for pid in (0, 1)]
+  assert len(single) == len(halves[0]) == len(halves[1]) == STEPS
+  for step, (whole, first, second) in enumerate(zip(single, *halves), 1):
+    assert len(first) == len(second) == 4, step
+    assert first + second == whole, step  # process 0: first half, process 1: second half
+
+
+def test_both_processes_end_with_identical_parameters_equal_to_one_process(runs):
+  digests = [[r for r in inputs(runs["multi"], pid) if "params_sha256" in r][-1]
+             for pid in (0, 1)]
+  assert digests[0]["step"] == digests[1]["step"] == STEPS
+  assert digests[0]["params_sha256"] == digests[1]["params_sha256"]
+  multi, meta = final_params(runs["multi"])
+  single, _ = final_params(runs["single"])
+  assert meta["step"] == STEPS and meta["process_count"] == 2
+  assert multi.keys() == single.keys()
+  for key in single:  # measured: <= 5e-6 relative (float32 sums in another order)
+    diff = np.linalg.norm(multi[key] - single[key]) / max(np.linalg.norm(single[key]), 1e-6)
+    assert diff < 1e-4, (key, diff)
+
+
+def test_checkpoints_and_logs_are_written_once(runs):
+  ckpts = os.path.join(runs["multi"], "checkpoints")
+  assert sorted(os.listdir(ckpts)) == ["2", "4", "6"]  # no temporary or per-process copies
+  for step in ("2", "4", "6"):
+    assert sorted(os.listdir(os.path.join(ckpts, step, "data"))) == [
+        "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+  steps = [json.loads(l)["step"] for l in open(os.path.join(runs["multi"], "metrics.jsonl"))
+           if "train/loss" in l]
+  assert steps == list(range(1, STEPS + 1))  # process 0 logs, once per step
+  evals = json.load(open(os.path.join(runs["multi"], f"eval_test_step{STEPS}.json")))
+  assert evals["num_videos"] == 16  # both processes' halves of the test split, gathered
+
+
+def test_a_killed_process_stops_the_other_and_both_resume(runs, tmp_path):
+  workdir = str(tmp_path / "killed")
+  procs, logs = start_pair(runs["data_dir"], workdir, runs["logs"], steps=10 * STEPS,
+                           tag="killed")
+  first = os.path.join(workdir, "checkpoints", "2", "commit_success.txt")
+  deadline = time.time() + 300
+  while not os.path.exists(first):
+    assert time.time() < deadline and procs[0].poll() is None, open(logs[0]).read()[-3000:]
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  try:
+    procs[0].wait(timeout=HEARTBEAT + 60)
+  except subprocess.TimeoutExpired:
+    procs[0].kill()
+    pytest.fail("process 0 hung after process 1 was killed")
+  waited = time.time() - killed_at
+  log = open(logs[0]).read()
+  assert procs[0].returncode != 0
+  assert "another task died" in log, log[-3000:]
+  assert waited < HEARTBEAT + 60
+
+  # Rerunning both resumes from the newest complete checkpoint and finishes the job.
+  latest = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  procs, logs = start_pair(runs["data_dir"], workdir, runs["logs"], steps=STEPS, tag="resumed")
+  wait_all(procs, logs)
+  assert f"resuming from step {latest}" in open(logs[0]).read()
+  assert latest < STEPS  # so the rerun trained on from a checkpoint
+  resumed, _ = final_params(workdir)
+  straight, _ = final_params(runs["multi"])
+  for key in straight:  # the same global batches from the restored data position
+    np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_resuming_with_another_process_count_is_refused_clearly(runs, tmp_path):
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(runs["multi"], workdir)
+  out = subprocess.run(command(runs["data_dir"], workdir, steps=STEPS + 2), env=environment(8),
+                       cwd=REPO, capture_output=True, text=True, timeout=400)
+  assert out.returncode == 1
+  assert (f"the checkpoint at step {STEPS} in {os.path.join(workdir, 'checkpoints')} was "
+          "written by 2 process(es)") in out.stderr
+  assert "resume it with 2 process(es), not 1" in out.stderr
+  assert "Traceback" not in out.stderr
