@@ -59,9 +59,16 @@ def save_variables(directory: str, variables: Mapping, metadata: Mapping[str, An
       shutil.rmtree(tmp)
 
 
-def load_variables(directory: str) -> Tuple[Dict, Dict[str, Any]]:
-  """``(variables, metadata)`` from the newest step under ``directory``."""
-  path = os.path.join(os.path.abspath(directory), "checkpoints")
+def load_variables(directory: str, prefer_best: bool = False) -> Tuple[Dict, Dict[str, Any]]:
+  """``(variables, metadata)`` from the newest step of ``directory/checkpoints`` (a converted
+  checkpoint or a training workdir); ``prefer_best``: a workdir's ``best/`` if it has one."""
+  directory = os.path.abspath(directory)
+  path = os.path.join(directory, "checkpoints")
+  best = os.path.join(directory, "best")
+  if prefer_best and os.path.isdir(best):
+    with manager_for(best) as probe:
+      if probe.latest_step() is not None:
+        path = best
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{directory} holds no kpsem-jax checkpoint (no 'checkpoints' folder)")
   with manager_for(path) as manager:

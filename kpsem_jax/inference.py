@@ -1,18 +1,23 @@
 """Inference from a kpsem-jax checkpoint: one jit-compiled function, a small Python API.
 
     from kpsem_jax.inference import load_predictor
-    predictor = load_predictor("checkpoints/mfnet_k400")
-    predictor.predict("video.mp4", top_k=5)      # [(label, probability), ...]
-    predictor.logits(normalize(clips_uint8))      # (N, num_classes) numpy
+    predictor = load_predictor("workdirs/hmdb51")   # a training workdir or converted checkpoint
+    predictor.predict("video.mp4", top_k=5)          # [(label, probability), ...]
+    predictor.logits(normalize(clips_uint8))         # (N, num_classes) numpy
+
+``predict`` uses the evaluation protocol of the checkpoint's training config (clips x crops,
+see ``input_pipeline.eval_view``); a converted checkpoint gets MFNet's (16 frames at interval
+2, short side 256, 10 clips x 3 crops of 224).
 """
 
-from typing import List, Optional, Sequence, Tuple
+import dataclasses
+from typing import List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kpsem_jax import checkpoint, video
+from kpsem_jax import checkpoint, input_pipeline, video
 from kpsem_jax.models import create_model
 
 # MFNet's normalisation: pixels in [0, 1], minus the mean, divided by one std for all channels.
@@ -25,6 +30,17 @@ def normalize(clips) -> jax.Array:
   return (jnp.asarray(clips, jnp.float32) / 255.0 - MEAN) / STD
 
 
+def clip_spec_of(metadata) -> input_pipeline.ClipSpec:
+  """The evaluation views a checkpoint was trained for (MFNet's 10 x 3 when it does not say)."""
+  clip = (metadata.get("config") or {}).get("clip")
+  if not clip:
+    return input_pipeline.ClipSpec(frames=int(metadata.get("frames", 16)), num_clips=10,
+                                   num_crops=3)
+  return input_pipeline.ClipSpec(frames=clip["frames"], interval=clip["interval"],
+                                 crop=clip["crop"], eval_resize=clip["eval_resize"],
+                                 num_clips=clip["eval_clips"], num_crops=clip["eval_crops"])
+
+
 class Predictor:
   """A model and its variables behind one jit-compiled inference function."""
 
@@ -33,32 +49,70 @@ class Predictor:
     self.model = create_model(**metadata["model"])
     self.variables = variables
     self.num_classes = int(metadata["model"]["num_classes"])
-    self.frames = int(metadata.get("frames", 16))
+    self.clip_spec = clip_spec_of(metadata)
+    self.frames = self.clip_spec.frames
     names = metadata.get("class_names")
     self.class_names: List[str] = list(names) if names else [
         f"class_{i}" for i in range(self.num_classes)]
-    self._forward = jax.jit(lambda v, x: self.model.apply(v, x, train=False))
+    self._forward_float = jax.jit(lambda v, x: self.model.apply(v, x, train=False))
+    self._forward = jax.jit(lambda v, x: self.model.apply(v, normalize(x), train=False))
 
   def logits(self, clips) -> np.ndarray:
     """``(N, T, H, W, 3)`` normalised float clips -> ``(N, num_classes)`` logits."""
     clips = jnp.asarray(clips, jnp.float32)
     if clips.ndim != 5 or clips.shape[-1] != 3:
       raise ValueError(f"clips must be (N, T, H, W, 3), got {clips.shape}")
+    return np.asarray(self._forward_float(self.variables, clips))
+
+  def uint8_logits(self, clips: np.ndarray) -> np.ndarray:
+    """``(N, T, H, W, 3)`` uint8 RGB clips -> logits; normalised on the device."""
     return np.asarray(self._forward(self.variables, clips))
 
-  def predict(self, video_path: str, top_k: int = 5, num_clips: int = 4, interval: int = 2,
-              crop: int = 224) -> List[Tuple[str, float]]:
-    """Top-k ``(label, probability)`` for a video file: softmax averaged over ``num_clips``
-    evenly spaced 16-frame windows (resize short side 256, centre crop ``crop``)."""
-    frames = video.read_video(video_path, short_side=256 * crop // 224)
-    starts = video.clip_starts(len(frames), self.frames, interval, num_clips)
-    clips = np.stack([video.sample_clip(frames, s, self.frames, interval, crop) for s in starts])
-    probs = jax.nn.softmax(self.logits(normalize(clips)), axis=-1).mean(axis=0)
-    order = np.argsort(-np.asarray(probs))[:top_k]
+  def compile(self, batch_size: int, spec: Optional[input_pipeline.ClipSpec] = None):
+    """Compiles the forward pass for ``batch_size`` views of ``spec`` ahead of time."""
+    s = spec or self.clip_spec
+    shape = jax.ShapeDtypeStruct((batch_size, s.frames, s.crop, s.crop, 3), jnp.uint8)
+    self._forward.lower(self.variables, shape).compile()
+
+  def views(self, video_path: str, spec: Optional[input_pipeline.ClipSpec] = None
+            ) -> np.ndarray:
+    """All ``num_clips x num_crops`` evaluation views of a video, uint8 ``(V, T, S, S, 3)``.
+
+    Raises ``video.VideoError`` naming the file when it cannot be decoded."""
+    s = spec or self.clip_spec
+    record = {"frames": video.read_video(video_path, short_side=s.eval_resize), "label": 0}
+    return np.stack([input_pipeline.eval_view(record, 0, v, s)["clips"]
+                     for v in range(s.num_clips * s.num_crops)])
+
+  def probabilities(self, views: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Softmax averaged over ``views`` (in fixed-size, padded batches: one compilation)."""
+    batch_size = min(batch_size, len(views))
+    probs = []
+    for start in range(0, len(views), batch_size):
+      batch = views[start:start + batch_size]
+      n = len(batch)
+      if n < batch_size:
+        batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - n, axis=0)])
+      probs.append(jax.nn.softmax(self.uint8_logits(batch)[:n], axis=-1))
+    return np.asarray(np.concatenate(probs).mean(axis=0))
+
+  def top(self, probs: np.ndarray, top_k: int = 5) -> List[Tuple[str, float]]:
+    order = np.argsort(-probs, kind="stable")[:top_k]
     return [(self.class_names[i], float(probs[i])) for i in order]
 
+  def predict(self, video_path: str, top_k: int = 5,
+              spec: Optional[input_pipeline.ClipSpec] = None,
+              batch_size: int = 8) -> List[Tuple[str, float]]:
+    """Top-k ``(label, probability)`` for a video file, softmax averaged over its views."""
+    return self.top(self.probabilities(self.views(video_path, spec), batch_size), top_k)
 
-def load_predictor(checkpoint_dir: str) -> Predictor:
-  """A :class:`Predictor` for a converted (or trained) kpsem-jax checkpoint folder."""
-  variables, metadata = checkpoint.load_variables(checkpoint_dir)
+  def with_spec(self, **changes) -> input_pipeline.ClipSpec:
+    """This checkpoint's clip spec with some fields replaced (e.g. ``num_clips=2``)."""
+    return dataclasses.replace(self.clip_spec, **changes)
+
+
+def load_predictor(checkpoint_dir: str, prefer_best: bool = True) -> Predictor:
+  """A :class:`Predictor` for a converted checkpoint folder or a training workdir (its best
+  checkpoint when it has one, else its latest)."""
+  variables, metadata = checkpoint.load_variables(checkpoint_dir, prefer_best=prefer_best)
   return Predictor(variables, metadata)

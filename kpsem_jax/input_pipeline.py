@@ -83,7 +83,12 @@ def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _frames(record, indices: Sequence[int]) -> np.ndarray:
-  return np.stack([decode_jpeg(record["frames"][i]) for i in indices])
+  """The frames at ``indices`` of a record: JPEG bytes (prepared shards) or an already
+  decoded ``(N, H, W, 3)`` array (``video.read_video``)."""
+  frames = record["frames"]
+  if isinstance(frames, np.ndarray):
+    return frames[np.asarray(indices)]
+  return np.stack([decode_jpeg(frames[i]) for i in indices])
 
 
 class TrainClip(grain.RandomMapTransform):

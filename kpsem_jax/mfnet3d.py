@@ -62,7 +62,8 @@ class MFNet3D(nn.Module):
   """The MFNet-3D backbone: conv1, max-pool, conv2..conv5, tail BN-ReLU, global pool.
 
   Returns a dict of stage outputs (``conv1``, ``conv2`` .. ``conv5``, each
-  ``(B, T, H, W, C)``) and ``pooled``, the ``(B, C5)`` feature that feeds the classifier.
+  ``(B, T, H, W, C)``), ``last`` (conv5 after the tail BN-ReLU) and ``pooled``, its
+  ``(B, C5)`` global average that feeds the classifier.
   The final average pool is global, so any frame count / size that survives the strides
   works; the paper's input is 16x224x224.
   """
@@ -83,6 +84,7 @@ class MFNet3D(nn.Module):
       h = _Stage(channels, depth, self.groups, first_strides, name=stage)(h, train)
       out[stage] = h
     h = _Tail(name="tail")(h, train)
+    out["last"] = h  # the final activation map (after the tail), globally pooled below
     out["pooled"] = jnp.mean(h, axis=(1, 2, 3))
     return out
 

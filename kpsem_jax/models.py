@@ -30,12 +30,19 @@ class VideoClassifier(nn.Module):
 
   def features(self, x: jax.Array, train: bool = False) -> jax.Array:
     """``V_out``: ``(B, C_s [+ C_p])``."""
-    stages = self.backbone(x, train)
+    return self.combine(self.backbone(x, train))
+
+  def stages(self, x: jax.Array, train: bool = False):
+    """The backbone's stage outputs (``{"conv1": (B, T, H, W, C), ..., "pooled": (B, C)}``)."""
+    return self.backbone(x, train)
+
+  def combine(self, stages) -> jax.Array:
+    """``V_out`` from the backbone's stage outputs: pooled feature [+ KPSEM on ``kpsem_at``]."""
     if self.kpsem is None:
       return stages["pooled"]
     if self.kpsem_at not in stages:
       raise ValueError(f"kpsem_at={self.kpsem_at!r} is not a stage of the backbone; "
-                       f"choose one of {sorted(k for k in stages if k != 'pooled')}")
+                       f"choose one of {sorted(k for k in stages if k not in ('pooled', 'last'))}")
     p_out = self.kpsem(stages[self.kpsem_at])
     return jax.numpy.concatenate([stages["pooled"], p_out.astype(stages["pooled"].dtype)], -1)
 

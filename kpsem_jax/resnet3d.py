@@ -53,7 +53,8 @@ class Bottleneck(nn.Module):
 class ResNet3D(nn.Module):
   """ResNet-50 backbone with 1xkxk kernels (optionally 3x1x1 inflated).
 
-  Returns a dict of stage outputs (``stem``, ``res2`` .. ``res5``) and ``pooled``
+  Returns a dict of stage outputs (``stem``, ``res2`` .. ``res5``), ``last`` (= res5) and
+  ``pooled``
   ``(B, 8 * base_width * 4)``, the globally averaged res5 feature.
   """
   stage_depths: Sequence[int] = (3, 4, 6, 3)
@@ -71,5 +72,6 @@ class ResNet3D(nn.Module):
         h = Bottleneck(self.base_width * 2**i, 2 if (b == 0 and i > 0) else 1,
                        self.temporal_kernel, name=f"{stage}_B{b + 1:02d}")(h, train)
       out[stage] = h
+    out["last"] = h  # the final activation map, globally pooled below
     out["pooled"] = jnp.mean(h, axis=(1, 2, 3))
     return out

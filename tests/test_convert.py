@@ -175,7 +175,9 @@ def test_predict_on_a_real_video_matches_pytorch(tiny_net, tmp_path):
   path = save(tiny_net.state_dict(), str(tmp_path / "mfnet.pth"))
   convert.run(path, str(tmp_path / "out"), log=lambda *a: None)
   predictor = load_predictor(str(tmp_path / "out"))
-  top = predictor.predict(video_path, top_k=3, num_clips=2, crop=112)
+  assert predictor.clip_spec.num_clips == 10 and predictor.clip_spec.num_crops == 3  # MFNet's
+  spec = predictor.with_spec(num_clips=2, num_crops=1, crop=112, eval_resize=128)
+  top = predictor.predict(video_path, top_k=3, spec=spec, batch_size=4)
   assert [name for name, _ in top] == sorted([n for n, _ in top], key=lambda n: -dict(top)[n])
   assert len(top) == 3 and all(name.startswith("class_") for name, _ in top)
   # Reference: the same two windows decoded independently, through PyTorch.

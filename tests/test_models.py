@@ -50,7 +50,7 @@ def test_mfnet_stage_shapes_at_paper_size():
   assert {k: v.shape for k, v in stages.items()} == {
       "conv1": (1, 16, 112, 112, 16), "conv2": (1, 8, 56, 56, 96),
       "conv3": (1, 8, 28, 28, 192), "conv4": (1, 8, 14, 14, 384),
-      "conv5": (1, 8, 7, 7, 768), "pooled": (1, 768)}
+      "conv5": (1, 8, 7, 7, 768), "last": (1, 8, 7, 7, 768), "pooled": (1, 768)}
 
 
 def test_mfnet_400_has_the_original_parameter_count():

@@ -1,0 +1,99 @@
+"""``python -m kpsem_jax.predict``: the evaluation views, batched, one compilation, errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from kpsem_jax import input_pipeline, video
+from kpsem_jax.inference import load_predictor, normalize
+import tiny_models
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "..", "shared", "fixtures", "videos")
+VIDEOS = ["kinetics400_arm_wrestling.mp4", "kinetics_style_flipping_pancake.mkv",
+          "ucf101_style_BabyCrawling.avi"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  for name in VIDEOS:
+    if not os.path.exists(os.path.join(FIXTURES, name)):
+      pytest.skip(f"{name} not found in {FIXTURES} (../shared beside the repo)")
+  root = tmp_path_factory.mktemp("predict")
+  model, variables = tiny_models.save_tiny_checkpoint(root / "ckpt")
+  folder = root / "videos"
+  folder.mkdir()
+  for name in VIDEOS[:2]:
+    shutil.copy(os.path.join(FIXTURES, name), folder / name)
+  (folder / "notes.txt").write_text("not a video")  # not a video extension: not picked up
+  (folder / "broken.mp4").write_bytes(b"\x00" * 1000)
+  return dict(root=root, ckpt=str(root / "ckpt"), folder=str(folder), model=model,
+              variables=variables)
+
+
+def reference_probabilities(model, variables, path):
+  """Loop over views one at a time: the eval protocol, decoded here independently."""
+  c = tiny_models.CLIP
+  spec = input_pipeline.ClipSpec(frames=c["frames"], interval=c["interval"], crop=c["crop"],
+                                 eval_resize=c["eval_resize"], num_clips=c["eval_clips"],
+                                 num_crops=c["eval_crops"])
+  record = {"frames": video.read_video(path, short_side=spec.eval_resize), "label": 0}
+  probs = []
+  for v in range(spec.num_clips * spec.num_crops):
+    clip = input_pipeline.eval_view(record, 0, v, spec)["clips"][None]
+    probs.append(jax.nn.softmax(model.apply(variables, normalize(clip)))[0])
+  return np.mean(probs, axis=0), len(probs)
+
+
+def test_cli_json_matches_view_by_view_reference_and_reports_bad_files(tiny):
+  out = subprocess.run(
+      [sys.executable, "-m", "kpsem_jax.predict", f"--checkpoint={tiny['ckpt']}", "--json",
+       "--top_k=3", "--batch_size=4", tiny["folder"], os.path.join(FIXTURES, VIDEOS[2])],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1, out.stderr  # one file failed, the others were classified
+  results = json.loads(out.stdout)
+  names = [os.path.basename(r["video"]) for r in results]
+  assert names == ["broken.mp4", VIDEOS[0], VIDEOS[1], VIDEOS[2]]
+  assert "broken.mp4" in results[0]["error"] and "top" not in results[0]
+  for r in results[1:]:
+    probs, views = reference_probabilities(tiny["model"], tiny["variables"], r["video"])
+    assert r["views"] == views == 6  # 2 clips x 3 crops, from the checkpoint's config
+    order = np.argsort(-probs)[:3]
+    assert [t["label"] for t in r["top"]] == [tiny_models.CLASSES[i] for i in order]
+    np.testing.assert_allclose([t["probability"] for t in r["top"]], probs[order], rtol=1e-5)
+  assert "3 of 4 videos classified: 18 clips through the model" in out.stderr
+  assert "clips/s" in out.stderr and "failed: " in out.stderr
+
+
+def test_text_output_and_errors(tiny):
+  out = subprocess.run(
+      [sys.executable, "-m", "kpsem_jax.predict", f"--checkpoint={tiny['ckpt']}", "--top_k=2",
+       "--num_clips=1", "--num_crops=1", os.path.join(FIXTURES, VIDEOS[0])],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.strip().splitlines()
+  assert lines[0].endswith(VIDEOS[0] + ":") and len(lines) == 3
+  assert all(l.split()[1] in tiny_models.CLASSES for l in lines[1:])
+  missing = subprocess.run(
+      [sys.executable, "-m", "kpsem_jax.predict", f"--checkpoint={tiny['root']}/nothing", "x.mp4"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert missing.returncode == 2 and "nothing is not a folder" in missing.stderr
+  assert "Traceback" not in missing.stderr
+
+
+def test_views_are_batched_through_one_compilation(tiny):
+  predictor = load_predictor(tiny["ckpt"])
+  spec = predictor.with_spec(num_clips=3, num_crops=1)  # 3 views: batches of 2, one padded
+  for name in VIDEOS:
+    views = predictor.views(os.path.join(FIXTURES, name), spec)
+    probs = predictor.probabilities(views, batch_size=2)
+    assert views.shape == (3, 8, 32, 32, 3) and views.dtype == np.uint8
+    direct = jax.nn.softmax(predictor.logits(normalize(views)), axis=-1).mean(0)
+    np.testing.assert_allclose(probs, direct, rtol=1e-5, atol=1e-7)
+  assert predictor._forward._cache_size() == 1  # pylint: disable=protected-access

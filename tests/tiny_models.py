@@ -1,0 +1,30 @@
+"""Tiny random-weight checkpoints for the inference and visualisation tests."""
+
+import jax
+import jax.numpy as jnp
+
+from kpsem_jax import checkpoint
+from kpsem_jax.models import create_model
+
+CLASSES = [f"action_{i}" for i in range(6)]
+CLIP = dict(frames=8, interval=2, crop=32, eval_resize=36, eval_clips=2, eval_crops=3)
+
+
+def spec(kpsem=True):
+  kwargs = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32), stage_depths=(1, 1, 1, 1),
+                groups=4)
+  return dict(backbone="mfnet3d", num_classes=len(CLASSES), backbone_kwargs=kwargs,
+              kpsem=dict(num_regions=4, num_sets=2, embed_dim=8, reduction_channels=(8, 8))
+              if kpsem else None, kpsem_at="conv3")
+
+
+def save_tiny_checkpoint(directory, kpsem=True, seed=0):
+  """A kpsem-jax checkpoint of a narrow (MF-KPSEM or MFNet) model with random weights."""
+  model_spec = spec(kpsem)
+  model = create_model(**model_spec)
+  variables = model.init(jax.random.PRNGKey(seed),
+                         jnp.zeros((1, CLIP["frames"], CLIP["crop"], CLIP["crop"], 3)))
+  metadata = dict(format="kpsem-jax/1", model=model_spec, frames=CLIP["frames"],
+                  class_names=CLASSES, step=0, config={"clip": dict(CLIP)})
+  checkpoint.save_variables(str(directory), variables, metadata)
+  return model, variables
