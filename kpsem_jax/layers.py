@@ -5,6 +5,8 @@ Kernels use the ``(*spatial, in // groups, out)`` layout (DHWIO for 3-D), so a P
 ``(out, in // groups, *spatial)`` weight ports with one transpose.
 """
 
+import functools
+import itertools
 from typing import Sequence, Tuple
 
 import flax.linen as nn
@@ -18,8 +20,64 @@ BN_MOMENTUM = 0.9
 Padding = Sequence[Tuple[int, int]]
 
 
+STRATEGIES = ("auto", "xla", "group_loop", "patches")
+
+
+def _xla_conv(x, kernel, strides, padding, groups):
+  nd = kernel.ndim - 2
+  spatial = "DHW"[-nd:]
+  dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+  return jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), window_strides=tuple(strides), padding=tuple(padding),
+      dimension_numbers=dn, feature_group_count=groups)
+
+
+def _group_loop_conv(x, kernel, strides, padding, groups):
+  """One dense convolution per group on its channel slice, concatenated."""
+  if groups == 1:
+    return _xla_conv(x, kernel, strides, padding, 1)
+  c_in, c_out = x.shape[-1] // groups, kernel.shape[-1] // groups
+  return jnp.concatenate(
+      [_xla_conv(x[..., g * c_in:(g + 1) * c_in], kernel[..., g * c_out:(g + 1) * c_out],
+                 strides, padding, 1) for g in range(groups)], axis=-1)
+
+
+def _patches_conv(x, kernel, strides, padding, groups):
+  """im2col: strided windows stacked ``(..., taps, groups, C_in/g)``, one batched matmul."""
+  window, c_in_g, c_out = kernel.shape[:-2], kernel.shape[-2], kernel.shape[-1]
+  x = jnp.pad(x, ((0, 0),) + tuple(tuple(p) for p in padding) + ((0, 0),))
+  out_size = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], window, strides)]
+  taps = []
+  for offset in itertools.product(*(range(k) for k in window)):
+    index = tuple(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, strides, out_size))
+    taps.append(x[(slice(None),) + index])
+  cols = jnp.stack(taps, axis=-2).reshape(x.shape[:1] + tuple(out_size) +
+                                          (len(taps), groups, c_in_g))
+  k = kernel.astype(x.dtype).reshape(len(taps), c_in_g, groups, c_out // groups)
+  y = jnp.einsum("...tgc,tcgo->...go", cols, k)
+  return y.reshape(y.shape[:-2] + (c_out,))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _xla_forward_group_loop_backward(x, kernel, strides, padding, groups):
+  return _xla_conv(x, kernel, strides, padding, groups)
+
+
+def _auto_fwd(x, kernel, strides, padding, groups):
+  return _xla_conv(x, kernel, strides, padding, groups), (x, kernel)
+
+
+def _auto_bwd(strides, padding, groups, residuals, cotangent):
+  x, kernel = residuals
+  _, vjp = jax.vjp(lambda a, b: _group_loop_conv(a, b, strides, padding, groups), x, kernel)
+  return vjp(cotangent)
+
+
+_xla_forward_group_loop_backward.defvjp(_auto_fwd, _auto_bwd)
+
+
 def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding,
-         groups: int = 1) -> jax.Array:
+         groups: int = 1, strategy: str = "auto") -> jax.Array:
   """N-d grouped convolution, channels-last, PyTorch's zero padding.
 
   Args:
@@ -28,15 +86,27 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
     strides: one stride per spatial axis.
     padding: one ``(low, high)`` pair per spatial axis.
     groups: feature groups; ``C_in`` and ``C_out`` must both divide by it.
+    strategy: how XLA computes it; every strategy gives the same values (to float32
+      rounding) and gradients. ``xla``: one grouped ``conv_general_dilated``;
+      ``group_loop``: one dense convolution per group; ``patches``: im2col and a batched
+      matmul; ``auto``: ``xla`` forward and, for grouped convolutions, the ``group_loop``
+      gradient (XLA:CPU's grouped-convolution gradients are several times slower; see
+      ``benchmarks/conv_strategies.py``).
   Returns:
     ``(B, *out_spatial, C_out)``.
   """
-  nd = kernel.ndim - 2
-  spatial = "DHW"[-nd:] if nd <= 3 else None
-  dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
-  return jax.lax.conv_general_dilated(
-      x, kernel.astype(x.dtype), window_strides=tuple(strides), padding=tuple(padding),
-      dimension_numbers=dn, feature_group_count=groups)
+  strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
+  if strategy == "auto":
+    if groups == 1:
+      return _xla_conv(x, kernel, strides, padding, 1)
+    return _xla_forward_group_loop_backward(x, kernel.astype(x.dtype), strides, padding, groups)
+  if strategy == "xla":
+    return _xla_conv(x, kernel, strides, padding, groups)
+  if strategy == "group_loop":
+    return _group_loop_conv(x, kernel, strides, padding, groups)
+  if strategy == "patches":
+    return _patches_conv(x, kernel, strides, padding, groups)
+  raise ValueError(f"unknown convolution strategy {strategy!r}; choose one of {STRATEGIES}")
 
 
 def same_padding(kernel_size: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
@@ -52,6 +122,7 @@ class Conv(nn.Module):
   padding: Padding = None  # None: PyTorch-style k // 2 on every axis.
   groups: int = 1
   use_bias: bool = False
+  strategy: str = "auto"  # see :func:`conv`
   kernel_init: nn.initializers.Initializer = nn.initializers.variance_scaling(
       2.0, "fan_out", "normal")
 
@@ -65,7 +136,7 @@ class Conv(nn.Module):
     kernel = self.param("kernel", self.kernel_init,
                         (*self.kernel_size, in_features // self.groups, self.features))
     padding = same_padding(self.kernel_size) if self.padding is None else self.padding
-    y = conv(x, kernel, self.strides, padding, self.groups)
+    y = conv(x, kernel, self.strides, padding, self.groups, self.strategy)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
     return y

@@ -7,6 +7,7 @@ for the paper's 16x224x224 the stage outputs are conv1 16x112x112x16, conv2 8x56
 conv3 8x28x28x192, conv4 8x14x14x384, conv5 8x7x7x768.
 """
 
+import functools
 from typing import Dict, Sequence
 
 import flax.linen as nn
@@ -24,12 +25,13 @@ class BNReLUConv(nn.Module):
   kernel_size: Sequence[int] = (1, 1, 1)
   strides: Sequence[int] = (1, 1, 1)
   groups: int = 1
+  strategy: str = "auto"  # layers.conv's strategy
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     h = nn.relu(batch_norm(train, "bn")(x))
     return Conv(self.features, self.kernel_size, self.strides, groups=self.groups,
-                name="conv")(h)
+                strategy=self.strategy, name="conv")(h)
 
 
 class MFUnit(nn.Module):
@@ -42,19 +44,20 @@ class MFUnit(nn.Module):
   groups: int = 16
   strides: Sequence[int] = (1, 1, 1)
   first_block: bool = False
+  conv_strategy: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     in_channels = x.shape[-1]
-    h = BNReLUConv(self.mid_channels // 4, name="conv_i1")(x, train)
-    x_in = x + BNReLUConv(in_channels, name="conv_i2")(h, train)
-    h = BNReLUConv(self.mid_channels, (3, 3, 3), self.strides, self.groups,
-                   name="conv_m1")(x_in, train)
+    layer = functools.partial(BNReLUConv, strategy=self.conv_strategy)
+    h = layer(self.mid_channels // 4, name="conv_i1")(x, train)
+    x_in = x + layer(in_channels, name="conv_i2")(h, train)
+    h = layer(self.mid_channels, (3, 3, 3), self.strides, self.groups, name="conv_m1")(x_in, train)
     if self.first_block:
-      h = BNReLUConv(self.out_channels, name="conv_m2")(h, train)
-      x = BNReLUConv(self.out_channels, strides=self.strides, name="conv_w1")(x, train)
+      h = layer(self.out_channels, name="conv_m2")(h, train)
+      x = layer(self.out_channels, strides=self.strides, name="conv_w1")(x, train)
     else:
-      h = BNReLUConv(self.out_channels, (1, 3, 3), groups=self.groups, name="conv_m2")(h, train)
+      h = layer(self.out_channels, (1, 3, 3), groups=self.groups, name="conv_m2")(h, train)
     return h + x
 
 
@@ -71,17 +74,19 @@ class MFNet3D(nn.Module):
   stage_channels: Sequence[int] = (96, 192, 384, 768)
   stage_depths: Sequence[int] = (3, 4, 6, 3)
   groups: int = 16
+  conv_strategy: str = "auto"  # layers.conv's strategy, for every convolution
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
     out = {}
-    h = _Conv1(self.conv1_channels, name="conv1")(x, train)
+    h = _Conv1(self.conv1_channels, self.conv_strategy, name="conv1")(x, train)
     out["conv1"] = h
     h = nn.max_pool(h, (1, 3, 3), strides=(1, 2, 2), padding=((0, 0), (1, 1), (1, 1)))
     for i, (stage, channels, depth) in enumerate(
         zip(STAGES, self.stage_channels, self.stage_depths)):
       first_strides = (2, 1, 1) if i == 0 else (1, 2, 2)
-      h = _Stage(channels, depth, self.groups, first_strides, name=stage)(h, train)
+      h = _Stage(channels, depth, self.groups, first_strides, self.conv_strategy,
+                 name=stage)(h, train)
       out[stage] = h
     h = _Tail(name="tail")(h, train)
     out["last"] = h  # the final activation map (after the tail), globally pooled below
@@ -92,10 +97,11 @@ class MFNet3D(nn.Module):
 class _Conv1(nn.Module):
   """``conv1``: Conv3d(3 -> C, k=(3,5,5), s=(1,2,2), pad=(1,2,2)) -> BN -> ReLU."""
   features: int
+  strategy: str = "auto"
 
   @nn.compact
   def __call__(self, x, train):
-    h = Conv(self.features, (3, 5, 5), (1, 2, 2), name="conv")(x)
+    h = Conv(self.features, (3, 5, 5), (1, 2, 2), strategy=self.strategy, name="conv")(x)
     return nn.relu(batch_norm(train, "bn")(h))
 
 
@@ -105,13 +111,14 @@ class _Stage(nn.Module):
   depth: int
   groups: int
   first_strides: Sequence[int]
+  conv_strategy: str = "auto"
 
   @nn.compact
   def __call__(self, x, train):
     for b in range(self.depth):
       x = MFUnit(self.channels, self.channels, self.groups,
                  self.first_strides if b == 0 else (1, 1, 1), first_block=b == 0,
-                 name=f"B{b + 1:02d}")(x, train)
+                 conv_strategy=self.conv_strategy, name=f"B{b + 1:02d}")(x, train)
     return x
 
 

@@ -54,8 +54,7 @@ class ResNet3D(nn.Module):
   """ResNet-50 backbone with 1xkxk kernels (optionally 3x1x1 inflated).
 
   Returns a dict of stage outputs (``stem``, ``res2`` .. ``res5``), ``last`` (= res5) and
-  ``pooled``
-  ``(B, 8 * base_width * 4)``, the globally averaged res5 feature.
+  ``pooled`` ``(B, 8 * base_width * 4)``, the globally averaged res5 feature.
   """
   stage_depths: Sequence[int] = (3, 4, 6, 3)
   base_width: int = 64

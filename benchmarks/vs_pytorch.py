@@ -1,0 +1,157 @@
+"""MFNet-3D in JAX beside the PyTorch original: the same weights, the same inputs, one run.
+
+    .venv/bin/python benchmarks/vs_pytorch.py [--batches=1,2,4,8] [--repeats=3] [--threads=2]
+
+The PyTorch side is the test suite's reference MFNet (``tests/torch_mfnet.py``, eager,
+``--threads`` intra-op threads) with random weights and BatchNorm statistics; the JAX side
+is that checkpoint through ``kpsem_jax.convert`` (jit), once per convolution strategy
+(``layers.conv``). Runs are interleaved and the medians compared:
+
+- inference at ``(B, 16, 224, 224, 3)`` for each ``--batches``: JAX/PyTorch time ratio and
+  the logits' largest difference relative to the largest logit; JAX MF-KPSEM's forward
+  time over JAX MFNet's (the KPSEM overhead);
+- one SGD training step (forward, backward, Nesterov momentum update) of a narrow MFNet on
+  ``--train_shape``: JAX/PyTorch time ratio and the loss difference.
+
+Needs torch (``pip install torch==2.13.0``, the CPU build; a test-only dependency).
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+from absl import app, flags, logging
+import numpy as np
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("batches", ["1", "2", "4", "8"], "inference batch sizes")
+flags.DEFINE_integer("repeats", 3, "timed runs per measurement (median)")
+flags.DEFINE_integer("threads", 2, "PyTorch intra-op threads (this machine: 2 cores)")
+flags.DEFINE_list("strategies", ["auto", "xla"], "layers.conv strategies for the JAX side")
+flags.DEFINE_list("train_shape", ["8", "8", "112", "112"], "training batch, frames, height, width")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def timed(fn):
+  start = time.perf_counter()
+  out = fn()
+  return time.perf_counter() - start, out
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  sys.path.insert(0, REPO)
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch_mfnet  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import checkpoint, convert, trainer  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.inference import normalize  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models import create_model  # pylint: disable=import-outside-toplevel
+
+  torch.set_num_threads(FLAGS.threads)
+  print(f"JAX {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} with "
+        f"{FLAGS.threads} threads; medians of {FLAGS.repeats} interleaved runs")
+  tmp = tempfile.mkdtemp()
+  net = torch_mfnet.randomize(torch_mfnet.MFNET_3D(num_classes=400)).eval()
+  torch.save(net.state_dict(), os.path.join(tmp, "mfnet.pth"))
+  quiet = lambda *a: None  # noqa: E731
+  convert.run(os.path.join(tmp, "mfnet.pth"), os.path.join(tmp, "mfnet"), log=quiet)
+  convert.run(os.path.join(tmp, "mfnet.pth"), os.path.join(tmp, "mf_kpsem"), model="mf_kpsem",
+              log=quiet)
+
+  def jax_forward(path, strategy):
+    variables, meta = checkpoint.load_variables(path)
+    spec = dict(meta["model"])
+    spec["backbone_kwargs"] = dict(spec["backbone_kwargs"], conv_strategy=strategy)
+    model = create_model(**spec)
+    fn = jax.jit(lambda v, x: model.apply(v, x))
+    return lambda x: np.asarray(jax.block_until_ready(fn(variables, x)))
+
+  print("\ninference, (B, 16, 224, 224, 3)")
+  print(f"{'B':>3s} {'torch s':>8s} " + " ".join(
+      f"{'JAX ' + s + ' s':>13s} {'ratio':>6s} {'max diff':>9s}" for s in FLAGS.strategies) +
+        f" {'MF-KPSEM/MFNet (JAX ' + FLAGS.strategies[0] + ')':>30s}")
+  forwards = {s: jax_forward(os.path.join(tmp, "mfnet"), s) for s in FLAGS.strategies}
+  kpsem_forward = jax_forward(os.path.join(tmp, "mf_kpsem"), FLAGS.strategies[0])
+  for b in (int(v) for v in FLAGS.batches):
+    clips = np.random.RandomState(b).randint(0, 256, (b, 16, 224, 224, 3)).astype(np.uint8)
+    x = np.asarray(normalize(clips))
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3)))
+    with torch.no_grad():
+      ref = net(xt).numpy()
+    for f in list(forwards.values()) + [kpsem_forward]:
+      f(x)  # compile
+    times = {k: [] for k in ["torch", "kpsem"] + FLAGS.strategies}
+    outs = {}
+    for _ in range(FLAGS.repeats):
+      with torch.no_grad():
+        times["torch"].append(timed(lambda: net(xt))[0])
+      for s, f in forwards.items():
+        t, outs[s] = timed(lambda f=f: f(x))
+        times[s].append(t)
+      times["kpsem"].append(timed(lambda: kpsem_forward(x))[0])
+    base = np.median(times["torch"])
+    cells = " ".join(
+        f"{np.median(times[s]):13.3f} {np.median(times[s]) / base:6.2f} "
+        f"{np.abs(outs[s] - ref).max() / np.abs(ref).max():9.1e}" for s in FLAGS.strategies)
+    overhead = np.median(times["kpsem"]) / np.median(times[FLAGS.strategies[0]])
+    print(f"{b:3d} {base:8.3f} {cells} {overhead:30.4f}", flush=True)
+
+  # ---- one training step of a narrow MFNet ---------------------------------------------------
+  batch, frames, height, width = (int(v) for v in FLAGS.train_shape)
+  kwargs = dict(conv1_channels=8, stage_channels=(32, 64, 128, 256), stage_depths=(1, 1, 2, 1),
+                groups=8)
+  small = torch_mfnet.randomize(torch_mfnet.MFNET_3D(num_classes=10, **kwargs)).train()
+  torch.save(small.state_dict(), os.path.join(tmp, "small.pth"))
+  convert.run(os.path.join(tmp, "small.pth"), os.path.join(tmp, "small"), log=quiet)
+  variables, meta = checkpoint.load_variables(os.path.join(tmp, "small"))
+  rng = np.random.RandomState(0)
+  clips = rng.randint(0, 256, (batch, frames, height, width, 3)).astype(np.uint8)
+  labels = rng.randint(0, 10, batch).astype(np.int32)
+  x = np.asarray(normalize(clips))
+  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3)))
+  yt = torch.from_numpy(labels.astype(np.int64))
+  opt = torch.optim.SGD(small.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+
+  def torch_step():
+    opt.zero_grad()
+    loss = torch.nn.functional.cross_entropy(small(xt), yt)
+    loss.backward()
+    opt.step()
+    return float(loss)
+
+  tx = optax.sgd(0.01, momentum=0.9, nesterov=True)
+  steps = {}
+  for s in FLAGS.strategies:
+    spec = dict(meta["model"])
+    spec["backbone_kwargs"] = dict(spec["backbone_kwargs"], conv_strategy=s)
+    model = create_model(**spec)
+    fn = jax.jit(trainer.make_train_step(model, tx, lambda step: 0.01, jnp.float32))
+    state = trainer.TrainState(jnp.zeros((), jnp.int32), variables["params"],
+                               variables["batch_stats"], tx.init(variables["params"]))
+    steps[s] = (fn, state)
+  first = {}
+  for s, (fn, state) in steps.items():  # compile, and the first step's loss from equal weights
+    first[s] = float(fn(state, clips[None], labels[None])[1]["loss"])
+  torch_loss = torch_step()
+  times = {k: [] for k in ["torch"] + FLAGS.strategies}
+  for _ in range(FLAGS.repeats):
+    times["torch"].append(timed(torch_step)[0])
+    for s, (fn, state) in steps.items():
+      times[s].append(timed(lambda: jax.block_until_ready(fn(state, clips[None], labels[None])))[0])
+  base = np.median(times["torch"])
+  print(f"\ntraining step, narrow MFNet (widths 32-256, groups 8), batch {batch} x {frames}x"
+        f"{height}x{width}")
+  print(f"torch {base:.3f} s; " + "; ".join(
+      f"JAX {s} {np.median(times[s]):.3f} s, ratio {np.median(times[s]) / base:.2f}, first-step "
+      f"loss diff {abs(first[s] - torch_loss):.1e}" for s in FLAGS.strategies))
+
+
+if __name__ == "__main__":
+  app.run(main)

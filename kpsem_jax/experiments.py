@@ -1,0 +1,257 @@
+"""The KPSEM experiment suite at CPU scale, on the synthetic motion dataset.
+
+    python -m kpsem_jax.experiments --suite=ablation --workdir=DIR [--seeds=3] [--steps=450]
+
+Every run has the same data, budget (steps, batch, schedule) and seeds; only the model
+changes. The ``ablation`` suite:
+
+- backbones with and without KPSEM: a time-blind C2D (2-D ResNet, every kernel 1xkxk, no
+  temporal pooling before the global average) and a small MFNet-3D;
+- the paper's ablations on C2D-KPSEM, where KPSEM is the only source of temporal
+  information: K in {1, 4, 9, 16} regions (K = 1: a single key point per channel), G in
+  {1, 2, 4, 8} AReSE sets (G = 1: one set), and fixed instead of adaptive regions.
+
+Each run is a ``trainer.train_and_evaluate`` workdir under ``DIR/runs/<name>_seed<s>``: an
+interrupted suite resumes (finished runs are kept, a cut run continues from its checkpoint).
+``DIR/results.md`` holds the table (mean and standard deviation over seeds of video top-1
+and of the reversal error, the share of test videos labelled as their time-reversed
+class), ``DIR/results.json`` every number, ``DIR/results.png`` a bar chart.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# KPSEM sits on the stride-4 stage (12x12 maps at 48x48 input): objects move 1-2 input pixels
+# per frame, well under a map pixel per frame on the paper's stages (stride 8-16) at this size.
+C2D = dict(backbone="resnet3d", backbone_kwargs=dict(stage_depths=(1, 1, 1, 1), base_width=8,
+                                                      temporal_kernel=1), kpsem_at="res2")
+MFNET = dict(backbone="mfnet3d", backbone_kwargs=dict(
+    conv1_channels=8, stage_channels=(16, 32, 32, 64), stage_depths=(1, 1, 2, 1), groups=4),
+             kpsem_at="conv2")
+KPSEM = dict(num_regions=4, num_sets=4, embed_dim=8, reduction_channels=(16, 16))
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One model of a suite: a backbone (C2D or MFNET) with or without KPSEM settings."""
+  name: str
+  group: str
+  backbone: Dict
+  kpsem: Optional[Dict]
+
+
+def _kp(**changes):
+  return dict(KPSEM, **changes)
+
+
+SUITES: Dict[str, List[Variant]] = {
+    "ablation": [
+        Variant("C2D", "backbone", C2D, None),
+        Variant("C2D-KPSEM (K=4, G=4)", "backbone", C2D, _kp()),
+        Variant("MFNet", "backbone", MFNET, None),
+        Variant("MF-KPSEM (K=4, G=4)", "backbone", MFNET, _kp()),
+        Variant("C2D-KPSEM K=1 (single key point)", "regions K", C2D, _kp(num_regions=1)),
+        Variant("C2D-KPSEM K=9", "regions K", C2D, _kp(num_regions=9)),
+        Variant("C2D-KPSEM K=16", "regions K", C2D, _kp(num_regions=16)),
+        Variant("C2D-KPSEM G=1 (one AReSE set)", "sets G", C2D, _kp(num_sets=1)),
+        Variant("C2D-KPSEM G=2", "sets G", C2D, _kp(num_sets=2)),
+        Variant("C2D-KPSEM G=8", "sets G", C2D, _kp(num_sets=8)),
+        Variant("C2D-KPSEM fixed regions", "regions", C2D, _kp(adaptive=False)),
+    ],
+}
+# "C2D-KPSEM (K=4, G=4)" is also the K=4 point of the K sweep and the G=4 point of the G sweep.
+
+
+def synthetic_config():
+  spec = importlib.util.spec_from_file_location("synthetic_config",
+                                                os.path.join(REPO, "configs", "synthetic.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, REPO)
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(REPO)
+  return module.get_config()
+
+
+def run_config(variant: Variant, seed: int, steps: int, data_dir: str):
+  """``configs/synthetic.py`` (8x48x48 clips) with ``variant``'s model, ``steps`` steps."""
+  c = synthetic_config()
+  c.seed = seed
+  c.dataset.data_dir = data_dir
+  c.model.backbone = variant.backbone["backbone"]
+  c.model.backbone_kwargs = dict(variant.backbone["backbone_kwargs"])
+  c.model.kpsem_at = variant.backbone["kpsem_at"]
+  c.model.use_kpsem = variant.kpsem is not None
+  c.model.kpsem = dict(variant.kpsem or KPSEM)
+  c.optimizer.update(dict(lr=0.05, warmup_steps=max(1, steps // 20),
+                          decay_steps=(int(steps * 0.8), int(steps * 0.93))))
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.num_train_steps = steps
+  c.log_every = max(1, steps // 10)
+  c.eval_every = steps
+  c.checkpoint_every = max(1, steps // 4)
+  c.keep_checkpoints = 1
+  return c
+
+
+def slug(name: str) -> str:
+  return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_").replace("__", "_")
+
+
+def reversal_error(confusion: np.ndarray) -> float:
+  """Share of videos labelled as their time-reversed class (classes 2k <-> 2k+1)."""
+  n = confusion.shape[0] - confusion.shape[0] % 2
+  swapped = sum(confusion[i, i ^ 1] for i in range(n))
+  return float(swapped / max(confusion.sum(), 1))
+
+
+def run_one(variant: Variant, seed: int, steps: int, data_dir: str, workdir: str) -> Dict:
+  """Trains and evaluates one (variant, seed), or reads the result of a finished run."""
+  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  result_path = os.path.join(workdir, "result.json")
+  if os.path.exists(result_path):
+    return json.load(open(result_path))
+  start = time.perf_counter()
+  final = trainer.train_and_evaluate(run_config(variant, seed, steps, data_dir), workdir)
+  result = dict(variant=variant.name, group=variant.group, seed=seed, steps=steps,
+                video_top1=float(final["video_top1"]),
+                reversal_error=reversal_error(np.asarray(final["confusion"])),
+                num_videos=int(final["num_videos"]), seconds=time.perf_counter() - start)
+  with open(result_path + ".tmp", "w") as f:
+    json.dump(result, f, indent=1)
+  os.replace(result_path + ".tmp", result_path)
+  return result
+
+
+def summarize(results: Sequence[Dict], variants: Sequence[Variant]) -> List[Dict]:
+  rows = []
+  for v in variants:
+    runs = [r for r in results if r["variant"] == v.name]
+    if not runs:
+      continue
+    top1 = np.array([r["video_top1"] for r in runs])
+    rev = np.array([r["reversal_error"] for r in runs])
+    rows.append(dict(variant=v.name, group=v.group, seeds=len(runs),
+                     top1_mean=float(top1.mean()), top1_std=float(top1.std()),
+                     reversal_mean=float(rev.mean()), reversal_std=float(rev.std()),
+                     top1_per_seed=[float(x) for x in top1]))
+  return rows
+
+
+def markdown(rows: Sequence[Dict], steps: int, seeds: int) -> str:
+  lines = [f"Synthetic motion (8 classes in time-reversed pairs, chance 12.5%), 8x48x48 clips, "
+           f"{steps} steps of 16 clips, {seeds} seed(s) each; mean ± std over seeds.", "",
+           "| model | video top-1 (%) | reversal error (%) | per seed (%) |",
+           "|---|---|---|---|"]
+  for r in rows:
+    per_seed = ", ".join(f"{100 * x:.1f}" for x in r["top1_per_seed"])
+    lines.append(f"| {r['variant']} | {100 * r['top1_mean']:.1f} ± {100 * r['top1_std']:.1f} | "
+                 f"{100 * r['reversal_mean']:.1f} ± {100 * r['reversal_std']:.1f} | "
+                 f"{per_seed} |")
+  return "\n".join(lines) + "\n"
+
+
+def bar_chart(rows: Sequence[Dict], path: str, width: int = 900, bar: int = 22):
+  """Horizontal bars of mean video top-1 with ±std whiskers and the chance line (PIL)."""
+  from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+  label_w, top = 330, 30
+  height = top + len(rows) * (bar + 8) + 30
+  image = Image.new("RGB", (width, height), (255, 255, 255))
+  draw = ImageDraw.Draw(image)
+  plot_w = width - label_w - 20
+
+  def x_of(v):
+    return label_w + v * plot_w
+
+  draw.text((label_w, 8), "video top-1 on synthetic_motion (mean ± std over seeds)", fill=(0, 0, 0))
+  for i, r in enumerate(rows):
+    y = top + i * (bar + 8)
+    color = (60, 110, 200) if "KPSEM" in r["variant"] else (150, 150, 150)
+    draw.text((6, y + 5), r["variant"], fill=(0, 0, 0))
+    draw.rectangle([x_of(0), y, x_of(r["top1_mean"]), y + bar], fill=color)
+    lo, hi = r["top1_mean"] - r["top1_std"], r["top1_mean"] + r["top1_std"]
+    draw.line([(x_of(max(lo, 0)), y + bar / 2), (x_of(min(hi, 1)), y + bar / 2)], fill=(0, 0, 0),
+              width=2)
+    draw.text((x_of(r["top1_mean"]) + 6, y + 5), f"{100 * r['top1_mean']:.1f}%", fill=(0, 0, 0))
+  for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+    draw.line([(x_of(v), height - 26), (x_of(v), height - 22)], fill=(0, 0, 0))
+    draw.text((x_of(v) - 8, height - 18), f"{int(v * 100)}%", fill=(0, 0, 0))
+  draw.line([(x_of(0.125), top - 4), (x_of(0.125), height - 26)], fill=(200, 40, 40))
+  draw.text((x_of(0.125) + 3, top - 14), "chance", fill=(200, 40, 40))
+  image.save(path)
+
+
+def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 450,
+              data_dir: str = "~/tensorflow_datasets", only: Sequence[str] = (),
+              log=print) -> List[Dict]:
+  if suite not in SUITES:
+    raise ValueError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
+  variants = [v for v in SUITES[suite] if not only or v.name in only]
+  data_dir = os.path.expanduser(data_dir)
+  os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+  results = []
+  todo = [(v, s) for v in variants for s in range(seeds)]  # whole rows first
+  for i, (v, seed) in enumerate(todo, 1):
+    run_dir = os.path.join(workdir, "runs", f"{slug(v.name)}_seed{seed}")
+    log(f"[{i}/{len(todo)}] {v.name}, seed {seed} -> {run_dir}")
+    r = run_one(v, seed, steps, data_dir, run_dir)
+    log(f"    video top-1 {100 * r['video_top1']:.1f}%, reversal error "
+        f"{100 * r['reversal_error']:.1f}% ({r['seconds']:.0f} s)")
+    results.append(r)
+    rows = summarize(results, variants)  # rewritten after every run
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(dict(suite=suite, steps=steps, seeds=seeds, runs=results, table=rows), f,
+                indent=1)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+      f.write(markdown(rows, steps, seeds))
+    bar_chart(rows, os.path.join(workdir, "results.png"))
+  return summarize(results, variants)
+
+
+def define_flags():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_enum("suite", "ablation", sorted(SUITES), "which experiments")
+  flags.DEFINE_string("workdir", None, "results and one training workdir per run")
+  flags.DEFINE_integer("seeds", 3, "seeds per model (0 .. seeds-1)")
+  flags.DEFINE_integer("steps", 450, "training steps per run (batch 16)")
+  flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "where synthetic_motion is built")
+  flags.DEFINE_multi_string("only", [], "run only these variants (by name; repeatable)")
+  flags.DEFINE_bool("list", False, "print the suite's variants and exit")
+  flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
+  FLAGS = flags.FLAGS
+  logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.list:
+    for v in SUITES[FLAGS.suite]:
+      print(f"{v.group:10s} {v.name}")
+    return 0
+  unknown = set(FLAGS.only) - {v.name for v in SUITES[FLAGS.suite]}
+  if unknown:
+    print(f"error: --only names no variant of {FLAGS.suite}: {sorted(unknown)}", file=sys.stderr)
+    return 2
+  run_suite(FLAGS.suite, FLAGS.workdir, FLAGS.seeds, FLAGS.steps, FLAGS.data_dir, FLAGS.only)
+  print(open(os.path.join(FLAGS.workdir, "results.md")).read())
+  print(f"table, numbers and chart in {FLAGS.workdir}/results.md, results.json, results.png")
+  return 0
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  define_flags()
+  app.run(main)
