@@ -149,9 +149,9 @@ def summarize(results: Sequence[Dict], variants: Sequence[Variant]) -> List[Dict
   return rows
 
 
-def markdown(rows: Sequence[Dict], steps: int, seeds: int) -> str:
+def markdown(rows: Sequence[Dict], steps: int) -> str:
   lines = [f"Synthetic motion (8 classes in time-reversed pairs, chance 12.5%), 8x48x48 clips, "
-           f"{steps} steps of 16 clips, {seeds} seed(s) each; mean ± std over seeds.", "",
+           f"{steps} steps of 16 clips; mean ± std over the seeds listed per row.", "",
            "| model | video top-1 (%) | reversal error (%) | per seed (%) |",
            "|---|---|---|---|"]
   for r in rows:
@@ -214,7 +214,7 @@ def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 450,
       json.dump(dict(suite=suite, steps=steps, seeds=seeds, runs=results, table=rows), f,
                 indent=1)
     with open(os.path.join(workdir, "results.md"), "w") as f:
-      f.write(markdown(rows, steps, seeds))
+      f.write(markdown(rows, steps))
     bar_chart(rows, os.path.join(workdir, "results.png"))
   return summarize(results, variants)
 
