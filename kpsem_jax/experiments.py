@@ -19,7 +19,6 @@ class), ``DIR/results.json`` every number, ``DIR/results.png`` a bar chart.
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -28,7 +27,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # KPSEM sits on the stride-4 stage (12x12 maps at 48x48 input): objects move 1-2 input pixels
 # per frame, well under a map pixel per frame on the paper's stages (stride 8-16) at this size.
@@ -71,21 +69,10 @@ SUITES: Dict[str, List[Variant]] = {
 # "C2D-KPSEM (K=4, G=4)" is also the K=4 point of the K sweep and the G=4 point of the G sweep.
 
 
-def synthetic_config():
-  spec = importlib.util.spec_from_file_location("synthetic_config",
-                                                os.path.join(REPO, "configs", "synthetic.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, REPO)
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    sys.path.remove(REPO)
-  return module.get_config()
-
-
 def run_config(variant: Variant, seed: int, steps: int, data_dir: str):
   """``configs/synthetic.py`` (8x48x48 clips) with ``variant``'s model, ``steps`` steps."""
-  c = synthetic_config()
+  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  c = trainer.load_config("synthetic")
   c.seed = seed
   c.dataset.data_dir = data_dir
   c.model.backbone = variant.backbone["backbone"]

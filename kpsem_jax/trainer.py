@@ -22,8 +22,10 @@
 """
 
 import hashlib
+import importlib.util
 import json
 import os
+import sys
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -45,6 +47,22 @@ from kpsem_jax import porting
 from kpsem_jax import prepare as prepare_lib
 from kpsem_jax.inference import normalize
 from kpsem_jax.models import create_model
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of ``configs/<name>.py`` in this repository."""
+  spec = importlib.util.spec_from_file_location(f"config_{name}",
+                                                os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, REPO)  # configs import configs.common
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(REPO)
+  return module.get_config()
 
 
 class TrainingError(RuntimeError):

@@ -1,6 +1,5 @@
 """train.py's loop: learning, resume, divergence, evaluation, configs, sharded equivalence."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,15 +15,7 @@ import tiny_config as tiny_config_lib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, REPO)
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    sys.path.remove(REPO)
-  return module.get_config()
+load_config = trainer.load_config
 
 
 def tiny_config(data_dir, steps=12):

@@ -4,27 +4,11 @@ In Python: ``tiny_config.get_config()``; for ``train.py``:
 ``--config=tests/tiny_config.py --config.dataset.data_dir=DIR``.
 """
 
-import importlib.util
-import os
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _synthetic():
-  spec = importlib.util.spec_from_file_location(
-      "synthetic_config", os.path.join(REPO, "configs", "synthetic.py"))
-  module = importlib.util.module_from_spec(spec)
-  import sys  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, REPO)
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    sys.path.remove(REPO)
-  return module.get_config()
+from kpsem_jax import trainer
 
 
 def get_config(steps=12):
-  c = _synthetic()
+  c = trainer.load_config("synthetic")
   c.dataset.config = "tiny"  # 32x32, 8 frames, 32 train / 16 test videos
   c.clip.update(dict(frames=8, crop=24, train_scale=(24, 28), eval_resize=26))
   c.model.backbone_kwargs = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32),
