@@ -148,3 +148,49 @@ def test_vmapped_multi_set_kpsem_matches_naive_loops():
       ref = naive_arese(np.asarray(f[bi]), logits, module.mask_temperature)
       np.testing.assert_allclose(got.rkps[gi, bi], ref["rkps"], atol=1e-5)
   assert float(jnp.abs(got.rkps[0] - got.rkps[1]).max()) > 1e-4  # sets really differ
+
+
+_ONE_SET_SCRIPT = r"""
+import json, sys
+import kpsem_jax  # sets the XLA:CPU flag before JAX starts its backend
+import jax, jax.numpy as jnp, numpy as np
+from kpsem_jax.kpsem import KPSEM
+x = jnp.asarray(np.random.RandomState(0).randn(16, 8, 12, 12, 32), jnp.float32)
+grads = {}
+for g in (1, 2):
+  m = KPSEM(num_regions=4, num_sets=g, embed_dim=8, reduction_channels=(16, 16))
+  p = dict(m.init(jax.random.PRNGKey(0), x)["params"])
+  if g == 2:  # set 0 = the G=1 model's set (seed 0), set 1 silenced: zero embedding
+    ref = KPSEM(num_regions=4, num_sets=1, embed_dim=8, reduction_channels=(16, 16)).init(
+        jax.random.PRNGKey(0), x)["params"]
+    for k in ("mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2", "embed_w", "embed_b"):
+      p[k] = jnp.concatenate([ref[k], jnp.zeros_like(ref[k])])
+    p["reduce1"], p["reduce2"] = ref["reduce1"], ref["reduce2"]
+  f = jax.jit(jax.grad(lambda p, x: jnp.sum(m.apply({"params": p}, x) ** 2)))
+  for _ in range(3):  # the crash came on the second call of the compiled gradient
+    out = f(p, x)
+  grads[g] = {k: np.asarray(v)[:1].tolist() if k.startswith(("mlp", "embed")) else None
+              for k, v in out.items()}
+  grads[g]["reduce1"] = np.asarray(out["reduce1"]["kernel"]).tolist()
+json.dump(grads, sys.stdout)
+"""
+
+
+def test_one_arese_set_gradient_runs_and_equals_two_sets_with_one_silenced():
+  """G=1 (the paper's one-set ablation) once crashed XLA:CPU (YNNPACK fusion) on its 2nd step.
+
+  Run in a fresh process so a crash fails this test rather than the session; its gradients
+  must equal those of G=2 whose second set has a zero embedding.
+  """
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run([sys.executable, "-c", _ONE_SET_SCRIPT], capture_output=True, text=True,
+                        env=env, timeout=600, check=False)
+  assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+  grads = json.loads(proc.stdout)
+  for k in ("mlp_w1", "mlp_w2", "embed_w", "embed_b", "reduce1"):
+    np.testing.assert_allclose(grads["1"][k], grads["2"][k], rtol=1e-4, atol=1e-5, err_msg=k)
+  assert np.abs(np.asarray(grads["1"]["embed_w"])).max() > 0
