@@ -23,15 +23,21 @@ flags.DEFINE_integer("threads", 2, "PyTorch intra-op threads (this machine: 2 co
 LAYERS = [
     ("conv1 3x5x5 3->16 /(1,2,2)", 3, 16, (3, 5, 5), (1, 2, 2), 1, (16, 224, 224)),
     ("conv2 m1 3x3x3 g16 96", 96, 96, (3, 3, 3), (1, 1, 1), 16, (8, 56, 56)),
+    ("conv3 m1 3x3x3 g16 192", 192, 192, (3, 3, 3), (1, 1, 1), 16, (8, 28, 28)),
     ("conv4 m1 3x3x3 g16 384", 384, 384, (3, 3, 3), (1, 1, 1), 16, (8, 14, 14)),
     ("conv4 m2 1x3x3 g16 384", 384, 384, (1, 3, 3), (1, 1, 1), 16, (8, 14, 14)),
     ("conv4 i1 1x1x1 384->96", 384, 96, (1, 1, 1), (1, 1, 1), 1, (8, 14, 14)),
 ]
 
 
+SETTLE_S = 0.2  # idle before each timed run: PyTorch's OpenMP threads spin for a while after
+# each op and would otherwise take the CPU from the JAX run that follows them
+
+
 def median_time(fn, repeats):
   times = []
   for _ in range(repeats):
+    time.sleep(SETTLE_S)
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)

@@ -5,7 +5,8 @@
 The PyTorch side is the test suite's reference MFNet (``tests/torch_mfnet.py``, eager,
 ``--threads`` intra-op threads) with random weights and BatchNorm statistics; the JAX side
 is that checkpoint through ``kpsem_jax.convert`` (jit), once per convolution strategy
-(``layers.conv``). Runs are interleaved and the medians compared:
+(``layers.conv``). Runs are interleaved, each after half a second idle (PyTorch's OpenMP
+threads spin after each op), and the medians compared:
 
 - inference at ``(B, 16, 224, 224, 3)`` for each ``--batches``: JAX/PyTorch time ratio and
   the logits' largest difference relative to the largest logit; JAX MF-KPSEM's forward
@@ -34,7 +35,12 @@ flags.DEFINE_list("train_shape", ["8", "8", "112", "112"], "training batch, fram
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+SETTLE_S = 0.5  # idle before each timed run: PyTorch's OpenMP threads spin for a while after
+# each op and would otherwise take the CPU from the JAX run that follows them
+
+
 def timed(fn):
+  time.sleep(SETTLE_S)
   start = time.perf_counter()
   out = fn()
   return time.perf_counter() - start, out

@@ -43,37 +43,54 @@ def _group_loop_conv(x, kernel, strides, padding, groups):
 
 
 def _patches_conv(x, kernel, strides, padding, groups):
-  """im2col: strided windows stacked ``(..., taps, groups, C_in/g)``, one batched matmul."""
+  """im2col, group-major: windows stacked ``(G, N, taps * C_in/g)``, one batched matmul.
+
+  The group axis leads so that the matmul's batch axis is major and each group's patch
+  row is contiguous (no transposes of the 27x-larger patch array).
+  """
   window, c_in_g, c_out = kernel.shape[:-2], kernel.shape[-2], kernel.shape[-1]
   x = jnp.pad(x, ((0, 0),) + tuple(tuple(p) for p in padding) + ((0, 0),))
   out_size = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], window, strides)]
+  x = jnp.moveaxis(x.reshape(x.shape[:-1] + (groups, c_in_g)), -2, 0)  # (G, B, *sp, C_in/g)
   taps = []
   for offset in itertools.product(*(range(k) for k in window)):
     index = tuple(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, strides, out_size))
-    taps.append(x[(slice(None),) + index])
-  cols = jnp.stack(taps, axis=-2).reshape(x.shape[:1] + tuple(out_size) +
-                                          (len(taps), groups, c_in_g))
+    taps.append(x[(slice(None), slice(None)) + index])
+  cols = jnp.stack(taps, axis=-2).reshape(groups, -1, len(taps) * c_in_g)
   k = kernel.astype(x.dtype).reshape(len(taps), c_in_g, groups, c_out // groups)
-  y = jnp.einsum("...tgc,tcgo->...go", cols, k)
-  return y.reshape(y.shape[:-2] + (c_out,))
+  k = k.transpose(2, 0, 1, 3).reshape(groups, len(taps) * c_in_g, c_out // groups)
+  y = jnp.einsum("gnk,gko->ngo", cols, k)  # (N, G, C_out/g)
+  return y.reshape((x.shape[1], *out_size, c_out))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _xla_forward_group_loop_backward(x, kernel, strides, padding, groups):
+# XLA:CPU computes a grouped convolution about as slowly as the dense one it stands for, so
+# narrow groups lose most; at or below this many input channels per group the patches
+# forward pass is the faster (benchmarks/conv_strategies.py: MFNet conv2, 6 per group).
+PATCHES_FORWARD_MAX_GROUP_WIDTH = 8
+
+
+def _cpu_forward(x, kernel, strides, padding, groups):
+  if groups > 1 and kernel.shape[-2] <= PATCHES_FORWARD_MAX_GROUP_WIDTH:
+    return _patches_conv(x, kernel, strides, padding, groups)
   return _xla_conv(x, kernel, strides, padding, groups)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _cpu_conv(x, kernel, strides, padding, groups):
+  return _cpu_forward(x, kernel, strides, padding, groups)
+
+
 def _auto_fwd(x, kernel, strides, padding, groups):
-  return _xla_conv(x, kernel, strides, padding, groups), (x, kernel)
+  return _cpu_forward(x, kernel, strides, padding, groups), (x, kernel)
 
 
 def _auto_bwd(strides, padding, groups, residuals, cotangent):
-  x, kernel = residuals
-  _, vjp = jax.vjp(lambda a, b: _group_loop_conv(a, b, strides, padding, groups), x, kernel)
+  x, kernel = residuals  # the patches are rebuilt here, not kept from the forward pass
+  _, vjp = jax.vjp(lambda a, b: _patches_conv(a, b, strides, padding, groups), x, kernel)
   return vjp(cotangent)
 
 
-_xla_forward_group_loop_backward.defvjp(_auto_fwd, _auto_bwd)
+_cpu_conv.defvjp(_auto_fwd, _auto_bwd)
 
 
 def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding,
@@ -89,17 +106,19 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
     strategy: how XLA computes it; every strategy gives the same values (to float32
       rounding) and gradients. ``xla``: one grouped ``conv_general_dilated``;
       ``group_loop``: one dense convolution per group; ``patches``: im2col and a batched
-      matmul; ``auto``: ``xla`` forward and, for grouped convolutions, the ``group_loop``
-      gradient (XLA:CPU's grouped-convolution gradients are several times slower; see
+      matmul; ``auto``: ``xla`` on GPUs and TPUs; on CPUs the ``patches`` gradient
+      (XLA:CPU's own convolution gradients are 2-30x slower, most of all for grouped and
+      3-input-channel layers) and the ``xla`` forward pass, or ``patches`` for groups of
+      at most ``PATCHES_FORWARD_MAX_GROUP_WIDTH`` channels (see
       ``benchmarks/conv_strategies.py``).
   Returns:
     ``(B, *out_spatial, C_out)``.
   """
   strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
+  if strategy == "auto" and jax.default_backend() != "cpu":
+    strategy = "xla"  # cuDNN's and TPU's convolution gradients are the fast ones there
   if strategy == "auto":
-    if groups == 1:
-      return _xla_conv(x, kernel, strides, padding, 1)
-    return _xla_forward_group_loop_backward(x, kernel.astype(x.dtype), strides, padding, groups)
+    return _cpu_conv(x, kernel.astype(x.dtype), strides, padding, groups)
   if strategy == "xla":
     return _xla_conv(x, kernel, strides, padding, groups)
   if strategy == "group_loop":

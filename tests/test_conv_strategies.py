@@ -16,6 +16,9 @@ CASES = [  # (input (B, T, H, W, C), kernel (kt, kh, kw), C_out, strides, paddin
     ((2, 3, 6, 6, 8), (1, 3, 3), 8, (1, 1, 1), ((0, 0), (1, 1), (1, 1)), 8),
     ((1, 4, 9, 9, 3), (3, 5, 5), 4, (1, 2, 2), ((1, 1), (2, 2), (2, 2)), 1),
     ((2, 4, 5, 5, 6), (1, 1, 1), 4, (2, 1, 1), ((0, 0), (0, 0), (0, 0)), 1),
+    # 10 channels per group: above layers.PATCHES_FORWARD_MAX_GROUP_WIDTH, so ``auto``
+    # takes XLA's grouped forward pass here and the patches one in the cases above.
+    ((1, 3, 5, 5, 20), (3, 3, 3), 4, (1, 1, 1), ((1, 1), (1, 1), (1, 1)), 2),
 ]
 
 
@@ -77,3 +80,17 @@ def test_mfnet_gives_the_same_logits_and_gradients_under_every_strategy():
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-5, err_msg=strategy)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=strategy)
+
+
+@pytest.mark.parametrize("channels, groups, xla_forward", [(8, 4, False), (20, 2, True),
+                                                           (6, 1, True)])
+def test_auto_takes_the_patches_forward_pass_only_for_narrow_groups(channels, groups,
+                                                                    xla_forward):
+  x, kernel = np.zeros((1, 3, 5, 5, channels)), np.zeros((3, 3, 3, channels // groups, 4))
+  forward = str(jax.make_jaxpr(lambda a, b: conv(a, b, (1, 1, 1), ((1, 1),) * 3, groups))(
+      x, kernel))
+  assert ("conv_general_dilated" in forward) == xla_forward
+  # The gradient is the patches one in every case: no XLA convolution left in it.
+  grad = str(jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(
+      conv(a, b, (1, 1, 1), ((1, 1),) * 3, groups)), argnums=(0, 1)))(x, kernel))
+  assert grad.count("conv_general_dilated") == forward.count("conv_general_dilated")
