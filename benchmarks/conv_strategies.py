@@ -30,14 +30,10 @@ LAYERS = [
 ]
 
 
-SETTLE_S = 0.2  # idle before each timed run: PyTorch's OpenMP threads spin for a while after
-# each op and would otherwise take the CPU from the JAX run that follows them
-
-
 def median_time(fn, repeats):
   times = []
   for _ in range(repeats):
-    time.sleep(SETTLE_S)
+    fn()  # untimed: wakes this framework's threads; the other framework's have gone quiet
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)

@@ -1,16 +1,17 @@
-"""MFNet-3D in JAX beside the PyTorch original: the same weights, the same inputs, one run.
+"""MFNet-3D and MF-KPSEM in JAX beside PyTorch: the same weights, the same inputs, one run.
 
     .venv/bin/python benchmarks/vs_pytorch.py [--batches=1,2,4,8] [--repeats=3] [--threads=2]
 
 The PyTorch side is the test suite's reference MFNet (``tests/torch_mfnet.py``, eager,
-``--threads`` intra-op threads) with random weights and BatchNorm statistics; the JAX side
-is that checkpoint through ``kpsem_jax.convert`` (jit), once per convolution strategy
-(``layers.conv``). Runs are interleaved, each after half a second idle (PyTorch's OpenMP
+``--threads`` intra-op threads) with random weights and BatchNorm statistics, and its
+MF-KPSEM (``tests/torch_kpsem.py``); the JAX side is that checkpoint through
+``kpsem_jax.convert`` (jit; ``--model=mf_kpsem`` adds a fresh KPSEM branch and classifier,
+copied into the PyTorch MF-KPSEM), once per convolution strategy (``layers.conv``). Runs are interleaved, each after half a second idle (PyTorch's OpenMP
 threads spin after each op), and the medians compared:
 
-- inference at ``(B, 16, 224, 224, 3)`` for each ``--batches``: JAX/PyTorch time ratio and
-  the logits' largest difference relative to the largest logit; JAX MF-KPSEM's forward
-  time over JAX MFNet's (the KPSEM overhead);
+- inference at ``(B, 16, 224, 224, 3)`` for each ``--batches``: JAX/PyTorch time ratios
+  of MFNet and MF-KPSEM and the logits' largest difference relative to the largest logit;
+  in each framework, MF-KPSEM's forward time over MFNet's (the KPSEM overhead);
 - one SGD training step (forward, backward, Nesterov momentum update) of a narrow MFNet on
   ``--train_shape``: JAX/PyTorch time ratio and the loss difference.
 
@@ -55,6 +56,7 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
+  import torch_kpsem  # pylint: disable=import-outside-toplevel
   import torch_mfnet  # pylint: disable=import-outside-toplevel
   from kpsem_jax import checkpoint, convert, trainer  # pylint: disable=import-outside-toplevel
   from kpsem_jax.inference import normalize  # pylint: disable=import-outside-toplevel
@@ -71,6 +73,13 @@ def main(argv):
   convert.run(os.path.join(tmp, "mfnet.pth"), os.path.join(tmp, "mf_kpsem"), model="mf_kpsem",
               log=quiet)
 
+  kp_vars, _ = checkpoint.load_variables(os.path.join(tmp, "mf_kpsem"))
+  kp_params = jax.device_get(kp_vars["params"])
+  net_kpsem = torch_kpsem.MF_KPSEM(kp_params["kpsem"], kp_params["classifier"], num_classes=400)
+  net_kpsem.load_state_dict({k: v for k, v in net.state_dict().items()
+                             if not k.startswith("classifier.")}, strict=False)
+  net_kpsem.eval()
+
   def jax_forward(path, strategy):
     variables, meta = checkpoint.load_variables(path)
     spec = dict(meta["model"])
@@ -79,10 +88,12 @@ def main(argv):
     fn = jax.jit(lambda v, x: model.apply(v, x))
     return lambda x: np.asarray(jax.block_until_ready(fn(variables, x)))
 
-  print("\ninference, (B, 16, 224, 224, 3)")
+  print("\ninference, (B, 16, 224, 224, 3); MFNet, then MF-KPSEM (JAX " +
+        FLAGS.strategies[0] + "), then KPSEM overheads (MF-KPSEM time / MFNet time)")
   print(f"{'B':>3s} {'torch s':>8s} " + " ".join(
       f"{'JAX ' + s + ' s':>13s} {'ratio':>6s} {'max diff':>9s}" for s in FLAGS.strategies) +
-        f" {'MF-KPSEM/MFNet (JAX ' + FLAGS.strategies[0] + ')':>30s}")
+        f" | {'torch KP s':>10s} {'JAX KP s':>9s} {'ratio':>6s} {'max diff':>9s}"
+        f" | {'torch ovh':>9s} {'JAX ovh':>8s}")
   forwards = {s: jax_forward(os.path.join(tmp, "mfnet"), s) for s in FLAGS.strategies}
   kpsem_forward = jax_forward(os.path.join(tmp, "mf_kpsem"), FLAGS.strategies[0])
   for b in (int(v) for v in FLAGS.batches):
@@ -91,23 +102,28 @@ def main(argv):
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3)))
     with torch.no_grad():
       ref = net(xt).numpy()
+      ref_kpsem = net_kpsem(xt).numpy()
     for f in list(forwards.values()) + [kpsem_forward]:
       f(x)  # compile
-    times = {k: [] for k in ["torch", "kpsem"] + FLAGS.strategies}
+    times = {k: [] for k in ["torch", "torch_kpsem", "kpsem"] + FLAGS.strategies}
     outs = {}
     for _ in range(FLAGS.repeats):
       with torch.no_grad():
         times["torch"].append(timed(lambda: net(xt))[0])
+        times["torch_kpsem"].append(timed(lambda: net_kpsem(xt))[0])
       for s, f in forwards.items():
         t, outs[s] = timed(lambda f=f: f(x))
         times[s].append(t)
-      times["kpsem"].append(timed(lambda: kpsem_forward(x))[0])
-    base = np.median(times["torch"])
-    cells = " ".join(
-        f"{np.median(times[s]):13.3f} {np.median(times[s]) / base:6.2f} "
-        f"{np.abs(outs[s] - ref).max() / np.abs(ref).max():9.1e}" for s in FLAGS.strategies)
-    overhead = np.median(times["kpsem"]) / np.median(times[FLAGS.strategies[0]])
-    print(f"{b:3d} {base:8.3f} {cells} {overhead:30.4f}", flush=True)
+      t, outs["kpsem"] = timed(lambda: kpsem_forward(x))
+      times["kpsem"].append(t)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    diff = lambda a, r: np.abs(a - r).max() / np.abs(r).max()  # noqa: E731
+    cells = " ".join(f"{med[s]:13.3f} {med[s] / med['torch']:6.2f} {diff(outs[s], ref):9.1e}"
+                     for s in FLAGS.strategies)
+    print(f"{b:3d} {med['torch']:8.3f} {cells} | {med['torch_kpsem']:10.3f} {med['kpsem']:9.3f} "
+          f"{med['kpsem'] / med['torch_kpsem']:6.2f} {diff(outs['kpsem'], ref_kpsem):9.1e} | "
+          f"{med['torch_kpsem'] / med['torch']:9.3f} "
+          f"{med['kpsem'] / med[FLAGS.strategies[0]]:8.3f}", flush=True)
 
   # ---- one training step of a narrow MFNet ---------------------------------------------------
   batch, frames, height, width = (int(v) for v in FLAGS.train_shape)
