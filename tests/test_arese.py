@@ -1,5 +1,10 @@
 """AReSE maths: properties from the paper and equality with a naive loop version."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,10 +187,6 @@ def test_one_arese_set_gradient_runs_and_equals_two_sets_with_one_silenced():
   Run in a fresh process so a crash fails this test rather than the session; its gradients
   must equal those of G=2 whose second set has a zero embedding.
   """
-  import json  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   proc = subprocess.run([sys.executable, "-c", _ONE_SET_SCRIPT], capture_output=True, text=True,
                         env=env, timeout=600, check=False)
