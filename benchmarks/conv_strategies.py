@@ -5,7 +5,8 @@
 For each MFNet-3D layer shape (batch 1, 16x224x224 input), forward and forward+backward,
 each JAX strategy and PyTorch are run interleaved; the table prints PyTorch's median in
 ms and each strategy's median as a ratio to it (JAX / PyTorch, lower is faster), with the
-strategy's largest relative difference from PyTorch's output.
+strategy's largest relative difference from PyTorch's output. ``auto`` is not a column of
+its own: the header says which strategy it resolves to here.
 """
 
 import os
@@ -27,6 +28,7 @@ LAYERS = [
     ("conv4 m1 3x3x3 g16 384", 384, 384, (3, 3, 3), (1, 1, 1), 16, (8, 14, 14)),
     ("conv4 m2 1x3x3 g16 384", 384, 384, (1, 3, 3), (1, 1, 1), 16, (8, 14, 14)),
     ("conv4 i1 1x1x1 384->96", 384, 96, (1, 1, 1), (1, 1, 1), 1, (8, 14, 14)),
+    ("conv5 m1 3x3x3 g16 768 /(1,2,2)", 384, 768, (3, 3, 3), (1, 2, 2), 16, (8, 14, 14)),
 ]
 
 
@@ -47,12 +49,15 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from kpsem_jax import layers  # pylint: disable=import-outside-toplevel
   from kpsem_jax.layers import STRATEGIES, conv  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(FLAGS.threads)
-  strategies = [s for s in STRATEGIES]
+  strategies = [s for s in STRATEGIES if s != "auto"]
   print(f"JAX {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} with "
-        f"{FLAGS.threads} threads; medians of {FLAGS.repeats}; ratios JAX/PyTorch")
-  header = f"{'layer':30s} {'pass':8s} {'torch ms':>9s} " + " ".join(f"{s:>16s}" for s in strategies)
+        f"{FLAGS.threads} threads; medians of {FLAGS.repeats}; ratios JAX/PyTorch; auto is "
+        f"{layers._auto_strategy(np.zeros((1, 8, 56, 56, 96)), np.zeros((3, 3, 3, 6, 96)))} "
+        "here (patches_grad for 1x1x1 kernels where that is onednn)")
+  header = f"{'layer':32s} {'pass':8s} {'torch ms':>9s} " + " ".join(f"{s:>16s}" for s in strategies)
   print(header)
   for name, c_in, c_out, window, strides, groups, size in LAYERS:
     rng = np.random.RandomState(0)
@@ -93,7 +98,7 @@ def main(argv):
       base = float(np.median(times["torch"]))
       cells = " ".join(f"{np.median(times[s]) / base:7.2f}x (e{jax_fns[s][2]:.0e})"
                        for s in strategies)
-      print(f"{name:30s} {pass_name:8s} {base * 1e3:9.1f} {cells}", flush=True)
+      print(f"{name:32s} {pass_name:8s} {base * 1e3:9.1f} {cells}", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kpsem_jax import cpu_kernels
+
 # PyTorch's BatchNorm defaults: eps 1e-5, momentum 0.1 (Flax's momentum is 1 - that).
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
@@ -20,7 +22,7 @@ BN_MOMENTUM = 0.9
 Padding = Sequence[Tuple[int, int]]
 
 
-STRATEGIES = ("auto", "xla", "group_loop", "patches")
+STRATEGIES = ("auto", "xla", "group_loop", "patches", "patches_grad", "onednn")
 
 
 def _xla_conv(x, kernel, strides, padding, groups):
@@ -68,6 +70,12 @@ def _patches_conv(x, kernel, strides, padding, groups):
 # forward pass is the faster (benchmarks/conv_strategies.py: MFNet conv2, 6 per group).
 PATCHES_FORWARD_MAX_GROUP_WIDTH = 8
 
+# Without oneDNN, at or below this many input elements (batch included) ``auto`` takes plain
+# XLA both ways on CPUs too: such convolutions run in well under a millisecond either way, and the patches
+# gradient doubles XLA's compile time of a training step, which dominates at these sizes
+# (tests, tiny models). MFNet's smallest layer at batch 1, 16x224x224 is 7x larger.
+SMALL_CONV_MAX_ELEMENTS = 65536
+
 
 def _cpu_forward(x, kernel, strides, padding, groups):
   if groups > 1 and kernel.shape[-2] <= PATCHES_FORWARD_MAX_GROUP_WIDTH:
@@ -93,6 +101,25 @@ def _auto_bwd(strides, padding, groups, residuals, cotangent):
 _cpu_conv.defvjp(_auto_fwd, _auto_bwd)
 
 
+def _auto_uses_onednn() -> bool:
+  # oneDNN's custom call has no partitioning rule: XLA would gather a sharded batch onto
+  # every device and compute it there, so it is used only on a single CPU device.
+  return jax.device_count() == 1 and cpu_kernels.available()
+
+
+def _auto_strategy(x: jax.Array, kernel: jax.Array) -> str:
+  if jax.default_backend() != "cpu":
+    return "xla"  # cuDNN's and TPU's convolutions are the fast ones there
+  if _auto_uses_onednn():
+    # A pointwise convolution is a matmul, which XLA does well; oneDNN's reorders to and
+    # from its blocked layouts cost more (benchmarks/conv_strategies.py, conv4 i1).
+    pointwise = all(k == 1 for k in kernel.shape[:-2])
+    return "patches_grad" if pointwise else "onednn"
+  if x.size <= SMALL_CONV_MAX_ELEMENTS:
+    return "xla"
+  return "patches_grad"
+
+
 def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding,
          groups: int = 1, strategy: str = "auto") -> jax.Array:
   """N-d grouped convolution, channels-last, PyTorch's zero padding.
@@ -106,26 +133,32 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
     strategy: how XLA computes it; every strategy gives the same values (to float32
       rounding) and gradients. ``xla``: one grouped ``conv_general_dilated``;
       ``group_loop``: one dense convolution per group; ``patches``: im2col and a batched
-      matmul; ``auto``: ``xla`` on GPUs and TPUs; on CPUs the ``patches`` gradient
-      (XLA:CPU's own convolution gradients are 2-30x slower, most of all for grouped and
-      3-input-channel layers) and the ``xla`` forward pass, or ``patches`` for groups of
-      at most ``PATCHES_FORWARD_MAX_GROUP_WIDTH`` channels (see
-      ``benchmarks/conv_strategies.py``).
+      matmul; ``patches_grad``: the ``patches`` gradient (XLA:CPU's own convolution
+      gradients are 2-30x slower, most of all for grouped and 3-input-channel layers) with
+      the ``xla`` forward pass, or the ``patches`` one for groups of at most
+      ``PATCHES_FORWARD_MAX_GROUP_WIDTH`` channels; ``onednn``: oneDNN's convolution
+      through an XLA custom call (CPU only, :mod:`kpsem_jax.cpu_kernels`); ``auto``: ``xla``
+      on GPUs and TPUs; on a single CPU device ``onednn`` where it is available
+      (``patches_grad`` for pointwise, 1x1x1 kernels); otherwise
+      on CPUs ``xla`` for inputs of at most ``SMALL_CONV_MAX_ELEMENTS`` elements, else
+      ``patches_grad`` (see ``benchmarks/conv_strategies.py``).
   Returns:
     ``(B, *out_spatial, C_out)``.
   """
+  if strategy not in STRATEGIES:
+    raise ValueError(f"unknown convolution strategy {strategy!r}; choose one of {STRATEGIES}")
   strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
-  if strategy == "auto" and jax.default_backend() != "cpu":
-    strategy = "xla"  # cuDNN's and TPU's convolution gradients are the fast ones there
   if strategy == "auto":
+    strategy = _auto_strategy(x, kernel)
+  if strategy == "patches_grad":
     return _cpu_conv(x, kernel.astype(x.dtype), strides, padding, groups)
+  if strategy == "onednn":
+    return cpu_kernels.conv(x, kernel, strides, padding, groups)
   if strategy == "xla":
     return _xla_conv(x, kernel, strides, padding, groups)
   if strategy == "group_loop":
     return _group_loop_conv(x, kernel, strides, padding, groups)
-  if strategy == "patches":
-    return _patches_conv(x, kernel, strides, padding, groups)
-  raise ValueError(f"unknown convolution strategy {strategy!r}; choose one of {STRATEGIES}")
+  return _patches_conv(x, kernel, strides, padding, groups)
 
 
 def same_padding(kernel_size: Sequence[int]) -> Tuple[Tuple[int, int], ...]:

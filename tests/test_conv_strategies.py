@@ -1,12 +1,14 @@
 """``layers.conv``: every strategy equals a naive loop convolution, in values and gradients."""
 
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kpsem_jax import cpu_kernels, layers
 from kpsem_jax.layers import STRATEGIES, conv
 from kpsem_jax.models import create_model
 
@@ -20,6 +22,13 @@ CASES = [  # (input (B, T, H, W, C), kernel (kt, kh, kw), C_out, strides, paddin
     # takes XLA's grouped forward pass here and the patches one in the cases above.
     ((1, 3, 5, 5, 20), (3, 3, 3), 4, (1, 1, 1), ((1, 1), (1, 1), (1, 1)), 2),
 ]
+
+
+@pytest.fixture
+def auto_on_tiny_maps(monkeypatch):
+  """``auto``'s pure-XLA CPU path (patches gradient), also on these tiny test maps."""
+  monkeypatch.setattr(layers, "_auto_uses_onednn", lambda: False)
+  monkeypatch.setattr(layers, "SMALL_CONV_MAX_ELEMENTS", 0)
 
 
 def naive_conv(x, kernel, strides, padding, groups):
@@ -42,7 +51,10 @@ def naive_conv(x, kernel, strides, padding, groups):
 
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_every_strategy_matches_the_naive_convolution_and_its_gradient(strategy, case):
+def test_every_strategy_matches_the_naive_convolution_and_its_gradient(strategy, case,
+                                                                      auto_on_tiny_maps):
+  if strategy == "onednn" and not cpu_kernels.available():
+    pytest.skip(f"oneDNN conv: {cpu_kernels.unavailable_reason()}")
   shape, window, c_out, strides, padding, groups = CASES[case]
   rng = np.random.RandomState(case)
   x = rng.randn(*shape).astype(np.float32)
@@ -65,13 +77,15 @@ def test_unknown_strategy_is_a_clear_error():
          strategy="fast")
 
 
-def test_mfnet_gives_the_same_logits_and_gradients_under_every_strategy():
+def test_mfnet_gives_the_same_logits_and_gradients_under_every_strategy(auto_on_tiny_maps):
   kwargs = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32), stage_depths=(1, 1, 1, 1),
                 groups=4)
   x = np.random.RandomState(0).randn(2, 4, 32, 32, 3).astype(np.float32)
   variables = create_model("mfnet3d", 5, kwargs).init(jax.random.PRNGKey(0), x)
   results = {}
   for strategy in STRATEGIES:
+    if strategy == "onednn" and not cpu_kernels.available():
+      continue
     model = create_model("mfnet3d", 5, dict(kwargs, conv_strategy=strategy))
     loss = lambda p: jnp.sum(model.apply(dict(variables, params=p), x) ** 2)  # noqa: E731
     results[strategy] = (model.apply(variables, x), jax.grad(loss)(variables["params"]))
@@ -85,7 +99,8 @@ def test_mfnet_gives_the_same_logits_and_gradients_under_every_strategy():
 @pytest.mark.parametrize("channels, groups, xla_forward", [(8, 4, False), (20, 2, True),
                                                            (6, 1, True)])
 def test_auto_takes_the_patches_forward_pass_only_for_narrow_groups(channels, groups,
-                                                                    xla_forward):
+                                                                    xla_forward,
+                                                                    auto_on_tiny_maps):
   x, kernel = np.zeros((1, 3, 5, 5, channels)), np.zeros((3, 3, 3, channels // groups, 4))
   forward = str(jax.make_jaxpr(lambda a, b: conv(a, b, (1, 1, 1), ((1, 1),) * 3, groups))(
       x, kernel))
@@ -94,3 +109,89 @@ def test_auto_takes_the_patches_forward_pass_only_for_narrow_groups(channels, gr
   grad = str(jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(
       conv(a, b, (1, 1, 1), ((1, 1),) * 3, groups)), argnums=(0, 1)))(x, kernel))
   assert grad.count("conv_general_dilated") == forward.count("conv_general_dilated")
+
+
+def _xla_conv_count(x_shape, c_out, groups):
+  x, kernel = np.zeros(x_shape), np.zeros((3, 3, 3, x_shape[-1] // groups, c_out))
+  f = lambda a, b: jnp.sum(conv(a, b, (1, 1, 1), ((1, 1),) * 3, groups))  # noqa: E731
+  return str(jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(x, kernel)).count(
+      "conv_general_dilated")
+
+
+def test_auto_takes_plain_xla_both_ways_on_small_maps_only(monkeypatch):
+  monkeypatch.setattr(layers, "_auto_uses_onednn", lambda: False)
+  limit = layers.SMALL_CONV_MAX_ELEMENTS
+  small = (1, 4, 8, 8, 8)  # 2048 elements
+  assert np.prod(small) <= limit
+  # Forward, and the gradients with respect to the input and to the kernel.
+  assert _xla_conv_count(small, 8, 4) == 3
+  # Just over the limit (8 channels per group, 2 groups): the patches path, no XLA
+  # convolution at all.
+  large = (1, 1, 1, limit // 16 + 1, 16)
+  assert np.prod(large) == limit + 16
+  assert _xla_conv_count(large, 8, 2) == 0
+
+
+requires_onednn = pytest.mark.skipif(not cpu_kernels.available(),
+                                     reason=f"oneDNN conv: {cpu_kernels.unavailable_reason()}")
+
+
+@requires_onednn
+@pytest.mark.parametrize("x_shape, window, c_out, strides, padding, groups", [
+    ((2, 7, 24, 6), (1, 3), 4, (1, 2), ((0, 0), (1, 1)), 1),  # KPSEM's reduction conv
+    ((2, 9, 8), (3,), 4, (2,), ((1, 0),), 2),
+])
+def test_onednn_takes_one_and_two_spatial_axes(x_shape, window, c_out, strides, padding,
+                                               groups):
+  rng = np.random.RandomState(1)
+  x = rng.randn(*x_shape).astype(np.float32)
+  kernel = rng.randn(*window, x_shape[-1] // groups, c_out).astype(np.float32)
+  loss = lambda s: lambda a, b: jnp.sum(  # noqa: E731
+      conv(a, b, strides, padding, groups, s) ** 2)
+  np.testing.assert_allclose(conv(x, kernel, strides, padding, groups, "onednn"),
+                             conv(x, kernel, strides, padding, groups, "xla"),
+                             rtol=1e-5, atol=1e-5)
+  for g, w in zip(jax.grad(loss("onednn"), (0, 1))(x, kernel),
+                  jax.grad(loss("xla"), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+@requires_onednn
+def test_auto_is_onednn_on_one_cpu_device():
+  x, kernel = np.zeros((1, 4, 8, 8, 8)), np.zeros((3, 3, 3, 2, 8))
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(
+      conv(a, b, (1, 1, 1), ((1, 1),) * 3, 4)), argnums=(0, 1)))(x, kernel))
+  assert "conv_general_dilated" not in jaxpr
+  for target in ("forward", "input_grad", "kernel_grad"):
+    assert f"kpsem_onednn_conv_{target}" in jaxpr
+  # A pointwise convolution stays a matmul (patches_grad): no custom call, no convolution
+  # in its gradient.
+  pointwise = str(jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(
+      conv(a, b, (1, 1, 1), ((0, 0),) * 3)), argnums=(0, 1)))(x, np.zeros((1, 1, 1, 8, 4))))
+  assert "kpsem_onednn" not in pointwise and pointwise.count("conv_general_dilated") == 1
+
+
+def test_onednn_strategy_without_the_extension_is_a_clear_error(monkeypatch):
+  monkeypatch.setattr(cpu_kernels._State, "library", None)
+  monkeypatch.setattr(cpu_kernels._State, "reason", "no C++ compiler found (set CXX ...)")
+  monkeypatch.setattr(layers, "SMALL_CONV_MAX_ELEMENTS", 65536)
+  with pytest.raises(RuntimeError, match="oneDNN convolution is unavailable: no C\\+\\+ comp"):
+    conv(np.zeros((1, 2, 4, 4, 2)), np.zeros((1, 1, 1, 2, 2)), (1, 1, 1), ((0, 0),) * 3,
+         strategy="onednn")
+  # ... and ``auto`` falls back to XLA (a small map: XLA both ways).
+  jaxpr = str(jax.make_jaxpr(lambda a, b: conv(a, b, (1, 1, 1), ((0, 0),) * 3))(
+      np.zeros((1, 2, 4, 4, 2)), np.zeros((1, 1, 1, 2, 2))))
+  assert "conv_general_dilated" in jaxpr
+
+
+def test_the_extension_is_built_in_the_cache_and_reused(tmp_path, monkeypatch):
+  """A fresh cache gets one library under its final name; a second load compiles nothing."""
+  root, compiler = cpu_kernels._onednn_root(), cpu_kernels._compiler()
+  if root is None or compiler is None:
+    pytest.skip(f"oneDNN conv: {cpu_kernels.unavailable_reason()}")
+  monkeypatch.setenv("KPSEM_JAX_CACHE", str(tmp_path))
+  path = cpu_kernels._build(compiler, root)
+  assert os.listdir(tmp_path) == [os.path.basename(path)]
+  mtime = os.path.getmtime(path)
+  monkeypatch.setattr(cpu_kernels.subprocess, "run", None)  # any compile would fail now
+  assert cpu_kernels._build(compiler, root) == path and os.path.getmtime(path) == mtime

@@ -1,0 +1,190 @@
+"""oneDNN convolutions on CPUs: the C++ handlers in ``onednn_conv.cc``, built on first use.
+
+XLA:CPU's own 3-D convolutions run 3-100x slower than PyTorch's on CPUs (README, "Speed
+against PyTorch"); PyTorch calls oneDNN for them. This module compiles a small XLA FFI
+extension against the oneDNN of the ``onednn-devel-cpu-gomp`` wheel (``requirements.txt``,
+x86-64 Linux) and the headers jaxlib ships, caches the shared library, registers its three
+handlers with XLA, and wraps them as :func:`conv` with its gradient.
+
+Where it cannot be built (no C++ compiler, no oneDNN, another platform) :func:`available`
+is False, :func:`unavailable_reason` says why, and ``layers.conv(strategy="auto")`` keeps
+to pure-XLA strategies. Environment:
+- ``KPSEM_JAX_ONEDNN=0``: do not build or use it;
+- ``KPSEM_JAX_ONEDNN_ROOT``: a oneDNN install (``include/``, ``lib/``) to use instead;
+- ``KPSEM_JAX_CACHE``: where the built library goes (default ``~/.cache/kpsem_jax``);
+- ``CXX``: the C++ compiler (default ``g++``, then ``c++``).
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = os.path.join(os.path.dirname(__file__), "onednn_conv.cc")
+_TARGETS = {"forward": "KpsemOnednnConvForward", "input_grad": "KpsemOnednnConvBackwardInput",
+            "kernel_grad": "KpsemOnednnConvBackwardKernel"}
+
+
+class _State:
+  library: Optional[ctypes.CDLL] = None
+  reason: Optional[str] = None  # why it is unavailable, once tried
+
+
+def _onednn_root() -> Optional[str]:
+  candidates = [os.environ.get("KPSEM_JAX_ONEDNN_ROOT"), sys.prefix, "/usr/local", "/usr"]
+  for root in filter(None, candidates):
+    if (os.path.exists(os.path.join(root, "include", "oneapi", "dnnl", "dnnl.hpp"))
+        and os.path.exists(os.path.join(root, "lib", "libdnnl.so"))):
+      return root
+  return None
+
+
+def _compiler() -> Optional[str]:
+  for name in filter(None, [os.environ.get("CXX"), "g++", "c++"]):
+    if shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def _build(compiler: str, root: str) -> str:
+  """Compiles the extension once per source/jaxlib/oneDNN combination; returns its path."""
+  lib_dir = os.path.join(root, "lib")
+  command = lambda out: [  # noqa: E731
+      compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-I" + jax.ffi.include_dir(),
+      "-I" + os.path.join(root, "include"), SOURCE, "-o", out, "-L" + lib_dir, "-ldnnl",
+      "-Wl,-rpath," + lib_dir]
+  with open(SOURCE, "rb") as f:
+    key = hashlib.sha256(f.read() + repr((command(""), jax.__version__)).encode()).hexdigest()
+  cache = os.path.expanduser(os.environ.get("KPSEM_JAX_CACHE", "~/.cache/kpsem_jax"))
+  path = os.path.join(cache, f"onednn_conv-{key[:16]}.so")
+  if os.path.exists(path):
+    return path
+  os.makedirs(cache, exist_ok=True)
+  # Build beside the target and rename: concurrent or interrupted builds never leave a
+  # half-written library under the final name.
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+  os.close(fd)
+  try:
+    done = subprocess.run(command(tmp), capture_output=True, text=True)
+    if done.returncode:
+      raise RuntimeError(f"compiling {SOURCE} failed ({' '.join(command(path))}):\n"
+                         f"{done.stderr[-2000:]}")
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+def _load() -> None:
+  if _State.library is not None or _State.reason is not None:
+    return
+  if os.environ.get("KPSEM_JAX_ONEDNN", "1") == "0":
+    _State.reason = "turned off by KPSEM_JAX_ONEDNN=0"
+    return
+  if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+    _State.reason = f"built only on x86-64 Linux, not {platform.system()} {platform.machine()}"
+    return
+  root, compiler = _onednn_root(), _compiler()
+  if root is None:
+    _State.reason = ("oneDNN not found: install onednn-devel-cpu-gomp (requirements.txt) or "
+                     "set KPSEM_JAX_ONEDNN_ROOT")
+    return
+  if compiler is None:
+    _State.reason = "no C++ compiler found (set CXX or install g++)"
+    return
+  try:
+    library = ctypes.cdll.LoadLibrary(_build(compiler, root))
+  except (RuntimeError, OSError) as e:
+    _State.reason = str(e)
+    return
+  for name, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(f"kpsem_onednn_conv_{name}",
+                                jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+  _State.library = library
+
+
+def available() -> bool:
+  """Whether the oneDNN convolution is built and registered (builds it on first call)."""
+  _load()
+  return _State.library is not None
+
+
+def unavailable_reason() -> Optional[str]:
+  """Why :func:`available` is False (None when it is True)."""
+  _load()
+  return _State.reason
+
+
+Padding = Tuple[Tuple[int, int], ...]
+
+
+def _call(name, out_shape, a, b, strides, padding, groups):
+  return jax.ffi.ffi_call(f"kpsem_onednn_conv_{name}",
+                          jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                          vmap_method="sequential")(
+      a, b, strides=np.asarray(strides, np.int64),
+      pad_lo=np.asarray([p[0] for p in padding], np.int64),
+      pad_hi=np.asarray([p[1] for p in padding], np.int64), groups=np.int64(groups))
+
+
+def _out_shape(x_shape, kernel_shape, strides, padding):
+  spatial = [(n + lo + hi - k) // s + 1 for n, k, s, (lo, hi)
+             in zip(x_shape[1:-1], kernel_shape[:-2], strides, padding)]
+  return (x_shape[0], *spatial, kernel_shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv3d(x, kernel, strides, padding, groups):
+  return _call("forward", _out_shape(x.shape, kernel.shape, strides, padding), x, kernel,
+               strides, padding, groups)
+
+
+def _conv3d_fwd(x, kernel, strides, padding, groups):
+  return _conv3d(x, kernel, strides, padding, groups), (x, kernel)
+
+
+def _conv3d_bwd(strides, padding, groups, residuals, dy):
+  x, kernel = residuals
+  return (_call("input_grad", x.shape, dy, kernel, strides, padding, groups),
+          _call("kernel_grad", kernel.shape, x, dy, strides, padding, groups))
+
+
+_conv3d.defvjp(_conv3d_fwd, _conv3d_bwd)
+
+
+def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding,
+         groups: int = 1) -> jax.Array:
+  """``layers.conv`` through oneDNN: float32, 1 to 3 spatial axes, channels-last.
+
+  Args:
+    x: ``(B, *spatial, C_in)``.
+    kernel: ``(*kernel_spatial, C_in // groups, C_out)``.
+    strides: one per spatial axis; padding: one ``(low, high)`` pair per spatial axis.
+  Returns:
+    ``(B, *out_spatial, C_out)`` in ``x``'s dtype (computed in float32).
+  Raises:
+    RuntimeError: when the extension is unavailable (the reason is in the message).
+  """
+  if not available():
+    raise RuntimeError(f"the oneDNN convolution is unavailable: {unavailable_reason()}")
+  nd = kernel.ndim - 2
+  if not 1 <= nd <= 3 or x.ndim != nd + 2:
+    raise ValueError(f"oneDNN conv: {x.ndim}-d input with a {kernel.ndim}-d kernel; expected "
+                     "1 to 3 spatial axes")
+  # Leading size-1 spatial axes make every convolution a 3-D one.
+  lead = 3 - nd
+  x3 = x.astype(jnp.float32).reshape(x.shape[:1] + (1,) * lead + x.shape[1:])
+  k3 = kernel.astype(jnp.float32).reshape((1,) * lead + kernel.shape)
+  y = _conv3d(x3, k3, (1,) * lead + tuple(strides), ((0, 0),) * lead + tuple(padding), groups)
+  return y.reshape(y.shape[:1] + y.shape[1 + lead:]).astype(x.dtype)

@@ -1,0 +1,226 @@
+// Grouped 3-D convolution on CPUs through oneDNN (the library PyTorch's CPU conv3d uses),
+// exposed to XLA as three typed-FFI handlers: forward, input gradient, kernel gradient.
+//
+// Layouts are JAX's, channels-last: x (B, D, H, W, C_in), kernel (kd, kh, kw, C_in/G, C_out)
+// with output channel g * C_out/G + o belonging to group g, y (B, D', H', W', C_out).
+// oneDNN picks its own fast layouts for the computation; reorders translate at the edges.
+// Attributes: strides, pad_lo, pad_hi (3 each), groups. float32 only.
+//
+// Built on first use by kpsem_jax/cpu_kernels/__init__.py.
+
+#include <cstdint>
+#include <string>
+#include <cstdio>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using Dims = memory::dims;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Geometry {
+  int64_t b, groups, ic, oc;
+  Dims src, dst, wei;  // oneDNN logical dims: NCDHW, NCDHW, GOIDHW
+  Dims wei_strides;     // our (kd, kh, kw, I/G, G*O/G) buffer seen as GOIDHW
+  Dims strides, pad_lo, pad_hi;
+};
+
+ffi::Error MakeGeometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> k_dims,
+                        ffi::Span<const int64_t> y_dims, ffi::Span<const int64_t> strides,
+                        ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                        int64_t groups, Geometry* g) {
+  if (x_dims.size() != 5 || k_dims.size() != 5 || y_dims.size() != 5 || strides.size() != 3 ||
+      pad_lo.size() != 3 || pad_hi.size() != 3 || groups < 1) {
+    return ffi::Error::InvalidArgument("onednn conv3d: expected 5-D arrays and 3 strides/pads");
+  }
+  g->b = x_dims[0];
+  g->groups = groups;
+  g->ic = x_dims[4];
+  g->oc = k_dims[4];
+  const int64_t icg = k_dims[3], ocg = g->oc / groups;
+  if (icg * groups != g->ic || ocg * groups != g->oc || y_dims[4] != g->oc) {
+    return ffi::Error::InvalidArgument("onednn conv3d: channels do not match the groups");
+  }
+  g->src = {g->b, g->ic, x_dims[1], x_dims[2], x_dims[3]};
+  g->dst = {g->b, g->oc, y_dims[1], y_dims[2], y_dims[3]};
+  g->wei = {groups, ocg, icg, k_dims[0], k_dims[1], k_dims[2]};
+  const int64_t s_kw = icg * g->oc, s_kh = k_dims[2] * s_kw, s_kd = k_dims[1] * s_kh;
+  g->wei_strides = {ocg, 1, g->oc, s_kd, s_kh, s_kw};
+  g->strides = Dims(strides.begin(), strides.end());
+  g->pad_lo = Dims(pad_lo.begin(), pad_lo.end());
+  g->pad_hi = Dims(pad_hi.begin(), pad_hi.end());
+  return ffi::Error::Success();
+}
+
+memory::desc UserActivation(const Dims& dims) {
+  return memory::desc(dims, memory::data_type::f32, memory::format_tag::ndhwc);
+}
+memory::desc UserKernel(const Geometry& g) {
+  return memory::desc(g.wei, memory::data_type::f32, g.wei_strides);
+}
+memory::desc Any(const Dims& dims) {
+  return memory::desc(dims, memory::data_type::f32, memory::format_tag::any);
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      Any(g.src), Any(g.wei), Any(g.dst), g.strides, g.pad_lo, g.pad_hi);
+}
+
+// `user` memory as `want`: itself when the layouts agree, else a reordered copy.
+memory AsInput(memory user, const memory::desc& want, dnnl::stream& s) {
+  if (user.get_desc() == want) return user;
+  memory out(want, Engine());
+  dnnl::reorder(user, out).execute(s, user, out);
+  return out;
+}
+
+// A scratch output in `want` layout, or the user's buffer itself when layouts agree.
+memory AsOutput(const memory& user, const memory::desc& want) {
+  if (user.get_desc() == want) return user;
+  return memory(want, Engine());
+}
+
+void CopyBack(memory computed, memory user, dnnl::stream& s) {
+  if (computed.get() != user.get()) dnnl::reorder(computed, user).execute(s, computed, user);
+}
+
+template <typename Body>
+ffi::Error Guarded(Body body) {
+  try {
+    body();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                   ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                   ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                   int64_t groups) {
+  Geometry g;
+  if (auto e = MakeGeometry(x.dimensions(), k.dimensions(), y->dimensions(), strides, pad_lo,
+                            pad_hi, groups, &g);
+      e.failure()) {
+    return e;
+  }
+  return Guarded([&] {
+    dnnl::stream s(Engine());
+    auto pd = ForwardDesc(g);
+    memory x_user(UserActivation(g.src), Engine(), x.typed_data());
+    memory k_user(UserKernel(g), Engine(), k.typed_data());
+    memory y_user(UserActivation(g.dst), Engine(), y->typed_data());
+    memory x_mem = AsInput(x_user, pd.src_desc(), s);
+    memory k_mem = AsInput(k_user, pd.weights_desc(), s);
+    memory y_mem = AsOutput(y_user, pd.dst_desc());
+    dnnl::convolution_forward(pd).execute(
+        s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, k_mem}, {DNNL_ARG_DST, y_mem}});
+    CopyBack(y_mem, y_user, s);
+    s.wait();
+  });
+}
+
+// dx from dy: x's shape comes from the result buffer.
+ffi::Error BackwardInput(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k,
+                         ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
+                         ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                         int64_t groups) {
+  Geometry g;
+  if (auto e = MakeGeometry(dx->dimensions(), k.dimensions(), dy.dimensions(), strides, pad_lo,
+                            pad_hi, groups, &g);
+      e.failure()) {
+    return e;
+  }
+  return Guarded([&] {
+    dnnl::stream s(Engine());
+    auto hint = ForwardDesc(g);
+    dnnl::convolution_backward_data::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, Any(g.src), Any(g.wei), Any(g.dst),
+        g.strides, g.pad_lo, g.pad_hi, hint);
+    memory dy_user(UserActivation(g.dst), Engine(), dy.typed_data());
+    memory k_user(UserKernel(g), Engine(), k.typed_data());
+    memory dx_user(UserActivation(g.src), Engine(), dx->typed_data());
+    memory dy_mem = AsInput(dy_user, pd.diff_dst_desc(), s);
+    memory k_mem = AsInput(k_user, pd.weights_desc(), s);
+    memory dx_mem = AsOutput(dx_user, pd.diff_src_desc());
+    dnnl::convolution_backward_data(pd).execute(
+        s, {{DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_WEIGHTS, k_mem}, {DNNL_ARG_DIFF_SRC, dx_mem}});
+    CopyBack(dx_mem, dx_user, s);
+    s.wait();
+  });
+}
+
+// dkernel from x and dy: the kernel's shape comes from the result buffer.
+ffi::Error BackwardKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dk, ffi::Span<const int64_t> strides,
+                          ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                          int64_t groups) {
+  Geometry g;
+  if (auto e = MakeGeometry(x.dimensions(), dk->dimensions(), dy.dimensions(), strides, pad_lo,
+                            pad_hi, groups, &g);
+      e.failure()) {
+    return e;
+  }
+  return Guarded([&] {
+    dnnl::stream s(Engine());
+    auto hint = ForwardDesc(g);
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, Any(g.src), Any(g.wei), Any(g.dst),
+        g.strides, g.pad_lo, g.pad_hi, hint);
+    memory x_user(UserActivation(g.src), Engine(), x.typed_data());
+    memory dy_user(UserActivation(g.dst), Engine(), dy.typed_data());
+    memory dk_user(UserKernel(g), Engine(), dk->typed_data());
+    memory x_mem = AsInput(x_user, pd.src_desc(), s);
+    memory dy_mem = AsInput(dy_user, pd.diff_dst_desc(), s);
+    memory dk_mem = AsOutput(dk_user, pd.diff_weights_desc());
+    dnnl::convolution_backward_weights(pd).execute(
+        s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_DIFF_WEIGHTS, dk_mem}});
+    CopyBack(dk_mem, dk_user, s);
+    s.wait();
+  });
+}
+
+}  // namespace
+
+// Which oneDNN implementation serves a forward convolution of these shapes (for tests and
+// benchmarks): writes a NUL-terminated name into `out`. attrs: strides, pad_lo, pad_hi, groups.
+
+extern "C" int KpsemOnednnForwardImpl(const int64_t* x_dims, const int64_t* k_dims,
+                                      const int64_t* y_dims, const int64_t* attrs, char* out,
+                                      int64_t out_size) {
+  Geometry g;
+  ffi::Span<const int64_t> xs(x_dims, 5), ks(k_dims, 5), ys(y_dims, 5);
+  ffi::Span<const int64_t> st(attrs, 3), lo(attrs + 3, 3), hi(attrs + 6, 3);
+  if (MakeGeometry(xs, ks, ys, st, lo, hi, attrs[9], &g).failure()) return 1;
+  try {
+    std::string name = ForwardDesc(g).impl_info_str();
+    snprintf(out, out_size, "%s", name.c_str());
+  } catch (const dnnl::error&) {
+    return 1;
+  }
+  return 0;
+}
+
+#define KPSEM_CONV_BINDING                                                            \
+  ffi::Ffi::Bind()                                                                    \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                   \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                   \
+      .Ret<ffi::Buffer<ffi::F32>>()                                                   \
+      .Attr<ffi::Span<const int64_t>>("strides")                                      \
+      .Attr<ffi::Span<const int64_t>>("pad_lo")                                       \
+      .Attr<ffi::Span<const int64_t>>("pad_hi")                                       \
+      .Attr<int64_t>("groups")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KpsemOnednnConvForward, Forward, KPSEM_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KpsemOnednnConvBackwardInput, BackwardInput, KPSEM_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KpsemOnednnConvBackwardKernel, BackwardKernel, KPSEM_CONV_BINDING);
