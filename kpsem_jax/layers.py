@@ -22,7 +22,8 @@ BN_MOMENTUM = 0.9
 Padding = Sequence[Tuple[int, int]]
 
 
-STRATEGIES = ("auto", "xla", "group_loop", "patches", "patches_grad", "onednn")
+STRATEGIES = ("auto", "xla", "group_loop", "patches", "patches_grad", "onednn",
+              "onednn_inference")
 
 
 def _xla_conv(x, kernel, strides, padding, groups):
@@ -101,6 +102,28 @@ def _auto_bwd(strides, padding, groups, residuals, cotangent):
 _cpu_conv.defvjp(_auto_fwd, _auto_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _onednn_inference_conv(x, kernel, strides, padding, groups):
+  """oneDNN's forward pass where nothing differentiates it; ``patches_grad`` where it is.
+
+  Known issue: with oneDNN's convolution inside a differentiated program, the gradients
+  of a second micro-batch computed in the same program came out wrong (MFNet conv1, 3
+  input channels; README, "Known issue: oneDNN in training"), so training keeps to XLA.
+  """
+  return cpu_kernels.conv(x, kernel, strides, padding, groups)
+
+
+def _onednn_inference_fwd(x, kernel, strides, padding, groups):
+  return _cpu_conv(x, kernel, strides, padding, groups), (x, kernel)
+
+
+def _onednn_inference_bwd(strides, padding, groups, residuals, cotangent):
+  return _auto_bwd(strides, padding, groups, residuals, cotangent)
+
+
+_onednn_inference_conv.defvjp(_onednn_inference_fwd, _onednn_inference_bwd)
+
+
 def _auto_uses_onednn() -> bool:
   # oneDNN's custom call has no partitioning rule: XLA would gather a sharded batch onto
   # every device and compute it there, so it is used only on a single CPU device.
@@ -114,7 +137,7 @@ def _auto_strategy(x: jax.Array, kernel: jax.Array) -> str:
     # A pointwise convolution is a matmul, which XLA does well; oneDNN's reorders to and
     # from its blocked layouts cost more (benchmarks/conv_strategies.py, conv4 i1).
     pointwise = all(k == 1 for k in kernel.shape[:-2])
-    return "patches_grad" if pointwise else "onednn"
+    return "patches_grad" if pointwise else "onednn_inference"
   if x.size <= SMALL_CONV_MAX_ELEMENTS:
     return "xla"
   return "patches_grad"
@@ -137,9 +160,12 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
       gradients are 2-30x slower, most of all for grouped and 3-input-channel layers) with
       the ``xla`` forward pass, or the ``patches`` one for groups of at most
       ``PATCHES_FORWARD_MAX_GROUP_WIDTH`` channels; ``onednn``: oneDNN's convolution
-      through an XLA custom call (CPU only, :mod:`kpsem_jax.cpu_kernels`); ``auto``: ``xla``
-      on GPUs and TPUs; on a single CPU device ``onednn`` where it is available
-      (``patches_grad`` for pointwise, 1x1x1 kernels); otherwise
+      through an XLA custom call, both passes (CPU only, :mod:`kpsem_jax.cpu_kernels`;
+      experimental: see ``_onednn_inference_conv``'s known issue); ``onednn_inference``:
+      oneDNN's forward pass where the convolution is not differentiated, ``patches_grad``
+      where it is; ``auto``: ``xla`` on GPUs and TPUs; on a single CPU device
+      ``onednn_inference`` where oneDNN is available (``patches_grad`` for pointwise,
+      1x1x1 kernels); otherwise
       on CPUs ``xla`` for inputs of at most ``SMALL_CONV_MAX_ELEMENTS`` elements, else
       ``patches_grad`` (see ``benchmarks/conv_strategies.py``).
   Returns:
@@ -152,6 +178,8 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
     strategy = _auto_strategy(x, kernel)
   if strategy == "patches_grad":
     return _cpu_conv(x, kernel.astype(x.dtype), strides, padding, groups)
+  if strategy == "onednn_inference":
+    return _onednn_inference_conv(x, kernel.astype(x.dtype), strides, padding, groups)
   if strategy == "onednn":
     return cpu_kernels.conv(x, kernel, strides, padding, groups)
   if strategy == "xla":

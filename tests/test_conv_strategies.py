@@ -53,7 +53,7 @@ def naive_conv(x, kernel, strides, padding, groups):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_matches_the_naive_convolution_and_its_gradient(strategy, case,
                                                                       auto_on_tiny_maps):
-  if strategy == "onednn" and not cpu_kernels.available():
+  if strategy.startswith("onednn") and not cpu_kernels.available():
     pytest.skip(f"oneDNN conv: {cpu_kernels.unavailable_reason()}")
   shape, window, c_out, strides, padding, groups = CASES[case]
   rng = np.random.RandomState(case)
@@ -84,7 +84,7 @@ def test_mfnet_gives_the_same_logits_and_gradients_under_every_strategy(auto_on_
   variables = create_model("mfnet3d", 5, kwargs).init(jax.random.PRNGKey(0), x)
   results = {}
   for strategy in STRATEGIES:
-    if strategy == "onednn" and not cpu_kernels.available():
+    if strategy.startswith("onednn") and not cpu_kernels.available():
       continue
     model = create_model("mfnet3d", 5, dict(kwargs, conv_strategy=strategy))
     loss = lambda p: jnp.sum(model.apply(dict(variables, params=p), x) ** 2)  # noqa: E731
@@ -157,13 +157,15 @@ def test_onednn_takes_one_and_two_spatial_axes(x_shape, window, c_out, strides, 
 
 
 @requires_onednn
-def test_auto_is_onednn_on_one_cpu_device():
+def test_auto_is_onednn_forward_and_the_patches_gradient_on_one_cpu_device():
   x, kernel = np.zeros((1, 4, 8, 8, 8)), np.zeros((3, 3, 3, 2, 8))
-  jaxpr = str(jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(
-      conv(a, b, (1, 1, 1), ((1, 1),) * 3, 4)), argnums=(0, 1)))(x, kernel))
-  assert "conv_general_dilated" not in jaxpr
-  for target in ("forward", "input_grad", "kernel_grad"):
-    assert f"kpsem_onednn_conv_{target}" in jaxpr
+  f = lambda a, b: jnp.sum(conv(a, b, (1, 1, 1), ((1, 1),) * 3, 4))  # noqa: E731
+  forward = str(jax.make_jaxpr(f)(x, kernel))
+  assert "kpsem_onednn_conv_forward" in forward and "conv_general_dilated" not in forward
+  # Differentiated: no oneDNN call at all (README, "Known issue: oneDNN in training"), and
+  # no XLA convolution either (patches forward for 2-channel groups, patches gradient).
+  grad = str(jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(x, kernel))
+  assert "kpsem_onednn" not in grad and "conv_general_dilated" not in grad
   # A pointwise convolution stays a matmul (patches_grad): no custom call, no convolution
   # in its gradient.
   pointwise = str(jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(

@@ -70,10 +70,19 @@ memory::desc Any(const Dims& dims) {
   return memory::desc(dims, memory::data_type::f32, memory::format_tag::any);
 }
 
+// Scratch memory comes from each call, not from the library: oneDNN's primitive cache hands
+// the same primitive to every call of the same shapes, and XLA may run two such calls at
+// once on different threads; a library-owned scratchpad would then be shared between them.
+dnnl::primitive_attr Attributes() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      Any(g.src), Any(g.wei), Any(g.dst), g.strides, g.pad_lo, g.pad_hi);
+      Any(g.src), Any(g.wei), Any(g.dst), g.strides, g.pad_lo, g.pad_hi, Attributes());
 }
 
 // `user` memory as `want`: itself when the layouts agree, else a reordered copy.
@@ -123,8 +132,10 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
     memory x_mem = AsInput(x_user, pd.src_desc(), s);
     memory k_mem = AsInput(k_user, pd.weights_desc(), s);
     memory y_mem = AsOutput(y_user, pd.dst_desc());
+    memory scratch(pd.scratchpad_desc(), Engine());
     dnnl::convolution_forward(pd).execute(
-        s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, k_mem}, {DNNL_ARG_DST, y_mem}});
+        s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, k_mem}, {DNNL_ARG_DST, y_mem},
+            {DNNL_ARG_SCRATCHPAD, scratch}});
     CopyBack(y_mem, y_user, s);
     s.wait();
   });
@@ -146,15 +157,17 @@ ffi::Error BackwardInput(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k,
     auto hint = ForwardDesc(g);
     dnnl::convolution_backward_data::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, Any(g.src), Any(g.wei), Any(g.dst),
-        g.strides, g.pad_lo, g.pad_hi, hint);
+        g.strides, g.pad_lo, g.pad_hi, hint, Attributes());
     memory dy_user(UserActivation(g.dst), Engine(), dy.typed_data());
     memory k_user(UserKernel(g), Engine(), k.typed_data());
     memory dx_user(UserActivation(g.src), Engine(), dx->typed_data());
     memory dy_mem = AsInput(dy_user, pd.diff_dst_desc(), s);
     memory k_mem = AsInput(k_user, pd.weights_desc(), s);
     memory dx_mem = AsOutput(dx_user, pd.diff_src_desc());
+    memory scratch(pd.scratchpad_desc(), Engine());
     dnnl::convolution_backward_data(pd).execute(
-        s, {{DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_WEIGHTS, k_mem}, {DNNL_ARG_DIFF_SRC, dx_mem}});
+        s, {{DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_WEIGHTS, k_mem}, {DNNL_ARG_DIFF_SRC, dx_mem},
+            {DNNL_ARG_SCRATCHPAD, scratch}});
     CopyBack(dx_mem, dx_user, s);
     s.wait();
   });
@@ -176,15 +189,17 @@ ffi::Error BackwardKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
     auto hint = ForwardDesc(g);
     dnnl::convolution_backward_weights::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, Any(g.src), Any(g.wei), Any(g.dst),
-        g.strides, g.pad_lo, g.pad_hi, hint);
+        g.strides, g.pad_lo, g.pad_hi, hint, Attributes());
     memory x_user(UserActivation(g.src), Engine(), x.typed_data());
     memory dy_user(UserActivation(g.dst), Engine(), dy.typed_data());
     memory dk_user(UserKernel(g), Engine(), dk->typed_data());
     memory x_mem = AsInput(x_user, pd.src_desc(), s);
     memory dy_mem = AsInput(dy_user, pd.diff_dst_desc(), s);
     memory dk_mem = AsOutput(dk_user, pd.diff_weights_desc());
+    memory scratch(pd.scratchpad_desc(), Engine());
     dnnl::convolution_backward_weights(pd).execute(
-        s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_DIFF_WEIGHTS, dk_mem}});
+        s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_DIFF_WEIGHTS, dk_mem},
+            {DNNL_ARG_SCRATCHPAD, scratch}});
     CopyBack(dk_mem, dk_user, s);
     s.wait();
   });
