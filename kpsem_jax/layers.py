@@ -124,10 +124,15 @@ def _onednn_inference_bwd(strides, padding, groups, residuals, cotangent):
 _onednn_inference_conv.defvjp(_onednn_inference_fwd, _onednn_inference_bwd)
 
 
+# False keeps ``auto`` to pure-XLA strategies on CPUs too (e.g. for XLA's cost analysis,
+# which cannot see into custom calls).
+AUTO_USES_ONEDNN = True
+
+
 def _auto_uses_onednn() -> bool:
   # oneDNN's custom call has no partitioning rule: XLA would gather a sharded batch onto
   # every device and compute it there, so it is used only on a single CPU device.
-  return jax.device_count() == 1 and cpu_kernels.available()
+  return AUTO_USES_ONEDNN and jax.device_count() == 1 and cpu_kernels.available()
 
 
 def _auto_strategy(x: jax.Array, kernel: jax.Array) -> str:
