@@ -4,8 +4,9 @@
 
 FLOPs come from XLA's cost analysis of the jitted inference forward with XLA's own
 convolutions (``conv_strategy="xla"`` and ``layers.AUTO_USES_ONEDNN = False``: XLA cannot
-see into the oneDNN custom calls that ``auto`` uses on CPUs; XLA counts a multiply-add as 2 FLOPs; the paper's "FLOPs", like most video papers', are multiply-adds,
-so both are printed). Timings are medians of interleaved runs of the two jitted forwards
+see into the oneDNN custom calls that ``auto`` uses on CPUs). XLA counts a multiply-add as
+2 FLOPs; the paper's "FLOPs", like most video papers', are multiply-adds, so both are
+printed. Timings are medians of interleaved runs of the two jitted forwards
 (default ``auto`` strategy) on the same input, measured in one process.
 """
 
@@ -38,8 +39,10 @@ def build(kpsem, shape):
   counted = create_model("mfnet3d", flags.FLAGS.num_classes, dict(conv_strategy="xla"),
                          kpsem=kpsem)
   layers.AUTO_USES_ONEDNN = False
-  cost = jax.jit(counted.apply).lower(variables, x).compile().cost_analysis()
-  layers.AUTO_USES_ONEDNN = True
+  try:
+    cost = jax.jit(counted.apply).lower(variables, x).compile().cost_analysis()
+  finally:
+    layers.AUTO_USES_ONEDNN = True
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   params = sum(p.size for p in jax.tree.leaves(variables["params"]))
   kpsem_params = sum(p.size for p in jax.tree.leaves(variables["params"].get("kpsem", {})))

@@ -72,9 +72,10 @@ def _patches_conv(x, kernel, strides, padding, groups):
 PATCHES_FORWARD_MAX_GROUP_WIDTH = 8
 
 # Without oneDNN, at or below this many input elements (batch included) ``auto`` takes plain
-# XLA both ways on CPUs too: such convolutions run in well under a millisecond either way, and the patches
-# gradient doubles XLA's compile time of a training step, which dominates at these sizes
-# (tests, tiny models). MFNet's smallest layer at batch 1, 16x224x224 is 7x larger.
+# XLA both ways on CPUs too: such convolutions run in well under a millisecond either way,
+# and the patches gradient doubles XLA's compile time of a training step, which dominates
+# at these sizes (tests, tiny models). MFNet's smallest convolution input at batch 1,
+# 16x224x224 (conv5, 8x7x7x768) is more than 4x larger.
 SMALL_CONV_MAX_ELEMENTS = 65536
 
 
@@ -113,15 +114,7 @@ def _onednn_inference_conv(x, kernel, strides, padding, groups):
   return cpu_kernels.conv(x, kernel, strides, padding, groups)
 
 
-def _onednn_inference_fwd(x, kernel, strides, padding, groups):
-  return _cpu_conv(x, kernel, strides, padding, groups), (x, kernel)
-
-
-def _onednn_inference_bwd(strides, padding, groups, residuals, cotangent):
-  return _auto_bwd(strides, padding, groups, residuals, cotangent)
-
-
-_onednn_inference_conv.defvjp(_onednn_inference_fwd, _onednn_inference_bwd)
+_onednn_inference_conv.defvjp(_auto_fwd, _auto_bwd)  # differentiated: patches_grad
 
 
 # False keeps ``auto`` to pure-XLA strategies on CPUs too (e.g. for XLA's cost analysis,

@@ -27,7 +27,7 @@ CASES = [  # (input (B, T, H, W, C), kernel (kt, kh, kw), C_out, strides, paddin
 @pytest.fixture
 def auto_on_tiny_maps(monkeypatch):
   """``auto``'s pure-XLA CPU path (patches gradient), also on these tiny test maps."""
-  monkeypatch.setattr(layers, "_auto_uses_onednn", lambda: False)
+  monkeypatch.setattr(layers, "AUTO_USES_ONEDNN", False)
   monkeypatch.setattr(layers, "SMALL_CONV_MAX_ELEMENTS", 0)
 
 
@@ -119,7 +119,7 @@ def _xla_conv_count(x_shape, c_out, groups):
 
 
 def test_auto_takes_plain_xla_both_ways_on_small_maps_only(monkeypatch):
-  monkeypatch.setattr(layers, "_auto_uses_onednn", lambda: False)
+  monkeypatch.setattr(layers, "AUTO_USES_ONEDNN", False)
   limit = layers.SMALL_CONV_MAX_ELEMENTS
   small = (1, 4, 8, 8, 8)  # 2048 elements
   assert np.prod(small) <= limit

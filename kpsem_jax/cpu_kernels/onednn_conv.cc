@@ -10,7 +10,7 @@
 
 #include <cstdint>
 #include <string>
-#include <cstdio>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -93,20 +93,46 @@ memory AsInput(memory user, const memory::desc& want, dnnl::stream& s) {
   return out;
 }
 
-// A scratch output in `want` layout, or the user's buffer itself when layouts agree.
-memory AsOutput(const memory& user, const memory::desc& want) {
-  if (user.get_desc() == want) return user;
-  return memory(want, Engine());
-}
+// One of a primitive's arguments in our layout: its oneDNN argument id, layout and data.
+struct Operand {
+  int arg;
+  memory::desc desc;
+  void* data;
+};
 
-void CopyBack(memory computed, memory user, dnnl::stream& s) {
+// Runs the primitive of `pd` on two inputs and one output given in our layouts, reordering
+// to and from the layouts the primitive chose, with per-call scratch memory.
+template <typename Primitive, typename PrimitiveDesc>
+void Execute(const PrimitiveDesc& pd, const Operand (&inputs)[2], const Operand& output) {
+  dnnl::stream s(Engine());
+  std::unordered_map<int, memory> args;
+  for (const Operand& in : inputs) {
+    args[in.arg] = AsInput(memory(in.desc, Engine(), in.data),
+                           pd.query_md(dnnl::query::exec_arg_md, in.arg), s);
+  }
+  memory user(output.desc, Engine(), output.data);
+  const memory::desc want = pd.query_md(dnnl::query::exec_arg_md, output.arg);
+  memory computed = user.get_desc() == want ? user : memory(want, Engine());
+  args[output.arg] = computed;
+  args[DNNL_ARG_SCRATCHPAD] = memory(pd.scratchpad_desc(), Engine());
+  Primitive(pd).execute(s, args);
   if (computed.get() != user.get()) dnnl::reorder(computed, user).execute(s, computed, user);
+  s.wait();
 }
 
+// Checks the shapes, then runs `body(geometry)`, turning oneDNN's exceptions into errors.
 template <typename Body>
-ffi::Error Guarded(Body body) {
+ffi::Error WithGeometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> k_dims,
+                        ffi::Span<const int64_t> y_dims, ffi::Span<const int64_t> strides,
+                        ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                        int64_t groups, Body body) {
+  Geometry g;
+  if (auto e = MakeGeometry(x_dims, k_dims, y_dims, strides, pad_lo, pad_hi, groups, &g);
+      e.failure()) {
+    return e;
+  }
   try {
-    body();
+    body(g);
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
   }
@@ -117,27 +143,13 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
                    ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
                    ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
                    int64_t groups) {
-  Geometry g;
-  if (auto e = MakeGeometry(x.dimensions(), k.dimensions(), y->dimensions(), strides, pad_lo,
-                            pad_hi, groups, &g);
-      e.failure()) {
-    return e;
-  }
-  return Guarded([&] {
-    dnnl::stream s(Engine());
-    auto pd = ForwardDesc(g);
-    memory x_user(UserActivation(g.src), Engine(), x.typed_data());
-    memory k_user(UserKernel(g), Engine(), k.typed_data());
-    memory y_user(UserActivation(g.dst), Engine(), y->typed_data());
-    memory x_mem = AsInput(x_user, pd.src_desc(), s);
-    memory k_mem = AsInput(k_user, pd.weights_desc(), s);
-    memory y_mem = AsOutput(y_user, pd.dst_desc());
-    memory scratch(pd.scratchpad_desc(), Engine());
-    dnnl::convolution_forward(pd).execute(
-        s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, k_mem}, {DNNL_ARG_DST, y_mem},
-            {DNNL_ARG_SCRATCHPAD, scratch}});
-    CopyBack(y_mem, y_user, s);
-    s.wait();
+  return WithGeometry(x.dimensions(), k.dimensions(), y->dimensions(), strides, pad_lo, pad_hi,
+                      groups, [&](const Geometry& g) {
+    Execute<dnnl::convolution_forward>(
+        ForwardDesc(g),
+        {{DNNL_ARG_SRC, UserActivation(g.src), x.typed_data()},
+         {DNNL_ARG_WEIGHTS, UserKernel(g), k.typed_data()}},
+        {DNNL_ARG_DST, UserActivation(g.dst), y->typed_data()});
   });
 }
 
@@ -146,30 +158,15 @@ ffi::Error BackwardInput(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k,
                          ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
                          ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
                          int64_t groups) {
-  Geometry g;
-  if (auto e = MakeGeometry(dx->dimensions(), k.dimensions(), dy.dimensions(), strides, pad_lo,
-                            pad_hi, groups, &g);
-      e.failure()) {
-    return e;
-  }
-  return Guarded([&] {
-    dnnl::stream s(Engine());
-    auto hint = ForwardDesc(g);
-    dnnl::convolution_backward_data::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, Any(g.src), Any(g.wei), Any(g.dst),
-        g.strides, g.pad_lo, g.pad_hi, hint, Attributes());
-    memory dy_user(UserActivation(g.dst), Engine(), dy.typed_data());
-    memory k_user(UserKernel(g), Engine(), k.typed_data());
-    memory dx_user(UserActivation(g.src), Engine(), dx->typed_data());
-    memory dy_mem = AsInput(dy_user, pd.diff_dst_desc(), s);
-    memory k_mem = AsInput(k_user, pd.weights_desc(), s);
-    memory dx_mem = AsOutput(dx_user, pd.diff_src_desc());
-    memory scratch(pd.scratchpad_desc(), Engine());
-    dnnl::convolution_backward_data(pd).execute(
-        s, {{DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_WEIGHTS, k_mem}, {DNNL_ARG_DIFF_SRC, dx_mem},
-            {DNNL_ARG_SCRATCHPAD, scratch}});
-    CopyBack(dx_mem, dx_user, s);
-    s.wait();
+  return WithGeometry(dx->dimensions(), k.dimensions(), dy.dimensions(), strides, pad_lo,
+                      pad_hi, groups, [&](const Geometry& g) {
+    Execute<dnnl::convolution_backward_data>(
+        dnnl::convolution_backward_data::primitive_desc(
+            Engine(), dnnl::algorithm::convolution_direct, Any(g.src), Any(g.wei), Any(g.dst),
+            g.strides, g.pad_lo, g.pad_hi, ForwardDesc(g), Attributes()),
+        {{DNNL_ARG_DIFF_DST, UserActivation(g.dst), dy.typed_data()},
+         {DNNL_ARG_WEIGHTS, UserKernel(g), k.typed_data()}},
+        {DNNL_ARG_DIFF_SRC, UserActivation(g.src), dx->typed_data()});
   });
 }
 
@@ -178,53 +175,19 @@ ffi::Error BackwardKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           ffi::ResultBuffer<ffi::F32> dk, ffi::Span<const int64_t> strides,
                           ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
                           int64_t groups) {
-  Geometry g;
-  if (auto e = MakeGeometry(x.dimensions(), dk->dimensions(), dy.dimensions(), strides, pad_lo,
-                            pad_hi, groups, &g);
-      e.failure()) {
-    return e;
-  }
-  return Guarded([&] {
-    dnnl::stream s(Engine());
-    auto hint = ForwardDesc(g);
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, Any(g.src), Any(g.wei), Any(g.dst),
-        g.strides, g.pad_lo, g.pad_hi, hint, Attributes());
-    memory x_user(UserActivation(g.src), Engine(), x.typed_data());
-    memory dy_user(UserActivation(g.dst), Engine(), dy.typed_data());
-    memory dk_user(UserKernel(g), Engine(), dk->typed_data());
-    memory x_mem = AsInput(x_user, pd.src_desc(), s);
-    memory dy_mem = AsInput(dy_user, pd.diff_dst_desc(), s);
-    memory dk_mem = AsOutput(dk_user, pd.diff_weights_desc());
-    memory scratch(pd.scratchpad_desc(), Engine());
-    dnnl::convolution_backward_weights(pd).execute(
-        s, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_DIFF_WEIGHTS, dk_mem},
-            {DNNL_ARG_SCRATCHPAD, scratch}});
-    CopyBack(dk_mem, dk_user, s);
-    s.wait();
+  return WithGeometry(x.dimensions(), dk->dimensions(), dy.dimensions(), strides, pad_lo,
+                      pad_hi, groups, [&](const Geometry& g) {
+    Execute<dnnl::convolution_backward_weights>(
+        dnnl::convolution_backward_weights::primitive_desc(
+            Engine(), dnnl::algorithm::convolution_direct, Any(g.src), Any(g.wei), Any(g.dst),
+            g.strides, g.pad_lo, g.pad_hi, ForwardDesc(g), Attributes()),
+        {{DNNL_ARG_SRC, UserActivation(g.src), x.typed_data()},
+         {DNNL_ARG_DIFF_DST, UserActivation(g.dst), dy.typed_data()}},
+        {DNNL_ARG_DIFF_WEIGHTS, UserKernel(g), dk->typed_data()});
   });
 }
 
 }  // namespace
-
-// Which oneDNN implementation serves a forward convolution of these shapes (for tests and
-// benchmarks): writes a NUL-terminated name into `out`. attrs: strides, pad_lo, pad_hi, groups.
-
-extern "C" int KpsemOnednnForwardImpl(const int64_t* x_dims, const int64_t* k_dims,
-                                      const int64_t* y_dims, const int64_t* attrs, char* out,
-                                      int64_t out_size) {
-  Geometry g;
-  ffi::Span<const int64_t> xs(x_dims, 5), ks(k_dims, 5), ys(y_dims, 5);
-  ffi::Span<const int64_t> st(attrs, 3), lo(attrs + 3, 3), hi(attrs + 6, 3);
-  if (MakeGeometry(xs, ks, ys, st, lo, hi, attrs[9], &g).failure()) return 1;
-  try {
-    std::string name = ForwardDesc(g).impl_info_str();
-    snprintf(out, out_size, "%s", name.c_str());
-  } catch (const dnnl::error&) {
-    return 1;
-  }
-  return 0;
-}
 
 #define KPSEM_CONV_BINDING                                                            \
   ffi::Ffi::Bind()                                                                    \
