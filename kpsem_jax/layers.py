@@ -22,8 +22,7 @@ BN_MOMENTUM = 0.9
 Padding = Sequence[Tuple[int, int]]
 
 
-STRATEGIES = ("auto", "xla", "group_loop", "patches", "patches_grad", "onednn",
-              "onednn_inference")
+STRATEGIES = ("auto", "xla", "group_loop", "patches", "patches_grad", "onednn")
 
 
 def _xla_conv(x, kernel, strides, padding, groups):
@@ -103,20 +102,6 @@ def _auto_bwd(strides, padding, groups, residuals, cotangent):
 _cpu_conv.defvjp(_auto_fwd, _auto_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _onednn_inference_conv(x, kernel, strides, padding, groups):
-  """oneDNN's forward pass where nothing differentiates it; ``patches_grad`` where it is.
-
-  Known issue: with oneDNN's convolution inside a differentiated program, the gradients
-  of a second micro-batch computed in the same program came out wrong (MFNet conv1, 3
-  input channels; README, "Known issue: oneDNN in training"), so training keeps to XLA.
-  """
-  return cpu_kernels.conv(x, kernel, strides, padding, groups)
-
-
-_onednn_inference_conv.defvjp(_auto_fwd, _auto_bwd)  # differentiated: patches_grad
-
-
 # False keeps ``auto`` to pure-XLA strategies on CPUs too (e.g. for XLA's cost analysis,
 # which cannot see into custom calls).
 AUTO_USES_ONEDNN = True
@@ -135,7 +120,7 @@ def _auto_strategy(x: jax.Array, kernel: jax.Array) -> str:
     # A pointwise convolution is a matmul, which XLA does well; oneDNN's reorders to and
     # from its blocked layouts cost more (benchmarks/conv_strategies.py, conv4 i1).
     pointwise = all(k == 1 for k in kernel.shape[:-2])
-    return "patches_grad" if pointwise else "onednn_inference"
+    return "patches_grad" if pointwise else "onednn"
   if x.size <= SMALL_CONV_MAX_ELEMENTS:
     return "xla"
   return "patches_grad"
@@ -158,13 +143,10 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
       gradients are 2-30x slower, most of all for grouped and 3-input-channel layers) with
       the ``xla`` forward pass, or the ``patches`` one for groups of at most
       ``PATCHES_FORWARD_MAX_GROUP_WIDTH`` channels; ``onednn``: oneDNN's convolution
-      through an XLA custom call, both passes (CPU only, :mod:`kpsem_jax.cpu_kernels`;
-      experimental: see ``_onednn_inference_conv``'s known issue); ``onednn_inference``:
-      oneDNN's forward pass where the convolution is not differentiated, ``patches_grad``
-      where it is; ``auto``: ``xla`` on GPUs and TPUs; on a single CPU device
-      ``onednn_inference`` where oneDNN is available (``patches_grad`` for pointwise,
-      1x1x1 kernels); otherwise
-      on CPUs ``xla`` for inputs of at most ``SMALL_CONV_MAX_ELEMENTS`` elements, else
+      through an XLA custom call, both passes (CPU only, :mod:`kpsem_jax.cpu_kernels`);
+      ``auto``: ``xla`` on GPUs and TPUs; on a single CPU device ``onednn`` where oneDNN
+      is available (``patches_grad`` for pointwise, 1x1x1 kernels); otherwise on CPUs
+      ``xla`` for inputs of at most ``SMALL_CONV_MAX_ELEMENTS`` elements, else
       ``patches_grad`` (see ``benchmarks/conv_strategies.py``).
   Returns:
     ``(B, *out_spatial, C_out)``.
@@ -176,8 +158,6 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
     strategy = _auto_strategy(x, kernel)
   if strategy == "patches_grad":
     return _cpu_conv(x, kernel.astype(x.dtype), strides, padding, groups)
-  if strategy == "onednn_inference":
-    return _onednn_inference_conv(x, kernel.astype(x.dtype), strides, padding, groups)
   if strategy == "onednn":
     return cpu_kernels.conv(x, kernel, strides, padding, groups)
   if strategy == "xla":

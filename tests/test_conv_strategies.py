@@ -157,15 +157,16 @@ def test_onednn_takes_one_and_two_spatial_axes(x_shape, window, c_out, strides, 
 
 
 @requires_onednn
-def test_auto_is_onednn_forward_and_the_patches_gradient_on_one_cpu_device():
+def test_auto_is_onednn_both_ways_on_one_cpu_device():
   x, kernel = np.zeros((1, 4, 8, 8, 8)), np.zeros((3, 3, 3, 2, 8))
   f = lambda a, b: jnp.sum(conv(a, b, (1, 1, 1), ((1, 1),) * 3, 4))  # noqa: E731
   forward = str(jax.make_jaxpr(f)(x, kernel))
   assert "kpsem_onednn_conv_forward" in forward and "conv_general_dilated" not in forward
-  # Differentiated: no oneDNN call at all (README, "Known issue: oneDNN in training"), and
-  # no XLA convolution either (patches forward for 2-channel groups, patches gradient).
+  # Differentiated: oneDNN's forward, input-gradient and kernel-gradient calls, no XLA conv.
   grad = str(jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(x, kernel))
-  assert "kpsem_onednn" not in grad and "conv_general_dilated" not in grad
+  for name in ("forward", "input_grad", "kernel_grad"):
+    assert grad.count(f"kpsem_onednn_conv_{name}") == 1, name
+  assert "conv_general_dilated" not in grad
   # A pointwise convolution stays a matmul (patches_grad): no custom call, no convolution
   # in its gradient.
   pointwise = str(jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(
