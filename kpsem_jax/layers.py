@@ -102,21 +102,25 @@ def _auto_bwd(strides, padding, groups, residuals, cotangent):
 _cpu_conv.defvjp(_auto_fwd, _auto_bwd)
 
 
-# False keeps ``auto`` to pure-XLA strategies on CPUs too (e.g. for XLA's cost analysis,
-# which cannot see into custom calls).
+# False keeps ``auto`` (and AReSE's regional argmax) to pure XLA on CPUs too (e.g. for
+# XLA's cost analysis, which cannot see into custom calls).
 AUTO_USES_ONEDNN = True
 
 
-def _auto_uses_onednn() -> bool:
-  # oneDNN's custom call has no partitioning rule: XLA would gather a sharded batch onto
-  # every device and compute it there, so it is used only on a single CPU device.
-  return AUTO_USES_ONEDNN and jax.device_count() == 1 and cpu_kernels.available()
+def auto_uses_cpu_kernels() -> bool:
+  """Whether defaults take :mod:`kpsem_jax.cpu_kernels`: on a single CPU device, if built.
+
+  Their custom calls have no partitioning rule: XLA would gather a sharded batch onto every
+  device and compute it there, so they are used only on a single CPU device.
+  """
+  return (AUTO_USES_ONEDNN and jax.default_backend() == "cpu" and jax.device_count() == 1
+          and cpu_kernels.available())
 
 
 def _auto_strategy(x: jax.Array, kernel: jax.Array) -> str:
   if jax.default_backend() != "cpu":
     return "xla"  # cuDNN's and TPU's convolutions are the fast ones there
-  if _auto_uses_onednn():
+  if auto_uses_cpu_kernels():
     # A pointwise convolution is a matmul, which XLA does well; oneDNN's reorders to and
     # from its blocked layouts cost more (benchmarks/conv_strategies.py, conv4 i1).
     pointwise = all(k == 1 for k in kernel.shape[:-2])

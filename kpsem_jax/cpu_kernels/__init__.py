@@ -1,10 +1,12 @@
-"""oneDNN convolutions on CPUs: the C++ handlers in ``onednn_conv.cc``, built on first use.
+"""CPU kernels built on first use: oneDNN convolutions and AReSE's regional argmax.
 
 XLA:CPU's own 3-D convolutions run 3-100x slower than PyTorch's on CPUs (README, "Speed
 against PyTorch"); PyTorch calls oneDNN for them. This module compiles a small XLA FFI
 extension against the oneDNN of the ``onednn-devel-cpu-gomp`` wheel (``requirements.txt``,
-x86-64 Linux) and the headers jaxlib ships, caches the shared library, registers its three
-handlers with XLA, and wraps them as :func:`conv` with its gradient.
+x86-64 Linux) and the headers jaxlib ships, caches the shared library, registers its
+handlers with XLA, and wraps them as :func:`conv` with its gradient (``onednn_conv.cc``)
+and :func:`regional_argmax` (``regional_argmax.cc``: XLA's variadic argmax reduction over
+a non-minor axis is 5x slower than a plain vectorised loop).
 
 Where it cannot be built (no C++ compiler, no oneDNN, another platform) :func:`available`
 is False, :func:`unavailable_reason` says why, and ``layers.conv(strategy="auto")`` keeps
@@ -30,9 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = os.path.join(os.path.dirname(__file__), "onednn_conv.cc")
-_TARGETS = {"forward": "KpsemOnednnConvForward", "input_grad": "KpsemOnednnConvBackwardInput",
-            "kernel_grad": "KpsemOnednnConvBackwardKernel"}
+SOURCES = tuple(os.path.join(os.path.dirname(__file__), name)
+                for name in ("onednn_conv.cc", "regional_argmax.cc"))
+_TARGETS = {"kpsem_onednn_conv_forward": "KpsemOnednnConvForward",
+            "kpsem_onednn_conv_input_grad": "KpsemOnednnConvBackwardInput",
+            "kpsem_onednn_conv_kernel_grad": "KpsemOnednnConvBackwardKernel",
+            "kpsem_regional_argmax": "KpsemRegionalArgmax"}
 
 
 class _State:
@@ -59,12 +64,17 @@ def _compiler() -> Optional[str]:
 def _build(compiler: str, root: str) -> str:
   """Compiles the extension once per source/jaxlib/oneDNN combination; returns its path."""
   lib_dir = os.path.join(root, "lib")
+  # Portable x86-64 code (no -march=native: the cache may be shared between machines);
+  # no FMA contraction, so the argmax scores round exactly as XLA's do.
   command = lambda out: [  # noqa: E731
-      compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-I" + jax.ffi.include_dir(),
-      "-I" + os.path.join(root, "include"), SOURCE, "-o", out, "-L" + lib_dir, "-ldnnl",
-      "-Wl,-rpath," + lib_dir]
-  with open(SOURCE, "rb") as f:
-    key = hashlib.sha256(f.read() + repr((command(""), jax.__version__)).encode()).hexdigest()
+      compiler, "-O3", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w",
+      "-I" + jax.ffi.include_dir(), "-I" + os.path.join(root, "include"), *SOURCES, "-o", out,
+      "-L" + lib_dir, "-ldnnl", "-Wl,-rpath," + lib_dir]
+  digest = hashlib.sha256(repr((command(""), jax.__version__)).encode())
+  for source in SOURCES:
+    with open(source, "rb") as f:
+      digest.update(f.read())
+  key = digest.hexdigest()
   cache = os.path.expanduser(os.environ.get("KPSEM_JAX_CACHE", "~/.cache/kpsem_jax"))
   path = os.path.join(cache, f"onednn_conv-{key[:16]}.so")
   if os.path.exists(path):
@@ -77,7 +87,7 @@ def _build(compiler: str, root: str) -> str:
   try:
     done = subprocess.run(command(tmp), capture_output=True, text=True)
     if done.returncode:
-      raise RuntimeError(f"compiling {SOURCE} failed ({' '.join(command(path))}):\n"
+      raise RuntimeError(f"compiling {', '.join(SOURCES)} failed ({' '.join(command(path))}):\n"
                          f"{done.stderr[-2000:]}")
     os.replace(tmp, path)
   finally:
@@ -109,13 +119,13 @@ def _load() -> None:
     _State.reason = str(e)
     return
   for name, symbol in _TARGETS.items():
-    jax.ffi.register_ffi_target(f"kpsem_onednn_conv_{name}",
-                                jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
+                                platform="cpu")
   _State.library = library
 
 
 def available() -> bool:
-  """Whether the oneDNN convolution is built and registered (builds it on first call)."""
+  """Whether the kernels are built and registered (builds them on first call)."""
   _load()
   return _State.library is not None
 
@@ -188,3 +198,33 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
   k3 = kernel.astype(jnp.float32).reshape((1,) * lead + kernel.shape)
   y = _conv3d(x3, k3, (1,) * lead + tuple(strides), ((0, 0),) * lead + tuple(padding), groups)
   return y.reshape(y.shape[:1] + y.shape[1 + lead:]).astype(x.dtype)
+
+
+def regional_argmax(features: jax.Array, masks: jax.Array, penalty: jax.Array) -> jax.Array:
+  """``argmax_P(features - (1 - masks) * penalty)`` per region and channel, on the CPU.
+
+  The regional argmax of AReSE's key points (``arese.regional_argmax`` is the ``jnp``
+  definition). Any leading axes broadcast; under ``jax.vmap`` unbatched inputs are not
+  copied. Not differentiable (indices): callers stop gradients.
+
+  Args:
+    features: ``(*L, T, P, C)``; masks: ``(*L, T, K, P)``; penalty: ``(*L, T, C)``.
+  Returns:
+    ``(*L, T, K, C)`` int32: the first maximum's P index (the first NaN's, if any).
+  Raises:
+    RuntimeError: when the extension is unavailable (the reason is in the message).
+  """
+  if not available():
+    raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
+  features, masks, penalty = (jnp.asarray(a, jnp.float32) for a in (features, masks, penalty))
+  (t, p, c), k = features.shape[-3:], masks.shape[-2]
+  if masks.shape[-3:] != (t, k, p) or penalty.shape[-2:] != (t, c):
+    raise ValueError(f"regional_argmax: features {features.shape}, masks {masks.shape} and "
+                     f"penalty {penalty.shape} do not match (T, P, C), (T, K, P), (T, C)")
+  lead = jnp.broadcast_shapes(features.shape[:-3], masks.shape[:-3], penalty.shape[:-2])
+  features = features.reshape((1,) * (len(lead) - features.ndim + 3) + features.shape)
+  masks = masks.reshape((1,) * (len(lead) - masks.ndim + 3) + masks.shape)
+  penalty = penalty.reshape((1,) * (len(lead) - penalty.ndim + 2) + penalty.shape)
+  return jax.ffi.ffi_call("kpsem_regional_argmax",
+                          jax.ShapeDtypeStruct(lead + (t, k, c), jnp.int32),
+                          vmap_method="expand_dims")(features, masks, penalty)
