@@ -11,7 +11,9 @@ threads spin after each op), and the medians compared:
 
 - inference at ``(B, 16, 224, 224, 3)`` for each ``--batches``: JAX/PyTorch time ratios
   of MFNet and MF-KPSEM and the logits' largest difference relative to the largest logit;
-  in each framework, MF-KPSEM's forward time over MFNet's (the KPSEM overhead);
+  in each framework, MF-KPSEM's forward time over MFNet's (the KPSEM overhead), and in JAX
+  the KPSEM branch alone, timed on MF-KPSEM's conv4 map, over MFNet's forward time (the
+  same overhead without the run-to-run drift of two whole forwards);
 - one SGD training step (forward, backward, Nesterov momentum update) of a narrow MFNet on
   ``--train_shape``: JAX/PyTorch time ratio and the loss difference.
 
@@ -60,7 +62,7 @@ def main(argv):
   import torch_mfnet  # pylint: disable=import-outside-toplevel
   from kpsem_jax import checkpoint, convert, trainer  # pylint: disable=import-outside-toplevel
   from kpsem_jax.inference import normalize  # pylint: disable=import-outside-toplevel
-  from kpsem_jax.models import create_model  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models import VideoClassifier, create_model  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(FLAGS.threads)
   print(f"JAX {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} with "
@@ -88,14 +90,26 @@ def main(argv):
     fn = jax.jit(lambda v, x: model.apply(v, x))
     return lambda x: np.asarray(jax.block_until_ready(fn(variables, x)))
 
+  def jax_kpsem_branch(path):
+    """``x -> branch``: the KPSEM branch alone on the model's conv4 map of ``x``."""
+    variables, meta = checkpoint.load_variables(path)
+    model = create_model(**meta["model"])
+    stages = jax.jit(lambda v, x: model.apply(v, x, method=VideoClassifier.stages))
+    branch = jax.jit(lambda v, f: model.apply(v, f, method=lambda m, f: m.kpsem(f)))
+    def prepare(x):
+      conv4 = stages(variables, x)["conv4"]
+      return lambda: jax.block_until_ready(branch(variables, conv4))
+    return prepare
+
   print("\ninference, (B, 16, 224, 224, 3); MFNet, then MF-KPSEM (JAX " +
         FLAGS.strategies[0] + "), then KPSEM overheads (MF-KPSEM time / MFNet time)")
   print(f"{'B':>3s} {'torch s':>8s} " + " ".join(
       f"{'JAX ' + s + ' s':>13s} {'ratio':>6s} {'max diff':>9s}" for s in FLAGS.strategies) +
         f" | {'torch KP s':>10s} {'JAX KP s':>9s} {'ratio':>6s} {'max diff':>9s}"
-        f" | {'torch ovh':>9s} {'JAX ovh':>8s}")
+        f" | {'torch ovh':>9s} {'JAX ovh':>8s} {'JAX branch':>10s}")
   forwards = {s: jax_forward(os.path.join(tmp, "mfnet"), s) for s in FLAGS.strategies}
   kpsem_forward = jax_forward(os.path.join(tmp, "mf_kpsem"), FLAGS.strategies[0])
+  kpsem_branch = jax_kpsem_branch(os.path.join(tmp, "mf_kpsem"))
   for b in (int(v) for v in FLAGS.batches):
     clips = np.random.RandomState(b).randint(0, 256, (b, 16, 224, 224, 3)).astype(np.uint8)
     x = np.asarray(normalize(clips))
@@ -105,7 +119,9 @@ def main(argv):
       ref_kpsem = net_kpsem(xt).numpy()
     for f in list(forwards.values()) + [kpsem_forward]:
       f(x)  # compile
-    times = {k: [] for k in ["torch", "torch_kpsem", "kpsem"] + FLAGS.strategies}
+    branch = kpsem_branch(x)
+    branch()  # compile
+    times = {k: [] for k in ["torch", "torch_kpsem", "kpsem", "branch"] + FLAGS.strategies}
     outs = {}
     for _ in range(FLAGS.repeats):
       with torch.no_grad():
@@ -116,6 +132,7 @@ def main(argv):
         times[s].append(t)
       t, outs["kpsem"] = timed(lambda: kpsem_forward(x))
       times["kpsem"].append(t)
+      times["branch"].append(timed(branch)[0])
     med = {k: float(np.median(v)) for k, v in times.items()}
     diff = lambda a, r: np.abs(a - r).max() / np.abs(r).max()  # noqa: E731
     cells = " ".join(f"{med[s]:13.3f} {med[s] / med['torch']:6.2f} {diff(outs[s], ref):9.1e}"
@@ -123,7 +140,8 @@ def main(argv):
     print(f"{b:3d} {med['torch']:8.3f} {cells} | {med['torch_kpsem']:10.3f} {med['kpsem']:9.3f} "
           f"{med['kpsem'] / med['torch_kpsem']:6.2f} {diff(outs['kpsem'], ref_kpsem):9.1e} | "
           f"{med['torch_kpsem'] / med['torch']:9.3f} "
-          f"{med['kpsem'] / med[FLAGS.strategies[0]]:8.3f}", flush=True)
+          f"{med['kpsem'] / med[FLAGS.strategies[0]]:8.3f} "
+          f"{med['branch'] / med[FLAGS.strategies[0]]:10.3f}", flush=True)
 
   # ---- one training step of a narrow MFNet ---------------------------------------------------
   batch, frames, height, width = (int(v) for v in FLAGS.train_shape)
