@@ -5,9 +5,8 @@
 For each MFNet-3D layer shape (batch 1, 16x224x224 input), forward and forward+backward,
 each JAX strategy and PyTorch are run interleaved; the table prints PyTorch's median in
 ms and each strategy's median as a ratio to it (JAX / PyTorch, lower is faster), with the
-strategy's largest relative difference from PyTorch's output. ``auto`` and
-``onednn_inference`` are not columns of their own: they combine the other columns (the
-header says what ``auto`` resolves to here).
+strategy's largest relative difference from PyTorch's output. ``auto`` is not a column of
+its own: it picks one of the others per layer (the header says which here).
 """
 
 import os
@@ -53,12 +52,11 @@ def main(argv):
   from kpsem_jax import layers  # pylint: disable=import-outside-toplevel
   from kpsem_jax.layers import STRATEGIES, conv  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(FLAGS.threads)
-  strategies = [s for s in STRATEGIES if s not in ("auto", "onednn_inference")]
+  strategies = [s for s in STRATEGIES if s != "auto"]
   print(f"JAX {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} with "
         f"{FLAGS.threads} threads; medians of {FLAGS.repeats}; ratios JAX/PyTorch; auto is "
         f"{layers._auto_strategy(np.zeros((1, 8, 56, 56, 96)), np.zeros((3, 3, 3, 6, 96)))} "
-        "here (onednn_inference: the onednn forward pass, the patches_grad gradient; "
-        "patches_grad for 1x1x1 kernels)")
+        "here (patches_grad for 1x1x1 kernels)")
   header = f"{'layer':32s} {'pass':8s} {'torch ms':>9s} " + " ".join(f"{s:>16s}" for s in strategies)
   print(header)
   for name, c_in, c_out, window, strides, groups, size in LAYERS:
