@@ -270,9 +270,9 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(straight_run):
   new, _ = jax.jit(trainer.make_train_step(model, tx, schedule, jnp.float32))(state, clips, labels)
 
   # Clips and parameters are arguments, not constants closed over: XLA folds constants into
-  # other code, and this loss has kinks (ReLU, max-pool ties) so close to micro-batch 1 that
-  # rounding-level differences flip its gradient by 0.07 (adding 1e-6 noise to the input
-  # does the same), whichever convolution computes it.
+  # other code, and this loss has a kink (a ReLU or max-pool decision) so close to
+  # micro-batch 1 that rounding-level differences flip its gradient by 0.07 (adding 1e-6
+  # noise to the input does the same), whichever convolution computes it.
   @jax.jit
   def grads(params, clip, label, batch_stats):
     def loss(p):

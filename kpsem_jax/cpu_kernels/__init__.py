@@ -6,7 +6,7 @@ extension against the oneDNN of the ``onednn-devel-cpu-gomp`` wheel (``requireme
 x86-64 Linux) and the headers jaxlib ships, caches the shared library, registers its
 handlers with XLA, and wraps them as :func:`conv` with its gradient (``onednn_conv.cc``)
 and :func:`regional_argmax` (``regional_argmax.cc``: XLA's variadic argmax reduction over
-a non-minor axis is 5x slower than a plain vectorised loop).
+a non-minor axis took 26 ms on MFNet's conv4 map, the vectorised loop 2.5 ms).
 
 Where it cannot be built (no C++ compiler, no oneDNN, another platform) :func:`available`
 is False, :func:`unavailable_reason` says why, and ``layers.conv(strategy="auto")`` keeps
