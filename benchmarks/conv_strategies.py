@@ -49,14 +49,15 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from kpsem_jax import layers  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import cpu_kernels, layers  # pylint: disable=import-outside-toplevel
   from kpsem_jax.layers import STRATEGIES, conv  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(FLAGS.threads)
   strategies = [s for s in STRATEGIES if s != "auto"]
+  auto = layers.auto_strategy(np.zeros((1, 8, 56, 56, 96)), np.zeros((3, 3, 3, 6, 96)),
+                              jax.default_backend(), cpu_kernels.available())
   print(f"JAX {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} with "
         f"{FLAGS.threads} threads; medians of {FLAGS.repeats}; ratios JAX/PyTorch; auto is "
-        f"{layers._auto_strategy(np.zeros((1, 8, 56, 56, 96)), np.zeros((3, 3, 3, 6, 96)))} "
-        "here (patches_grad for 1x1x1 kernels)")
+        f"{auto} here (patches_grad for 1x1x1 kernels)")
   header = f"{'layer':32s} {'pass':8s} {'torch ms':>9s} " + " ".join(f"{s:>16s}" for s in strategies)
   print(header)
   for name, c_in, c_out, window, strides, groups, size in LAYERS:

@@ -20,7 +20,11 @@ def base() -> ml_collections.ConfigDict:
       eval_resize=256, eval_clips=10, eval_crops=3))
   c.model = ml_collections.ConfigDict(dict(
       backbone="mfnet3d", backbone_kwargs={}, use_kpsem=True,
-      kpsem=dict(num_regions=4, num_sets=8, embed_dim=24, adaptive=True), kpsem_at="conv4"))
+      kpsem=dict(num_regions=4, num_sets=8, embed_dim=24, adaptive=True), kpsem_at="conv4",
+      # How convolutions are computed (layers.STRATEGIES): "auto" is XLA's on GPUs/TPUs and
+      # oneDNN's on CPUs where kpsem_jax.cpu_kernels builds; a pure-XLA strategy ("xla",
+      # "patches_grad") also keeps AReSE's argmax to jnp.
+      conv_strategy="auto"))
   # A checkpoint folder from `python -m kpsem_jax.convert` (or a training workdir's
   # best/ or checkpoints/ parent): matching tensors are loaded, the rest initialised.
   c.init_from = "checkpoints/mf_kpsem_init"

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from kpsem_jax import arese as arese_lib
+from kpsem_jax import layers
 from kpsem_jax.layers import Conv
 
 
@@ -35,6 +36,11 @@ class KPSEM(nn.Module):
     reduction_channels: output channels of the (1, 3)/(1, 2) reduction convolutions.
     mask_temperature: region-mask softness in feature-map pixels (0: hard regions).
     shift_epsilon: the 0.1 of Eq. 9.
+    conv_strategy: ``layers.conv``'s strategy for the reduction convolutions.
+    argmax_strategy: AReSE's regional argmax (:func:`kpsem_jax.arese.regional_argmax`):
+      ``jnp``, ``cpu_kernel``, or ``auto`` (the CPU kernel where
+      ``layers.uses_cpu_kernels("auto")``); ``create_model`` derives it from the model's
+      convolution strategy.
   Intermediates (``mutable=["intermediates"]``): ``arese`` holds the
   :class:`~kpsem_jax.arese.AReSEOutput` of every set with leading ``(G, B)`` axes.
   """
@@ -47,10 +53,15 @@ class KPSEM(nn.Module):
   mask_temperature: float = 0.1
   shift_epsilon: float = 0.1
   fixed_regions_seed: int = 0
+  conv_strategy: str = "auto"
+  argmax_strategy: str = "auto"
 
   @nn.compact
   def __call__(self, features: jax.Array) -> jax.Array:
     b, t, _, _, c = features.shape
+    argmax_strategy = self.argmax_strategy
+    if argmax_strategy == "auto":
+      argmax_strategy = "cpu_kernel" if layers.uses_cpu_kernels("auto") else "jnp"
     if t < 2:
       raise ValueError(f"KPSEM needs at least 2 frames in its input feature map, got T={t}")
     k = arese_lib.grid_size(self.num_regions)
@@ -72,8 +83,8 @@ class KPSEM(nn.Module):
     emb_b = self.param("embed_b", nn.initializers.zeros, (g, self.embed_dim))
 
     def one_set(set_logits, w, bias):
-      out = jax.vmap(arese_lib.arese, in_axes=(0, 0, None, None))(
-          f32, set_logits, self.mask_temperature, self.shift_epsilon)
+      out = jax.vmap(arese_lib.arese, in_axes=(0, 0, None, None, None))(
+          f32, set_logits, self.mask_temperature, self.shift_epsilon, argmax_strategy)
       return out, out.rkps @ w + bias  # (B, T-1, C, d_e)
 
     outputs, embedded = jax.vmap(one_set)(logits, emb_w, emb_b)
@@ -82,5 +93,5 @@ class KPSEM(nn.Module):
     h = h.astype(features.dtype)
     for i, channels in enumerate(self.reduction_channels):
       h = nn.relu(Conv(channels, (1, 3), (1, 2), padding=((0, 0), (1, 1)), use_bias=True,
-                       name=f"reduce{i + 1}")(h))
+                       strategy=self.conv_strategy, name=f"reduce{i + 1}")(h))
     return jnp.mean(h, axis=2).reshape(b, -1)  # (B, (T-1) * C_red)

@@ -7,7 +7,7 @@ Kernels use the ``(*spatial, in // groups, out)`` layout (DHWIO for 3-D), so a P
 
 import functools
 import itertools
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -102,32 +102,33 @@ def _auto_bwd(strides, padding, groups, residuals, cotangent):
 _cpu_conv.defvjp(_auto_fwd, _auto_bwd)
 
 
-# False keeps ``auto`` (and AReSE's regional argmax) to pure XLA on CPUs too (e.g. for
-# XLA's cost analysis, which cannot see into custom calls).
-AUTO_USES_ONEDNN = True
+def auto_strategy(x: jax.Array, kernel: jax.Array, backend: str, cpu_kernels_built: bool) -> str:
+  """What ``strategy="auto"`` computes a convolution with: a pure function of its inputs.
 
-
-def auto_uses_cpu_kernels() -> bool:
-  """Whether defaults take :mod:`kpsem_jax.cpu_kernels`: on a single CPU device, if built.
-
-  Their custom calls have no partitioning rule: XLA would gather a sharded batch onto every
-  device and compute it there, so they are used only on a single CPU device.
+  ``xla`` on GPUs and TPUs (cuDNN's and TPU's convolutions are the fast ones there). On
+  CPUs with :mod:`kpsem_jax.cpu_kernels` built: ``onednn``, except ``patches_grad`` for a
+  pointwise (1x1x1) kernel, a matmul XLA does well (oneDNN's reorders to and from its
+  blocked layouts cost more: ``benchmarks/conv_strategies.py``, conv4 i1). On CPUs
+  without them: ``xla`` up to ``SMALL_CONV_MAX_ELEMENTS`` input elements, else
+  ``patches_grad``. Under ``jax.shard_map`` (the train step) the shapes are per device.
   """
-  return (AUTO_USES_ONEDNN and jax.default_backend() == "cpu" and jax.device_count() == 1
-          and cpu_kernels.available())
-
-
-def _auto_strategy(x: jax.Array, kernel: jax.Array) -> str:
-  if jax.default_backend() != "cpu":
-    return "xla"  # cuDNN's and TPU's convolutions are the fast ones there
-  if auto_uses_cpu_kernels():
-    # A pointwise convolution is a matmul, which XLA does well; oneDNN's reorders to and
-    # from its blocked layouts cost more (benchmarks/conv_strategies.py, conv4 i1).
+  if backend != "cpu":
+    return "xla"
+  if cpu_kernels_built:
     pointwise = all(k == 1 for k in kernel.shape[:-2])
     return "patches_grad" if pointwise else "onednn"
   if x.size <= SMALL_CONV_MAX_ELEMENTS:
     return "xla"
   return "patches_grad"
+
+
+def uses_cpu_kernels(strategy: str) -> bool:
+  """Whether a model built with convolution ``strategy`` runs :mod:`kpsem_jax.cpu_kernels`
+  (oneDNN and AReSE's regional argmax): ``onednn`` always, ``auto`` on CPUs where they are
+  built; every other strategy is pure XLA."""
+  if strategy == "onednn":
+    return True
+  return (strategy == "auto" and jax.default_backend() == "cpu" and cpu_kernels.available())
 
 
 def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding,
@@ -148,10 +149,8 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
       the ``xla`` forward pass, or the ``patches`` one for groups of at most
       ``PATCHES_FORWARD_MAX_GROUP_WIDTH`` channels; ``onednn``: oneDNN's convolution
       through an XLA custom call, both passes (CPU only, :mod:`kpsem_jax.cpu_kernels`);
-      ``auto``: ``xla`` on GPUs and TPUs; on a single CPU device ``onednn`` where oneDNN
-      is available (``patches_grad`` for pointwise, 1x1x1 kernels); otherwise on CPUs
-      ``xla`` for inputs of at most ``SMALL_CONV_MAX_ELEMENTS`` elements, else
-      ``patches_grad`` (see ``benchmarks/conv_strategies.py``).
+      ``auto``: chosen per convolution by :func:`auto_strategy` (``xla`` on GPUs and
+      TPUs, ``onednn`` on CPUs where it is built).
   Returns:
     ``(B, *out_spatial, C_out)``.
   """
@@ -159,7 +158,8 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
     raise ValueError(f"unknown convolution strategy {strategy!r}; choose one of {STRATEGIES}")
   strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
   if strategy == "auto":
-    strategy = _auto_strategy(x, kernel)
+    strategy = auto_strategy(x, kernel, jax.default_backend(),
+                             jax.default_backend() == "cpu" and cpu_kernels.available())
   if strategy == "patches_grad":
     return _cpu_conv(x, kernel.astype(x.dtype), strides, padding, groups)
   if strategy == "onednn":
@@ -204,12 +204,14 @@ class Conv(nn.Module):
     return y
 
 
-def batch_norm(train: bool, name: str = "bn") -> nn.BatchNorm:
+def batch_norm(train: bool, name: str = "bn", axis_name: Optional[str] = None) -> nn.BatchNorm:
   """BatchNorm over the last axis with PyTorch's eps and momentum.
 
-  Under ``jax.jit`` with a batch-sharded input the statistics are those of the global
-  batch, as with PyTorch's SyncBatchNorm. One difference from PyTorch: Flax updates the
-  running variance with the biased batch variance (PyTorch uses the unbiased one).
+  ``axis_name``: in training under ``jax.shard_map``, the mesh axis whose devices share
+  their batch statistics (``lax.pmean`` of the means and means of squares), so they are
+  those of the global batch, as with PyTorch's SyncBatchNorm; None: this call's batch
+  only. One difference from PyTorch: Flax updates the running variance with the biased
+  batch variance (PyTorch uses the unbiased one).
   """
   return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                      epsilon=BN_EPSILON, name=name)
+                      epsilon=BN_EPSILON, axis_name=axis_name if train else None, name=name)

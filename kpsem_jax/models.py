@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional
 import flax.linen as nn
 import jax
 
+from kpsem_jax import layers
 from kpsem_jax.kpsem import KPSEM
 from kpsem_jax.mfnet3d import MFNet3D
 from kpsem_jax.resnet3d import ResNet3D
@@ -54,17 +55,37 @@ class VideoClassifier(nn.Module):
 def create_model(backbone: str = "mfnet3d", num_classes: int = 400,
                  backbone_kwargs: Optional[Mapping[str, Any]] = None,
                  kpsem: Optional[Mapping[str, Any]] = None,
-                 kpsem_at: str = "conv4") -> VideoClassifier:
+                 kpsem_at: str = "conv4", conv_strategy: str = "auto",
+                 batch_norm_axis: Optional[str] = None) -> VideoClassifier:
   """Builds a classifier; ``kpsem=None`` is the plain backbone, a dict KPSEM's settings.
 
   ``create_model("mfnet3d", 400)`` is the original MFNet-3D (7,996,368 parameters);
   ``create_model("mfnet3d", 51, kpsem={})`` is the paper's MF-KPSEM (K=4, G=8, d_e=24,
   after conv4); ``create_model("resnet3d", 51, kpsem={}, kpsem_at="res3")`` R3D-KPSEM.
+
+  ``conv_strategy`` (``layers.STRATEGIES``) computes every convolution, KPSEM's included;
+  it also picks AReSE's regional argmax: the CPU kernel where the model uses
+  :mod:`kpsem_jax.cpu_kernels` (``onednn``, or ``auto`` on a CPU where they are built),
+  ``jnp.argmax`` otherwise, so a pure-XLA strategy gives a pure-XLA model.
+  ``batch_norm_axis``: the mesh axis whose devices share BatchNorm statistics in training
+  under ``jax.shard_map`` (the trainer's ``"data"``); None for one device's batch.
   """
   if backbone not in BACKBONES:
     raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+  if conv_strategy not in layers.STRATEGIES:
+    raise ValueError(f"unknown conv_strategy {conv_strategy!r}; choose one of "
+                     f"{layers.STRATEGIES}")
+  kwargs = dict(backbone_kwargs or {})
+  if "conv_strategy" in kwargs or "bn_axis_name" in kwargs:
+    raise ValueError("pass conv_strategy and batch_norm_axis to create_model, not in "
+                     "backbone_kwargs")
+  kpsem_kwargs = None
+  if kpsem is not None:
+    argmax = {"auto": "auto", "onednn": "cpu_kernel"}.get(conv_strategy, "jnp")
+    kpsem_kwargs = dict(dict(kpsem), conv_strategy=conv_strategy, argmax_strategy=argmax)
   return VideoClassifier(
-      backbone=BACKBONES[backbone](**dict(backbone_kwargs or {})),
+      backbone=BACKBONES[backbone](**kwargs, conv_strategy=conv_strategy,
+                                   bn_axis_name=batch_norm_axis),
       num_classes=num_classes,
-      kpsem=None if kpsem is None else KPSEM(**dict(kpsem)),
+      kpsem=None if kpsem_kwargs is None else KPSEM(**kpsem_kwargs),
       kpsem_at=kpsem_at)

@@ -7,7 +7,8 @@ the stage outputs are res2 16x56x56x256, res3 16x28x28x512, res4 16x14x14x1024,
 res5 16x7x7x2048. The paper attaches KPSEM after ``res3``.
 """
 
-from typing import Dict, Sequence
+import functools
+from typing import Dict, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -24,11 +25,14 @@ class ConvBNReLU(nn.Module):
   kernel_size: Sequence[int] = (1, 1, 1)
   strides: Sequence[int] = (1, 1, 1)
   relu: bool = True
+  strategy: str = "auto"  # layers.conv's strategy
+  bn_axis_name: Optional[str] = None  # layers.batch_norm's axis_name
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    h = Conv(self.features, self.kernel_size, self.strides, name="conv")(x)
-    h = batch_norm(train, "bn")(h)
+    h = Conv(self.features, self.kernel_size, self.strides, strategy=self.strategy,
+             name="conv")(x)
+    h = batch_norm(train, "bn", self.bn_axis_name)(h)
     return nn.relu(h) if self.relu else h
 
 
@@ -37,16 +41,20 @@ class Bottleneck(nn.Module):
   width: int
   spatial_stride: int = 1
   temporal_kernel: int = 1
+  conv_strategy: str = "auto"
+  bn_axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out_channels = 4 * self.width
     strides = (1, self.spatial_stride, self.spatial_stride)
-    h = ConvBNReLU(self.width, (self.temporal_kernel, 1, 1), name="conv_a")(x, train)
-    h = ConvBNReLU(self.width, (1, 3, 3), strides, name="conv_b")(h, train)
-    h = ConvBNReLU(out_channels, relu=False, name="conv_c")(h, train)
+    layer = functools.partial(ConvBNReLU, strategy=self.conv_strategy,
+                              bn_axis_name=self.bn_axis_name)
+    h = layer(self.width, (self.temporal_kernel, 1, 1), name="conv_a")(x, train)
+    h = layer(self.width, (1, 3, 3), strides, name="conv_b")(h, train)
+    h = layer(out_channels, relu=False, name="conv_c")(h, train)
     if x.shape[-1] != out_channels or self.spatial_stride != 1:
-      x = ConvBNReLU(out_channels, strides=strides, relu=False, name="shortcut")(x, train)
+      x = layer(out_channels, strides=strides, relu=False, name="shortcut")(x, train)
     return nn.relu(h + x)
 
 
@@ -59,17 +67,21 @@ class ResNet3D(nn.Module):
   stage_depths: Sequence[int] = (3, 4, 6, 3)
   base_width: int = 64
   temporal_kernel: int = 1
+  conv_strategy: str = "auto"  # layers.conv's strategy, for every convolution
+  bn_axis_name: Optional[str] = None  # layers.batch_norm's axis_name, for every BatchNorm
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
     out = {}
-    h = ConvBNReLU(self.base_width, (1, 7, 7), (1, 2, 2), name="stem")(x, train)
+    h = ConvBNReLU(self.base_width, (1, 7, 7), (1, 2, 2), strategy=self.conv_strategy,
+                   bn_axis_name=self.bn_axis_name, name="stem")(x, train)
     out["stem"] = h
     h = nn.max_pool(h, (1, 3, 3), strides=(1, 2, 2), padding=((0, 0), (1, 1), (1, 1)))
     for i, (stage, depth) in enumerate(zip(STAGES, self.stage_depths)):
       for b in range(depth):
         h = Bottleneck(self.base_width * 2**i, 2 if (b == 0 and i > 0) else 1,
-                       self.temporal_kernel, name=f"{stage}_B{b + 1:02d}")(h, train)
+                       self.temporal_kernel, self.conv_strategy, self.bn_axis_name,
+                       name=f"{stage}_B{b + 1:02d}")(h, train)
       out[stage] = h
     out["last"] = h  # the final activation map, globally pooled below
     out["pooled"] = jnp.mean(h, axis=(1, 2, 3))

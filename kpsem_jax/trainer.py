@@ -122,38 +122,82 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_train_step(model, tx, schedule, compute_dtype):
-  """``(state, clips (A, b, T, H, W, 3) uint8, labels (A, b)) -> (state, metrics)``."""
+DATA_AXIS = "data"  # the mesh axis the batch is split over
 
-  def step(state: TrainState, clips, labels):
+
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh named ``DATA_AXIS`` over ``devices`` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def make_train_step(model, tx, schedule, compute_dtype, mesh: jax.sharding.Mesh):
+  """The jitted train step ``(state, clips, labels) -> (state, metrics)``, state donated.
+
+  ``clips`` ``(A, b, T, H, W, 3)`` uint8 and ``labels`` ``(A, b)``: ``A`` micro-batches of
+  the global batch, each split over ``mesh``'s ``data`` axis. Under ``jax.shard_map`` every
+  device runs forward and backward on its own shard only (whatever the convolution
+  strategy: XLA's partitioner would gather a sharded batch for a grouped convolution and
+  recompute it everywhere); BatchNorm statistics are those of the global micro-batch when
+  ``model`` was built with ``batch_norm_axis=DATA_AXIS`` (``lax.pmean`` of the means and
+  means of squares). Each device sums its micro-batch gradients, one ``psum`` adds them up
+  over devices, and the replicated parameters and optimizer state are updated once, alike
+  on every device. Metrics: loss and accuracy of the global batch, the step's lr.
+  """
+  devices = mesh.shape[DATA_AXIS]
+
+  def local_step(state: TrainState, clips, labels):
+    # Gradients with respect to a per-device copy of the parameters: each device keeps
+    # its own sum over its micro-batches, added over devices once, after the scan.
+    params = jax.lax.pcast(state.params, DATA_AXIS, to="varying")
+
     def micro_step(carry, batch):
       grads, batch_stats, loss_sum, correct = carry
       x, y = batch
       x = normalize(x).astype(compute_dtype)
 
-      def loss_fn(params):
-        logits, new = model.apply({"params": params, "batch_stats": batch_stats}, x,
+      def loss_fn(p):
+        logits, new = model.apply({"params": p, "batch_stats": batch_stats}, x,
                                   train=True, mutable=["batch_stats"])
         logits = logits.astype(jnp.float32)
-        return cross_entropy(logits, y), (new["batch_stats"], logits)
+        # This device's share of the global micro-batch's mean loss.
+        return cross_entropy(logits, y) / devices, (new["batch_stats"], logits)
 
-      (loss, (batch_stats, logits)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      (loss, (batch_stats, logits)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
       grads = jax.tree.map(jnp.add, grads, g)
       correct = correct + jnp.sum(jnp.argmax(logits, -1) == y)
       return (grads, batch_stats, loss_sum + loss, correct), None
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    init = (zeros, state.batch_stats, jnp.float32(0), jnp.int32(0))
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    init = (zeros, state.batch_stats, jax.lax.pcast(jnp.float32(0), DATA_AXIS, to="varying"),
+            jax.lax.pcast(jnp.int32(0), DATA_AXIS, to="varying"))
     (grads, batch_stats, loss, correct), _ = jax.lax.scan(micro_step, init, (clips, labels))
     accum = clips.shape[0]
-    grads = jax.tree.map(lambda g: g / accum, grads)
+    grads = jax.tree.map(lambda g: g / accum, jax.lax.psum(grads, DATA_AXIS))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss / accum, "accuracy": correct / labels.size,
+    metrics = {"loss": jax.lax.psum(loss, DATA_AXIS) / accum,
+               "accuracy": jax.lax.psum(correct, DATA_AXIS) / (labels.size * devices),
                "lr": schedule(state.step)}
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 
-  return step
+  batch = jax.P(None, DATA_AXIS)
+  step = jax.shard_map(local_step, mesh=mesh, in_specs=(jax.P(), batch, batch),
+                       out_specs=(jax.P(), jax.P()))
+  return jax.jit(step, donate_argnums=(0,))
+
+
+def make_eval_forward(model, compute_dtype, mesh: jax.sharding.Mesh):
+  """The jitted eval forward ``(variables, clips (B, T, H, W, 3) uint8) -> (B, classes)``.
+
+  Each device computes the float32 logits of its own shard of the batch (``shard_map``
+  over the ``data`` axis); the logits come back replicated on every device.
+  """
+  forward = jax.shard_map(
+      lambda v, x: model.apply(v, normalize(x).astype(compute_dtype)).astype(jnp.float32),
+      mesh=mesh, in_specs=(jax.P(), jax.P(DATA_AXIS)), out_specs=jax.P(DATA_AXIS))
+  return jax.jit(forward, out_shardings=jax.NamedSharding(mesh, jax.P()))
 
 
 def params_digest(params) -> str:
@@ -170,21 +214,19 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = os.path.abspath(workdir)
-    self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                              axis_types=(jax.sharding.AxisType.Auto,))
+    self.mesh = data_mesh()
     self.replicated = jax.NamedSharding(self.mesh, jax.P())
-    self.data_sharding = jax.NamedSharding(self.mesh, jax.P(None, "data"))
-    self.eval_sharding = jax.NamedSharding(self.mesh, jax.P("data"))
+    self.data_sharding = jax.NamedSharding(self.mesh, jax.P(None, DATA_AXIS))
+    self.eval_sharding = jax.NamedSharding(self.mesh, jax.P(DATA_AXIS))
     self.accum = int(config.grad_accum_steps)
     self.micro = self._check_batch(config.batch_size, config.eval_batch_size)
     self.dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
     self.spec = model_spec(config)
-    self.model = create_model(**self.spec)
+    self.model = create_model(**self.spec, conv_strategy=config.model.conv_strategy,
+                              batch_norm_axis=DATA_AXIS)
     self.class_names, self.train_source, self.eval_source = self._data()
     # Compiled once per run (not per evaluation): per-view float32 logits, replicated.
-    self.eval_forward = jax.jit(
-        lambda v, x: self.model.apply(v, normalize(x).astype(self.dtype)).astype(jnp.float32),
-        out_shardings=self.replicated)
+    self.eval_forward = make_eval_forward(self.model, self.dtype, self.mesh)
 
   def _check_batch(self, batch_size: int, eval_batch_size: int) -> int:
     devices = jax.device_count()
@@ -380,9 +422,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       json.dump(config.to_dict(), f, indent=1)
   state, tx, _ = trainer.initial_state()
   schedule = lr_schedule(config)
-  step_fn = jax.jit(make_train_step(trainer.model, tx, schedule, trainer.dtype),
-                    in_shardings=(trainer.replicated, trainer.data_sharding, trainer.data_sharding),
-                    out_shardings=(trainer.replicated, trainer.replicated), donate_argnums=(0,))
+  step_fn = make_train_step(trainer.model, tx, schedule, trainer.dtype, trainer.mesh)
   iterator = trainer.train_iterator()
   checkpoints, best = trainer._managers()
   start = 0

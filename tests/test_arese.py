@@ -1,5 +1,6 @@
 """AReSE maths: properties from the paper and equality with a naive loop version."""
 
+import functools
 import json
 import os
 import subprocess
@@ -120,7 +121,9 @@ def test_fixed_regions_permuting_channels_permutes_shifts():
   rkps = state["intermediates"]["arese"][0].rkps  # (G, B, T-1, C, 2)
   rkps_p = state_p["intermediates"]["arese"][0].rkps
   assert float(jnp.abs(rkps).max()) > 1e-3
-  np.testing.assert_allclose(rkps_p, rkps[:, :, :, perm], atol=1e-6)
+  # Equal up to float32 rounding: XLA may compute a channel in a vector lane or in the loop
+  # tail, depending on where the permutation puts it.
+  np.testing.assert_allclose(rkps_p, rkps[:, :, :, perm], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("k,temperature", [(1, 0.1), (2, 0.1), (2, 0.0), (3, 0.5)])
@@ -198,21 +201,12 @@ def test_one_arese_set_gradient_runs_and_equals_two_sets_with_one_silenced():
 
 
 requires_cpu_kernels = pytest.mark.skipif(
-    not A.layers.auto_uses_cpu_kernels(),
-    reason=f"CPU kernels not in use: {A.cpu_kernels.unavailable_reason()}")
-
-
-def _without_kernels(monkeypatch, fn, *args):
-  """``fn(*args)`` jitted on the pure-XLA path (``jnp.argmax``, XLA convolutions)."""
-  monkeypatch.setattr(A.layers, "AUTO_USES_ONEDNN", False)
-  try:  # a fresh function: jax.jit's trace cache must not hand back either path's trace
-    return jax.jit(lambda *a: fn(*a))(*args)
-  finally:
-    monkeypatch.undo()
+    not A.cpu_kernels.available(),
+    reason=f"CPU kernels not built: {A.cpu_kernels.unavailable_reason()}")
 
 
 @requires_cpu_kernels
-def test_regional_argmax_kernel_equals_jnp_argmax_ties_and_nans_included(monkeypatch):
+def test_regional_argmax_kernel_equals_jnp_argmax_ties_and_nans_included():
   """The C++ argmax returns jnp.argmax's indices: first maximum, first NaN, broadcasting."""
   rng = np.random.default_rng(0)
   t, k, p, c = 3, 4, 10, 6
@@ -223,34 +217,39 @@ def test_regional_argmax_kernel_equals_jnp_argmax_ties_and_nans_included(monkeyp
   masks = (rng.uniform(size=(t, k, p)) < 0.4).astype(np.float32)
   masks[0, 0] = 0.0  # a region with no pixel: every score is penalised alike
   penalty = rng.uniform(1.0, 4.0, (t, c)).astype(np.float32)
-  want = np.asarray(_without_kernels(monkeypatch, A.regional_argmax, features, masks, penalty))
-  assert A.layers.auto_uses_cpu_kernels()
-  assert "kpsem_regional_argmax" in str(jax.make_jaxpr(A.regional_argmax)(
+  kernel = functools.partial(A.regional_argmax, strategy="cpu_kernel")
+  want = np.asarray(jax.jit(A.regional_argmax)(features, masks, penalty))
+  assert "kpsem_regional_argmax" in str(jax.make_jaxpr(kernel)(features, masks, penalty))
+  assert "kpsem_regional_argmax" not in str(jax.make_jaxpr(A.regional_argmax)(
       features, masks, penalty))
-  got = np.asarray(jax.jit(A.regional_argmax)(features, masks, penalty))
+  got = np.asarray(jax.jit(kernel)(features, masks, penalty))
   np.testing.assert_array_equal(got, want)
   assert got[1, :, 2].tolist() == [4] * k and got[2, :, 5].tolist() == [0] * k
   # Soft masks, vmapped over sets (masks batched) and clips (all batched), as in KPSEM:
   soft = rng.uniform(size=(2, 5, t, k, p)).astype(np.float32)
   feats = rng.normal(size=(5, t, p, c)).astype(np.float32)
   pens = rng.uniform(1.0, 4.0, (5, t, c)).astype(np.float32)
-  batched = jax.vmap(jax.vmap(A.regional_argmax), in_axes=(None, 0, None))
-  want = np.asarray(_without_kernels(monkeypatch, batched, feats, soft, pens))
-  np.testing.assert_array_equal(np.asarray(jax.jit(batched)(feats, soft, pens)), want)
+  batched = lambda fn: jax.jit(jax.vmap(jax.vmap(fn), in_axes=(None, 0, None)))  # noqa: E731
+  np.testing.assert_array_equal(np.asarray(batched(kernel)(feats, soft, pens)),
+                                np.asarray(batched(A.regional_argmax)(feats, soft, pens)))
 
 
 @requires_cpu_kernels
-def test_kpsem_with_the_argmax_kernel_equals_the_jnp_path(monkeypatch):
+def test_kpsem_with_the_argmax_kernel_equals_the_jnp_path():
   """The KPSEM module's output and gradient do not depend on which argmax ran."""
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, 4, 6, 6, 8)).astype(np.float32))
-  module = KPSEM(num_regions=4, num_sets=3, embed_dim=6, reduction_channels=(8, 8))
-  variables = module.init(jax.random.PRNGKey(0), x)
-  fn = lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))  # noqa: E731
-  both = lambda v, x: jax.value_and_grad(fn, argnums=(0, 1))(v, x)  # noqa: E731
-  assert "kpsem_regional_argmax" in str(jax.make_jaxpr(both)(variables, x))
-  value, grads = jax.jit(both)(variables, x)
-  want_value, want_grads = _without_kernels(monkeypatch, both, variables, x)
+  results = {}
+  for strategy in ("cpu_kernel", "jnp"):
+    module = KPSEM(num_regions=4, num_sets=3, embed_dim=6, reduction_channels=(8, 8),
+                   conv_strategy="xla", argmax_strategy=strategy)
+    variables = module.init(jax.random.PRNGKey(0), x)
+    fn = lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))  # noqa: E731
+    both = lambda v, x: jax.value_and_grad(fn, argnums=(0, 1))(v, x)  # noqa: E731
+    jaxpr = str(jax.make_jaxpr(both)(variables, x))
+    assert ("kpsem_regional_argmax" in jaxpr) == (strategy == "cpu_kernel")
+    results[strategy] = jax.jit(both)(variables, x)
+  (value, grads), (want_value, want_grads) = results["cpu_kernel"], results["jnp"]
   np.testing.assert_allclose(value, want_value, rtol=1e-5)
   for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)

@@ -24,10 +24,15 @@ CASES = [  # (input (B, T, H, W, C), kernel (kt, kh, kw), C_out, strides, paddin
 ]
 
 
+def without_cpu_kernels(monkeypatch):
+  """As on a machine where :mod:`kpsem_jax.cpu_kernels` cannot be built."""
+  monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+
+
 @pytest.fixture
 def auto_on_tiny_maps(monkeypatch):
   """``auto``'s pure-XLA CPU path (patches gradient), also on these tiny test maps."""
-  monkeypatch.setattr(layers, "AUTO_USES_ONEDNN", False)
+  without_cpu_kernels(monkeypatch)
   monkeypatch.setattr(layers, "SMALL_CONV_MAX_ELEMENTS", 0)
 
 
@@ -86,7 +91,7 @@ def test_mfnet_gives_the_same_logits_and_gradients_under_every_strategy(auto_on_
   for strategy in STRATEGIES:
     if strategy == "onednn" and not cpu_kernels.available():
       continue
-    model = create_model("mfnet3d", 5, dict(kwargs, conv_strategy=strategy))
+    model = create_model("mfnet3d", 5, kwargs, conv_strategy=strategy)
     loss = lambda p: jnp.sum(model.apply(dict(variables, params=p), x) ** 2)  # noqa: E731
     results[strategy] = (model.apply(variables, x), jax.grad(loss)(variables["params"]))
   ref_logits, ref_grads = results["xla"]
@@ -119,7 +124,7 @@ def _xla_conv_count(x_shape, c_out, groups):
 
 
 def test_auto_takes_plain_xla_both_ways_on_small_maps_only(monkeypatch):
-  monkeypatch.setattr(layers, "AUTO_USES_ONEDNN", False)
+  without_cpu_kernels(monkeypatch)
   limit = layers.SMALL_CONV_MAX_ELEMENTS
   small = (1, 4, 8, 8, 8)  # 2048 elements
   assert np.prod(small) <= limit
@@ -157,7 +162,7 @@ def test_onednn_takes_one_and_two_spatial_axes(x_shape, window, c_out, strides, 
 
 
 @requires_onednn
-def test_auto_is_onednn_both_ways_on_one_cpu_device():
+def test_auto_is_onednn_both_ways_on_a_cpu():
   x, kernel = np.zeros((1, 4, 8, 8, 8)), np.zeros((3, 3, 3, 2, 8))
   f = lambda a, b: jnp.sum(conv(a, b, (1, 1, 1), ((1, 1),) * 3, 4))  # noqa: E731
   forward = str(jax.make_jaxpr(f)(x, kernel))
@@ -198,3 +203,16 @@ def test_the_extension_is_built_in_the_cache_and_reused(tmp_path, monkeypatch):
   mtime = os.path.getmtime(path)
   monkeypatch.setattr(cpu_kernels.subprocess, "run", None)  # any compile would fail now
   assert cpu_kernels._build(compiler, root) == path and os.path.getmtime(path) == mtime
+
+
+def test_auto_strategy_by_platform_kernel_and_size():
+  """``auto``'s choice is a function of the platform, the kernels' presence and the shapes
+  (not of the device count: under ``shard_map`` each device sees its own shard)."""
+  small, large = np.zeros((1, 4, 8, 8, 8)), np.zeros((2, 8, 28, 28, 96))
+  k333, k111 = np.zeros((3, 3, 3, 2, 8)), np.zeros((1, 1, 1, 8, 8))
+  choose = layers.auto_strategy
+  assert [choose(x, k, "gpu", True) for x in (small, large) for k in (k333, k111)] == ["xla"] * 4
+  assert [choose(x, k333, "cpu", True) for x in (small, large)] == ["onednn"] * 2
+  assert choose(large, k111, "cpu", True) == "patches_grad"
+  assert choose(small, k333, "cpu", False) == "xla"
+  assert choose(large, k333, "cpu", False) == "patches_grad"

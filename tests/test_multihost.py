@@ -7,7 +7,10 @@ batches. Run alone with ``pytest -m multihost``.
 The model is the plain (narrow) MFNet: KPSEM's key points are arg-maxes, so last-bit
 differences in the order of the cross-device sums (in-process vs. gloo) can move a key
 point and grow over steps (tests/test_train.py checks the KPSEM model after one sharded
-step); without them the two runs agree to float32 rounding.
+step). Even this MFNet has a ReLU or max-pool decision so close to the path of its
+parameters that those last bits flip it after step 4 (with oneDNN's convolutions, measured
+relative differences 8e-6 at step 4, 7e-4 at step 5, 2e-2 on one bias at step 6, the
+training losses still equal to 2e-5), so parameters are compared at step 4.
 """
 
 import json
@@ -86,6 +89,16 @@ def final_params(workdir):
   return porting.flatten(variables), meta
 
 
+def params_at(workdir, step):
+  with checkpoint.manager_for(os.path.join(workdir, "checkpoints")) as manager:
+    return porting.flatten(checkpoint.restore_variables(manager, step))
+
+
+def losses(workdir):
+  return [json.loads(l)["train/loss"] for l in open(os.path.join(workdir, "metrics.jsonl"))
+          if "train/loss" in l]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
@@ -115,13 +128,14 @@ def test_both_processes_end_with_identical_parameters_equal_to_one_process(runs)
              for pid in (0, 1)]
   assert digests[0]["step"] == digests[1]["step"] == STEPS
   assert digests[0]["params_sha256"] == digests[1]["params_sha256"]
-  multi, meta = final_params(runs["multi"])
-  single, _ = final_params(runs["single"])
+  _, meta = final_params(runs["multi"])
   assert meta["step"] == STEPS and meta["process_count"] == 2
+  multi, single = params_at(runs["multi"], 4), params_at(runs["single"], 4)
   assert multi.keys() == single.keys()
-  for key in single:  # measured: <= 5e-6 relative (float32 sums in another order)
+  for key in single:  # measured: <= 1e-5 relative (float32 sums in another order)
     diff = np.linalg.norm(multi[key] - single[key]) / max(np.linalg.norm(single[key]), 1e-6)
     assert diff < 1e-4, (key, diff)
+  np.testing.assert_allclose(losses(runs["multi"]), losses(runs["single"]), rtol=1e-4)
 
 
 def test_checkpoints_and_logs_are_written_once(runs):

@@ -139,13 +139,47 @@ def unavailable_reason() -> Optional[str]:
 Padding = Tuple[Tuple[int, int], ...]
 
 
-def _call(name, out_shape, a, b, strides, padding, groups):
-  return jax.ffi.ffi_call(f"kpsem_onednn_conv_{name}",
+def _varying_axes(*arrays) -> Tuple[str, ...]:
+  """The ``jax.shard_map`` mesh axes any of ``arrays`` varies over (empty outside one)."""
+  axes = set()
+  for a in arrays:
+    aval = jax.typeof(a)
+    manual = getattr(aval, "manual_axis_type", None)
+    axes |= set(manual.varying if manual is not None else getattr(aval, "vma", ()))
+  return tuple(sorted(axes))
+
+
+def _typed(value, computed_from, like=None):
+  """A custom call's output, typed for ``jax.shard_map``.
+
+  XLA types a custom call's output as the same on every device; it is computed per device
+  from ``computed_from``, so it varies over their axes. With ``like`` (the primal input a
+  gradient belongs to): summed over the axes ``like`` does not vary over (the gradient of a
+  value the devices share is the sum of theirs) and cast varying over the ones it does.
+  """
+  have = _varying_axes(*computed_from)
+  if have:
+    value = jax.lax.pcast(value, have, to="varying")
+  if like is None:
+    return value
+  want = _varying_axes(like)
+  extra = tuple(a for a in have if a not in want)
+  if extra:
+    value = jax.lax.psum(value, extra)
+  missing = tuple(a for a in want if a not in have)
+  if missing:
+    value = jax.lax.pcast(value, missing, to="varying")
+  return value
+
+
+def _call(name, out_shape, a, b, strides, padding, groups, like=None):
+  out = jax.ffi.ffi_call(f"kpsem_onednn_conv_{name}",
                           jax.ShapeDtypeStruct(out_shape, jnp.float32),
                           vmap_method="sequential")(
       a, b, strides=np.asarray(strides, np.int64),
       pad_lo=np.asarray([p[0] for p in padding], np.int64),
       pad_hi=np.asarray([p[1] for p in padding], np.int64), groups=np.int64(groups))
+  return _typed(out, (a, b), like)
 
 
 def _out_shape(x_shape, kernel_shape, strides, padding):
@@ -166,8 +200,8 @@ def _conv3d_fwd(x, kernel, strides, padding, groups):
 
 def _conv3d_bwd(strides, padding, groups, residuals, dy):
   x, kernel = residuals
-  return (_call("input_grad", x.shape, dy, kernel, strides, padding, groups),
-          _call("kernel_grad", kernel.shape, x, dy, strides, padding, groups))
+  return (_call("input_grad", x.shape, dy, kernel, strides, padding, groups, like=x),
+          _call("kernel_grad", kernel.shape, x, dy, strides, padding, groups, like=kernel))
 
 
 _conv3d.defvjp(_conv3d_fwd, _conv3d_bwd)
@@ -225,6 +259,7 @@ def regional_argmax(features: jax.Array, masks: jax.Array, penalty: jax.Array) -
   features = features.reshape((1,) * (len(lead) - features.ndim + 3) + features.shape)
   masks = masks.reshape((1,) * (len(lead) - masks.ndim + 3) + masks.shape)
   penalty = penalty.reshape((1,) * (len(lead) - penalty.ndim + 2) + penalty.shape)
-  return jax.ffi.ffi_call("kpsem_regional_argmax",
-                          jax.ShapeDtypeStruct(lead + (t, k, c), jnp.int32),
-                          vmap_method="expand_dims")(features, masks, penalty)
+  out = jax.ffi.ffi_call("kpsem_regional_argmax",
+                         jax.ShapeDtypeStruct(lead + (t, k, c), jnp.int32),
+                         vmap_method="expand_dims")(features, masks, penalty)
+  return _typed(out, (features, masks, penalty))

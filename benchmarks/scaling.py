@@ -1,0 +1,142 @@
+"""Data-parallel scaling of the real train step on N forced CPU devices: what each computes.
+
+    python benchmarks/scaling.py [--config=configs/synthetic.py] [--per_device_batch=2]
+                                 [--devices=1,2,4,8] [--strategies=xla,auto]
+
+Compiles ``trainer.make_train_step`` (the function ``train.py`` runs) for a global batch of
+``per_device_batch * N`` on the first N of 8 forced host devices, and prints per N and
+convolution strategy:
+- FLOPs per device: XLA's cost analysis of the compiled per-device program, and its ratio
+  to N=1 (target: within 5%). XLA cannot see into custom calls, so under ``auto`` with
+  oneDNN the count leaves out the oneDNN convolutions and AReSE's argmax kernel.
+- batch collectives: collectives whose operand shapes change when the per-device batch
+  does (the step is compiled a second time with one clip more per device and the two
+  programs' collectives compared): an all-gather of activations shows up here (target 0).
+- collective bytes: the bytes of every collective's result per step, beside the gradient
+  bytes (float32 parameters) and the BatchNorm statistics (means and means of squares of
+  every BatchNorm per micro-batch, forward and backward) that the step must exchange.
+"""
+
+import os
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # configs/*.py import configs.common
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "synthetic.py"),
+                                "a configs/*.py file (its model, clip size, micro-batches)")
+flags.DEFINE_integer("per_device_batch", 2, "clips per device per micro-batch")
+flags.DEFINE_list("devices", ["1", "2", "4", "8"], "device counts N")
+flags.DEFINE_list("strategies", ["xla", "auto"], "convolution strategies")
+
+COLLECTIVE = re.compile(r"= (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
+                        r"collective-permute)(?:-start)?\(")
+ARRAY = re.compile(r"(pred|[a-z]+\d+)\[([\d,]*)\]")
+BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "f32": 4, "s32": 4,
+         "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+
+
+def collectives(hlo: str):
+  """``[(kind, ((dtype, shape), ...)), ...]`` of every collective in an HLO module's text."""
+  found = []
+  for line in hlo.splitlines():
+    m = COLLECTIVE.search(line)
+    if m and not m.group(2).endswith("-done"):
+      arrays = tuple((d, tuple(int(n) for n in s.split(",") if n))
+                     for d, s in ARRAY.findall(m.group(1)))
+      found.append((m.group(2), arrays))
+  return found
+
+
+def nbytes(arrays) -> int:
+  total = 0
+  for dtype, shape in arrays:
+    size = 1
+    for n in shape:
+      size *= n
+    total += size * BYTES.get(dtype, 4)
+  return total
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  counts = [int(n) for n in FLAGS.devices]
+  # Entry point: JAX options before JAX starts its CPU backend.
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={max(counts)}").strip()
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import cpu_kernels, trainer  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_threefry_partitionable", False)
+
+  config = FLAGS.config
+  c = config.clip
+  accum = int(config.grad_accum_steps)
+  spec = trainer.model_spec(config)
+  print(f"JAX {jax.__version__}, {jax.device_count()} forced CPU devices; "
+        f"{config.dataset.name} config: "
+        f"{spec['backbone']}{' + KPSEM' if spec['kpsem'] else ''}, clips {c.frames}x{c.crop}x"
+        f"{c.crop}, {FLAGS.per_device_batch} per device x {accum} micro-batch(es); "
+        f"CPU kernels: {'built' if cpu_kernels.available() else cpu_kernels.unavailable_reason()}")
+
+  def compile_step(model, tx, variables, devices, per_device):
+    mesh = trainer.data_mesh(jax.devices()[:devices])
+    state = jax.device_put(
+        trainer.TrainState(jnp.zeros((), jnp.int32), variables["params"],
+                           variables["batch_stats"], tx.init(variables["params"])),
+        jax.NamedSharding(mesh, jax.P()))
+    batch = jax.NamedSharding(mesh, jax.P(None, trainer.DATA_AXIS))
+    shape = (accum, per_device * devices)
+    clips = jax.device_put(np.zeros(shape + (c.frames, c.crop, c.crop, 3), np.uint8), batch)
+    labels = jax.device_put(np.zeros(shape, np.int32), batch)
+    step = trainer.make_train_step(model, tx, trainer.lr_schedule(config), jnp.float32, mesh)
+    return step.lower(state, clips, labels).compile()
+
+  header = (f"{'strategy':9s} {'N':>2s} {'global batch':>12s} {'GFLOP/device':>12s} "
+            f"{'vs N=1':>7s} {'batch colls':>11s} {'collectives':>11s} {'coll. MB':>9s} "
+            f"{'grads+BN MB':>11s} {'ratio':>6s}")
+  for strategy in FLAGS.strategies:
+    model = trainer.create_model(**spec, conv_strategy=strategy,
+                                 batch_norm_axis=trainer.DATA_AXIS)
+    variables = jax.device_get(jax.jit(model.init)(
+        jax.random.PRNGKey(0), jnp.zeros((1, c.frames, c.crop, c.crop, 3))))
+    tx = trainer.create_optimizer(config)
+    grad_bytes = 4 * sum(p.size for p in jax.tree.leaves(variables["params"]))
+    # Each BatchNorm exchanges its means and means of squares (2 x C float32) per
+    # micro-batch, and their cotangents in the backward pass.
+    bn_bytes = 2 * 2 * 4 * accum * sum(
+        s.size for s in jax.tree.leaves(variables["batch_stats"])) // 2
+    print("\n" + header)
+    base = None
+    for n in counts:
+      compiled = compile_step(model, tx, variables, n, FLAGS.per_device_batch)
+      bigger = compile_step(model, tx, variables, n, FLAGS.per_device_batch + 1)
+      cost = compiled.cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      flops = float(cost["flops"])
+      base = flops if base is None else base
+      found, other = collectives(compiled.as_text()), collectives(bigger.as_text())
+      remaining = list(other)
+      batch_colls = 0
+      for item in found:
+        if item in remaining:
+          remaining.remove(item)
+        else:
+          batch_colls += 1
+      moved = sum(nbytes(arrays) for _, arrays in found)
+      needed = grad_bytes + bn_bytes
+      print(f"{strategy:9s} {n:2d} {FLAGS.per_device_batch * n * accum:12d} "
+            f"{flops / 1e9:12.3f} {flops / base:7.3f} {batch_colls:11d} {len(found):11d} "
+            f"{moved / 1e6:9.3f} {needed / 1e6:11.3f} "
+            f"{(moved / needed if n > 1 else float('nan')):6.2f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
