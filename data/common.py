@@ -110,10 +110,11 @@ def generate(items: Iterable[Item], split: str, short_side: Optional[int],
 
 
 def read_lines(path: str) -> List[Tuple[int, str]]:
-  """``(line number, text)`` of the non-blank lines; CRLF and trailing spaces stripped."""
+  """``(line number, text)`` of the non-blank lines; a UTF-8 BOM, CRLF and trailing spaces
+  stripped."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: split file not found")
-  with open(path, encoding="utf-8", errors="replace") as f:
+  with open(path, encoding="utf-8-sig", errors="replace") as f:
     return [(i, line.strip()) for i, line in enumerate(f, 1) if line.strip()]
 
 

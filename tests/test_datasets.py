@@ -32,6 +32,18 @@ def build(dataset, tmp_path, **kwargs):
   return builder, skipped
 
 
+def with_bom(*paths):
+  """Prefixes each file with a UTF-8 byte order mark, as some editors save them."""
+  for path in paths:
+    os.chmod(path, 0o644)  # copies of the read-only shared fixtures
+    data = open(path, "rb").read()
+    open(path, "wb").write(b"\xef\xbb\xbf" + data)
+
+
+def no_bom_in(skipped):
+  return not any("\ufeff" in path or "\ufeff" in reason for _, path, reason in skipped)
+
+
 def read_all(builder, split):
   source = builder.as_data_source(split)
   return [source[i] for i in range(len(source))]
@@ -49,6 +61,7 @@ def hmdb51_layout(root, classes=("brush_hair", "cartwheel")):
     lines = [l.split() for l in open(splits / f"{name}_test_split1.txt") if l.strip()]
     listed[name] = lines
     (root / name).mkdir()
+  with_bom(*(splits / f for f in os.listdir(splits)))
   brush_train = next(v for v, tag in listed["brush_hair"] if tag == "1")
   brush_test = next(v for v, tag in listed["brush_hair"] if tag == "2")
   cart_train = next(v for v, tag in listed["cartwheel"] if tag == "1")
@@ -68,7 +81,7 @@ def test_hmdb51_from_official_split_files(tmp_path):
   assert got == present
   used = sum(1 for lines in listed.values() for _, tag in lines if tag in ("1", "2"))
   assert used == 200 and len(skipped) == used - 3  # 70 train + 30 test per class
-  assert all("not found" in reason for _, _, reason in skipped)
+  assert all("not found" in reason for _, _, reason in skipped) and no_bom_in(skipped)
   report = open(os.path.join(builder.data_dir, "skipped.tsv")).read().splitlines()
   assert len(report) == 1 + len(skipped)
   # The MKV's header says 0 frames: the stored count is what was decoded, frames resized.
@@ -141,6 +154,9 @@ def test_ucf101_labels_from_classind_and_case_mismatch(tmp_path):
               src / "UCF-101" / "HandstandPushups" / "v_HandStandPushups_g08_c01.avi")  # train
   corrupt = src / "UCF-101" / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g08_c01.avi"  # train list
   corrupt.write_bytes(b"RIFF\x00\x00\x00\x00AVI garbage" * 10)
+  # Saved with a byte order mark; trainlist01's first line is the corrupt video above.
+  with_bom(*(src / "ucfTrainTestlist" / f for f in ("classInd.txt", "trainlist01.txt",
+                                                   "testlist01.txt")))
   builder, skipped = build("ucf101", tmp_path, source_dir=str(src), split=1)
   names = builder.info.features["label"].names
   class_ind = [l.split()[1] for l in open(src / "ucfTrainTestlist" / "classInd.txt") if l.strip()]
@@ -151,6 +167,7 @@ def test_ucf101_labels_from_classind_and_case_mismatch(tmp_path):
   assert [(e["label"], e["num_frames"]) for e in test] == [(0, 164)]
   reasons = {os.path.basename(p): r for _, p, r in skipped}
   assert "no video stream" in reasons["v_ApplyEyeMakeup_g08_c01.avi"]  # skipped, reported
+  assert no_bom_in(skipped)
   assert len(skipped) == 9537 + 3783 - 2
 
 
@@ -161,10 +178,14 @@ def test_mini_kinetics_missing_clips_are_counted(tmp_path):
   arm = next(r for r in rows[1:] if r[0] == "arm wrestling")
   shutil.copy(os.path.join(VIDEOS, "kinetics400_arm_wrestling.mp4"),
               src / f"{arm[1]}_{int(arm[2]):06d}_{int(arm[3]):06d}.mp4")
+  splits = tmp_path / "splits"
+  shutil.copytree(os.path.join(SPLITS, "mini_kinetics200"), splits)
+  with_bom(*(splits / f for f in ("classes.txt", "kinetics_200_train.csv",
+                                  "kinetics_200_val.csv")))
   builder, skipped = build("mini_kinetics", tmp_path, source_dir=str(src),
-                           splits_dir=os.path.join(SPLITS, "mini_kinetics200"))
+                           splits_dir=str(splits))
   names = builder.info.features["label"].names
-  assert len(names) == 200 and names == sorted(names)
+  assert len(names) == 200 and names == sorted(names) and names[0] == "abseiling"
   (val,) = read_all(builder, "validation")
   assert names[val["label"]] == "arm wrestling" and val["num_frames"] == 280
   assert abs(val["fps"] - 28.0) < 0.5
@@ -182,14 +203,17 @@ def test_something_v1_from_frame_folders(tmp_path):
   frames.mkdir(parents=True)
   for i, name in enumerate(sorted(os.listdir(os.path.join(VIDEOS, "frames_ApplyEyeMakeup")))):
     shutil.copy(os.path.join(VIDEOS, "frames_ApplyEyeMakeup", name), frames / f"{i + 1:05d}.jpg")
+  splits = tmp_path / "splits"
+  shutil.copytree(os.path.join(SPLITS, "something_something_v1"), splits)
+  with_bom(*(splits / f for f in os.listdir(splits)))
   builder, skipped = build("something_something_v1", tmp_path, source_dir=str(src),
-                           splits_dir=os.path.join(SPLITS, "something_something_v1"))
+                           splits_dir=str(splits))
   names = builder.info.features["label"].names
   assert len(names) == 174 and names[0] == "Holding something"  # labels.csv line order
   (val,) = read_all(builder, "validation")
   assert names[val["label"]] == label and val["num_frames"] == 10
   assert common.decode_jpeg(val["frames"][0]).shape == (64, 86, 3)  # even sizes
-  assert len(skipped) == 86017 + 11522 - 1
+  assert len(skipped) == 86017 + 11522 - 1 and no_bom_in(skipped)
 
 
 def test_synthetic_motion_is_deterministic_and_motion_defined(tmp_path):

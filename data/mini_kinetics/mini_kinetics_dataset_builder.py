@@ -53,7 +53,7 @@ class Builder(common.VideoDatasetBuilder):
     for split, name in (("train", "kinetics_200_train.csv"), ("validation", "kinetics_200_val.csv")):
       path = self.split_file(name)
       items = []
-      with open(path, newline="", encoding="utf-8") as f:
+      with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM is dropped
         for number, row in enumerate(csv.reader(f), 1):
           if number == 1 and row and row[0] == "label":
             continue
