@@ -19,7 +19,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from kpsem_jax import input_pipeline, trainer
+from kpsem_jax import input_pipeline, jax_options, trainer
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "synthetic.py"),
@@ -41,6 +41,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  jax_options.configure()
   if FLAGS.distributed or FLAGS.coordinator_address or "JAX_COORDINATOR_ADDRESS" in os.environ:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)

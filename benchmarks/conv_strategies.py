@@ -49,6 +49,8 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
+  jax_options.configure()  # before JAX starts
   from kpsem_jax import cpu_kernels, layers  # pylint: disable=import-outside-toplevel
   from kpsem_jax.layers import STRATEGIES, conv  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(FLAGS.threads)

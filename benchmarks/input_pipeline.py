@@ -74,8 +74,7 @@ def step_rate(model_kwargs, spec, num_classes, batch_size):
   model = create_model("mfnet3d", num_classes, **model_kwargs)
   x = jnp.zeros((batch_size, spec.frames, spec.crop, spec.crop, 3))
   y = jnp.zeros((batch_size,), jnp.int32)
-  with jax.threefry_partitionable(False):
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
   tx = optax.sgd(0.01, momentum=0.9)
 
   @jax.jit
@@ -97,6 +96,8 @@ def step_rate(model_kwargs, spec, num_classes, batch_size):
 
 
 def main(_):
+  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
+  jax_options.configure()  # before JAX starts
   logging.set_verbosity(logging.WARNING)
   os.makedirs(FLAGS.data_dir, exist_ok=True)
   log = lambda *a: None

@@ -51,6 +51,8 @@ def kpsem_branch(model, variables, x):
 
 
 def main(_):
+  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
+  jax_options.configure()  # before JAX starts
   f = flags.FLAGS
   shape = (f.batch, f.frames, f.size, f.size, 3)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, input {shape}")

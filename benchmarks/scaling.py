@@ -15,6 +15,9 @@ convolution strategy:
 - collective bytes: the bytes of every collective's result per step, beside the gradient
   bytes (float32 parameters) and the BatchNorm statistics (means and means of squares of
   every BatchNorm per micro-batch, forward and backward) that the step must exchange.
+Beside them, rows ``jit xla``: the same step (one micro-batch) under plain ``jax.jit`` with
+a batch-sharded input, as the trainer did before ``shard_map``, left to XLA's SPMD
+partitioner, which gathers the batch for every grouped convolution (openxla/xla#47945).
 """
 
 import os
@@ -33,6 +36,7 @@ config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "synthet
 flags.DEFINE_integer("per_device_batch", 2, "clips per device per micro-batch")
 flags.DEFINE_list("devices", ["1", "2", "4", "8"], "device counts N")
 flags.DEFINE_list("strategies", ["xla", "auto"], "convolution strategies")
+flags.DEFINE_bool("baseline", True, "also compile the plain-jax.jit step (rows 'jit xla')")
 
 COLLECTIVE = re.compile(r"= (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
                         r"collective-permute)(?:-start)?\(")
@@ -73,8 +77,9 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import cpu_kernels, trainer  # pylint: disable=import-outside-toplevel
-  jax.config.update("jax_threefry_partitionable", False)
+  import optax  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import cpu_kernels, jax_options, trainer  # pylint: disable=import-outside-toplevel
+  jax_options.configure()
 
   config = FLAGS.config
   c = config.clip
@@ -86,25 +91,45 @@ def main(argv):
         f"{c.crop}, {FLAGS.per_device_batch} per device x {accum} micro-batch(es); "
         f"CPU kernels: {'built' if cpu_kernels.available() else cpu_kernels.unavailable_reason()}")
 
-  def compile_step(model, tx, variables, devices, per_device):
+  def plain_jit_step(model, tx, mesh):
+    """One micro-batch, differentiated and updated under plain jax.jit (the baseline)."""
+    def step(state, clips, labels):
+      def loss_fn(params):
+        logits, new = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                  trainer.normalize(clips[0]), train=True,
+                                  mutable=["batch_stats"])
+        return trainer.cross_entropy(logits, labels[0]), new["batch_stats"]
+      (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      return trainer.TrainState(state.step + 1, optax.apply_updates(state.params, updates),
+                                batch_stats, opt_state)
+    batch = jax.NamedSharding(mesh, jax.P(None, trainer.DATA_AXIS))
+    replicated = jax.NamedSharding(mesh, jax.P())
+    return jax.jit(step, in_shardings=(replicated, batch, batch), out_shardings=replicated)
+
+  def compile_step(model, tx, variables, devices, per_device, baseline=False):
     mesh = trainer.data_mesh(jax.devices()[:devices])
     state = jax.device_put(
         trainer.TrainState(jnp.zeros((), jnp.int32), variables["params"],
                            variables["batch_stats"], tx.init(variables["params"])),
         jax.NamedSharding(mesh, jax.P()))
     batch = jax.NamedSharding(mesh, jax.P(None, trainer.DATA_AXIS))
-    shape = (accum, per_device * devices)
+    shape = (1 if baseline else accum, per_device * devices)
     clips = jax.device_put(np.zeros(shape + (c.frames, c.crop, c.crop, 3), np.uint8), batch)
     labels = jax.device_put(np.zeros(shape, np.int32), batch)
-    step = trainer.make_train_step(model, tx, trainer.lr_schedule(config), jnp.float32, mesh)
+    if baseline:
+      step = plain_jit_step(model, tx, mesh)
+    else:
+      step = trainer.make_train_step(model, tx, trainer.lr_schedule(config), jnp.float32, mesh)
     return step.lower(state, clips, labels).compile()
 
   header = (f"{'strategy':9s} {'N':>2s} {'global batch':>12s} {'GFLOP/device':>12s} "
             f"{'vs N=1':>7s} {'batch colls':>11s} {'collectives':>11s} {'coll. MB':>9s} "
             f"{'grads+BN MB':>11s} {'ratio':>6s}")
-  for strategy in FLAGS.strategies:
+  runs = [(s, False) for s in FLAGS.strategies] + ([("xla", True)] if FLAGS.baseline else [])
+  for strategy, baseline in runs:
     model = trainer.create_model(**spec, conv_strategy=strategy,
-                                 batch_norm_axis=trainer.DATA_AXIS)
+                                 batch_norm_axis=None if baseline else trainer.DATA_AXIS)
     variables = jax.device_get(jax.jit(model.init)(
         jax.random.PRNGKey(0), jnp.zeros((1, c.frames, c.crop, c.crop, 3))))
     tx = trainer.create_optimizer(config)
@@ -116,8 +141,8 @@ def main(argv):
     print("\n" + header)
     base = None
     for n in counts:
-      compiled = compile_step(model, tx, variables, n, FLAGS.per_device_batch)
-      bigger = compile_step(model, tx, variables, n, FLAGS.per_device_batch + 1)
+      compiled = compile_step(model, tx, variables, n, FLAGS.per_device_batch, baseline)
+      bigger = compile_step(model, tx, variables, n, FLAGS.per_device_batch + 1, baseline)
       cost = compiled.cost_analysis()
       cost = cost[0] if isinstance(cost, (list, tuple)) else cost
       flops = float(cost["flops"])
@@ -132,7 +157,8 @@ def main(argv):
           batch_colls += 1
       moved = sum(nbytes(arrays) for _, arrays in found)
       needed = grad_bytes + bn_bytes
-      print(f"{strategy:9s} {n:2d} {FLAGS.per_device_batch * n * accum:12d} "
+      name = f"jit {strategy}" if baseline else strategy
+      print(f"{name:9s} {n:2d} {FLAGS.per_device_batch * n * (1 if baseline else accum):12d} "
             f"{flops / 1e9:12.3f} {flops / base:7.3f} {batch_colls:11d} {len(found):11d} "
             f"{moved / 1e6:9.3f} {needed / 1e6:11.3f} "
             f"{(moved / needed if n > 1 else float('nan')):6.2f}")

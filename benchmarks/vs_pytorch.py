@@ -54,6 +54,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   sys.path.insert(0, REPO)
   sys.path.insert(0, os.path.join(REPO, "tests"))
+  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
+  jax_options.configure()  # before JAX starts
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel

@@ -197,9 +197,7 @@ def run(pytorch: str, output: str, num_classes: Optional[int] = None, model: str
 
   log("[3/4] assembling variables")
   if len(flat) < sum(len(porting.flatten(template[c])) for c in template):
-    # Classic threefry: XLA:CPU compiles its initialisers several times faster.
-    with jax.threefry_partitionable(False):
-      fresh = jax.jit(net.init)(jax.random.PRNGKey(seed), dummy)
+    fresh = jax.jit(net.init)(jax.random.PRNGKey(seed), dummy)
   else:
     fresh = template
   variables = {}
@@ -223,6 +221,8 @@ def run(pytorch: str, output: str, num_classes: Optional[int] = None, model: str
 
 
 def main(argv):
+  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
+  jax_options.configure()  # before JAX starts
   del argv
   FLAGS = flags.FLAGS
   logging.set_verbosity(logging.WARNING)  # orbax logs every step of a save at INFO

@@ -103,6 +103,8 @@ def part3(steps):
 
 
 def main(_):
+  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
+  jax_options.configure()  # before JAX starts
   part1()
   part2()
   part3(FLAGS.steps)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from kpsem_jax import arese as arese_lib
-from kpsem_jax import layers
+from kpsem_jax import jax_options, layers
 from kpsem_jax.layers import Conv
 
 
@@ -64,6 +64,8 @@ class KPSEM(nn.Module):
       argmax_strategy = "cpu_kernel" if layers.uses_cpu_kernels("auto") else "jnp"
     if t < 2:
       raise ValueError(f"KPSEM needs at least 2 frames in its input feature map, got T={t}")
+    if self.num_sets == 1:
+      jax_options.require_ynn_fusions_off("KPSEM with one AReSE set (num_sets=1)")
     k = arese_lib.grid_size(self.num_regions)
     g, n_split = self.num_sets, k - 1
     f32 = features.astype(jnp.float32)

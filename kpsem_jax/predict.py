@@ -99,6 +99,8 @@ def define_flags():
 
 
 def main(argv):
+  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
+  jax_options.configure()  # before JAX starts
   from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
   logging.set_verbosity(logging.WARNING)

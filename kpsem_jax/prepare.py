@@ -57,6 +57,8 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
 
 
 def main(argv):
+  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
+  jax_options.configure()  # before JAX starts
   FLAGS = flags.FLAGS
   if len(argv) != 2:
     print("usage: python -m kpsem_jax.prepare DATASET --source_dir=SRC --data_dir=OUT",

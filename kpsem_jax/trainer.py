@@ -265,8 +265,7 @@ class Trainer:
   def initial_state(self) -> Tuple[TrainState, optax.GradientTransformation, Any]:
     c = self.config.clip
     dummy = jnp.zeros((1, c.frames, c.crop, c.crop, 3), self.dtype)
-    with jax.threefry_partitionable(False):  # XLA:CPU compiles these initialisers faster
-      variables = jax.jit(self.model.init)(jax.random.PRNGKey(self.config.seed), dummy)
+    variables = jax.jit(self.model.init)(jax.random.PRNGKey(self.config.seed), dummy)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     pretrained = None
     if self.config.init_from:

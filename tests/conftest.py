@@ -1,11 +1,11 @@
 import os
 import sys
 
-import jax
+from kpsem_jax import jax_options
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-# Partitionable threefry (JAX's default) makes XLA:CPU compile every random initializer
-# for seconds; the classic threefry compiles 3x faster. Only the random draws change,
-# and no test depends on particular random values.
-jax.config.update("jax_threefry_partitionable", False)
+# The entry point's JAX options, as train.py and the CLIs set them: no YNNPACK fusions on
+# XLA:CPU, and classic threefry, whose random initialisers XLA:CPU compiles about 3x
+# faster (only the random draws change; no test depends on particular random values).
+jax_options.configure()

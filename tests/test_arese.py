@@ -160,7 +160,8 @@ def test_vmapped_multi_set_kpsem_matches_naive_loops():
 
 _ONE_SET_SCRIPT = r"""
 import json, sys
-import kpsem_jax  # sets the XLA:CPU flag before JAX starts its backend
+from kpsem_jax import jax_options
+jax_options.configure()  # as every entry point: before JAX starts its backend
 import jax, jax.numpy as jnp, numpy as np
 from kpsem_jax.kpsem import KPSEM
 x = jnp.asarray(np.random.RandomState(0).randn(16, 8, 12, 12, 32), jnp.float32)

@@ -136,8 +136,7 @@ def test_bfloat16_compute_keeps_float32_parameters(straight_run):
   rng = np.random.default_rng(0)
   clips = jnp.asarray(rng.integers(0, 255, (1, 8, 8, 24, 24, 3), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, 8, (1, 8)), jnp.int32)
-  with jax.threefry_partitionable(False):
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), clips[0])
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), clips[0])
   tx = trainer.create_optimizer(config)
   state = trainer.TrainState(jnp.zeros((), jnp.int32), variables["params"],
                              variables["batch_stats"], tx.init(variables["params"]))
@@ -204,8 +203,9 @@ import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 import test_train
 from kpsem_jax import trainer
+from kpsem_jax import jax_options
+jax_options.configure()
 assert jax.device_count() == 8, jax.devices()
-jax.config.update("jax_threefry_partitionable", False)
 config = test_train.tiny_config({data_dir!r})
 rng = np.random.default_rng(0)
 # 2 micro-batches of 8 clips: gradient accumulation over the shards too.
@@ -215,8 +215,7 @@ results = []
 for kpsem, strategy in ((True, "auto"), (False, "auto"), (True, "xla")):
   spec = dict(trainer.model_spec(config), kpsem=trainer.model_spec(config)["kpsem"] if kpsem else None)
   model = trainer.create_model(**spec, conv_strategy=strategy, batch_norm_axis=trainer.DATA_AXIS)
-  with jax.threefry_partitionable(False):
-    variables = jax.device_get(jax.jit(model.init)(jax.random.PRNGKey(0), jnp.asarray(clips[0])))
+  variables = jax.device_get(jax.jit(model.init)(jax.random.PRNGKey(0), jnp.asarray(clips[0])))
   tx = trainer.create_optimizer(config)
   run = {{"kpsem": kpsem, "strategy": strategy}}
   for devices in (1, 8):
@@ -299,8 +298,7 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(straight_run):
   rng = np.random.default_rng(1)
   clips = jnp.asarray(rng.integers(0, 255, (2, 4, 8, 24, 24, 3), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, 8, (2, 4)), jnp.int32)
-  with jax.threefry_partitionable(False):
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), clips[0])
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), clips[0])
   tx = optax.sgd(0.1)  # plain SGD: the update is -0.1 x the averaged gradient
   state = trainer.TrainState(jnp.zeros((), jnp.int32), variables["params"],
                              variables["batch_stats"], tx.init(variables["params"]))

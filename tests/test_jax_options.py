@@ -1,0 +1,55 @@
+"""JAX options are set by entry points, never by importing the package."""
+
+import os
+import subprocess
+import sys
+
+import flax.linen as nn  # noqa: F401  (imported before the checks, as any user would)
+import jax
+import jax.numpy as jnp
+import pytest
+
+from kpsem_jax import jax_options
+from kpsem_jax.kpsem import KPSEM
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_importing_the_package_leaves_xla_flags_and_jax_config_alone():
+  modules = ["kpsem_jax", "kpsem_jax.models", "kpsem_jax.trainer", "kpsem_jax.inference",
+             "kpsem_jax.predict", "kpsem_jax.visualize", "kpsem_jax.convert"]
+  script = (f"import os, jax\nimport {', '.join(modules)}\n"
+            "print(repr(os.environ.get('XLA_FLAGS')), jax.config.jax_threefry_partitionable)")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["'--xla_force_host_platform_device_count=2'", "True"]
+
+
+def test_configure_adds_the_flag_and_keeps_a_users_choice():
+  script = ("import os\nfrom kpsem_jax import jax_options\njax_options.configure()\n"
+            "import jax\nprint(repr(os.environ['XLA_FLAGS']), jax.config.jax_threefry_partitionable)")
+  for before, after in (("--xla_force_host_platform_device_count=2",
+                         "'--xla_force_host_platform_device_count=2 "
+                         "--xla_cpu_experimental_ynn_fusion_type='"),
+                        ("--xla_cpu_experimental_ynn_fusion_type=default",
+                         "'--xla_cpu_experimental_ynn_fusion_type=default'")):
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, XLA_FLAGS=before))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.rsplit(" ", 1) == [after, "False\n"]
+
+
+def test_one_set_kpsem_without_the_flag_is_an_error_not_a_crash(monkeypatch):
+  assert jax.default_backend() == "cpu"
+  x = jnp.zeros((1, 3, 4, 4, 2))
+  KPSEM(num_sets=2, embed_dim=2, reduction_channels=(2,)).init(jax.random.PRNGKey(0), x)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  with pytest.raises(RuntimeError, match="KPSEM with one AReSE set .* XLA_FLAGS contains "
+                     "--xla_cpu_experimental_ynn_fusion_type="):
+    KPSEM(num_sets=1, embed_dim=2, reduction_channels=(2,)).init(jax.random.PRNGKey(0), x)
+  KPSEM(num_sets=2, embed_dim=2, reduction_channels=(2,)).init(jax.random.PRNGKey(0), x)
+  # Too late to set it now that JAX runs: configure says so instead of silently failing.
+  with pytest.raises(RuntimeError, match="after JAX started its backends"):
+    jax_options.configure()
