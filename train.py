@@ -6,7 +6,7 @@
 With no flags it runs the embedded default (configs/synthetic.py into workdirs/synthetic).
 Rerunning the same command resumes from the workdir's latest checkpoint.
 
-Multi-host (README, "Several hosts"): run the same command on every host with
+Multi-host (docs/training.md, "Several hosts"): run the same command on every host with
 --coordinator_address=HOST0:PORT --num_processes=N --process_id=I (or JAX_COORDINATOR_ADDRESS
 in the environment), or --distributed alone where JAX detects the cluster (SLURM, Open MPI,
 Kubernetes). If a process dies, the others stop within --heartbeat_timeout seconds.

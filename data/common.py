@@ -142,8 +142,8 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f"{self.name}: --source_dir is required to build this dataset")
     path = os.path.join(self.source_dir, *names)
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{self.name}: {path} not found (see the README's layout for "
-                              f"{self.name})")
+      raise FileNotFoundError(f"{self.name}: {path} not found (docs/datasets.md gives the "
+                              f"layout of {self.name})")
     return path
 
   def split_file(self, *names: str) -> str:

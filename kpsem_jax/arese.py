@@ -9,7 +9,7 @@ Coordinates are normalised to ``[-1, 1]`` at pixel centres, ``x_w = (2w + 1) / W
 and a key point is ``(x, y)`` (x horizontal). A blob that moves ``dx`` pixels right per
 frame on a map of width ``W`` therefore has a shift of ``2 dx / W``.
 
-Where the paper is silent (see README "Choices where the paper is silent"):
+Where the paper is silent (docs/models.md, "Choices where the paper is silent"):
 - split lines: ``k`` cell widths from a softmax of ``[0, logits]``, cut at their cumulative
   sums, so lines stay ordered and inside the map; zero logits give the equal split
   (the geometric centre ``O_i`` of Eq. 5 for K = 4);

@@ -108,7 +108,7 @@ def main(_):
   part1()
   part2()
   part3(FLAGS.steps)
-  print("Training on real datasets: see README (train.py, configs/).")
+  print("Training on real datasets: see docs/training.md (train.py, configs/).")
 
 
 if __name__ == "__main__":

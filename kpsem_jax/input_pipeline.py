@@ -1,6 +1,6 @@
 """grain input pipeline over the prepared array_record shards (no TensorFlow).
 
-MFNet's protocol (see README): train clips are ``frames`` frames at ``interval`` from a random
+MFNet's protocol (docs/datasets.md): train clips are ``frames`` frames at ``interval`` from a random
 window, the short side scaled to a random size in ``train_scale`` with aspect jitter, a random
 ``crop`` x ``crop`` crop and a horizontal flip (``flip=False`` for datasets whose labels are
 left/right); eval clips are ``num_clips`` evenly spaced windows x ``num_crops`` crops of the

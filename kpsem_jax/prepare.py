@@ -4,7 +4,7 @@
         [--config=NAME] [--short_side=256] [--splits_dir=DIR]
 
 DATASET is one of synthetic_motion (no source needed), hmdb51, ucf101, mini_kinetics,
-something_something_v1; the README gives each source layout. Shows a progress bar per split,
+something_something_v1; docs/datasets.md gives each source layout. Shows a progress bar per split,
 then a summary: examples per split, classes, skipped files. Every skipped file is listed with
 its reason in ``skipped.tsv`` beside the shards. An interrupted build leaves only an
 ``incomplete.*`` folder; rerunning the command builds again and finishes.

@@ -1,4 +1,4 @@
-"""PyTorch KPSEM and MF-KPSEM, written from the paper and our reading of it (README).
+"""PyTorch KPSEM and MF-KPSEM, written from the paper and our reading of it (docs/models.md).
 
 Test-only reference (torch 2.13.0 CPU), batched and channels-first like the PyTorch MFNet,
 written independently of ``kpsem_jax.arese``'s vmaps: every op carries explicit batch and

@@ -1,6 +1,6 @@
 """CPU kernels built on first use: oneDNN convolutions and AReSE's regional argmax.
 
-XLA:CPU's own 3-D convolutions run 3-100x slower than PyTorch's on CPUs (README, "Speed
+XLA:CPU's own 3-D convolutions run 3-100x slower than PyTorch's on CPUs (docs/speed.md, "Speed
 against PyTorch"); PyTorch calls oneDNN for them. This module compiles a small XLA FFI
 extension against the oneDNN of the ``onednn-devel-cpu-gomp`` wheel (``requirements.txt``,
 x86-64 Linux) and the headers jaxlib ships, caches the shared library, registers its
