@@ -22,25 +22,67 @@ from ml_collections import config_flags
 from kpsem_jax import input_pipeline, jax_options, trainer
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "synthetic.py"),
-                                "a configs/*.py file", lock_config=True)
-flags.DEFINE_string("workdir", os.path.join(REPO, "workdirs", "synthetic"),
-                    "checkpoints, metrics and evaluation results go here")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or only evaluate")
-flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
-flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
-flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
-flags.DEFINE_bool("distributed", False, "multi-host: call jax.distributed.initialize() even "
-                  "without a coordinator address (JAX detects SLURM, Open MPI, Kubernetes)")
-flags.DEFINE_integer("heartbeat_timeout", 100, "multi-host: seconds without a heartbeat "
-                     "after which a process counts as dead and every other process stops")
 FLAGS = flags.FLAGS
+
+
+def define_flags(argv):
+  """The flags; ``--config`` is read (and its ``--config.*`` overrides applied) here."""
+  try:
+    config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "synthetic.py"),
+                                    "a configs/*.py file", lock_config=True)
+  except (OSError, SyntaxError, AttributeError, KeyError) as e:
+    fail(config_error(e, argv))
+  flags.DEFINE_string("workdir", os.path.join(REPO, "workdirs", "synthetic"),
+                      "checkpoints, metrics and evaluation results go here")
+  flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or only evaluate")
+  flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
+  flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+  flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
+  flags.DEFINE_bool("distributed", False, "multi-host: call jax.distributed.initialize() even "
+                    "without a coordinator address (JAX detects SLURM, Open MPI, Kubernetes)")
+  flags.DEFINE_integer("heartbeat_timeout", 100, "multi-host: seconds without a heartbeat "
+                       "after which a process counts as dead and every other process stops")
+
+
+def config_error(e: Exception, argv) -> str:
+  """One line for a ``--config`` file that cannot be read or a field it does not have."""
+  if isinstance(e, SyntaxError):
+    return f"{e.filename}, line {e.lineno}: {e.msg} (the --config file is not valid Python)"
+  if isinstance(e, OSError):
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    return (f"--config={given[-1] if given else ''}: no such readable config file (the "
+            f"configs are in {os.path.join(REPO, 'configs')})")
+  field = str(e).strip("'\"")
+  given = [a.split("=")[0] for a in argv if a.startswith("--config.") and field in a]
+  return (f"{given[0] if given else '--config'}: the config has no field {field!r} (the "
+          "fields are those of configs/common.py and the config file)")
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a one-line error for a value that does not parse."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+  except (OSError, SyntaxError, AttributeError, KeyError) as e:
+    fail(config_error(e, argv))
+  return []
+
+
+def fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  try:
+    config = FLAGS.config
+    config.to_dict()  # a file that failed to load raises here, on first use
+  except (OSError, SyntaxError) as e:
+    fail(config_error(e, sys.argv))
   jax_options.configure()
   if FLAGS.distributed or FLAGS.coordinator_address or "JAX_COORDINATOR_ADDRESS" in os.environ:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -49,13 +91,13 @@ def main(argv):
           f"{jax.local_device_count()} of {jax.device_count()} devices", flush=True)
   try:
     if FLAGS.mode == "train":
-      trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      trainer.train_and_evaluate(config, FLAGS.workdir)
     else:
-      trainer.evaluate(FLAGS.config, FLAGS.workdir)
+      trainer.evaluate(config, FLAGS.workdir)
   except (trainer.TrainingError, input_pipeline.DataNotPreparedError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  define_flags(sys.argv)
+  app.run(main, flags_parser=parse_flags)

@@ -4,18 +4,95 @@ The metadata JSON holds ``model``, the keyword arguments of
 :func:`kpsem_jax.models.create_model`, so a checkpoint rebuilds its own network; the
 converter also records the source file, its sha256 and what was converted. Writes go to a
 temporary sibling folder renamed into place, so an interrupted write leaves nothing behind.
+
+Integrity: ``metadata["sha256"]`` holds, per saved item, the SHA-256 of its arrays (paths,
+dtypes, shapes and bytes, in tree order), computed at save time; every load recomputes and
+compares it. A damaged or unreadable step is skipped for the next older intact one, with a
+line saying which and why.
 """
 
+import hashlib
 import os
 import shutil
+import sys
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 ITEMS = ("variables", "metadata")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used; the message names the folder and why."""
+
+
+def digest(tree) -> str:
+  """SHA-256 of a tree of arrays: each leaf's path, dtype, shape and bytes, in tree order.
+
+  Sharded or replicated ``jax.Array`` leaves are read from this process's first shard
+  (replicated values: the whole array)."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      leaf = leaf.addressable_data(0)
+    array = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
+    h.update(array.tobytes())
+  return h.hexdigest()
+
+
+def verify(item: str, tree, metadata: Mapping[str, Any], where: str) -> None:
+  """Raises :class:`CheckpointError` when ``tree`` does not hash to what was saved."""
+  saved = (metadata.get("sha256") or {}).get(item)
+  if saved is None:
+    return  # written before checksums existed
+  if digest(tree) != saved:
+    raise CheckpointError(f"{where}/{item} is corrupt: its SHA-256 differs from the one "
+                          "written with it")
+
+
+def read_metadata(manager: ocp.CheckpointManager, step: int, where: str) -> Dict[str, Any]:
+  """The ``metadata`` item of ``step``; a damaged one is a :class:`CheckpointError`."""
+  path = os.path.join(where, "metadata", "metadata")
+  try:
+    metadata = manager.restore(step, args=ocp.args.Composite(
+        metadata=ocp.args.JsonRestore()))["metadata"]
+  except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
+    raise CheckpointError(f"{path} cannot be read ({_first_line(e)})") from None
+  if not isinstance(metadata, Mapping):
+    raise CheckpointError(f"{path} is not a JSON object")
+  return dict(metadata)
+
+
+def newest_intact(manager: ocp.CheckpointManager, restore: Callable[[int], Any],
+                  log: Callable[[str], None], fatal: Tuple[type, ...] = ()
+                  ) -> Tuple[Optional[int], Any, Sequence[int]]:
+  """``(step, restore(step), damaged steps)`` for the newest step ``restore`` can read.
+
+  ``restore`` raises :class:`CheckpointError` (or any error of orbax's) for a damaged
+  step; each skipped step gets a line through ``log``. ``(None, None, damaged)`` when none
+  is intact. Errors of the ``fatal`` types propagate (not damage: e.g. another model)."""
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return step, restore(step), damaged
+    except fatal:
+      raise
+    except CheckpointError as e:
+      reason = str(e)
+    except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
+      reason = f"{os.path.join(str(manager.directory), str(step))} cannot be read ({_first_line(e)})"
+    log(f"skipping checkpoint step {step}: {reason}")
+    damaged.append(step)
+  return None, None, damaged
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip().split(" See full TensorStore details")[0]
+  return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 def manager_for(path: str) -> ocp.CheckpointManager:
@@ -25,31 +102,44 @@ def manager_for(path: str) -> ocp.CheckpointManager:
 
 
 def restore_variables(manager: ocp.CheckpointManager, step: int,
-                      sharding: Optional[jax.sharding.Sharding] = None) -> Dict:
+                      sharding: Optional[jax.sharding.Sharding] = None,
+                      metadata: Optional[Mapping[str, Any]] = None) -> Dict:
   """The ``variables`` of ``step`` placed with ``sharding`` (default: this process's first
-  device), whatever devices and processes wrote them."""
+  device), whatever devices and processes wrote them; checked against ``metadata``'s
+  SHA-256 when given."""
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
                           manager.item_metadata(step)["variables"])
   restored = manager.restore(step, args=ocp.args.Composite(
       variables=ocp.args.StandardRestore(abstract)))
-  return dict(restored["variables"])
+  variables = dict(restored["variables"])
+  if metadata is not None:
+    verify("variables", variables, metadata, os.path.join(str(manager.directory), str(step)))
+  return variables
 
 
 def save_variables(directory: str, variables: Mapping, metadata: Mapping[str, Any],
                    overwrite: bool = False) -> None:
   """Writes ``variables`` and ``metadata`` as step 0 of an orbax checkpoint in ``directory``."""
   directory = os.path.abspath(directory)
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise FileExistsError(f"{directory} is a file, not a folder; choose another output path")
   if os.path.exists(directory) and os.listdir(directory) and not overwrite:
     raise FileExistsError(f"{directory} exists and is not empty (pass --overwrite to replace it)")
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+  prefix = f".{os.path.basename(directory)}.tmp-"
+  _remove_abandoned(parent, prefix)
+  tmp = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the result private
   try:
     variables = jax.tree.map(np.asarray, dict(variables))
+    metadata = dict(metadata, sha256={"variables": digest(variables)})
     with ocp.CheckpointManager(os.path.join(tmp, "checkpoints"), item_names=ITEMS) as manager:
       manager.save(0, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
-                                              metadata=ocp.args.JsonSave(dict(metadata))))
+                                              metadata=ocp.args.JsonSave(metadata)))
       manager.wait_until_finished()
     if os.path.exists(directory):
       shutil.rmtree(directory)
@@ -59,23 +149,56 @@ def save_variables(directory: str, variables: Mapping, metadata: Mapping[str, An
       shutil.rmtree(tmp)
 
 
-def load_variables(directory: str, prefer_best: bool = False) -> Tuple[Dict, Dict[str, Any]]:
-  """``(variables, metadata)`` from the newest step of ``directory/checkpoints`` (a converted
-  checkpoint or a training workdir); ``prefer_best``: a workdir's ``best/`` if it has one."""
+def _remove_abandoned(parent: str, prefix: str) -> None:
+  """Removes ``prefix<pid>-*`` folders of writers that are gone (a killed conversion)."""
+  for name in os.listdir(parent):
+    if not name.startswith(prefix):
+      continue
+    pid = name[len(prefix):].split("-", 1)[0]
+    if pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def load_variables(directory: str, prefer_best: bool = False,
+                   log: Optional[Callable[[str], None]] = None) -> Tuple[Dict, Dict[str, Any]]:
+  """``(variables, metadata)`` of the newest intact step of ``directory/checkpoints`` (a
+  converted checkpoint or a training workdir); ``prefer_best``: a workdir's ``best/`` first.
+
+  A damaged step (unreadable, or its SHA-256 differs) is skipped for the next one, down to
+  ``checkpoints/``'s oldest, with a line through ``log`` (default: stderr) saying which and
+  why. Raises FileNotFoundError when there is no checkpoint, :class:`CheckpointError` when
+  none is intact.
+  """
+  log = log or (lambda message: print(message, file=sys.stderr))
   directory = os.path.abspath(directory)
-  path = os.path.join(directory, "checkpoints")
-  best = os.path.join(directory, "best")
-  if prefer_best and os.path.isdir(best):
-    with manager_for(best) as probe:
-      if probe.latest_step() is not None:
-        path = best
-  if not os.path.isdir(path):
+  folders = [os.path.join(directory, "best")] if prefer_best else []
+  folders.append(os.path.join(directory, "checkpoints"))
+  folders = [f for f in folders if os.path.isdir(f)]
+  if not folders:
     raise FileNotFoundError(f"{directory} holds no kpsem-jax checkpoint (no 'checkpoints' folder)")
-  with manager_for(path) as manager:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{path} holds no complete checkpoint step")
-    variables = restore_variables(manager, step)
-    metadata = manager.restore(step, args=ocp.args.Composite(
-        metadata=ocp.args.JsonRestore()))["metadata"]
-  return variables, dict(metadata)
+  reasons = []
+  for path in folders:
+    with manager_for(path) as manager:
+      def restore(step, manager=manager, path=path):
+        where = os.path.join(path, str(step))
+        metadata = read_metadata(manager, step, where)
+        return restore_variables(manager, step, metadata=metadata), metadata
+      step, found, damaged = newest_intact(manager, restore, log)
+    if found is not None:
+      if reasons or damaged:
+        log(f"using {os.path.join(path, str(step))} instead")
+      return found
+    reasons.extend(f"{path}/{s}" for s in damaged)
+  if not reasons:
+    raise FileNotFoundError(f"{directory} holds no complete checkpoint step")
+  raise CheckpointError(f"no intact checkpoint in {directory} (damaged: {', '.join(reasons)})")

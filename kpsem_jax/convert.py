@@ -55,7 +55,14 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+    # PyTorch's advice to retry with weights_only=False is unsafe and of no use for bytes
+    # that are not a checkpoint: give its own diagnosis (e.g. "Unsupported operand 80").
+    detail = [l for l in lines if "weights_only" not in l and "WeightsUnpickler" not in l
+              and not l.startswith(("Please file", "Check the documentation"))]
+    reason = detail[0] if detail else (lines[0] if lines else type(e).__name__)
+    if "weights_only" in reason:
+      reason = "its contents are not a pickled state_dict"
     raise ConversionError(
         f"{path} is not a readable PyTorch checkpoint: it may be truncated (an interrupted "
         f"download) or not a .pth file at all. PyTorch said: {type(e).__name__}: {reason}"
@@ -161,6 +168,8 @@ def run(pytorch: str, output: str, num_classes: Optional[int] = None, model: str
   """The conversion; raises :class:`ConversionError` before writing anything on bad input."""
   if model not in ("mfnet3d", "mf_kpsem"):
     raise ConversionError(f"--model must be mfnet3d or mf_kpsem, not {model!r}.")
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise ConversionError(f"--output={output} is a file, not a folder; choose another path.")
   if os.path.exists(output) and os.listdir(output) and not overwrite:
     raise ConversionError(f"{output} exists and is not empty; pass --overwrite to replace it.")
   log(f"[1/4] reading {pytorch}")
@@ -234,6 +243,9 @@ def main(argv):
         FLAGS.inflate_2d, FLAGS.frames, FLAGS.overwrite)
   except ConversionError as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except OSError as e:  # disk full, no permission: nothing half-written stays behind
+    print(f"error: writing {FLAGS.output}: {e.strerror or e}", file=sys.stderr)
     sys.exit(1)
 
 

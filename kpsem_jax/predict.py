@@ -102,6 +102,7 @@ def main(argv):
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
   from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import checkpoint  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
   logging.set_verbosity(logging.WARNING)
   if len(argv) < 2:
@@ -116,6 +117,9 @@ def main(argv):
   except FileNotFoundError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except checkpoint.CheckpointError as e:  # no intact step left
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   print(json.dumps(results, indent=1) if FLAGS.json else format_text(results))
   failed = [r for r in results if "error" in r]
   for r in failed:

@@ -15,6 +15,12 @@ import sys
 
 from absl import app, flags, logging
 
+def datasets():
+  """The dataset names ``prepare`` builds."""
+  from data import BUILDERS  # pylint: disable=import-outside-toplevel
+  return sorted(BUILDERS)
+
+
 def config_name(dataset: str, split, config):
   if config:
     return config

@@ -21,6 +21,7 @@
   events in the workdir, the resolved config in ``config.json``.
 """
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -47,6 +48,7 @@ from kpsem_jax import porting
 from kpsem_jax import prepare as prepare_lib
 from kpsem_jax.inference import normalize
 from kpsem_jax.models import create_model
+from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,6 +247,9 @@ class Trainer:
   def _data(self):
     d = self.config.dataset
     data_dir = os.path.expanduser(d.data_dir)
+    if d.name not in prepare_lib.datasets():
+      raise TrainingError(f"config.dataset.name={d.name!r} is not a dataset this project "
+                          f"builds; choose one of {', '.join(prepare_lib.datasets())}")
     try:
       ip.dataset_dir(data_dir, d.name, d.config)
     except ip.DataNotPreparedError:
@@ -312,10 +317,73 @@ class Trainer:
                                              best_mode="max", cleanup_tmp_directories=True))
     return checkpoints, best
 
-  def _metadata(self, step: int) -> Dict[str, Any]:
+  def _metadata(self, step: int, **items) -> Dict[str, Any]:
+    """The ``metadata`` item, with the SHA-256 of each of ``items`` (the saved trees)."""
     return dict(format="kpsem-jax/1", model=self.spec, frames=self.config.clip.frames,
                 class_names=self.class_names, step=int(step), config=self.config.to_dict(),
-                process_count=jax.process_count())
+                process_count=jax.process_count(),
+                sha256={name: checkpoint_lib.digest(tree) for name, tree in items.items()})
+
+  def resume(self, checkpoints, state: TrainState, iterator) -> Tuple[int, TrainState]:
+    """``(step, state)`` of the newest intact checkpoint (``(0, state)`` when there is none).
+
+    The iterator is restored in place. Damaged steps are skipped with a line saying why and
+    moved to ``workdir/damaged/`` (nothing is deleted); a checkpoint of another model or
+    process count is an error naming it.
+    """
+    directory = os.path.join(self.workdir, "checkpoints")
+    if checkpoints.latest_step() is None:
+      return 0, state
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+    def restore(step):
+      where = os.path.join(directory, str(step))
+      metadata = checkpoint_lib.read_metadata(checkpoints, step, where)
+      differences = _differences(metadata.get("model"), json.loads(json.dumps(self.spec)))
+      if differences:
+        raise TrainingError(
+            f"{where} was written for another model ({'; '.join(differences)}): use a new "
+            f"--workdir, or the config the run was trained with "
+            f"({os.path.join(self.workdir, 'config.json')})")
+      written_by = metadata.get("process_count", 1)
+      if written_by != jax.process_count():
+        raise TrainingError(
+            f"the checkpoint at step {step} in {directory} was written by {written_by} "
+            f"process(es) and each saved its own data position; resume it with "
+            f"{written_by} process(es), not {jax.process_count()}")
+      restored = checkpoints.restore(step, args=ocp.args.Composite(
+          variables=ocp.args.StandardRestore({"params": abstract.params,
+                                              "batch_stats": abstract.batch_stats}),
+          opt_state=ocp.args.StandardRestore({"opt_state": abstract.opt_state,
+                                              "step": abstract.step}),
+          data=grain.PyGrainCheckpointRestore(iterator)))
+      for item in ("variables", "opt_state"):
+        checkpoint_lib.verify(item, restored[item], metadata, where)
+      return restored
+
+    log = print if jax.process_index() == 0 else (lambda message: None)
+    step, restored, damaged = checkpoint_lib.newest_intact(checkpoints, restore, log,
+                                                           fatal=(TrainingError,))
+    if damaged:
+      self._move_aside(directory, damaged)
+    if restored is None:
+      log(f"no intact checkpoint in {directory}: training starts from step 0")
+      return 0, state
+    state = TrainState(restored["opt_state"]["step"], restored["variables"]["params"],
+                       restored["variables"]["batch_stats"], restored["opt_state"]["opt_state"])
+    log(f"resuming from step {step} ({directory})")
+    return step, jax.device_put(state, self.replicated)
+
+  def _move_aside(self, directory: str, steps) -> None:
+    if jax.process_index() == 0:
+      aside = os.path.join(self.workdir, "damaged")
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, f"checkpoint_{step}_{int(time.time())}")
+        os.rename(os.path.join(directory, str(step)), target)
+        print(f"moved the damaged step {step} to {target}")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("damaged checkpoints moved aside")
 
   # ---- data --------------------------------------------------------------------------
   def train_iterator(self):
@@ -385,15 +453,30 @@ class Trainer:
     return base
 
 
-class MetricWriter:
-  """``metrics.jsonl`` and TensorBoard events (process 0 only)."""
+def _differences(saved, wanted, prefix="model") -> list:
+  """``["model.x.y: checkpoint A, config B", ...]`` where two JSON-like trees differ."""
+  if isinstance(saved, dict) and isinstance(wanted, dict):
+    return [d for k in sorted(set(saved) | set(wanted), key=str)
+            for d in _differences(saved.get(k), wanted.get(k), f"{prefix}.{k}")]
+  return [] if saved == wanted else [f"{prefix}: checkpoint {saved}, config {wanted}"]
 
-  def __init__(self, workdir: str):
+
+class MetricWriter:
+  """``metrics.jsonl`` and TensorBoard events (process 0 only).
+
+  ``resume_step``: a resumed run first drops the rows after that step (they are logged again)
+  and the ``final/`` rows, so the file holds one row per logged step after any resumes.
+  """
+
+  def __init__(self, workdir: str, resume_step: Optional[int] = None):
     self.active = jax.process_index() == 0
     if self.active:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      path = os.path.join(workdir, "metrics.jsonl")
+      if resume_step is not None and os.path.exists(path):
+        _keep_rows_up_to(path, resume_step)
       self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self.jsonl = open(path, "a")
 
   def write(self, step: int, prefix: str, metrics: Dict[str, float]):
     if not self.active:
@@ -412,50 +495,87 @@ class MetricWriter:
       self.jsonl.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains (resuming from ``workdir`` if it holds checkpoints), then evaluates per video."""
-  os.makedirs(workdir, exist_ok=True)
-  trainer = Trainer(config, workdir)
+def _keep_rows_up_to(path: str, step: int) -> None:
+  """Rewrites ``metrics.jsonl`` without rows after ``step`` or of the final evaluation."""
+  kept = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue  # a line cut by a crash mid-write
+      if row.get("step", 0) <= step and not any(k.startswith("final/") for k in row):
+        kept.append(json.dumps(row) + "\n")
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
+
+
+@contextlib.contextmanager
+def workdir_owned(workdir: str):
+  """Holds ``workdir``'s lock for this job (process 0 takes it; every process stops with a
+  :class:`TrainingError` naming the holder when another run has it)."""
+  lock, error = None, ""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config.to_dict(), f, indent=1)
+    lock = WorkdirLock(workdir)
+    try:
+      lock.acquire()
+    except WorkdirInUseError as e:
+      lock, error = None, str(e)
+  if jax.process_count() > 1:
+    failed = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
+    if failed and not error:
+      error = f"process 0 could not lock {workdir}: another run holds it (see process 0's log)"
+  if error:
+    raise TrainingError(error)
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains (resuming from ``workdir`` if it holds checkpoints), then evaluates per video.
+
+  The config and data are checked before ``workdir`` is created; the run holds its lock.
+  """
+  trainer = Trainer(config, workdir)
+  os.makedirs(trainer.workdir, exist_ok=True)
+  with workdir_owned(trainer.workdir):
+    return _train_and_evaluate(trainer, config, workdir)
+
+
+def _train_and_evaluate(trainer, config, workdir):
   state, tx, _ = trainer.initial_state()
   schedule = lr_schedule(config)
   step_fn = make_train_step(trainer.model, tx, schedule, trainer.dtype, trainer.mesh)
   iterator = trainer.train_iterator()
   checkpoints, best = trainer._managers()
-  start = 0
-  if checkpoints.latest_step() is not None:
-    start = checkpoints.latest_step()
-    written_by = checkpoints.restore(start, args=ocp.args.Composite(
-        metadata=ocp.args.JsonRestore()))["metadata"].get("process_count", 1)
-    if written_by != jax.process_count():
-      raise TrainingError(
-          f"the checkpoint at step {start} in {os.path.join(trainer.workdir, 'checkpoints')} "
-          f"was written by {written_by} process(es) and each saved its own data position; "
-          f"resume it with {written_by} process(es), not {jax.process_count()}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = checkpoints.restore(start, args=ocp.args.Composite(
-        variables=ocp.args.StandardRestore({"params": abstract.params,
-                                            "batch_stats": abstract.batch_stats}),
-        opt_state=ocp.args.StandardRestore({"opt_state": abstract.opt_state,
-                                            "step": abstract.step}),
-        data=grain.PyGrainCheckpointRestore(iterator)))
-    state = TrainState(restored["opt_state"]["step"], restored["variables"]["params"],
-                       restored["variables"]["batch_stats"], restored["opt_state"]["opt_state"])
-    state = jax.device_put(state, trainer.replicated)
-    if jax.process_index() == 0:
-      print(f"resuming from step {start} ({os.path.join(trainer.workdir, 'checkpoints')})")
+  start, state = trainer.resume(checkpoints, state, iterator)
+  if start:
+    checkpoints, best = trainer._managers()  # damaged steps may have been moved aside
+  if jax.process_index() == 0:  # once the checkpoints are known to fit this config
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config.to_dict(), f, indent=1)
 
   def save(step):
-    checkpoints.save(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardSave({"params": state.params,
-                                         "batch_stats": state.batch_stats}),
-        opt_state=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step}),
-        metadata=ocp.args.JsonSave(trainer._metadata(step)),
-        data=grain.PyGrainCheckpointSave(iterator)))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    opt_state = {"opt_state": state.opt_state, "step": state.step}
+    metadata = trainer._metadata(step, variables=variables, opt_state=opt_state)
+    try:
+      checkpoints.save(step, args=ocp.args.Composite(
+          variables=ocp.args.StandardSave(variables),
+          opt_state=ocp.args.StandardSave(opt_state),
+          metadata=ocp.args.JsonSave(metadata),
+          data=grain.PyGrainCheckpointSave(iterator)))
+    except OSError as e:
+      raise TrainingError(
+          f"writing the checkpoint of step {step} to {checkpoints.directory} failed: "
+          f"{e.strerror or e}; free space or fix the folder, then rerun the same command: it "
+          f"resumes from the last checkpoint written") from None
 
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, resume_step=start)
   total = config.num_train_steps
   bar = tqdm(total=total, initial=start, desc="train", disable=jax.process_index() != 0,
              dynamic_ncols=True)
@@ -487,9 +607,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       variables = {"params": state.params, "batch_stats": state.batch_stats}
       m = trainer.evaluate(variables, desc=f"eval@{step}")
       writer.write(step, "eval", m)
-      best.save(step, metrics={"accuracy": m["video_top1"]}, args=ocp.args.Composite(
-          variables=ocp.args.StandardSave(variables),
-          metadata=ocp.args.JsonSave(trainer._metadata(step))))
+      if step not in best.all_steps():  # a resumed run may have evaluated this step before
+        best.save(step, metrics={"accuracy": m["video_top1"]}, args=ocp.args.Composite(
+            variables=ocp.args.StandardSave(variables),
+            metadata=ocp.args.JsonSave(trainer._metadata(step, variables=variables))))
       bar.write(f"step {step}: eval video top-1 {m['video_top1']:.4f}, clip top-1 "
                 f"{m['clip_top1']:.4f} ({m['num_videos']} videos)")
     if step % config.checkpoint_every == 0 or step == total:
@@ -518,19 +639,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Evaluates the best (else the latest) checkpoint of ``workdir`` per video."""
   trainer = Trainer(config, workdir)
-  for sub in ("best", "checkpoints"):
-    path = os.path.join(trainer.workdir, sub)
-    if os.path.isdir(path):
-      with ocp.CheckpointManager(path) as probe:
-        if probe.latest_step() is not None:
-          break
-  else:
-    raise TrainingError(f"{workdir} holds no checkpoint to evaluate")
-  with checkpoint_lib.manager_for(path) as manager:
-    step = manager.latest_step()
-    variables = checkpoint_lib.restore_variables(manager, step, trainer.replicated)
-  metrics = trainer.evaluate(variables)
-  base = trainer.write_eval(metrics, step, config.dataset.eval_split)
+  log = print if jax.process_index() == 0 else (lambda message: None)
+  try:
+    variables, metadata = checkpoint_lib.load_variables(trainer.workdir, prefer_best=True,
+                                                        log=log)
+  except (FileNotFoundError, checkpoint_lib.CheckpointError) as e:
+    raise TrainingError(f"{workdir} holds no checkpoint to evaluate: {e}") from None
+  step, path = metadata.get("step", 0), trainer.workdir
+  metrics = trainer.evaluate(jax.device_put(variables, trainer.replicated))
+  with workdir_owned(trainer.workdir):  # one writer of the workdir's files
+    base = trainer.write_eval(metrics, step, config.dataset.eval_split)
   if jax.process_index() == 0:
     print(f"{path} step {step} on {config.dataset.eval_split}: video top-1 "
           f"{metrics['video_top1']:.4f}, top-5 {metrics['video_top5']:.4f}; details in "

@@ -252,7 +252,7 @@ def main(argv):
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
   from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import video  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import checkpoint, video  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
   logging.set_verbosity(logging.WARNING)
   if len(argv) != 2:
@@ -260,7 +260,7 @@ def main(argv):
   try:
     summary = run(FLAGS.checkpoint, argv[1], FLAGS.out, FLAGS.baseline, FLAGS.set,
                   FLAGS.channels, FLAGS.size, FLAGS.arrow_scale)
-  except (video.VideoError, FileNotFoundError, ValueError) as e:
+  except (video.VideoError, FileNotFoundError, ValueError, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"{summary['video']}: predicted {summary['predicted']}; pictures in {FLAGS.out} "

@@ -138,7 +138,11 @@ def test_bad_inputs_give_one_paragraph_errors_and_write_nothing(tiny_net, tmp_pa
   del sd["conv4.B02.conv_i1.bn.weight"], sd["tail.bn.running_var"]
   sd["extra.weight"] = torch.zeros(3)
   broken = save(sd, str(tmp_path / "broken.pth"))
+  noise = str(tmp_path / "noise.pth")
+  with open(noise, "wb") as f:
+    f.write(np.random.default_rng(0).bytes(300))
   cases = {truncated: "not a readable PyTorch checkpoint", text: "not a readable PyTorch",
+           noise: "not a readable PyTorch checkpoint",
            resnet: "is not an MFNet checkpoint",
            broken: "2 missing: conv4.B02.conv_i1.bn.weight; tail.bn.running_var"}
   for i, (path, message) in enumerate(cases.items()):
@@ -148,16 +152,42 @@ def test_bad_inputs_give_one_paragraph_errors_and_write_nothing(tiny_net, tmp_pa
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
     assert path in result.stderr
+    assert "weights_only" not in result.stderr  # PyTorch's unsafe advice is not repeated
     assert not os.path.exists(out)
   assert "1 unexpected: extra.weight" in result.stderr
   assert "conv3.B01.conv_m1.conv.weight: checkpoint (16, 2, 3, 3, 3)" in result.stderr
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".out")]  # no temp leftovers
+
+  # An output path that is a file: one line, the file untouched.
+  (tmp_path / "a_file").write_text("keep me")
+  result = run_cli(f"--pytorch={good}", f"--output={tmp_path / 'a_file'}")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip() == (f"error: --output={tmp_path / 'a_file'} is a file, not a "
+                                   "folder; choose another path.")
+  assert (tmp_path / "a_file").read_text() == "keep me"
 
   result = run_cli(f"--pytorch={broken}", f"--output={tmp_path / 'partial'}", "--allow_partial")
   assert result.returncode == 0, result.stderr
   assert "2 missing" in result.stdout and "done:" in result.stdout
   _, meta = checkpoint.load_variables(str(tmp_path / "partial"))
   assert "tail.bn.running_var" in meta["initialised"]
+  # Readable by others as the umask allows (not mkdtemp's 0700).
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(tmp_path / "partial").st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_a_killed_conversions_temporary_folder_is_removed_by_the_next(tiny_net, tmp_path):
+  good = save(tiny_net.state_dict(), str(tmp_path / "good.pth"))
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  abandoned = tmp_path / f".out.tmp-{dead}-x1y2"  # as a kill -9 mid-write leaves it
+  (abandoned / "checkpoints").mkdir(parents=True)
+  live = tmp_path / f".out.tmp-{os.getpid()}-a1b2"  # a conversion still running
+  live.mkdir()
+  convert.run(good, str(tmp_path / "out"), log=lambda *a: None)
+  assert not abandoned.exists() and live.exists()
+  assert sorted(p for p in os.listdir(tmp_path) if p.startswith(".out")) == [live.name]
 
 
 def test_missing_torch_is_a_clear_error(tmp_path, monkeypatch):

@@ -104,6 +104,8 @@ def test_kill_and_resume_gives_the_same_batches_and_parameters(straight_run, tmp
   resumed, _ = checkpoint.load_variables(workdir)
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # One row per logged step, although steps 4 and 5 ran twice.
+  assert [s for s, _ in read_metrics(workdir)] == list(range(1, 13))
   resumed_log, straight_log = read_metrics(workdir)[-3:], read_metrics(straight_dir)[-3:]
   assert [s for s, _ in resumed_log] == [s for s, _ in straight_log] == [10, 11, 12]
   np.testing.assert_allclose([l for _, l in resumed_log], [l for _, l in straight_log], rtol=1e-4)
@@ -358,3 +360,64 @@ def test_init_from_a_converted_pytorch_checkpoint(straight_run, tmp_path):
       assert flags[path] is True
   # the tiny config's KPSEM differs in shape from the converted one: initialised fresh
   assert not any(v for p, v in flags.items() if p[0] in ("kpsem", "classifier"))
+
+
+def _corrupt(step_dir):
+  """Flips bytes in every data file of a checkpoint step's variables."""
+  import glob  # pylint: disable=import-outside-toplevel
+  files = [p for p in glob.glob(os.path.join(step_dir, "variables", "**", "*"), recursive=True)
+           if os.path.isfile(p) and "/d/" in p]
+  assert files, step_dir
+  for path in files:
+    data = bytearray(open(path, "rb").read())
+    i = len(data) // 2
+    data[i:i + 16] = bytes(b ^ 0xFF for b in data[i:i + 16])
+    open(path, "wb").write(bytes(data))
+
+
+def test_a_damaged_latest_checkpoint_is_skipped_moved_aside_and_trained_again(
+    straight_run, tmp_path, capsys):
+  import shutil  # pylint: disable=import-outside-toplevel
+  config, straight_dir, _, _ = straight_run
+  workdir = tmp_path / "copy"
+  shutil.copytree(straight_dir, workdir)
+  _corrupt(str(workdir / "checkpoints" / "12"))
+  _corrupt(str(workdir / "best" / "12"))
+  capsys.readouterr()
+  trainer.train_and_evaluate(config, str(workdir))  # the same command again
+  out = capsys.readouterr().out
+  assert "skipping checkpoint step 12: " in out and "resuming from step 9" in out
+  (moved,) = os.listdir(workdir / "damaged")
+  assert moved.startswith("checkpoint_12_")  # kept, not deleted
+  straight, _ = checkpoint.load_variables(straight_dir)
+  again, meta = checkpoint.load_variables(str(workdir))
+  assert meta["step"] == 12
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(again)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert [s for s, _ in read_metrics(str(workdir))] == list(range(1, 13))
+  # predict falls back from the damaged best/ to checkpoints/, saying so.
+  video = os.path.join(REPO, "..", "shared", "fixtures", "videos", "ucf101_style_ApplyEyeMakeup.avi")
+  if not os.path.exists(video):
+    pytest.skip(f"{video} not found (../shared/fixtures beside the repo)")
+  out = subprocess.run([sys.executable, "-m", "kpsem_jax.predict", f"--checkpoint={workdir}",
+                        "--json", video], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f"skipping checkpoint step 12: {workdir / 'best' / '12'}" in out.stderr
+  assert f"using {workdir / 'checkpoints' / '12'} instead" in out.stderr
+  assert len(json.loads(out.stdout)[0]["top"]) == 5
+
+
+def test_resuming_with_another_model_is_one_clear_error(straight_run, tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  config, straight_dir, _, _ = straight_run
+  workdir = tmp_path / "copy"
+  shutil.copytree(straight_dir, workdir)
+  config = config.copy_and_resolve_references()
+  config.model.kpsem.embed_dim = 6
+  with pytest.raises(trainer.TrainingError) as error:
+    trainer.train_and_evaluate(config, str(workdir))
+  assert str(error.value) == (
+      f"{workdir / 'checkpoints' / '12'} was written for another model (model.kpsem.embed_dim: "
+      f"checkpoint 8, config 6): use a new --workdir, or the config the run was trained with "
+      f"({workdir / 'config.json'})")
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "6", "9"]  # nothing moved
