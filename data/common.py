@@ -81,9 +81,15 @@ def video_example(item: Item, short_side: Optional[int]) -> dict:
     return dict(frames=jpegs, label=item.label, video_id=item.key, fps=12.0,
                 width=size[0], height=size[1], num_frames=len(jpegs))
   frames, info = video_lib.read_video(item.path, short_side=short_side, with_info=True)
+  video_lib.check_complete(item.path, len(frames), info["expected_frames"])
   return dict(frames=encode_frames(frames), label=item.label, video_id=item.key,
               fps=info["fps"], width=info["width"], height=info["height"],
               num_frames=len(frames))
+
+
+# Fewer frames than this and a 16-frame clip (MFNet's) would repeat each frame more than
+# twice: such a video is skipped (prepare --min_frames).
+MIN_FRAMES = 8
 
 
 class SkipLog:
@@ -100,13 +106,20 @@ class SkipLog:
 
 
 def generate(items: Iterable[Item], split: str, short_side: Optional[int],
-             skipped: SkipLog) -> Iterator[Tuple[str, dict]]:
-  """Examples for ``items``; an unreadable or empty video is skipped and logged."""
+             skipped: SkipLog, min_frames: int = 1) -> Iterator[Tuple[str, dict]]:
+  """Examples for ``items``; an unreadable, truncated or empty video, or one of fewer than
+  ``min_frames`` frames, is skipped and logged."""
   for item in items:
     try:
-      yield item.key, video_example(item, short_side)
+      example = video_example(item, short_side)
     except video_lib.VideoError as e:
       skipped.add(split, item.path, str(e))
+      continue
+    if example["num_frames"] < min_frames:
+      skipped.add(split, item.path, f"{item.path}: {example['num_frames']} frames, fewer than "
+                  f"--min_frames={min_frames}")
+      continue
+    yield item.key, example
 
 
 def read_lines(path: str) -> List[Tuple[int, str]]:
@@ -124,11 +137,13 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
   Args (beyond TFDS's ``data_dir``, ``config``):
     source_dir: what the dataset's authors distribute, laid out as the builder documents.
     short_side: frames are stored with this short side (None: original size).
+    min_frames: videos with fewer frames are skipped and logged.
   """
 
   def __init__(self, *, source_dir: Optional[str] = None, short_side: Optional[int] = 256,
-               splits_dir: Optional[str] = None, **kwargs):
+               splits_dir: Optional[str] = None, min_frames: int = MIN_FRAMES, **kwargs):
     kwargs.setdefault("file_format", "array_record")
+    self.min_frames = min_frames
     self.source_dir = source_dir
     self.splits_dir = splits_dir
     self.short_side = short_side
@@ -180,7 +195,7 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, items: Sequence[Item], split: str):
     """Examples for ``items`` (a video that cannot be decoded is skipped and logged)."""
-    return generate(items, split, self.short_side, self.skipped)
+    return generate(items, split, self.short_side, self.skipped, self.min_frames)
 
 
 class FileIndex:

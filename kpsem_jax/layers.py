@@ -122,13 +122,17 @@ def auto_strategy(x: jax.Array, kernel: jax.Array, backend: str, cpu_kernels_bui
   return "patches_grad"
 
 
+def _cpu_kernels_built() -> bool:
+  return jax.default_backend() == "cpu" and cpu_kernels.available()
+
+
 def uses_cpu_kernels(strategy: str) -> bool:
   """Whether a model built with convolution ``strategy`` runs :mod:`kpsem_jax.cpu_kernels`
   (oneDNN and AReSE's regional argmax): ``onednn`` always, ``auto`` on CPUs where they are
   built; every other strategy is pure XLA."""
   if strategy == "onednn":
     return True
-  return (strategy == "auto" and jax.default_backend() == "cpu" and cpu_kernels.available())
+  return strategy == "auto" and _cpu_kernels_built()
 
 
 def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding,
@@ -158,8 +162,7 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
     raise ValueError(f"unknown convolution strategy {strategy!r}; choose one of {STRATEGIES}")
   strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
   if strategy == "auto":
-    strategy = auto_strategy(x, kernel, jax.default_backend(),
-                             jax.default_backend() == "cpu" and cpu_kernels.available())
+    strategy = auto_strategy(x, kernel, jax.default_backend(), _cpu_kernels_built())
   if strategy == "patches_grad":
     return _cpu_conv(x, kernel.astype(x.dtype), strides, padding, groups)
   if strategy == "onednn":

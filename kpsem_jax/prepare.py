@@ -1,7 +1,7 @@
 """Build a dataset's array_record shards from what its authors distribute.
 
     python -m kpsem_jax.prepare DATASET --source_dir=SRC --data_dir=OUT [--split=1|2|3]
-        [--config=NAME] [--short_side=256] [--splits_dir=DIR]
+        [--config=NAME] [--short_side=256] [--splits_dir=DIR] [--min_frames=8]
 
 DATASET is one of synthetic_motion (no source needed), hmdb51, ucf101, mini_kinetics,
 something_something_v1; docs/datasets.md gives each source layout. Shows a progress bar per split,
@@ -30,14 +30,24 @@ def config_name(dataset: str, split, config):
 
 
 def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=None,
-            short_side=256, splits_dir=None, log=print):
+            short_side=256, splits_dir=None, min_frames=None, log=print):
   """Builds (or reuses) the dataset; returns ``(builder, skipped entries)``."""
   from data import builder_class  # pylint: disable=import-outside-toplevel
   cls = builder_class(dataset)
   name = config_name(dataset, split, config)
   builder = cls(data_dir=data_dir, config=name, source_dir=source_dir,
-                short_side=short_side or None, splits_dir=splits_dir)
-  builder.download_and_prepare()
+                short_side=short_side or None, splits_dir=splits_dir,
+                **({} if min_frames is None else {"min_frames": min_frames}))
+  try:
+    builder.download_and_prepare()
+  except AssertionError as e:  # TFDS: a split whose every video was skipped while decoding
+    if "No examples were yielded" not in str(e):
+      raise
+    split = str(e).split('split "')[-1].split('"')[0]
+    reasons = [r for s, _, r in builder.skipped.entries if s == split]
+    raise ValueError(f"{dataset} ({name or 'default'}): no video of the {split} split could "
+                     f"be used, so it cannot be written; the last one skipped: "
+                     f"{reasons[-1] if reasons else '?'}") from None
   entries = builder.skipped.entries
   report = os.path.join(builder.data_dir, "skipped.tsv")
   if entries or not os.path.exists(report):
@@ -73,7 +83,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     prepare(argv[1], FLAGS.data_dir, FLAGS.source_dir, FLAGS.split, FLAGS.config,
-            FLAGS.short_side, FLAGS.splits_dir)
+            FLAGS.short_side, FLAGS.splits_dir, FLAGS.min_frames)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -86,6 +96,7 @@ def define_flags():
   flags.DEFINE_integer("split", None, "official split 1, 2 or 3 (hmdb51, ucf101)")
   flags.DEFINE_string("config", None, "builder config, e.g. split1 or tiny (overrides --split)")
   flags.DEFINE_integer("short_side", 256, "stored frames' short side in pixels (0: original)")
+  flags.DEFINE_integer("min_frames", 8, "skip (and list) videos with fewer decoded frames")
   flags.DEFINE_string("splits_dir", None, "folder of split/label files if not in source_dir")
 
 

@@ -27,8 +27,9 @@ def read_video(path: str, short_side: Optional[int] = 256, with_info: bool = Fal
   """All frames of the first video stream, RGB uint8 ``(N, H, W, 3)``.
 
   ``short_side`` resizes (keeping the aspect ratio, even sizes) while decoding; None keeps
-  the original size. ``with_info=True`` also returns ``{"fps", "width", "height"}`` of the
-  source (fps 0 when the container does not say).
+  the original size. ``with_info=True`` also returns ``{"fps", "width", "height",
+  "expected_frames"}`` of the source: fps 0 when the container does not say; the frame count
+  the container promises (its header's, else duration x fps; 0 when it says neither).
   """
   try:
     container = av.open(path, metadata_errors="ignore")
@@ -41,7 +42,8 @@ def read_video(path: str, short_side: Optional[int] = 256, with_info: bool = Fal
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     rate = stream.average_rate or stream.guessed_rate
-    info = {"fps": float(rate) if rate else 0.0, "width": 0, "height": 0}
+    info = {"fps": float(rate) if rate else 0.0, "width": 0, "height": 0,
+            "expected_frames": _expected_frames(container, stream, rate)}
     try:
       for frame in container.decode(stream):
         info["width"], info["height"] = frame.width, frame.height
@@ -57,6 +59,22 @@ def read_video(path: str, short_side: Optional[int] = 256, with_info: bool = Fal
     raise VideoError(f"{path}: no decodable video frames")
   frames = np.stack(frames)
   return (frames, info) if with_info else frames
+
+
+def _expected_frames(container, stream, rate) -> int:
+  if stream.frames:
+    return int(stream.frames)
+  seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+             else (container.duration / 1e6 if container.duration else 0.0))
+  return int(round(seconds * float(rate))) if rate and seconds > 0 else 0
+
+
+def check_complete(path: str, decoded: int, expected: int) -> None:
+  """Raises VideoError when decoding ended well short of what the container promised
+  (a truncated download or a damaged file): more than 5% and 1 frame fewer."""
+  if expected and decoded < 0.95 * expected - 1:
+    raise VideoError(f"{path}: decoded {decoded} of ~{expected} frames (truncated or "
+                     "damaged file)")
 
 
 def clip_starts(num_frames: int, clip_frames: int, interval: int, num_clips: int) -> np.ndarray:

@@ -154,6 +154,10 @@ def test_ucf101_labels_from_classind_and_case_mismatch(tmp_path):
               src / "UCF-101" / "HandstandPushups" / "v_HandStandPushups_g08_c01.avi")  # train
   corrupt = src / "UCF-101" / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g08_c01.avi"  # train list
   corrupt.write_bytes(b"RIFF\x00\x00\x00\x00AVI garbage" * 10)
+  # A cut download (the first 20,000 bytes of a 127-frame AVI) decodes one frame.
+  cut = src / "UCF-101" / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g09_c01.avi"  # train list
+  with open(os.path.join(VIDEOS, "ucf101_style_BabyCrawling.avi"), "rb") as f:
+    cut.write_bytes(f.read(20000))
   # Saved with a byte order mark; trainlist01's first line is the corrupt video above.
   with_bom(*(src / "ucfTrainTestlist" / f for f in ("classInd.txt", "trainlist01.txt",
                                                    "testlist01.txt")))
@@ -167,6 +171,10 @@ def test_ucf101_labels_from_classind_and_case_mismatch(tmp_path):
   assert [(e["label"], e["num_frames"]) for e in test] == [(0, 164)]
   reasons = {os.path.basename(p): r for _, p, r in skipped}
   assert "no video stream" in reasons["v_ApplyEyeMakeup_g08_c01.avi"]  # skipped, reported
+  assert reasons["v_ApplyEyeMakeup_g09_c01.avi"].endswith(
+      "v_ApplyEyeMakeup_g09_c01.avi: decoded 1 of ~127 frames (truncated or damaged file)")
+  report = open(os.path.join(builder.data_dir, "skipped.tsv")).read()
+  assert "decoded 1 of ~127 frames" in report
   assert no_bom_in(skipped)
   assert len(skipped) == 9537 + 3783 - 2
 
@@ -214,6 +222,15 @@ def test_something_v1_from_frame_folders(tmp_path):
   assert names[val["label"]] == label and val["num_frames"] == 10
   assert common.decode_jpeg(val["frames"][0]).shape == (64, 86, 3)  # even sizes
   assert len(skipped) == 86017 + 11522 - 1 and no_bom_in(skipped)
+  # A minimum above its 10 frames skips it, with the reason: here the split's only video.
+  with pytest.raises(ValueError) as error:
+    prepare_lib.prepare("something_something_v1", str(tmp_path / "tfds_min"),
+                        source_dir=str(src), splits_dir=str(splits), short_side=64,
+                        min_frames=11, log=quiet)
+  assert str(error.value) == (
+      "something_something_v1 (default): no video of the validation split could be used, so "
+      f"it cannot be written; the last one skipped: {frames}: 10 frames, fewer than "
+      "--min_frames=11")
 
 
 def test_synthetic_motion_is_deterministic_and_motion_defined(tmp_path):
