@@ -11,7 +11,9 @@ its reason in ``skipped.tsv`` beside the shards. An interrupted build leaves onl
 """
 
 import os
+import shutil
 import sys
+import time
 
 from absl import app, flags, logging
 
@@ -19,6 +21,17 @@ def datasets():
   """The dataset names ``prepare`` builds."""
   from data import BUILDERS  # pylint: disable=import-outside-toplevel
   return sorted(BUILDERS)
+
+
+def _remove_interrupted_builds(data_dir: str, before: float, log) -> None:
+  """Removes TFDS's ``incomplete.*`` folders beside a finished build that predate it (left
+  by a killed build; a build still running elsewhere started later)."""
+  parent = os.path.dirname(data_dir)
+  for name in sorted(os.listdir(parent)):
+    path = os.path.join(parent, name)
+    if name.startswith("incomplete.") and os.path.isdir(path) and os.path.getmtime(path) < before:
+      shutil.rmtree(path, ignore_errors=True)
+      log(f"removed {path}, left by an interrupted build")
 
 
 def config_name(dataset: str, split, config):
@@ -38,6 +51,7 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
   builder = cls(data_dir=data_dir, config=name, source_dir=source_dir,
                 short_side=short_side or None, splits_dir=splits_dir,
                 **({} if min_frames is None else {"min_frames": min_frames}))
+  started = time.time()
   try:
     builder.download_and_prepare()
   except AssertionError as e:  # TFDS: a split whose every video was skipped while decoding
@@ -48,6 +62,7 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
     raise ValueError(f"{dataset} ({name or 'default'}): no video of the {split} split could "
                      f"be used, so it cannot be written; the last one skipped: "
                      f"{reasons[-1] if reasons else '?'}") from None
+  _remove_interrupted_builds(builder.data_dir, started, log)
   entries = builder.skipped.entries
   report = os.path.join(builder.data_dir, "skipped.tsv")
   if entries or not os.path.exists(report):

@@ -3,6 +3,7 @@
 import csv
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -266,5 +267,14 @@ def test_interrupted_build_reruns_to_completion(tmp_path, monkeypatch):
   monkeypatch.setattr(synthetic, "render", flaky)
   with pytest.raises(KeyboardInterrupt):
     build("synthetic_motion", tmp_path, config="tiny")
+  # What a build killed with SIGKILL leaves (an interrupted one in-process cleans up):
+  parent = tmp_path / "tfds" / "synthetic_motion" / "tiny"
+  killed = parent / "incomplete.X1Y2Z3_1.0.0"
+  (killed / "synthetic_motion-train.array_record-00000-of-00001").parent.mkdir(parents=True)
+  (killed / "synthetic_motion-train.array_record-00000-of-00001").write_bytes(b"\0" * 1000)
+  os.utime(killed, (time.time() - 60, time.time() - 60))
+  leftovers = lambda: [n for n in os.listdir(parent) if n.startswith("incomplete.")]  # noqa: E731
+  assert leftovers() == [killed.name]
   builder, _ = build("synthetic_motion", tmp_path, config="tiny")
   assert len(read_all(builder, "train")) == 32 and len(read_all(builder, "test")) == 16
+  assert leftovers() == []  # the killed build's folder is gone once the rerun finished

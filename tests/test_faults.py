@@ -144,3 +144,14 @@ def test_disk_full_while_checkpointing_is_one_clear_error(tmp_path, tiny_data, m
       f"writing the checkpoint of step 3 to {tmp_path / 'w' / 'checkpoints'} failed: No space "
       "left on device; free space")
   assert not [d for d in os.listdir(tmp_path / "w" / "checkpoints") if d.isdigit()]
+
+
+def test_a_broken_metadata_file_is_named(tmp_path):
+  tiny_models.save_tiny_checkpoint(tmp_path / "ckpt")
+  path = tmp_path / "ckpt" / "checkpoints" / "0" / "metadata" / "metadata"
+  assert path.is_file()
+  path.write_text('{"model": {"backbone": ')  # cut mid-write
+  said = []
+  with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint in "):
+    checkpoint.load_variables(str(tmp_path / "ckpt"), log=said.append)
+  assert said[0].startswith(f"skipping checkpoint step 0: {path} cannot be read (")
