@@ -93,7 +93,7 @@ def main(argv):
     if FLAGS.mode == "train":
       trainer.train_and_evaluate(config, FLAGS.workdir)
     else:
-      trainer.evaluate(config, FLAGS.workdir)
+      trainer.evaluate_workdir(config, FLAGS.workdir)
   except (trainer.TrainingError, input_pipeline.DataNotPreparedError) as e:
     fail(str(e))
 

@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/vs_pytorch.py [--batches=1,2,4,8] [--repeats=3] [--threads=2]
 
-The PyTorch side is the test suite's reference MFNet (``tests/torch_mfnet.py``, eager,
+The PyTorch side is the test suite's reference MFNet (``kpsem_jax/testing/torch_mfnet.py``, eager,
 ``--threads`` intra-op threads) with random weights and BatchNorm statistics, and its
-MF-KPSEM (``tests/torch_kpsem.py``); the JAX side is that checkpoint through
+MF-KPSEM (``kpsem_jax/testing/torch_kpsem.py``); the JAX side is that checkpoint through
 ``kpsem_jax.convert`` (jit; ``--model=mf_kpsem`` adds a fresh KPSEM branch and classifier,
 copied into the PyTorch MF-KPSEM), once per convolution strategy (``layers.conv``). Runs are interleaved, each after half a second idle (PyTorch's OpenMP
 threads spin after each op), and the medians compared:
@@ -53,17 +53,16 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   sys.path.insert(0, REPO)
-  sys.path.insert(0, os.path.join(REPO, "tests"))
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
-  import torch_kpsem  # pylint: disable=import-outside-toplevel
-  import torch_mfnet  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.testing import torch_kpsem  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.testing import torch_mfnet  # pylint: disable=import-outside-toplevel
   from kpsem_jax import checkpoint, convert, trainer  # pylint: disable=import-outside-toplevel
-  from kpsem_jax.inference import normalize  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models import normalize  # pylint: disable=import-outside-toplevel
   from kpsem_jax.models import VideoClassifier, create_model  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(FLAGS.threads)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from kpsem_jax import video as video_lib
+from data import video as video_lib
 
 JPEG_QUALITY = 90
 

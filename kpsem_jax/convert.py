@@ -19,12 +19,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 import numpy as np
 
 from kpsem_jax import checkpoint, porting
+from kpsem_jax.mfnet3d import STAGES
 from kpsem_jax.models import create_model
 
-STAGES = ("conv2", "conv3", "conv4", "conv5")
 
 
 class ConversionError(Exception):
@@ -123,7 +124,7 @@ def convert(tensors: Mapping[str, np.ndarray], template: Mapping, num_classes: i
   mismatched keys.
   """
   expected = porting.expected_torch_keys(template)
-  flat_template = {c: porting.flatten(template.get(c, {})) for c in ("params", "batch_stats")}
+  flat_template = {c: traverse_util.flatten_dict(template.get(c, {})) for c in ("params", "batch_stats")}
   fresh_classifier = with_kpsem or num_classes != checkpoint_classes
   classifier_keys = {"classifier.weight", "classifier.bias"}
   report = {"converted": [], "initialised": [], "missing": [], "unexpected": [],
@@ -205,17 +206,17 @@ def run(pytorch: str, output: str, num_classes: Optional[int] = None, model: str
     log(f"      inflated {report['inflated']} 2-D kernels to 3-D (repeated over time, / kt)")
 
   log("[3/4] assembling variables")
-  if len(flat) < sum(len(porting.flatten(template[c])) for c in template):
+  if len(flat) < sum(len(traverse_util.flatten_dict(template[c])) for c in template):
     fresh = jax.jit(net.init)(jax.random.PRNGKey(seed), dummy)
   else:
     fresh = template
   variables = {}
   for collection in template:
-    leaves = porting.flatten(fresh[collection])
+    leaves = traverse_util.flatten_dict(fresh[collection])
     leaves = {p: np.asarray(flat.get((collection, p), v)) for p, v in leaves.items()}
-    variables[collection] = porting.unflatten(leaves)
+    variables[collection] = traverse_util.unflatten_dict(leaves)
 
-  n_params = sum(v.size for v in porting.flatten(variables["params"]).values())
+  n_params = sum(v.size for v in traverse_util.flatten_dict(variables["params"]).values())
   metadata = dict(format="kpsem-jax/1", model=spec, frames=frames, source=os.path.abspath(pytorch),
                   source_sha256=sha256(pytorch), converted=len(report["converted"]),
                   initialised=report["initialised"] + report["missing"] + report["mismatched"]

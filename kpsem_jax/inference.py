@@ -17,28 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kpsem_jax import checkpoint, input_pipeline, video
-from kpsem_jax.models import create_model
-
-# MFNet's normalisation: pixels in [0, 1], minus the mean, divided by one std for all channels.
-MEAN = np.array([124.0, 117.0, 104.0], np.float32) / 255.0
-STD = 1.0 / (0.0167 * 255.0)
-
-
-def normalize(clips) -> jax.Array:
-  """uint8 RGB ``(..., 3)`` in [0, 255] -> float32 as MFNet expects."""
-  return (jnp.asarray(clips, jnp.float32) / 255.0 - MEAN) / STD
-
+from data import video
+from kpsem_jax import checkpoint, input_pipeline
+from kpsem_jax.models import create_model, normalize  # noqa: F401  (normalize: public API)
 
 def clip_spec_of(metadata) -> input_pipeline.ClipSpec:
   """The evaluation views a checkpoint was trained for (MFNet's 10 x 3 when it does not say)."""
   clip = (metadata.get("config") or {}).get("clip")
-  if not clip:
-    return input_pipeline.ClipSpec(frames=int(metadata.get("frames", 16)), num_clips=10,
-                                   num_crops=3)
-  return input_pipeline.ClipSpec(frames=clip["frames"], interval=clip["interval"],
-                                 crop=clip["crop"], eval_resize=clip["eval_resize"],
-                                 num_clips=clip["eval_clips"], num_crops=clip["eval_crops"])
+  if not clip:  # a converted checkpoint: MFNet's protocol
+    clip = dict(frames=int(metadata.get("frames", 16)), eval_clips=10, eval_crops=3)
+  return input_pipeline.clip_spec(clip)
 
 
 class Predictor:

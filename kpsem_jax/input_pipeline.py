@@ -20,8 +20,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from data import video
 from data.common import decode_jpeg
-from kpsem_jax import video
 
 
 class DataNotPreparedError(FileNotFoundError):
@@ -44,6 +44,35 @@ class ClipSpec:
   eval_resize: int = 256
   num_clips: int = 1
   num_crops: int = 1
+
+
+def clip_spec(clip, train: bool = False) -> ClipSpec:
+  """The :class:`ClipSpec` of a config's ``clip`` fields (``config.clip``, or the ``clip`` of
+  a checkpoint's saved config): training clips, or every evaluation view."""
+  get = clip.get
+  defaults = ClipSpec()
+  return ClipSpec(frames=int(clip["frames"]), interval=int(get("interval", defaults.interval)),
+                  crop=int(get("crop", defaults.crop)),
+                  train_scale=tuple(get("train_scale", defaults.train_scale)),
+                  aspect=tuple(get("aspect", defaults.aspect)),
+                  flip=bool(get("flip", defaults.flip)) and train,
+                  eval_resize=int(get("eval_resize", defaults.eval_resize)),
+                  num_clips=1 if train else int(get("eval_clips", 1)),
+                  num_crops=1 if train else int(get("eval_crops", 1)))
+
+
+def clip_starts(num_frames: int, clip_frames: int, interval: int, num_clips: int) -> np.ndarray:
+  """Evenly spaced window starts covering the video (window = ``clip_frames * interval``)."""
+  span = clip_frames * interval
+  last = max(0, num_frames - span)
+  if num_clips == 1:
+    return np.array([last // 2])
+  return np.round(np.linspace(0, last, num_clips)).astype(int)
+
+
+def window_indices(num_frames: int, start: int, clip_frames: int, interval: int) -> np.ndarray:
+  """Frame indices ``start + i * interval`` of a clip, looped past the end of short videos."""
+  return (start + interval * np.arange(clip_frames)) % num_frames
 
 
 def dataset_dir(data_dir: str, name: str, config: Optional[str] = None) -> str:
@@ -102,7 +131,7 @@ class TrainClip(grain.RandomMapTransform):
     s = self.spec
     n = len(record["frames"])
     start = int(rng.integers(0, max(1, n - s.frames * s.interval + 1)))
-    clip = _frames(record, video.window_indices(n, start, s.frames, s.interval))
+    clip = _frames(record, window_indices(n, start, s.frames, s.interval))
     h, w = clip.shape[1:3]
     short = rng.uniform(*s.train_scale)
     aspect = np.sqrt(rng.uniform(*s.aspect))
@@ -190,8 +219,8 @@ def eval_view(record, index: int, view: int, spec: ClipSpec) -> dict:
   """View ``view`` (clip-major: clip = view // num_crops) of one video."""
   clip_id, crop_id = divmod(view, spec.num_crops)
   n = len(record["frames"])
-  starts = video.clip_starts(n, spec.frames, spec.interval, spec.num_clips)
-  clip = _frames(record, video.window_indices(n, int(starts[clip_id]), spec.frames,
+  starts = clip_starts(n, spec.frames, spec.interval, spec.num_clips)
+  clip = _frames(record, window_indices(n, int(starts[clip_id]), spec.frames,
                                                   spec.interval))
   h, w = clip.shape[1:3]
   new_w, new_h = video.resized_size(w, h, spec.eval_resize)

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from kpsem_jax import layers
 from kpsem_jax.kpsem import KPSEM
@@ -17,6 +18,16 @@ from kpsem_jax.mfnet3d import MFNet3D
 from kpsem_jax.resnet3d import ResNet3D
 
 BACKBONES = {"mfnet3d": MFNet3D, "resnet3d": ResNet3D}
+
+# MFNet's input normalisation: pixels in [0, 1], minus the mean, divided by one std for all
+# channels. Every model here takes clips normalised so.
+MEAN = np.array([124.0, 117.0, 104.0], np.float32) / 255.0
+STD = 1.0 / (0.0167 * 255.0)
+
+
+def normalize(clips) -> jax.Array:
+  """uint8 RGB ``(..., 3)`` in [0, 255] -> float32 as MFNet expects."""
+  return (jax.numpy.asarray(clips, jax.numpy.float32) / 255.0 - MEAN) / STD
 
 
 class VideoClassifier(nn.Module):

@@ -16,6 +16,7 @@ Flax (``backbone/`` stripped)      PyTorch
 
 from typing import Dict, Mapping, Tuple
 
+from flax import traverse_util
 import numpy as np
 
 _LEAF_NAMES = {
@@ -25,28 +26,6 @@ _LEAF_NAMES = {
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
 }
-
-
-def flatten(tree: Mapping, prefix: Tuple[str, ...] = ()) -> Dict[Tuple[str, ...], np.ndarray]:
-  """Nested dict -> ``{path tuple: leaf}``."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(flatten(value, prefix + (key,)))
-    else:
-      out[prefix + (key,)] = value
-  return out
-
-
-def unflatten(flat: Mapping[Tuple[str, ...], np.ndarray]) -> Dict:
-  """``{path tuple: leaf}`` -> nested dict."""
-  out: Dict = {}
-  for path, value in flat.items():
-    node = out
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return out
 
 
 def torch_key(collection: str, path: Tuple[str, ...]) -> str:
@@ -84,7 +63,7 @@ def expected_torch_keys(variables: Mapping) -> Dict[str, Tuple[str, Tuple[str, .
   """``{torch key: (collection, flax path)}`` for every backbone/classifier leaf."""
   out = {}
   for collection in ("params", "batch_stats"):
-    for path in flatten(variables.get(collection, {})):
+    for path in traverse_util.flatten_dict(variables.get(collection, {})):
       if path[0] == "kpsem":
         continue
       out[torch_key(collection, path)] = (collection, path)

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Dict, Iterable, List, Optional
 
-from kpsem_jax import video
+from data import video
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
                     ".wmv", ".3gp", ".ogv")

@@ -1,12 +1,13 @@
 """Training and evaluation: one jitted, data-parallel train step over every device.
 
 ``train_and_evaluate(config, workdir)`` trains ``config`` (see ``configs/``) and evaluates it;
-``evaluate(config, workdir)`` evaluates the best (else latest) checkpoint of a workdir.
+``evaluate_workdir(config, workdir)`` evaluates the best (else latest) checkpoint of a workdir.
 
-- Devices: a 1-D ``Mesh`` over all devices of all processes, the batch sharded on its
-  ``data`` axis, parameters and optimizer state replicated. BatchNorm statistics are those of
-  the global (micro-)batch. Each process reads its own contiguous slice of every global
-  batch; the sequence of global batches depends on the seed only, not on the process count.
+- Devices: a 1-D ``Mesh`` over all devices of all processes; the train step and eval forward
+  are ``jax.shard_map`` over its ``data`` axis, so each device computes its own shard
+  (:func:`make_train_step`). Parameters and optimizer state are replicated; BatchNorm
+  statistics are those of the global (micro-)batch. Each process reads its own contiguous
+  slice of every global batch; the sequence of global batches depends on the seed only.
 - Multi-host: the same program on every process (``jax.distributed``); checkpoints are
   written once (orbax coordinates the processes; each also saves its data position), logs
   and files by process 0, evaluation by every process on its share of the videos, gathered.
@@ -15,8 +16,9 @@
 - Checkpoints (orbax, ``workdir/checkpoints``): params, batch_stats, optimizer state, step,
   the grain iterator state and metadata (model, classes, config); the last
   ``keep_checkpoints`` are kept, and the best by validation accuracy in ``workdir/best``.
-  Rerunning the same command resumes where the last checkpoint left off, with the same
-  batches. A NaN/inf loss stops the run with a clear error; the last good checkpoint stays.
+  Each item's SHA-256 is in the metadata. Rerunning the same command resumes from the newest
+  intact checkpoint, with the same batches. A NaN/inf loss stops the run with a clear error;
+  the last good checkpoint stays. A run holds ``workdir/lock`` (one writer).
 - Logs: a progress bar (step, clips/s, loss, lr, ETA), ``metrics.jsonl`` and TensorBoard
   events in the workdir, the resolved config in ``config.json``.
 """
@@ -36,6 +38,7 @@ import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
+from flax import traverse_util
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -46,8 +49,7 @@ from kpsem_jax import evaluation
 from kpsem_jax import input_pipeline as ip
 from kpsem_jax import porting
 from kpsem_jax import prepare as prepare_lib
-from kpsem_jax.inference import normalize
-from kpsem_jax.models import create_model
+from kpsem_jax.models import create_model, normalize
 from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
 
 
@@ -86,15 +88,6 @@ def model_spec(config) -> Dict[str, Any]:
               kpsem=dict(m.kpsem) if m.use_kpsem else None, kpsem_at=m.kpsem_at)
 
 
-def clip_spec(config, train: bool) -> ip.ClipSpec:
-  c = config.clip
-  return ip.ClipSpec(frames=c.frames, interval=c.interval, crop=c.crop,
-                     train_scale=tuple(c.train_scale), aspect=tuple(c.aspect),
-                     flip=c.flip and train, eval_resize=c.eval_resize,
-                     num_clips=1 if train else c.eval_clips,
-                     num_crops=1 if train else c.eval_crops)
-
-
 def lr_schedule(config) -> optax.Schedule:
   """Halved for the first ``warmup_steps`` (MFNet's protocol), then step decay."""
   o = config.optimizer
@@ -104,10 +97,12 @@ def lr_schedule(config) -> optax.Schedule:
   return optax.piecewise_constant_schedule(o.lr * (0.5 if o.warmup_steps else 1.0), boundaries)
 
 
-def create_optimizer(config, pretrained: Optional[Any] = None) -> optax.GradientTransformation:
-  """SGD (Nesterov) momentum with weight decay; pretrained leaves at ``pretrained_lr_mult``."""
+def create_optimizer(config, pretrained: Optional[Any] = None,
+                     schedule: Optional[optax.Schedule] = None) -> optax.GradientTransformation:
+  """SGD (Nesterov) momentum with weight decay; pretrained leaves at ``pretrained_lr_mult``;
+  ``schedule`` defaults to :func:`lr_schedule`."""
   o = config.optimizer
-  schedule = lr_schedule(config)
+  schedule = schedule or lr_schedule(config)
 
   def sgd(mult):
     return optax.chain(optax.add_decayed_weights(o.weight_decay),
@@ -224,6 +219,7 @@ class Trainer:
     self.micro = self._check_batch(config.batch_size, config.eval_batch_size)
     self.dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
     self.spec = model_spec(config)
+    self.schedule = lr_schedule(config)
     self.model = create_model(**self.spec, conv_strategy=config.model.conv_strategy,
                               batch_norm_axis=DATA_AXIS)
     self.class_names, self.train_source, self.eval_source = self._data()
@@ -275,7 +271,7 @@ class Trainer:
     pretrained = None
     if self.config.init_from:
       params, batch_stats, pretrained = self._load_pretrained(params, batch_stats)
-    tx = create_optimizer(self.config, pretrained)
+    tx = create_optimizer(self.config, pretrained, self.schedule)
     state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
     return jax.device_put(state, self.replicated), tx, pretrained
 
@@ -287,16 +283,16 @@ class Trainer:
     converted = set(meta.get("converted_paths") or ()) or None
 
     def merge(fresh, source, collection):
-      flat_source = porting.flatten(source)
+      flat_source = traverse_util.flatten_dict(source)
       out, mask = {}, {}
-      for path, value in porting.flatten(fresh).items():
+      for path, value in traverse_util.flatten_dict(fresh).items():
         got = flat_source.get(path)
         use = (got is not None and tuple(got.shape) == tuple(value.shape)
                and (converted is None or "/".join((collection,) + path) in converted))
         out[path] = jnp.asarray(got) if use else value
         mask[path] = use
         counts["loaded" if use else "kept"] += 1
-      return porting.unflatten(out), porting.unflatten(mask)
+      return traverse_util.unflatten_dict(out), traverse_util.unflatten_dict(mask)
 
     params, pretrained = merge(params, loaded.get("params", {}), "params")
     batch_stats, _ = merge(batch_stats, loaded.get("batch_stats", {}), "batch_stats")
@@ -388,7 +384,8 @@ class Trainer:
   # ---- data --------------------------------------------------------------------------
   def train_iterator(self):
     per_process = self.config.batch_size // jax.process_count()
-    loader = ip.train_loader(self.train_source, per_process, clip_spec(self.config, True),
+    loader = ip.train_loader(self.train_source, per_process,
+                             ip.clip_spec(self.config.clip, train=True),
                              seed=self.config.seed, worker_count=self.config.num_workers)
     return iter(loader)
 
@@ -419,7 +416,7 @@ class Trainer:
   def evaluate(self, variables, desc="eval") -> Dict[str, Any]:
     """Every view of every eval video -> video-level metrics (gathered over processes)."""
     per_process = self.config.eval_batch_size // jax.process_count()
-    spec = clip_spec(self.config, False)
+    spec = ip.clip_spec(self.config.clip)
     outputs = {"logits": [], "video_index": [], "label": [], "mask": []}
     batches = ip.eval_batches(self.eval_source, per_process, spec)
     for batch in tqdm(batches, desc=desc, leave=False, disable=jax.process_index() != 0):
@@ -548,8 +545,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
 def _train_and_evaluate(trainer, config, workdir):
   state, tx, _ = trainer.initial_state()
-  schedule = lr_schedule(config)
-  step_fn = make_train_step(trainer.model, tx, schedule, trainer.dtype, trainer.mesh)
+  step_fn = make_train_step(trainer.model, tx, trainer.schedule, trainer.dtype, trainer.mesh)
   iterator = trainer.train_iterator()
   checkpoints, best = trainer._managers()
   start, state = trainer.resume(checkpoints, state, iterator)
@@ -636,7 +632,7 @@ def _train_and_evaluate(trainer, config, workdir):
   return final
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Evaluates the best (else the latest) checkpoint of ``workdir`` per video."""
   trainer = Trainer(config, workdir)
   log = print if jax.process_index() == 0 else (lambda message: None)

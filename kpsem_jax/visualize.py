@@ -40,7 +40,7 @@ def arese_of(model, variables, clip: np.ndarray):
   """Logits ``(num_classes,)`` and the AReSE outputs of every set, leading axis ``G``.
 
   ``clip``: uint8 ``(T, S, S, 3)``."""
-  from kpsem_jax.inference import normalize  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models import normalize  # pylint: disable=import-outside-toplevel
   logits, state = model.apply(variables, normalize(clip[None]), mutable=["intermediates"])
   if "kpsem" not in state.get("intermediates", {}):
     raise ValueError("this model has no KPSEM branch: there are no key points to draw")
@@ -53,7 +53,7 @@ def grad_cam(model, variables, clip: np.ndarray, class_index: int) -> np.ndarray
 
   Channel weights are the mean gradient of the ``class_index`` logit over the map's
   positions; the map is ``relu(sum_c weight_c * A_c)``, divided by its maximum."""
-  from kpsem_jax.inference import normalize  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models import normalize  # pylint: disable=import-outside-toplevel
   stages = model.apply(variables, normalize(clip[None]), method="stages")
 
   def logit(last):
@@ -252,7 +252,8 @@ def main(argv):
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
   from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import checkpoint, video  # pylint: disable=import-outside-toplevel
+  from data import video  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import checkpoint  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
   logging.set_verbosity(logging.WARNING)
   if len(argv) != 2:

@@ -13,7 +13,7 @@ import pytest
 
 from kpsem_jax import arese as A
 from kpsem_jax.kpsem import KPSEM
-from naive_arese import naive_arese, naive_centre_mlp
+from kpsem_jax.testing.naive_arese import naive_arese, naive_centre_mlp
 
 arese = jax.jit(A.arese, static_argnums=(2, 3))
 

@@ -85,6 +85,7 @@ def test_unknown_strategy_is_a_clear_error():
          strategy="fast")
 
 
+@pytest.mark.slow
 def test_mfnet_gives_the_same_logits_and_gradients_under_every_strategy(auto_on_tiny_maps):
   kwargs = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32), stage_depths=(1, 1, 1, 1),
                 groups=4)

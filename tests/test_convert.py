@@ -4,15 +4,17 @@ import os
 import subprocess
 import sys
 
+from flax import traverse_util
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from kpsem_jax import checkpoint, convert, porting  # noqa: E402
-from kpsem_jax.inference import load_predictor, normalize  # noqa: E402
+from kpsem_jax.inference import load_predictor
+from kpsem_jax.models import normalize  # noqa: E402
 from test_models import reference_state_dict  # noqa: E402
-from torch_mfnet import MFNET_3D, randomize  # noqa: E402
+from kpsem_jax.testing.torch_mfnet import MFNET_3D, randomize  # noqa: E402
 
 torch.set_num_threads(2)
 TINY = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32), stage_depths=(1, 1, 2, 1), groups=4)
@@ -95,7 +97,7 @@ def test_new_class_count_and_mf_kpsem_keep_the_backbone(tiny_net, tmp_path):
     assert ("kpsem" in variables["params"]) == (model == "mf_kpsem")
     for key, (collection, p) in porting.expected_torch_keys(variables).items():
       if not key.startswith("classifier"):
-        leaf = porting.flatten(variables[collection])[p]
+        leaf = traverse_util.flatten_dict(variables[collection])[p]
         np.testing.assert_array_equal(porting.flax_to_torch_array(p, leaf), sd[key], err_msg=key)
 
 
@@ -123,6 +125,7 @@ def run_cli(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_paragraph_errors_and_write_nothing(tiny_net, tmp_path):
   good = save(tiny_net.state_dict(), str(tmp_path / "good.pth"))
   truncated = str(tmp_path / "truncated.pth")

@@ -35,6 +35,7 @@ def test_suite_variants_are_the_papers_ablations():
   assert by_name["C2D-KPSEM fixed regions"].kpsem["adaptive"] is False
 
 
+@pytest.mark.slow
 def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path, monkeypatch):
   original = experiments.run_config
 

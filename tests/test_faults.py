@@ -60,6 +60,7 @@ def test_config_mistakes_are_one_line_and_create_no_workdir(tmp_path):
     assert not workdir.exists(), args
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_workdir_stops_at_once_and_a_dead_holder_is_taken_over(
     tmp_path, tiny_data):
   workdir = tmp_path / "w"
@@ -126,6 +127,7 @@ def test_the_checksum_catches_changed_values_that_still_decode():
     checkpoint.verify("variables", tree, metadata, "/x/7")
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_is_one_clear_error(tmp_path, tiny_data, monkeypatch):
   config = tiny_config.get_config(3)
   config.dataset.data_dir = tiny_data

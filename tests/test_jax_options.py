@@ -53,3 +53,21 @@ def test_one_set_kpsem_without_the_flag_is_an_error_not_a_crash(monkeypatch):
   # Too late to set it now that JAX runs: configure says so instead of silently failing.
   with pytest.raises(RuntimeError, match="after JAX started its backends"):
     jax_options.configure()
+
+
+def test_imports_go_one_way_data_never_reaches_into_the_package():
+  """config -> data -> model -> step -> checkpoint: ``data/`` imports nothing of kpsem_jax,
+  and the package never imports the tests or benchmarks."""
+  script = ("import sys\nimport data, data.common, data.video\n"
+            "from data import BUILDERS\nimport importlib\n"
+            "for m in BUILDERS.values(): importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kpsem_jax'))\n"
+            "import kpsem_jax.trainer, kpsem_jax.inference, kpsem_jax.predict, "
+            "kpsem_jax.visualize, kpsem_jax.convert, kpsem_jax.experiments\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tests', 'benchmarks', "
+            "'kpsem_jax.testing') or m.startswith(('test_', 'torch_', 'naive_', "
+            "'kpsem_jax.testing'))))")
+  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split("\n")[:2] == ["[]", "[]"]

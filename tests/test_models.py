@@ -4,6 +4,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 import numpy as np
 import pytest
 
@@ -63,7 +64,7 @@ def test_mfnet_names_and_shapes_map_onto_the_pytorch_state_dict():
   mapping = porting.expected_torch_keys(variables)
   expected = {k: v for k, v in reference.items() if not k.endswith("num_batches_tracked")}
   assert sorted(mapping) == sorted(expected)
-  flat = {c: porting.flatten(variables[c]) for c in ("params", "batch_stats")}
+  flat = {c: traverse_util.flatten_dict(variables[c]) for c in ("params", "batch_stats")}
   for key, (collection, path) in mapping.items():
     leaf = np.zeros(flat[collection][path].shape, np.float32)
     assert porting.flax_to_torch_array(path, leaf).shape == expected[key], key
@@ -89,7 +90,7 @@ def test_resnet50_parameter_counts_and_res3_attachment():
   r3d = create_model("resnet3d", 51, kpsem={}, kpsem_at="res3",
                      backbone_kwargs={"temporal_kernel": 3})
   variables = abstract_init(r3d, PAPER)
-  conv_a = [v for p, v in porting.flatten(variables["params"]).items()
+  conv_a = [v for p, v in traverse_util.flatten_dict(variables["params"]).items()
             if "conv_a" in p and p[-1] == "kernel"]
   assert len(conv_a) == 16
   assert all(v.shape[0] == 3 for v in conv_a)

@@ -22,10 +22,11 @@ import subprocess
 import sys
 import time
 
+from flax import traverse_util
 import numpy as np
 import pytest
 
-from kpsem_jax import checkpoint, porting, prepare
+from kpsem_jax import checkpoint, prepare
 
 pytestmark = pytest.mark.multihost
 
@@ -86,12 +87,12 @@ def inputs(workdir, pid):
 
 def final_params(workdir):
   variables, meta = checkpoint.load_variables(workdir)
-  return porting.flatten(variables), meta
+  return traverse_util.flatten_dict(variables), meta
 
 
 def params_at(workdir, step):
   with checkpoint.manager_for(os.path.join(workdir, "checkpoints")) as manager:
-    return porting.flatten(checkpoint.restore_variables(manager, step))
+    return traverse_util.flatten_dict(checkpoint.restore_variables(manager, step))
 
 
 def losses(workdir):

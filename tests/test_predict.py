@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from kpsem_jax import input_pipeline, video
-from kpsem_jax.inference import load_predictor, normalize
+from data import video
+from kpsem_jax import input_pipeline
+from kpsem_jax.inference import load_predictor
+from kpsem_jax.models import normalize
 import tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""KPSEM and MF-KPSEM in JAX against the independent PyTorch reference (tests/torch_kpsem.py)."""
+"""KPSEM and MF-KPSEM in JAX against the independent PyTorch reference (kpsem_jax/testing/torch_kpsem.py)."""
 
 import jax
 import numpy as np
@@ -10,8 +10,8 @@ from kpsem_jax import checkpoint, convert  # noqa: E402
 from kpsem_jax.inference import load_predictor  # noqa: E402
 from kpsem_jax.kpsem import KPSEM  # noqa: E402
 from test_convert import TINY, relative_error, save, torch_logits  # noqa: E402
-from torch_kpsem import KPSEM as TorchKPSEM, MF_KPSEM  # noqa: E402
-from torch_mfnet import MFNET_3D, randomize  # noqa: E402
+from kpsem_jax.testing.torch_kpsem import KPSEM as TorchKPSEM, MF_KPSEM  # noqa: E402
+from kpsem_jax.testing.torch_mfnet import MFNET_3D, randomize  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+from flax import traverse_util
 import numpy as np
 import pytest
 
@@ -75,7 +76,7 @@ def test_loss_goes_down_and_outputs_are_written(straight_run):
 
 def test_eval_mode_reproduces_the_final_metrics(straight_run):
   config, workdir, final, _ = straight_run
-  again = trainer.evaluate(config, workdir)
+  again = trainer.evaluate_workdir(config, workdir)
   assert again["video_top1"] == final["video_top1"]
   np.testing.assert_array_equal(again["confusion"], final["confusion"])
 
@@ -87,6 +88,7 @@ def test_checkpoint_serves_the_predictor(straight_run):
   assert set(variables) == {"params", "batch_stats"}
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_batches_and_parameters(straight_run, tmp_path,
                                                                monkeypatch):
   config, straight_dir, _, straight_batches = straight_run
@@ -111,6 +113,7 @@ def test_kill_and_resume_gives_the_same_batches_and_parameters(straight_run, tmp
   np.testing.assert_allclose([l for _, l in resumed_log], [l for _, l in straight_log], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path, straight_run):
   config, _, _, _ = straight_run
   config = config.copy_and_resolve_references()
@@ -130,6 +133,7 @@ def test_divergence_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path
   assert all(np.isfinite(v).all() for v in jax.tree.leaves(variables))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters(straight_run):
   import jax.numpy as jnp
   config, _, _, _ = straight_run
@@ -261,6 +265,7 @@ print(json.dumps({{"results": results, "error": error}}))
 """
 
 
+@pytest.mark.slow
 def test_sharded_step_over_8_devices_computes_shards_and_equals_one_device(tmp_path,
                                                                           straight_run):
   """``shard_map``: no all-gather of activations, the same step as on one device."""
@@ -292,6 +297,7 @@ def test_sharded_step_over_8_devices_computes_shards_and_equals_one_device(tmp_p
          "the 8 devices" in result["error"]
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_averages_the_micro_batch_gradients(straight_run):
   import jax.numpy as jnp
   import optax
@@ -337,7 +343,7 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(straight_run):
 def test_init_from_a_converted_pytorch_checkpoint(straight_run, tmp_path):
   torch = pytest.importorskip("torch")
   from kpsem_jax import convert, porting
-  from torch_mfnet import MFNET_3D, randomize
+  from kpsem_jax.testing.torch_mfnet import MFNET_3D, randomize
   config, _, _, _ = straight_run
   kwargs = config.model.backbone_kwargs.to_dict()
   net = randomize(MFNET_3D(num_classes=400, **kwargs), seed=3)
@@ -349,8 +355,8 @@ def test_init_from_a_converted_pytorch_checkpoint(straight_run, tmp_path):
   t = trainer.Trainer(config, str(tmp_path / "w"))
   state, _, pretrained = t.initial_state()
   sd = {k: v.numpy() for k, v in net.state_dict().items()}
-  flat = porting.flatten(jax.device_get(state.params))
-  flags = porting.flatten(pretrained)
+  flat = traverse_util.flatten_dict(jax.device_get(state.params))
+  flags = traverse_util.flatten_dict(pretrained)
   for key, (collection, path) in porting.expected_torch_keys(
       {"params": state.params, "batch_stats": state.batch_stats}).items():
     if key.startswith("classifier"):
@@ -375,6 +381,7 @@ def _corrupt(step_dir):
     open(path, "wb").write(bytes(data))
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_is_skipped_moved_aside_and_trained_again(
     straight_run, tmp_path, capsys):
   import shutil  # pylint: disable=import-outside-toplevel

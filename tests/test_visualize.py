@@ -12,7 +12,8 @@ from PIL import Image
 import pytest
 
 from kpsem_jax import arese, visualize
-from kpsem_jax.inference import load_predictor, normalize
+from kpsem_jax.inference import load_predictor
+from kpsem_jax.models import normalize
 import tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,6 +77,7 @@ def test_grad_cam_equals_the_class_activation_map_of_a_pooled_linear_head(tmp_pa
   assert nonzero >= 2  # the comparison is not only between empty maps
 
 
+@pytest.mark.slow
 def test_cli_writes_every_picture_at_the_expected_size(tmp_path):
   if not os.path.exists(VIDEO):
     pytest.skip(f"{VIDEO} not found (../shared beside the repo)")

@@ -1,4 +1,4 @@
-"""Video decoding with PyAV and clip sampling (MFNet's evaluation protocol).
+"""Video decoding with PyAV: the one place videos are read (``prepare``, ``predict``).
 
 ``read_video`` survives real-world files: non-UTF-8 container metadata, header frame counts
 that are wrong or zero (frames are counted by decoding), zero-size packets, single-keyframe
@@ -75,29 +75,3 @@ def check_complete(path: str, decoded: int, expected: int) -> None:
   if expected and decoded < 0.95 * expected - 1:
     raise VideoError(f"{path}: decoded {decoded} of ~{expected} frames (truncated or "
                      "damaged file)")
-
-
-def clip_starts(num_frames: int, clip_frames: int, interval: int, num_clips: int) -> np.ndarray:
-  """Evenly spaced window starts covering the video (window = ``clip_frames * interval``)."""
-  span = clip_frames * interval
-  last = max(0, num_frames - span)
-  if num_clips == 1:
-    return np.array([last // 2])
-  return np.round(np.linspace(0, last, num_clips)).astype(int)
-
-
-def window_indices(num_frames: int, start: int, clip_frames: int, interval: int) -> np.ndarray:
-  """Frame indices ``start + i * interval`` of a clip, looped past the end of short videos."""
-  return (start + interval * np.arange(clip_frames)) % num_frames
-
-
-def sample_clip(video: np.ndarray, start: int, clip_frames: int = 16, interval: int = 2,
-                crop: int = 224) -> np.ndarray:
-  """``(clip_frames, crop, crop, 3)``: frames ``start + i * interval`` (looped past the end
-  of short videos), centre-cropped."""
-  clip = video[window_indices(len(video), start, clip_frames, interval)]
-  h, w = clip.shape[1:3]
-  if h < crop or w < crop:
-    raise VideoError(f"frames of {w}x{h} are smaller than the {crop}x{crop} crop")
-  top, left = (h - crop) // 2, (w - crop) // 2
-  return clip[:, top:top + crop, left:left + crop]

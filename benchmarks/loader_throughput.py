@@ -1,6 +1,6 @@
 """Input pipeline throughput beside the training step's, and the loader's peak memory.
 
-    python benchmarks/input_pipeline.py [--workers=2] [--batches=10]
+    python benchmarks/loader_throughput.py [--workers=2] [--batches=10]
 
 Builds (once, under --data_dir) the synthetic_motion dataset and a miniature UCF101 made of
 the real fixture videos (../shared/fixtures), then measures train-loader clips/s with 0 and

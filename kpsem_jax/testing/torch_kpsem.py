@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torch_mfnet import MFNET_3D
+from kpsem_jax.testing.torch_mfnet import MFNET_3D
 
 
 def _pixel_coords(n):

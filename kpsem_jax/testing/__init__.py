@@ -1,0 +1,8 @@
+"""References the tests and benchmarks share (never imported by the package itself).
+
+- ``naive_arese``: AReSE loop by loop from the paper's equations (numpy).
+- ``torch_mfnet``: the PyTorch MFNet-3D, keys and shapes equal to the released checkpoint's.
+- ``torch_kpsem``: PyTorch KPSEM and MF-KPSEM, written with explicit batch and set axes.
+
+The PyTorch modules need ``torch`` (``requirements-test.txt``).
+"""
