@@ -18,6 +18,8 @@ import sys
 import tempfile
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
+from flax import traverse_util
+import grain.python as grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -202,3 +204,88 @@ def load_variables(directory: str, prefer_best: bool = False,
   if not reasons:
     raise FileNotFoundError(f"{directory} holds no complete checkpoint step")
   raise CheckpointError(f"no intact checkpoint in {directory} (damaged: {', '.join(reasons)})")
+
+
+# ---- training checkpoints: workdir/checkpoints (every item) and workdir/best ----------------
+TRAINING_ITEMS = ("variables", "opt_state", "metadata", "data")
+
+
+def training_managers(workdir: str, keep: int) -> Tuple[ocp.CheckpointManager,
+                                                         ocp.CheckpointManager]:
+  """``(checkpoints, best)``: the last ``keep`` training steps, and the best one by
+  ``accuracy`` (variables and metadata only)."""
+  checkpoints = ocp.CheckpointManager(
+      os.path.join(workdir, "checkpoints"), item_names=TRAINING_ITEMS,
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, cleanup_tmp_directories=True))
+  best = ocp.CheckpointManager(
+      os.path.join(workdir, "best"), item_names=ITEMS,
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["accuracy"],
+                                           best_mode="max", cleanup_tmp_directories=True))
+  return checkpoints, best
+
+
+def save_training(manager: ocp.CheckpointManager, step: int, variables, opt_state,
+                  metadata: Mapping[str, Any], iterator) -> None:
+  """Saves a training step: ``variables``, ``opt_state``, ``metadata`` with both items'
+  SHA-256 added, and the grain ``iterator``'s position (each process its own)."""
+  metadata = dict(metadata, sha256={"variables": digest(variables),
+                                    "opt_state": digest(opt_state)})
+  manager.save(step, args=ocp.args.Composite(
+      variables=ocp.args.StandardSave(variables), opt_state=ocp.args.StandardSave(opt_state),
+      metadata=ocp.args.JsonSave(metadata), data=grain.PyGrainCheckpointSave(iterator)))
+
+
+def restore_training(manager: ocp.CheckpointManager, step: int, variables, opt_state,
+                     metadata: Mapping[str, Any], iterator) -> Tuple[Any, Any]:
+  """``(variables, opt_state)`` of ``step`` shaped and placed like the given trees (arrays
+  or ``jax.ShapeDtypeStruct``s), each checked against ``metadata``'s SHA-256; the grain
+  ``iterator`` is moved to the step's position."""
+  abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
+  restored = manager.restore(step, args=ocp.args.Composite(
+      variables=ocp.args.StandardRestore(abstract(variables)),
+      opt_state=ocp.args.StandardRestore(abstract(opt_state)),
+      data=grain.PyGrainCheckpointRestore(iterator)))
+  where = os.path.join(str(manager.directory), str(step))
+  for item in ("variables", "opt_state"):
+    verify(item, restored[item], metadata, where)
+  return restored["variables"], restored["opt_state"]
+
+
+def save_best(manager: ocp.CheckpointManager, step: int, accuracy: float, variables,
+              metadata: Mapping[str, Any]) -> None:
+  """Offers ``step`` to the best-checkpoint manager (kept if its ``accuracy`` is the best);
+  a step it already holds (a resumed run evaluating it again) is left as it is."""
+  if step in manager.all_steps():
+    return
+  metadata = dict(metadata, sha256={"variables": digest(variables)})
+  manager.save(step, metrics={"accuracy": float(accuracy)}, args=ocp.args.Composite(
+      variables=ocp.args.StandardSave(variables), metadata=ocp.args.JsonSave(metadata)))
+
+
+def load_pretrained(path: str, params, batch_stats, log: Callable[[str], None] = print):
+  """``(params, batch_stats, pretrained mask)``: the tensors of checkpoint ``path`` whose
+  path and shape match, the given (fresh) ones elsewhere; the mask marks loaded params.
+
+  A converted checkpoint lists what it converted; its freshly initialised parts (classifier,
+  KPSEM) are not loaded. A training checkpoint is used whole."""
+  loaded, meta = load_variables(path)
+  counts = {"loaded": 0, "kept": 0}
+  converted = set(meta.get("converted_paths") or ()) or None
+
+  def merge(fresh, source, collection):
+    flat_source = traverse_util.flatten_dict(source)
+    out, mask = {}, {}
+    for key, value in traverse_util.flatten_dict(fresh).items():
+      got = flat_source.get(key)
+      use = (got is not None and tuple(got.shape) == tuple(value.shape)
+             and (converted is None or "/".join((collection,) + key) in converted))
+      out[key] = jax.numpy.asarray(got) if use else value
+      mask[key] = use
+      counts["loaded" if use else "kept"] += 1
+    return traverse_util.unflatten_dict(out), traverse_util.unflatten_dict(mask)
+
+  params, pretrained = merge(params, loaded.get("params", {}), "params")
+  batch_stats, _ = merge(batch_stats, loaded.get("batch_stats", {}), "batch_stats")
+  log(f"init_from {path} ({meta.get('source', '?')}): {counts['loaded']} tensors loaded, "
+      f"{counts['kept']} initialised fresh")
+  return params, batch_stats, pretrained

@@ -33,21 +33,17 @@ import time
 from typing import Any, Dict, Optional, Tuple
 
 import flax
-import grain.python as grain
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
-from flax import traverse_util
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from kpsem_jax import checkpoint as checkpoint_lib
 from kpsem_jax import evaluation
 from kpsem_jax import input_pipeline as ip
-from kpsem_jax import porting
 from kpsem_jax import prepare as prepare_lib
 from kpsem_jax.models import create_model, normalize
 from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
@@ -270,55 +266,17 @@ class Trainer:
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     pretrained = None
     if self.config.init_from:
-      params, batch_stats, pretrained = self._load_pretrained(params, batch_stats)
+      log = print if jax.process_index() == 0 else (lambda message: None)
+      params, batch_stats, pretrained = checkpoint_lib.load_pretrained(
+          self.config.init_from, params, batch_stats, log)
     tx = create_optimizer(self.config, pretrained, self.schedule)
     state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
     return jax.device_put(state, self.replicated), tx, pretrained
 
-  def _load_pretrained(self, params, batch_stats):
-    loaded, meta = checkpoint_lib.load_variables(self.config.init_from)
-    counts = {"loaded": 0, "kept": 0}
-    # A converted checkpoint lists what it converted; its freshly initialised parts
-    # (classifier, KPSEM) are not pretrained. A training checkpoint is used whole.
-    converted = set(meta.get("converted_paths") or ()) or None
-
-    def merge(fresh, source, collection):
-      flat_source = traverse_util.flatten_dict(source)
-      out, mask = {}, {}
-      for path, value in traverse_util.flatten_dict(fresh).items():
-        got = flat_source.get(path)
-        use = (got is not None and tuple(got.shape) == tuple(value.shape)
-               and (converted is None or "/".join((collection,) + path) in converted))
-        out[path] = jnp.asarray(got) if use else value
-        mask[path] = use
-        counts["loaded" if use else "kept"] += 1
-      return traverse_util.unflatten_dict(out), traverse_util.unflatten_dict(mask)
-
-    params, pretrained = merge(params, loaded.get("params", {}), "params")
-    batch_stats, _ = merge(batch_stats, loaded.get("batch_stats", {}), "batch_stats")
-    if jax.process_index() == 0:
-      print(f"init_from {self.config.init_from} ({meta.get('source', '?')}): "
-            f"{counts['loaded']} tensors loaded, {counts['kept']} initialised fresh")
-    return params, batch_stats, pretrained
-
-  def _managers(self):
-    checkpoints = ocp.CheckpointManager(
-        os.path.join(self.workdir, "checkpoints"),
-        item_names=("variables", "opt_state", "metadata", "data"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=self.config.keep_checkpoints,
-                                             cleanup_tmp_directories=True))
-    best = ocp.CheckpointManager(
-        os.path.join(self.workdir, "best"), item_names=("variables", "metadata"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["accuracy"],
-                                             best_mode="max", cleanup_tmp_directories=True))
-    return checkpoints, best
-
-  def _metadata(self, step: int, **items) -> Dict[str, Any]:
-    """The ``metadata`` item, with the SHA-256 of each of ``items`` (the saved trees)."""
+  def _metadata(self, step: int) -> Dict[str, Any]:
     return dict(format="kpsem-jax/1", model=self.spec, frames=self.config.clip.frames,
                 class_names=self.class_names, step=int(step), config=self.config.to_dict(),
-                process_count=jax.process_count(),
-                sha256={name: checkpoint_lib.digest(tree) for name, tree in items.items()})
+                process_count=jax.process_count())
 
   def resume(self, checkpoints, state: TrainState, iterator) -> Tuple[int, TrainState]:
     """``(step, state)`` of the newest intact checkpoint (``(0, state)`` when there is none).
@@ -330,8 +288,6 @@ class Trainer:
     directory = os.path.join(self.workdir, "checkpoints")
     if checkpoints.latest_step() is None:
       return 0, state
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-
     def restore(step):
       where = os.path.join(directory, str(step))
       metadata = checkpoint_lib.read_metadata(checkpoints, step, where)
@@ -347,15 +303,9 @@ class Trainer:
             f"the checkpoint at step {step} in {directory} was written by {written_by} "
             f"process(es) and each saved its own data position; resume it with "
             f"{written_by} process(es), not {jax.process_count()}")
-      restored = checkpoints.restore(step, args=ocp.args.Composite(
-          variables=ocp.args.StandardRestore({"params": abstract.params,
-                                              "batch_stats": abstract.batch_stats}),
-          opt_state=ocp.args.StandardRestore({"opt_state": abstract.opt_state,
-                                              "step": abstract.step}),
-          data=grain.PyGrainCheckpointRestore(iterator)))
-      for item in ("variables", "opt_state"):
-        checkpoint_lib.verify(item, restored[item], metadata, where)
-      return restored
+      return checkpoint_lib.restore_training(
+          checkpoints, step, {"params": state.params, "batch_stats": state.batch_stats},
+          {"opt_state": state.opt_state, "step": state.step}, metadata, iterator)
 
     log = print if jax.process_index() == 0 else (lambda message: None)
     step, restored, damaged = checkpoint_lib.newest_intact(checkpoints, restore, log,
@@ -365,8 +315,9 @@ class Trainer:
     if restored is None:
       log(f"no intact checkpoint in {directory}: training starts from step 0")
       return 0, state
-    state = TrainState(restored["opt_state"]["step"], restored["variables"]["params"],
-                       restored["variables"]["batch_stats"], restored["opt_state"]["opt_state"])
+    variables, opt_state = restored
+    state = TrainState(opt_state["step"], variables["params"], variables["batch_stats"],
+                       opt_state["opt_state"])
     log(f"resuming from step {step} ({directory})")
     return step, jax.device_put(state, self.replicated)
 
@@ -547,10 +498,11 @@ def _train_and_evaluate(trainer, config, workdir):
   state, tx, _ = trainer.initial_state()
   step_fn = make_train_step(trainer.model, tx, trainer.schedule, trainer.dtype, trainer.mesh)
   iterator = trainer.train_iterator()
-  checkpoints, best = trainer._managers()
+  checkpoints, best = checkpoint_lib.training_managers(trainer.workdir, config.keep_checkpoints)
   start, state = trainer.resume(checkpoints, state, iterator)
   if start:
-    checkpoints, best = trainer._managers()  # damaged steps may have been moved aside
+    # damaged steps may have been moved aside
+    checkpoints, best = checkpoint_lib.training_managers(trainer.workdir, config.keep_checkpoints)
   if jax.process_index() == 0:  # once the checkpoints are known to fit this config
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(config.to_dict(), f, indent=1)
@@ -558,13 +510,9 @@ def _train_and_evaluate(trainer, config, workdir):
   def save(step):
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     opt_state = {"opt_state": state.opt_state, "step": state.step}
-    metadata = trainer._metadata(step, variables=variables, opt_state=opt_state)
     try:
-      checkpoints.save(step, args=ocp.args.Composite(
-          variables=ocp.args.StandardSave(variables),
-          opt_state=ocp.args.StandardSave(opt_state),
-          metadata=ocp.args.JsonSave(metadata),
-          data=grain.PyGrainCheckpointSave(iterator)))
+      checkpoint_lib.save_training(checkpoints, step, variables, opt_state,
+                                   trainer._metadata(step), iterator)
     except OSError as e:
       raise TrainingError(
           f"writing the checkpoint of step {step} to {checkpoints.directory} failed: "
@@ -603,10 +551,7 @@ def _train_and_evaluate(trainer, config, workdir):
       variables = {"params": state.params, "batch_stats": state.batch_stats}
       m = trainer.evaluate(variables, desc=f"eval@{step}")
       writer.write(step, "eval", m)
-      if step not in best.all_steps():  # a resumed run may have evaluated this step before
-        best.save(step, metrics={"accuracy": m["video_top1"]}, args=ocp.args.Composite(
-            variables=ocp.args.StandardSave(variables),
-            metadata=ocp.args.JsonSave(trainer._metadata(step, variables=variables))))
+      checkpoint_lib.save_best(best, step, m["video_top1"], variables, trainer._metadata(step))
       bar.write(f"step {step}: eval video top-1 {m['video_top1']:.4f}, clip top-1 "
                 f"{m['clip_top1']:.4f} ({m['num_videos']} videos)")
     if step % config.checkpoint_every == 0 or step == total:
