@@ -1,6 +1,7 @@
 """The embedded default: a narrow MF-KPSEM on the generated synthetic_motion dataset.
 
     python train.py --config=configs/synthetic.py --workdir=workdirs/synthetic
+    python train.py --config=configs/synthetic.py:tiny ...   # the test suite's tiny variant
 
 Builds the dataset on first use (about 10 s), trains from scratch and evaluates per video,
 sized for a 2-core CPU. Classes are motions (and their time reversals), so flips are off.
@@ -9,7 +10,9 @@ sized for a 2-core CPU. Classes are motions (and their time reversals), so flips
 from configs import common
 
 
-def get_config():
+def get_config(arg: str = ""):
+  """The default; ``arg="tiny"``: the tests' variant, a few seconds a step on 2 CPU cores
+  (the ``tiny`` dataset config: 32x32, 8 frames, 32 train / 16 test videos; 12 steps)."""
   c = common.base()
   c.dataset.name = "synthetic_motion"
   c.dataset.num_classes = 8
@@ -28,4 +31,20 @@ def get_config():
   c.log_every = 20
   c.eval_every = 300
   c.checkpoint_every = 100
+  if arg == "tiny":
+    c.dataset.config = "tiny"
+    c.clip.update(dict(frames=8, crop=24, train_scale=(24, 28), eval_resize=26))
+    c.model.backbone_kwargs = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32),
+                                   stage_depths=(1, 1, 1, 1), groups=4)
+    c.model.kpsem = dict(num_regions=4, num_sets=2, embed_dim=8, reduction_channels=(8, 8))
+    c.model.kpsem_at = "conv3"
+    c.optimizer.update(dict(lr=0.05, warmup_steps=0, decay_steps=()))
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.num_train_steps = 12
+    c.log_every = 1
+    c.eval_every = 12
+    c.checkpoint_every = 3
+  elif arg:
+    raise ValueError(f"configs/synthetic.py has no variant {arg!r} (variants: tiny)")
   return c

@@ -17,7 +17,6 @@ import optax
 from kpsem_jax import arese
 from kpsem_jax.models import create_model
 
-flags.DEFINE_integer("steps", 30, "SGD steps of part 3")
 FLAGS = flags.FLAGS
 
 DIRECTIONS = {"right": (1, 0), "down-right": (1, 1), "down": (0, 1), "down-left": (-1, 1),
@@ -111,5 +110,11 @@ def main(_):
   print("Training on real datasets: see docs/training.md (train.py, configs/).")
 
 
+def define_flags():
+  """The command line's flags (defined only when run as a program)."""
+  flags.DEFINE_integer("steps", 30, "SGD steps of part 3")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -72,7 +72,7 @@ SUITES: Dict[str, List[Variant]] = {
 def run_config(variant: Variant, seed: int, steps: int, data_dir: str):
   """``configs/synthetic.py`` (8x48x48 clips) with ``variant``'s model, ``steps`` steps."""
   from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
-  c = trainer.load_config("synthetic")
+  c = trainer.load_config("synthetic")  # configs/synthetic.py
   c.seed = seed
   c.dataset.data_dir = data_dir
   c.model.backbone = variant.backbone["backbone"]

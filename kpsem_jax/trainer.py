@@ -25,10 +25,9 @@
 
 import contextlib
 import hashlib
-import importlib.util
+import importlib
 import json
 import os
-import sys
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -49,20 +48,12 @@ from kpsem_jax.models import create_model, normalize
 from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name: str) -> ml_collections.ConfigDict:
-  """``get_config()`` of ``configs/<name>.py`` in this repository."""
-  spec = importlib.util.spec_from_file_location(f"config_{name}",
-                                                os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, REPO)  # configs import configs.common
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    sys.path.remove(REPO)
-  return module.get_config()
+def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of ``configs/<name>.py`` (the ``configs`` package)."""
+  module = importlib.import_module(f"configs.{name}")
+  return module.get_config(arg) if arg else module.get_config()
 
 
 class TrainingError(RuntimeError):

@@ -15,7 +15,6 @@ import pytest
 
 from kpsem_jax import checkpoint, prepare, trainer
 from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
-import tiny_config
 import tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +71,7 @@ def test_a_second_run_on_a_workdir_stops_at_once_and_a_dead_holder_is_taken_over
   try:
     assert holder.stdout.readline().strip() == "held"
     start = time.monotonic()
-    line = one_error_line(run_train("--config=tests/tiny_config.py",
+    line = one_error_line(run_train("--config=configs/synthetic.py:tiny",
                                     f"--config.dataset.data_dir={tiny_data}",
                                     f"--workdir={workdir}"))
     assert time.monotonic() - start < 120  # at once, not after an orbax timeout
@@ -129,7 +128,8 @@ def test_the_checksum_catches_changed_values_that_still_decode():
 
 @pytest.mark.slow
 def test_disk_full_while_checkpointing_is_one_clear_error(tmp_path, tiny_data, monkeypatch):
-  config = tiny_config.get_config(3)
+  config = trainer.load_config("synthetic", "tiny")
+  config.num_train_steps = config.eval_every = 3
   config.dataset.data_dir = tiny_data
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   original = ocp.CheckpointManager.save

@@ -43,7 +43,7 @@ def free_port() -> int:
 
 def command(data_dir, workdir, steps=STEPS):
   return [sys.executable, os.path.join(REPO, "train.py"),
-          "--config=" + os.path.join(REPO, "tests", "tiny_config.py"),
+          "--config=" + os.path.join(REPO, "configs", "synthetic.py") + ":tiny",
           f"--config.dataset.data_dir={data_dir}", f"--config.num_train_steps={steps}",
           f"--config.eval_every={STEPS}", "--config.checkpoint_every=2",
           "--config.model.use_kpsem=False", "--config.record_inputs=True",

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from kpsem_jax import checkpoint, cpu_kernels, evaluation, trainer
-import tiny_config as tiny_config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,8 +19,10 @@ load_config = trainer.load_config
 
 
 def tiny_config(data_dir, steps=12):
-  c = tiny_config_lib.get_config(steps)
+  """``configs/synthetic.py:tiny`` reading ``data_dir``, ``steps`` steps, evaluated at the end."""
+  c = load_config("synthetic", "tiny")
   c.dataset.data_dir = str(data_dir)
+  c.num_train_steps = c.eval_every = int(steps)
   return c
 
 
