@@ -39,12 +39,8 @@ def get_config(arg: str = ""):
     c.model.kpsem = dict(num_regions=4, num_sets=2, embed_dim=8, reduction_channels=(8, 8))
     c.model.kpsem_at = "conv3"
     c.optimizer.update(dict(lr=0.05, warmup_steps=0, decay_steps=()))
-    c.batch_size = 8
-    c.eval_batch_size = 8
-    c.num_train_steps = 12
-    c.log_every = 1
-    c.eval_every = 12
-    c.checkpoint_every = 3
+    c.update(dict(batch_size=8, eval_batch_size=8, num_train_steps=12, log_every=1,
+                  eval_every=12, checkpoint_every=3))
   elif arg:
     raise ValueError(f"configs/synthetic.py has no variant {arg!r} (variants: tiny)")
   return c
