@@ -1,0 +1,105 @@
+"""A checkpoint's predictor as one ``jax.export`` artifact that runs without this project.
+
+    python -m kpsem_jax.export --checkpoint=DIR --output=FILE [--batch=1]
+
+Input: uint8 RGB clips ``(batch, T, crop, crop, 3)`` with the checkpoint's evaluation frames
+and crop; output: float32 logits ``(batch, num_classes)``; MFNet's normalisation is inside.
+Load and run it with JAX alone::
+
+    exported = jax.export.deserialize(bytearray(open(FILE, "rb").read()))
+    logits = exported.call(clips)
+
+The artifact is lowered for CPU and CUDA. It is pure XLA: the model is built with
+``conv_strategy="xla"`` (AReSE's argmax in ``jnp``), because the CPU kernels of
+:mod:`kpsem_jax.cpu_kernels` are custom calls that exist only where this project built them.
+The weights are constants inside the artifact. The file is written to a temporary name and
+renamed, so an interrupted export leaves nothing half-written.
+"""
+
+import os
+import sys
+import tempfile
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from kpsem_jax import checkpoint
+from kpsem_jax.inference import clip_spec_of
+from kpsem_jax.models import create_model, normalize
+
+PLATFORMS = ("cpu", "cuda")
+
+
+def export_predictor(checkpoint_dir: str, batch: int = 1,
+                     platforms: Sequence[str] = PLATFORMS) -> jax.export.Exported:
+  """The predictor of ``checkpoint_dir`` (a workdir's best checkpoint, else its latest, or a
+  converted checkpoint) for ``batch`` clips, exported for ``platforms``."""
+  variables, metadata = checkpoint.load_variables(checkpoint_dir, prefer_best=True)
+  spec = clip_spec_of(metadata)
+  model = create_model(**metadata["model"], conv_strategy="xla")
+
+  def logits(clips):
+    return model.apply(variables, normalize(clips), train=False).astype(jnp.float32)
+
+  clips = jax.ShapeDtypeStruct((batch, spec.frames, spec.crop, spec.crop, 3), jnp.uint8)
+  return jax.export.export(jax.jit(logits), platforms=tuple(platforms))(clips)
+
+
+def write(exported: jax.export.Exported, output: str) -> None:
+  """Writes the serialized artifact to ``output`` atomically."""
+  folder = os.path.dirname(os.path.abspath(output))
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.tmp-", dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(exported.serialize())
+    os.replace(tmp, output)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def main(argv):
+  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
+  jax_options.configure()  # before JAX starts
+  from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
+  FLAGS = flags.FLAGS
+  logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  output = os.path.abspath(FLAGS.output)
+  if os.path.isdir(output) or not os.path.isdir(os.path.dirname(output)):
+    print(f"error: --output={FLAGS.output}: not a file path in an existing folder",
+          file=sys.stderr)
+    return 1
+  if FLAGS.batch < 1:
+    print(f"error: --batch={FLAGS.batch}: must be at least 1", file=sys.stderr)
+    return 1
+  try:
+    exported = export_predictor(FLAGS.checkpoint, FLAGS.batch)
+    write(exported, output)
+  except (FileNotFoundError, checkpoint.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:
+    print(f"error: writing {output}: {e.strerror or e}", file=sys.stderr)
+    return 1
+  shape = exported.in_avals[0]
+  print(f"{output}: uint8 clips {tuple(shape.shape)} -> logits "
+        f"{tuple(exported.out_avals[0].shape)}, for {', '.join(exported.platforms)}")
+  return 0
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program)."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_string("checkpoint", None, "a training workdir or a converted checkpoint folder")
+  flags.DEFINE_string("output", None, "the file to write (the serialized jax.export artifact)")
+  flags.DEFINE_integer("batch", 1, "clips per call (the artifact's fixed batch size)")
+  flags.mark_flags_as_required(["checkpoint", "output"])
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  define_flags()
+  app.run(main)
