@@ -5,7 +5,7 @@ that are wrong or zero (frames are counted by decoding), zero-size packets, sing
 AVIs, audio streams beside the video.
 """
 
-from typing import Optional
+from typing import Dict, Iterator, Optional
 
 import av
 import numpy as np
@@ -31,34 +31,43 @@ def read_video(path: str, short_side: Optional[int] = 256, with_info: bool = Fal
   "expected_frames"}`` of the source: fps 0 when the container does not say; the frame count
   the container promises (its header's, else duration x fps; 0 when it says neither).
   """
+  info: Dict = {}
+  frames = np.stack(list(stream_frames(path, short_side, info)))
+  return (frames, info) if with_info else frames
+
+
+def stream_frames(path: str, short_side: Optional[int] = 256,
+                  info: Optional[Dict] = None) -> Iterator[np.ndarray]:
+  """The frames of :func:`read_video` one at a time, so a long video never sits in memory;
+  ``info`` (a dict) is filled with the source's ``fps`` etc. before the first frame."""
+  info = {} if info is None else info
   try:
     container = av.open(path, metadata_errors="ignore")
   except (av.error.FFmpegError, OSError) as e:
     raise VideoError(f"{path}: cannot open as a video ({e})") from None
-  frames = []
+  decoded = 0
   with container:
     if not container.streams.video:
       raise VideoError(f"{path}: has no video stream")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     rate = stream.average_rate or stream.guessed_rate
-    info = {"fps": float(rate) if rate else 0.0, "width": 0, "height": 0,
-            "expected_frames": _expected_frames(container, stream, rate)}
+    info.update(fps=float(rate) if rate else 0.0, width=0, height=0,
+                expected_frames=_expected_frames(container, stream, rate))
     try:
       for frame in container.decode(stream):
         info["width"], info["height"] = frame.width, frame.height
         if short_side:
           width, height = resized_size(frame.width, frame.height, short_side)
           frame = frame.reformat(width=width, height=height, format="rgb24")
-        frames.append(frame.to_ndarray(format="rgb24"))
+        decoded += 1
+        yield frame.to_ndarray(format="rgb24")
     except av.error.FFmpegError as e:
-      if not frames:
+      if not decoded:
         raise VideoError(f"{path}: cannot decode ({e})") from None
-      # A damaged tail: keep the frames decoded so far.
-  if not frames:
+      # A damaged tail: the frames decoded so far stand.
+  if not decoded:
     raise VideoError(f"{path}: no decodable video frames")
-  frames = np.stack(frames)
-  return (frames, info) if with_info else frames
 
 
 def _expected_frames(container, stream, rate) -> int:

@@ -10,8 +10,9 @@ see ``input_pipeline.eval_view``); a converted checkpoint gets MFNet's (16 frame
 2, short side 256, 10 clips x 3 crops of 224).
 """
 
+import collections
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,15 @@ import numpy as np
 from data import video
 from kpsem_jax import checkpoint, input_pipeline
 from kpsem_jax.models import create_model, normalize  # noqa: F401  (normalize: public API)
+
+def _centre_crop(clip: np.ndarray, crop: int) -> np.ndarray:
+  """``(T, H, W, 3)`` -> ``(T, crop, crop, 3)``; a side shorter than ``crop`` is an error."""
+  h, w = clip.shape[1:3]
+  if h < crop or w < crop:
+    raise video.VideoError(f"frames of {w}x{h} are smaller than the {crop}x{crop} crop")
+  top, left = (h - crop) // 2, (w - crop) // 2
+  return clip[:, top:top + crop, left:left + crop]
+
 
 def clip_spec_of(metadata) -> input_pipeline.ClipSpec:
   """The evaluation views a checkpoint was trained for (MFNet's 10 x 3 when it does not say)."""
@@ -93,6 +103,55 @@ class Predictor:
               batch_size: int = 8) -> List[Tuple[str, float]]:
     """Top-k ``(label, probability)`` for a video file, softmax averaged over its views."""
     return self.top(self.probabilities(self.views(video_path, spec), batch_size), top_k)
+
+  def timeline(self, video_path: str, stride_seconds: float = 1.0, top_k: int = 5,
+               spec: Optional[input_pipeline.ClipSpec] = None, batch_size: int = 8
+               ) -> List[Dict]:
+    """One prediction per sliding window over the whole video, decoded as a stream.
+
+    The window is the evaluation clip (``frames`` at ``interval``, centre crop), moved by
+    ``stride_seconds`` (at the video's fps; 25 when it does not say). A video shorter than
+    one window gets one window, looped. Returns ``[{"start", "end", "top": [{"label",
+    "probability"}, ...]}, ...]`` with times in seconds.
+    """
+    s = spec or self.clip_spec
+    span = s.frames * s.interval
+    info: Dict = {}
+    recent = collections.deque(maxlen=span)  # the frames of the current window
+    windows, pending = [], []
+    fps = stride = None
+    count, next_start = 0, 0
+
+    def flush():
+      clips = np.stack([clip for _, clip in pending])
+      n = len(clips)
+      if n < batch_size:
+        clips = np.concatenate([clips, np.repeat(clips[:1], batch_size - n, axis=0)])
+      probs = np.asarray(jax.nn.softmax(self.uint8_logits(clips)[:n], axis=-1))
+      for (start, _), p in zip(pending, probs):
+        end = min(start + span, count)  # a looped short video ends with its last frame
+        windows.append({"start": start / fps, "end": end / fps, "top": [
+            {"label": label, "probability": q} for label, q in self.top(p, top_k)]})
+      pending.clear()
+
+    for frame in video.stream_frames(video_path, s.eval_resize, info):
+      if fps is None:
+        fps = info["fps"] or 25.0
+        stride = max(1, int(round(stride_seconds * fps)))
+      recent.append(frame)
+      count += 1
+      if count - span == next_start:
+        pending.append((next_start, _centre_crop(np.stack(list(recent)[::s.interval]), s.crop)))
+        next_start += stride
+        if len(pending) == batch_size:
+          flush()
+    if not windows and not pending:  # shorter than one window: loop it
+      frames = np.stack(list(recent))
+      idx = input_pipeline.window_indices(count, 0, s.frames, s.interval)
+      pending.append((0, _centre_crop(frames[idx], s.crop)))
+    if pending:
+      flush()
+    return windows
 
   def with_spec(self, **changes) -> input_pipeline.ClipSpec:
     """This checkpoint's clip spec with some fields replaced (e.g. ``num_clips=2``)."""

@@ -1,13 +1,16 @@
 """Classify videos from the command line.
 
     python -m kpsem_jax.predict --checkpoint=DIR VIDEO_OR_FOLDER [...] [--json] [--top_k=5]
+        [--timeline [--timeline_stride=SECONDS]]
 
 DIR is a training workdir (its best checkpoint, else its latest) or a converted checkpoint.
 Each video is cut into the evaluation views of the checkpoint's config (clips x crops; a
 converted checkpoint gets MFNet's 10 x 3 at 16x224x224), run in fixed-size batches through
 one compiled function, and its softmax averaged. A folder stands for the video files in it
 (recursively). A video that cannot be read is reported and the others still run; the exit
-status is 1 if any failed.
+status is 1 if any failed. ``--timeline`` adds one prediction per sliding window (the
+evaluation clip, moved by ``--timeline_stride`` seconds) across the whole video, decoded as a
+stream so a long video never sits in memory.
 """
 
 import json
@@ -40,9 +43,10 @@ def expand(paths: Iterable[str]) -> List[str]:
 
 def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int = 8,
         num_clips: Optional[int] = None, num_crops: Optional[int] = None,
-        log=print) -> List[Dict]:
+        log=print, timeline_stride: Optional[float] = None) -> List[Dict]:
   """One result per video: ``{"video", "top": [{"label", "probability"}], "views"}`` or
-  ``{"video", "error"}``. ``log`` gets the timing lines."""
+  ``{"video", "error"}``; with ``timeline_stride`` (seconds) also ``"timeline"``, one entry
+  per window (``Predictor.timeline``). ``log`` gets the timing lines."""
   from kpsem_jax import inference  # pylint: disable=import-outside-toplevel
   predictor = inference.load_predictor(checkpoint)
   changes = {k: v for k, v in (("num_clips", num_clips), ("num_crops", num_crops)) if v}
@@ -69,6 +73,12 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
     views_done += len(views)
     results.append({"video": path, "views": len(views), "top": [
         {"label": label, "probability": p} for label, p in predictor.top(probs, top_k)]})
+    if timeline_stride:
+      try:
+        results[-1]["timeline"] = predictor.timeline(path, timeline_stride, top_k,
+                                                     batch_size=batch_size)
+      except (video.VideoError, OSError) as e:
+        results[-1] = {"video": path, "error": str(e)}
   ok = sum("top" in r for r in results)
   rate = f"{views_done / model_time:.2f} clips/s" if model_time else "no clips"
   log(f"{ok} of {len(results)} videos classified: {views_done} clips through the model in "
@@ -84,6 +94,10 @@ def format_text(results: List[Dict]) -> str:
       continue
     lines.append(f"{r['video']}:")
     lines.extend(f"  {t['probability']:7.4f}  {t['label']}" for t in r["top"])
+    if "timeline" in r:
+      lines.append("  timeline (seconds, top label):")
+      lines.extend(f"  {w['start']:8.2f}-{w['end']:<8.2f} {w['top'][0]['label']}  "
+                   f"{w['top'][0]['probability']:.4f}" for w in r["timeline"])
   return "\n".join(lines)
 
 
@@ -95,6 +109,8 @@ def define_flags():
   flags.DEFINE_integer("batch_size", 8, "views per forward pass")
   flags.DEFINE_integer("num_clips", None, "override the checkpoint's clips per video")
   flags.DEFINE_integer("num_crops", None, "override the checkpoint's crops per clip")
+  flags.DEFINE_bool("timeline", False, "also predict per sliding window across each video")
+  flags.DEFINE_float("timeline_stride", 1.0, "seconds between --timeline windows")
   flags.mark_flag_as_required("checkpoint")
 
 
@@ -112,8 +128,13 @@ def main(argv):
     return 2
   log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
   try:
+    if FLAGS.timeline and FLAGS.timeline_stride <= 0:
+      print(f"error: --timeline_stride={FLAGS.timeline_stride}: must be positive",
+            file=sys.stderr)
+      return 1
     results = run(FLAGS.checkpoint, argv[1:], FLAGS.top_k, FLAGS.batch_size, FLAGS.num_clips,
-                  FLAGS.num_crops, log=log)
+                  FLAGS.num_crops, log=log,
+                  timeline_stride=FLAGS.timeline_stride if FLAGS.timeline else None)
   except FileNotFoundError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

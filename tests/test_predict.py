@@ -99,3 +99,41 @@ def test_views_are_batched_through_one_compilation(tiny):
     direct = jax.nn.softmax(predictor.logits(normalize(views)), axis=-1).mean(0)
     np.testing.assert_allclose(probs, direct, rtol=1e-5, atol=1e-7)
   assert predictor._forward._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_timeline_windows_cover_the_video_and_equal_the_direct_clip(tiny):
+  """``--timeline``: a window per stride across the whole video, each the clip it names."""
+  path = os.path.join(FIXTURES, "ucf101_style_BabyCrawling.avi")  # 127 frames at 25 fps
+  out = subprocess.run([sys.executable, "-m", "kpsem_jax.predict", f"--checkpoint={tiny['ckpt']}",
+                        "--json", "--top_k=2", "--timeline", "--timeline_stride=0.8", path],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  (result,) = json.loads(out.stdout)
+  spec = load_predictor(tiny["ckpt"]).clip_spec
+  span, stride = spec.frames * spec.interval, 20  # 16 frames; 0.8 s at 25 fps
+  frames = video.read_video(path, short_side=spec.eval_resize)
+  assert len(frames) == 127
+  starts = list(range(0, len(frames) - span + 1, stride))
+  timeline = result["timeline"]
+  assert [w["start"] for w in timeline] == pytest.approx([s / 25 for s in starts])
+  assert [w["end"] for w in timeline] == pytest.approx([(s + span) / 25 for s in starts])
+  assert all(len(w["top"]) == 2 and set(w["top"][0]) == {"label", "probability"}
+             for w in timeline)
+  # The last window's probabilities equal the model on that clip, decoded whole.
+  h, w = frames.shape[1:3]
+  top, left = (h - spec.crop) // 2, (w - spec.crop) // 2
+  clip = frames[starts[-1] + spec.interval * np.arange(spec.frames),
+                top:top + spec.crop, left:left + spec.crop]
+  probs = jax.nn.softmax(tiny["model"].apply(tiny["variables"], normalize(clip[None])))[0]
+  names = tiny_models.CLASSES
+  for entry in timeline[-1]["top"]:
+    np.testing.assert_allclose(entry["probability"], probs[names.index(entry["label"])],
+                               rtol=1e-4)
+  # Text output: one line per window.
+  text = subprocess.run([sys.executable, "-m", "kpsem_jax.predict",
+                         f"--checkpoint={tiny['ckpt']}", "--timeline", path], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert text.returncode == 0, text.stderr[-2000:]
+  lines = text.stdout.split("timeline (seconds, top label):\n")[1].splitlines()
+  assert len(lines) == len(list(range(0, 127 - span + 1, 25)))  # the default stride, 1 s
+  assert lines[0].split()[0] == f"0.00-{span / 25:.2f}"
