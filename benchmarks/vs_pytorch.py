@@ -14,6 +14,15 @@ threads spin after each op), and the medians compared:
   in each framework, MF-KPSEM's forward time over MFNet's (the KPSEM overhead), and in JAX
   the KPSEM branch alone, timed on MF-KPSEM's conv4 map, over MFNet's forward time (the
   same overhead without the run-to-run drift of two whole forwards);
+- ``torch.compile`` (inductor) of the same MFNet beside eager PyTorch (``--torch_compile``;
+  its first call, the compilation, is timed and printed apart);
+- per batch, the arithmetic rate of MFNet's forward: GFLOP/s (XLA's FLOP count of the
+  forward with XLA convolutions, multiply-add = 2, over the median time) for JAX (the first
+  strategy), eager PyTorch and torch.compile, and as a fraction of the machine's peak:
+  usable cores x clock x FLOPs per cycle per core, where the clock is ``cpu MHz`` of
+  /proc/cpuinfo (the first core's) and FLOPs per cycle are 2 FMA units x SIMD width x 2
+  (64 for Intel's AVX-512, 32 for AVX2 with FMA and for AMD's AVX-512, which runs on 256-bit
+  pipes, 8 otherwise), unless ``--peak_gflops`` says;
 - one SGD training step (forward, backward, Nesterov momentum update) of a narrow MFNet on
   ``--train_shape``: JAX/PyTorch time ratio and the loss difference.
 
@@ -34,6 +43,8 @@ flags.DEFINE_integer("repeats", 3, "timed runs per measurement (median)")
 flags.DEFINE_integer("threads", 2, "PyTorch intra-op threads (this machine: 2 cores)")
 flags.DEFINE_list("strategies", ["auto", "xla"], "layers.conv strategies for the JAX side")
 flags.DEFINE_list("train_shape", ["8", "8", "112", "112"], "training batch, frames, height, width")
+flags.DEFINE_bool("torch_compile", True, "also time torch.compile (inductor) of MFNet")
+flags.DEFINE_float("peak_gflops", 0.0, "the machine's float32 peak (0: from /proc/cpuinfo)")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,6 +58,29 @@ def timed(fn):
   start = time.perf_counter()
   out = fn()
   return time.perf_counter() - start, out
+
+
+def machine_peak():
+  """``(GFLOP/s, how)``: usable cores x clock x FLOPs per cycle per core (see the docstring)."""
+  cores = len(os.sched_getaffinity(0))
+  mhz, flags_line, vendor = 0.0, "", ""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("cpu MHz") and not mhz:
+          mhz = float(line.split(":")[1])
+        elif line.startswith("flags") and not flags_line:
+          flags_line = line
+        elif line.startswith("vendor_id") and not vendor:
+          vendor = line.split(":")[1].strip()
+  except OSError:
+    pass
+  cpu_flags = set(flags_line.split(":")[-1].split())
+  # AMD's cores (Zen 4) run AVX-512 on their two 256-bit FMA pipes: AVX2's peak.
+  wide = "avx512f" in cpu_flags and vendor != "AuthenticAMD"
+  per_cycle = 64 if wide else 32 if {"avx2", "fma"} <= cpu_flags else 8
+  peak = cores * mhz / 1000 * per_cycle
+  return peak, f"{cores} cores x {mhz / 1000:.2f} GHz x {per_cycle} FLOP/cycle"
 
 
 def main(argv):
@@ -82,6 +116,23 @@ def main(argv):
   net_kpsem.load_state_dict({k: v for k, v in net.state_dict().items()
                              if not k.startswith("classifier.")}, strict=False)
   net_kpsem.eval()
+  compiled = None
+  if FLAGS.torch_compile:
+    compiled = torch.compile(net)
+    start = time.perf_counter()
+    with torch.no_grad():
+      compiled(torch.zeros(1, 3, 16, 224, 224))
+    print(f"torch.compile: first call (compilation) {time.perf_counter() - start:.1f} s")
+  # FLOPs per clip of MFNet's forward, with XLA convolutions (XLA counts inside none of
+  # the custom calls that auto uses on CPUs).
+  mfnet_vars, mfnet_meta = checkpoint.load_variables(os.path.join(tmp, "mfnet"))
+  counted = create_model(**mfnet_meta["model"], conv_strategy="xla")
+  one = jax.ShapeDtypeStruct((1, 16, 224, 224, 3), jnp.float32)
+  cost = jax.jit(counted.apply).lower(mfnet_vars, one).compile().cost_analysis()
+  flops_per_clip = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+  peak, how = (FLAGS.peak_gflops, "--peak_gflops") if FLAGS.peak_gflops else machine_peak()
+  print(f"MFNet forward: {flops_per_clip / 1e9:.2f} GFLOP per clip (XLA's count); machine "
+        f"peak {peak:.0f} GFLOP/s ({how})")
 
   def jax_forward(path, strategy):
     variables, meta = checkpoint.load_variables(path)
@@ -105,7 +156,10 @@ def main(argv):
   print(f"{'B':>3s} {'torch s':>8s} " + " ".join(
       f"{'JAX ' + s + ' s':>13s} {'ratio':>6s} {'max diff':>9s}" for s in FLAGS.strategies) +
         f" | {'torch KP s':>10s} {'JAX KP s':>9s} {'ratio':>6s} {'max diff':>9s}"
-        f" | {'torch ovh':>9s} {'JAX ovh':>8s} {'JAX branch':>10s}")
+        f" | {'torch ovh':>9s} {'JAX ovh':>8s} {'JAX branch':>10s}"
+        + (f" | {'compile s':>9s} {'ratio':>6s}" if compiled else "")
+        + f" | {'GFLOP/s JAX':>11s} {'torch':>6s}" + (f" {'compile':>7s}" if compiled else "")
+        + f" {'JAX %peak':>9s}")
   forwards = {s: jax_forward(os.path.join(tmp, "mfnet"), s) for s in FLAGS.strategies}
   kpsem_forward = jax_forward(os.path.join(tmp, "mf_kpsem"), FLAGS.strategies[0])
   kpsem_branch = jax_kpsem_branch(os.path.join(tmp, "mf_kpsem"))
@@ -120,11 +174,17 @@ def main(argv):
       f(x)  # compile
     branch = kpsem_branch(x)
     branch()  # compile
-    times = {k: [] for k in ["torch", "torch_kpsem", "kpsem", "branch"] + FLAGS.strategies}
+    times = {k: [] for k in ["torch", "torch_kpsem", "kpsem", "branch", "compiled"]
+             + FLAGS.strategies}
     outs = {}
+    if compiled:
+      with torch.no_grad():
+        compiled(xt)  # (re)compiles for this batch size, outside the timings
     for _ in range(FLAGS.repeats):
       with torch.no_grad():
         times["torch"].append(timed(lambda: net(xt))[0])
+        if compiled:
+          times["compiled"].append(timed(lambda: compiled(xt))[0])
         times["torch_kpsem"].append(timed(lambda: net_kpsem(xt))[0])
       for s, f in forwards.items():
         t, outs[s] = timed(lambda f=f: f(x))
@@ -132,7 +192,8 @@ def main(argv):
       t, outs["kpsem"] = timed(lambda: kpsem_forward(x))
       times["kpsem"].append(t)
       times["branch"].append(timed(branch)[0])
-    med = {k: float(np.median(v)) for k, v in times.items()}
+    med = {k: float(np.median(v)) if v else float("nan") for k, v in times.items()}
+    rate = lambda t: b * flops_per_clip / t / 1e9  # noqa: E731
     diff = lambda a, r: np.abs(a - r).max() / np.abs(r).max()  # noqa: E731
     cells = " ".join(f"{med[s]:13.3f} {med[s] / med['torch']:6.2f} {diff(outs[s], ref):9.1e}"
                      for s in FLAGS.strategies)
@@ -140,7 +201,12 @@ def main(argv):
           f"{med['kpsem'] / med['torch_kpsem']:6.2f} {diff(outs['kpsem'], ref_kpsem):9.1e} | "
           f"{med['torch_kpsem'] / med['torch']:9.3f} "
           f"{med['kpsem'] / med[FLAGS.strategies[0]]:8.3f} "
-          f"{med['branch'] / med[FLAGS.strategies[0]]:10.3f}", flush=True)
+          f"{med['branch'] / med[FLAGS.strategies[0]]:10.3f}"
+          + (f" | {med['compiled']:9.3f} {med[FLAGS.strategies[0]] / med['compiled']:6.2f}"
+             if compiled else "")
+          + f" | {rate(med[FLAGS.strategies[0]]):11.1f} {rate(med['torch']):6.1f}"
+          + (f" {rate(med['compiled']):7.1f}" if compiled else "")
+          + f" {rate(med[FLAGS.strategies[0]]) / peak:9.3f}", flush=True)
 
   # ---- one training step of a narrow MFNet ---------------------------------------------------
   batch, frames, height, width = (int(v) for v in FLAGS.train_shape)
