@@ -30,7 +30,9 @@ def base() -> ml_collections.ConfigDict:
   c.init_from = "checkpoints/mf_kpsem_init"
   c.optimizer = ml_collections.ConfigDict(dict(
       lr=0.005, momentum=0.9, nesterov=True, weight_decay=1e-4, warmup_steps=100,
-      decay_steps=(2000, 3200), decay_factor=0.1, pretrained_lr_mult=0.2))
+      decay_steps=(2000, 3200), decay_factor=0.1, pretrained_lr_mult=0.2,
+      # > 0: the global gradient norm is clipped to this before the update (0: off).
+      clip_grad_norm=0.0))
   c.batch_size = 64  # global, over all devices and grad_accum_steps
   c.grad_accum_steps = 1
   c.eval_batch_size = 32

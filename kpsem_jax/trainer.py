@@ -87,7 +87,8 @@ def lr_schedule(config) -> optax.Schedule:
 def create_optimizer(config, pretrained: Optional[Any] = None,
                      schedule: Optional[optax.Schedule] = None) -> optax.GradientTransformation:
   """SGD (Nesterov) momentum with weight decay; pretrained leaves at ``pretrained_lr_mult``;
-  ``schedule`` defaults to :func:`lr_schedule`."""
+  ``schedule`` defaults to :func:`lr_schedule`. ``optimizer.clip_grad_norm`` > 0 first scales
+  the whole gradient down to that global norm (0: no clipping)."""
   o = config.optimizer
   schedule = schedule or lr_schedule(config)
 
@@ -97,9 +98,13 @@ def create_optimizer(config, pretrained: Optional[Any] = None,
                                  nesterov=o.nesterov))
 
   if pretrained is None:
-    return sgd(1.0)
-  labels = jax.tree.map(lambda p: "pretrained" if p else "new", pretrained)
-  return optax.multi_transform({"pretrained": sgd(o.pretrained_lr_mult), "new": sgd(1.0)}, labels)
+    tx = sgd(1.0)
+  else:
+    labels = jax.tree.map(lambda p: "pretrained" if p else "new", pretrained)
+    tx = optax.multi_transform({"pretrained": sgd(o.pretrained_lr_mult), "new": sgd(1.0)},
+                               labels)
+  clip = float(o.get("clip_grad_norm", 0.0) or 0.0)
+  return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
 
 
 def cross_entropy(logits, labels):

@@ -429,3 +429,20 @@ def test_resuming_with_another_model_is_one_clear_error(straight_run, tmp_path):
       f"checkpoint 8, config 6): use a new --workdir, or the config the run was trained with "
       f"({workdir / 'config.json'})")
   assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "6", "9"]  # nothing moved
+
+
+def test_clip_grad_norm_scales_the_whole_gradient_down_to_the_norm():
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  config = load_config("synthetic")
+  config.optimizer.update(dict(lr=1.0, momentum=0.0, weight_decay=0.0, warmup_steps=0,
+                               decay_steps=(), clip_grad_norm=0.5))
+  params = {"a": jnp.zeros(3), "b": jnp.zeros(4)}
+  grads = {"a": jnp.array([3.0, 0.0, 0.0]), "b": jnp.array([0.0, 4.0, 0.0, 0.0])}  # norm 5
+  tx = trainer.create_optimizer(config)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["a"], [-0.3, 0, 0], rtol=1e-6)  # -lr * g * 0.5 / 5
+  np.testing.assert_allclose(updates["b"], [0, -0.4, 0, 0], rtol=1e-6)
+  config.optimizer.clip_grad_norm = 0.0  # off: the plain SGD step
+  tx = trainer.create_optimizer(config)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["b"], [0, -4.0, 0, 0], rtol=1e-6)
