@@ -30,7 +30,7 @@ def define_flags(argv):
   try:
     config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "synthetic.py"),
                                     "a configs/*.py file", lock_config=True)
-  except (OSError, SyntaxError, AttributeError, KeyError) as e:
+  except (OSError, SyntaxError, ValueError, AttributeError, KeyError) as e:
     fail(config_error(e, argv))
   flags.DEFINE_string("workdir", os.path.join(REPO, "workdirs", "synthetic"),
                       "checkpoints, metrics and evaluation results go here")
@@ -48,6 +48,8 @@ def config_error(e: Exception, argv) -> str:
   """One line for a ``--config`` file that cannot be read or a field it does not have."""
   if isinstance(e, SyntaxError):
     return f"{e.filename}, line {e.lineno}: {e.msg} (the --config file is not valid Python)"
+  if isinstance(e, ValueError):  # get_config(arg) refused its variant
+    return f"--config: {e}"
   if isinstance(e, OSError):
     given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     return (f"--config={given[-1] if given else ''}: no such readable config file (the "
@@ -63,8 +65,11 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    fail(str(e))
-  except (OSError, SyntaxError, AttributeError, KeyError) as e:
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    if any(l.startswith("Traceback") for l in lines):  # a config file's own exception
+      lines = [lines[0].rstrip(":") + ":", lines[-1]]
+    fail(" ".join(lines))
+  except (OSError, SyntaxError, ValueError, AttributeError, KeyError) as e:
     fail(config_error(e, argv))
   return []
 
@@ -81,7 +86,7 @@ def main(argv):
   try:
     config = FLAGS.config
     config.to_dict()  # a file that failed to load raises here, on first use
-  except (OSError, SyntaxError) as e:
+  except (OSError, SyntaxError, ValueError) as e:
     fail(config_error(e, sys.argv))
   jax_options.configure()
   if FLAGS.distributed or FLAGS.coordinator_address or "JAX_COORDINATOR_ADDRESS" in os.environ:

@@ -3,7 +3,7 @@
     python -m kpsem_jax.experiments --suite=ablation --workdir=DIR [--seeds=3] [--steps=450]
 
 Every run has the same data, budget (steps, batch, schedule) and seeds; only the model
-changes. The ``ablation`` suite:
+changes: each is a variant of ``configs/ablation.py``. The ``ablation`` suite:
 
 - backbones with and without KPSEM: a time-blind C2D (2-D ResNet, every kernel 1xkxk, no
   temporal pooling before the global average) and a small MFNet-3D;
@@ -28,67 +28,39 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 
-# KPSEM sits on the stride-4 stage (12x12 maps at 48x48 input): objects move 1-2 input pixels
-# per frame, well under a map pixel per frame on the paper's stages (stride 8-16) at this size.
-C2D = dict(backbone="resnet3d", backbone_kwargs=dict(stage_depths=(1, 1, 1, 1), base_width=8,
-                                                      temporal_kernel=1), kpsem_at="res2")
-MFNET = dict(backbone="mfnet3d", backbone_kwargs=dict(
-    conv1_channels=8, stage_channels=(16, 32, 32, 64), stage_depths=(1, 1, 2, 1), groups=4),
-             kpsem_at="conv2")
-KPSEM = dict(num_regions=4, num_sets=4, embed_dim=8, reduction_channels=(16, 16))
-
-
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One model of a suite: a backbone (C2D or MFNET) with or without KPSEM settings."""
+  """One model of a suite: its name, its group in the table, and its variant of
+  ``configs/ablation.py`` (e.g. ``c2d_kpsem,k=9``)."""
   name: str
   group: str
-  backbone: Dict
-  kpsem: Optional[Dict]
-
-
-def _kp(**changes):
-  return dict(KPSEM, **changes)
+  config: str
 
 
 SUITES: Dict[str, List[Variant]] = {
     "ablation": [
-        Variant("C2D", "backbone", C2D, None),
-        Variant("C2D-KPSEM (K=4, G=4)", "backbone", C2D, _kp()),
-        Variant("MFNet", "backbone", MFNET, None),
-        Variant("MF-KPSEM (K=4, G=4)", "backbone", MFNET, _kp()),
-        Variant("C2D-KPSEM K=1 (single key point)", "regions K", C2D, _kp(num_regions=1)),
-        Variant("C2D-KPSEM K=9", "regions K", C2D, _kp(num_regions=9)),
-        Variant("C2D-KPSEM K=16", "regions K", C2D, _kp(num_regions=16)),
-        Variant("C2D-KPSEM G=1 (one AReSE set)", "sets G", C2D, _kp(num_sets=1)),
-        Variant("C2D-KPSEM G=2", "sets G", C2D, _kp(num_sets=2)),
-        Variant("C2D-KPSEM G=8", "sets G", C2D, _kp(num_sets=8)),
-        Variant("C2D-KPSEM fixed regions", "regions", C2D, _kp(adaptive=False)),
+        Variant("C2D", "backbone", "c2d"),
+        Variant("C2D-KPSEM (K=4, G=4)", "backbone", "c2d_kpsem"),
+        Variant("MFNet", "backbone", "mfnet"),
+        Variant("MF-KPSEM (K=4, G=4)", "backbone", "mf_kpsem"),
+        Variant("C2D-KPSEM K=1 (single key point)", "regions K", "c2d_kpsem,k=1"),
+        Variant("C2D-KPSEM K=9", "regions K", "c2d_kpsem,k=9"),
+        Variant("C2D-KPSEM K=16", "regions K", "c2d_kpsem,k=16"),
+        Variant("C2D-KPSEM G=1 (one AReSE set)", "sets G", "c2d_kpsem,g=1"),
+        Variant("C2D-KPSEM G=2", "sets G", "c2d_kpsem,g=2"),
+        Variant("C2D-KPSEM G=8", "sets G", "c2d_kpsem,g=8"),
+        Variant("C2D-KPSEM fixed regions", "regions", "c2d_kpsem,fixed"),
     ],
 }
 # "C2D-KPSEM (K=4, G=4)" is also the K=4 point of the K sweep and the G=4 point of the G sweep.
 
 
 def run_config(variant: Variant, seed: int, steps: int, data_dir: str):
-  """``configs/synthetic.py`` (8x48x48 clips) with ``variant``'s model, ``steps`` steps."""
+  """``configs/ablation.py:<variant.config>,steps=<steps>`` with ``seed`` and ``data_dir``."""
   from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
-  c = trainer.load_config("synthetic")  # configs/synthetic.py
+  c = trainer.load_config("ablation", f"{variant.config},steps={steps}")
   c.seed = seed
   c.dataset.data_dir = data_dir
-  c.model.backbone = variant.backbone["backbone"]
-  c.model.backbone_kwargs = dict(variant.backbone["backbone_kwargs"])
-  c.model.kpsem_at = variant.backbone["kpsem_at"]
-  c.model.use_kpsem = variant.kpsem is not None
-  c.model.kpsem = dict(variant.kpsem or KPSEM)
-  c.optimizer.update(dict(lr=0.05, warmup_steps=max(1, steps // 20),
-                          decay_steps=(int(steps * 0.8), int(steps * 0.93))))
-  c.batch_size = 16
-  c.eval_batch_size = 32
-  c.num_train_steps = steps
-  c.log_every = max(1, steps // 10)
-  c.eval_every = steps
-  c.checkpoint_every = max(1, steps // 4)
-  c.keep_checkpoints = 1
   return c
 
 

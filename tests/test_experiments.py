@@ -21,18 +21,22 @@ def test_reversal_error_counts_only_time_reversed_partners():
 
 def test_suite_variants_are_the_papers_ablations():
   names = [v.name for v in experiments.SUITES["ablation"]]
-  by_name = {v.name: v for v in experiments.SUITES["ablation"]}
+  configs = {v.name: experiments.run_config(v, 0, 450, "/data").model
+             for v in experiments.SUITES["ablation"]}
   assert len(names) == len(set(names)) == 11
-  assert by_name["C2D"].kpsem is None and by_name["MFNet"].kpsem is None
-  assert by_name["C2D"].backbone["backbone_kwargs"]["temporal_kernel"] == 1  # time-blind
-  regions = sorted(v.kpsem["num_regions"] for v in by_name.values()
-                   if v.backbone is experiments.C2D and v.kpsem and v.kpsem.get("adaptive", True)
-                   and v.kpsem["num_sets"] == 4)
-  sets = sorted(v.kpsem["num_sets"] for v in by_name.values()
-                if v.backbone is experiments.C2D and v.kpsem and v.kpsem["num_regions"] == 4
-                and v.kpsem.get("adaptive", True))
+  assert not configs["C2D"].use_kpsem and not configs["MFNet"].use_kpsem
+  assert configs["C2D"].backbone_kwargs.temporal_kernel == 1  # time-blind
+  c2d_kpsem = [m.kpsem for m in configs.values() if m.backbone == "resnet3d" and m.use_kpsem]
+  regions = sorted(k["num_regions"] for k in c2d_kpsem
+                   if k.get("adaptive", True) and k["num_sets"] == 4)
+  sets = sorted(k["num_sets"] for k in c2d_kpsem
+                if k.get("adaptive", True) and k["num_regions"] == 4)
   assert regions == [1, 4, 9, 16] and sets == [1, 2, 4, 8]
-  assert by_name["C2D-KPSEM fixed regions"].kpsem["adaptive"] is False
+  assert configs["C2D-KPSEM fixed regions"].kpsem["adaptive"] is False
+  config = experiments.run_config(experiments.SUITES["ablation"][0], 1, 200, "/data")
+  assert (config.seed, config.num_train_steps, config.dataset.data_dir) == (1, 200, "/data")
+  with pytest.raises(ValueError, match="unknown option"):
+    trainer.load_config("ablation", "c2d_kpsem,h=3")
 
 
 @pytest.mark.slow
