@@ -157,8 +157,9 @@ def main(argv):
       f"{'JAX ' + s + ' s':>13s} {'ratio':>6s} {'max diff':>9s}" for s in FLAGS.strategies) +
         f" | {'torch KP s':>10s} {'JAX KP s':>9s} {'ratio':>6s} {'max diff':>9s}"
         f" | {'torch ovh':>9s} {'JAX ovh':>8s} {'JAX branch':>10s}"
-        + (f" | {'compile s':>9s} {'ratio':>6s}" if compiled else "")
-        + f" | {'GFLOP/s JAX':>11s} {'torch':>6s}" + (f" {'compile':>7s}" if compiled else "")
+        + (f" | {'compile s':>9s} {'ratio':>6s}" if compiled is not None else "")
+        + f" | {'GFLOP/s JAX':>11s} {'torch':>6s}"
+        + (f" {'compile':>7s}" if compiled is not None else "")
         + f" {'JAX %peak':>9s}")
   forwards = {s: jax_forward(os.path.join(tmp, "mfnet"), s) for s in FLAGS.strategies}
   kpsem_forward = jax_forward(os.path.join(tmp, "mf_kpsem"), FLAGS.strategies[0])
@@ -177,13 +178,13 @@ def main(argv):
     times = {k: [] for k in ["torch", "torch_kpsem", "kpsem", "branch", "compiled"]
              + FLAGS.strategies}
     outs = {}
-    if compiled:
+    if compiled is not None:
       with torch.no_grad():
         compiled(xt)  # (re)compiles for this batch size, outside the timings
     for _ in range(FLAGS.repeats):
       with torch.no_grad():
         times["torch"].append(timed(lambda: net(xt))[0])
-        if compiled:
+        if compiled is not None:
           times["compiled"].append(timed(lambda: compiled(xt))[0])
         times["torch_kpsem"].append(timed(lambda: net_kpsem(xt))[0])
       for s, f in forwards.items():
@@ -203,9 +204,9 @@ def main(argv):
           f"{med['kpsem'] / med[FLAGS.strategies[0]]:8.3f} "
           f"{med['branch'] / med[FLAGS.strategies[0]]:10.3f}"
           + (f" | {med['compiled']:9.3f} {med[FLAGS.strategies[0]] / med['compiled']:6.2f}"
-             if compiled else "")
+             if compiled is not None else "")
           + f" | {rate(med[FLAGS.strategies[0]]):11.1f} {rate(med['torch']):6.1f}"
-          + (f" {rate(med['compiled']):7.1f}" if compiled else "")
+          + (f" {rate(med['compiled']):7.1f}" if compiled is not None else "")
           + f" {rate(med[FLAGS.strategies[0]]) / peak:9.3f}", flush=True)
 
   # ---- one training step of a narrow MFNet ---------------------------------------------------
