@@ -19,7 +19,6 @@ import time
 from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from kpsem_jax import input_pipeline as ip

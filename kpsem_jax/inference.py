@@ -82,17 +82,21 @@ class Predictor:
     return np.stack([input_pipeline.eval_view(record, 0, v, s)["clips"]
                      for v in range(s.num_clips * s.num_crops)])
 
-  def probabilities(self, views: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """Softmax averaged over ``views`` (in fixed-size, padded batches: one compilation)."""
-    batch_size = min(batch_size, len(views))
+  def softmax(self, clips: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Per-clip softmax ``(N, num_classes)`` of uint8 clips, in batches of ``batch_size``
+    (the last one padded: one compilation)."""
     probs = []
-    for start in range(0, len(views), batch_size):
-      batch = views[start:start + batch_size]
+    for start in range(0, len(clips), batch_size):
+      batch = clips[start:start + batch_size]
       n = len(batch)
       if n < batch_size:
         batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - n, axis=0)])
       probs.append(jax.nn.softmax(self.uint8_logits(batch)[:n], axis=-1))
-    return np.asarray(np.concatenate(probs).mean(axis=0))
+    return np.asarray(np.concatenate(probs))
+
+  def probabilities(self, views: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Softmax averaged over ``views`` (in fixed-size, padded batches: one compilation)."""
+    return self.softmax(views, min(batch_size, len(views))).mean(axis=0)
 
   def top(self, probs: np.ndarray, top_k: int = 5) -> List[Tuple[str, float]]:
     order = np.argsort(-probs, kind="stable")[:top_k]
@@ -123,11 +127,7 @@ class Predictor:
     count, next_start = 0, 0
 
     def flush():
-      clips = np.stack([clip for _, clip in pending])
-      n = len(clips)
-      if n < batch_size:
-        clips = np.concatenate([clips, np.repeat(clips[:1], batch_size - n, axis=0)])
-      probs = np.asarray(jax.nn.softmax(self.uint8_logits(clips)[:n], axis=-1))
+      probs = self.softmax(np.stack([clip for _, clip in pending]), batch_size)
       for (start, _), p in zip(pending, probs):
         end = min(start + span, count)  # a looped short video ends with its last frame
         windows.append({"start": start / fps, "end": end / fps, "top": [

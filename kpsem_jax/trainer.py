@@ -24,7 +24,6 @@
 """
 
 import contextlib
-import hashlib
 import importlib
 import json
 import os
@@ -189,14 +188,6 @@ def make_eval_forward(model, compute_dtype, mesh: jax.sharding.Mesh):
   return jax.jit(forward, out_shardings=jax.NamedSharding(mesh, jax.P()))
 
 
-def params_digest(params) -> str:
-  """SHA-256 of this process's own copy of (replicated) parameters, in tree order."""
-  h = hashlib.sha256()
-  for leaf in jax.tree.leaves(params):
-    h.update(np.ascontiguousarray(leaf.addressable_data(0)).tobytes())
-  return h.hexdigest()
-
-
 class Trainer:
   """Holds the mesh, model, optimizer, compiled steps and checkpoint managers of a run."""
 
@@ -346,7 +337,7 @@ class Trainer:
     if batch is not None:
       row["video_index"] = batch["video_index"].tolist()
     if state is not None:
-      row["params_sha256"] = params_digest(state.params)
+      row["params_sha256"] = checkpoint_lib.digest(state.params)  # this process's copy
     with open(os.path.join(self.workdir, "inputs", f"process_{jax.process_index()}.jsonl"),
               "a") as f:
       f.write(json.dumps(row) + "\n")

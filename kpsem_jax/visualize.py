@@ -21,7 +21,7 @@ settings. Feature frame ``t`` is drawn on the clip frame at the centre of its wi
 import json
 import os
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import jax
 import jax.numpy as jnp

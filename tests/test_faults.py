@@ -2,9 +2,7 @@
 
 import errno
 import glob
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import flax.linen as nn  # noqa: F401  (imported before the checks, as any user would)
 import jax
 import jax.numpy as jnp
 import pytest
