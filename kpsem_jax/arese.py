@@ -132,7 +132,16 @@ def key_point_shifts(coords: jax.Array, values: jax.Array, epsilon: float = 0.1)
 
   ``Delta[i, a, b] = I[i+1, b] - I[i, a]`` weighted by
   ``softmax_b(1 / (|V[i, a] - V[i+1, b]| + epsilon))`` and summed over b.
+
+  The weights match key points across frames; like the argmax coordinates they are not
+  differentiated (``values`` enter with their gradient stopped; the forward is Eq. 9
+  exactly). Differentiating ``1 / (|dV| + 0.1)`` sends up to ``1 / 0.1**2 = 100`` times the
+  location differences into the single argmax pixels of the backbone's feature map: about
+  100x the gradient of every other KPSEM path, in spikes, which under SGD at lr 0.05 killed
+  the branch's ReLUs or made the loss NaN (docs/models.md, "Choices where the paper is
+  silent").
   """
+  values = jax.lax.stop_gradient(values)
   delta = coords[1:, None, :, :, :] - coords[:-1, :, None, :, :]  # (T-1, Ka, Kb, C, 2)
   affinity = 1.0 / (jnp.abs(values[:-1, :, None, :] - values[1:, None, :, :]) + epsilon)
   weights = jax.nn.softmax(affinity, axis=2)  # (T-1, Ka, Kb, C)
