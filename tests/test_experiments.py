@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -20,23 +22,58 @@ def test_reversal_error_counts_only_time_reversed_partners():
 
 
 def test_suite_variants_are_the_papers_ablations():
-  names = [v.name for v in experiments.SUITES["ablation"]]
-  configs = {v.name: experiments.run_config(v, 0, 450, "/data").model
-             for v in experiments.SUITES["ablation"]}
-  assert len(names) == len(set(names)) == 11
-  assert not configs["C2D"].use_kpsem and not configs["MFNet"].use_kpsem
-  assert configs["C2D"].backbone_kwargs.temporal_kernel == 1  # time-blind
-  c2d_kpsem = [m.kpsem for m in configs.values() if m.backbone == "resnet3d" and m.use_kpsem]
-  regions = sorted(k["num_regions"] for k in c2d_kpsem
-                   if k.get("adaptive", True) and k["num_sets"] == 4)
-  sets = sorted(k["num_sets"] for k in c2d_kpsem
-                if k.get("adaptive", True) and k["num_regions"] == 4)
-  assert regions == [1, 4, 9, 16] and sets == [1, 2, 4, 8]
-  assert configs["C2D-KPSEM fixed regions"].kpsem["adaptive"] is False
-  config = experiments.run_config(experiments.SUITES["ablation"][0], 1, 200, "/data")
+  suite = experiments.SUITES["ablation"]
+  names = [v.name for v in suite]
+  configs = {v.name: experiments.run_config(v, 0, 600, "/data").model for v in suite}
+  assert len(names) == len(set(names)) == 13
+  assert experiments.SUITES["core"] == [experiments.C2D, experiments.BASE] == suite[:2]
+  c2d, base = configs["C2D"], configs[experiments.BASE.name]
+  assert not c2d.use_kpsem and base.use_kpsem
+  assert c2d.backbone_kwargs.temporal_kernel == 1  # time-blind
+  default = dict(num_regions=4, num_sets=4, embed_dim=8, adaptive=True, kpsem_at="res2")
+
+  def sweep(field):  # the values of `field` over the rows that differ from the base in it only
+    values = []
+    for m in configs.values():
+      if not m.use_kpsem:
+        continue
+      got = dict(m.kpsem, kpsem_at=m.kpsem_at)
+      if all(got[k] == v for k, v in default.items() if k != field):
+        values.append(got[field])
+    return sorted(values)
+
+  assert sweep("num_regions") == [1, 4, 9, 16] and sweep("num_sets") == [1, 2, 4, 8]
+  assert sweep("adaptive") == [False, True] and sweep("embed_dim") == [4, 8, 16]
+  assert sweep("kpsem_at") == ["res2", "res3", "res4"]
+  config = experiments.run_config(experiments.C2D, 1, 200, "/data")
   assert (config.seed, config.num_train_steps, config.dataset.data_dir) == (1, 200, "/data")
+  assert config.optimizer.lr == 0.05 and config.optimizer.clip_grad_norm == 1.0
   with pytest.raises(ValueError, match="unknown option"):
-    trainer.load_config("ablation", "c2d_kpsem,h=3")
+    trainer.load_config("synthetic_c2d", "c2d_kpsem,h=3")
+  with pytest.raises(ValueError, match="not a stage"):
+    trainer.load_config("synthetic_c2d", "c2d_kpsem,at=conv4")
+
+
+def test_rows_are_compared_with_their_reference_and_the_seed_spread():
+  def run(variant, top1):
+    return dict(variant=variant.name, video_top1=top1, reversal_error=0.0)
+
+  k9 = experiments.SUITES["ablation"][3]
+  results = ([run(experiments.C2D, x) for x in (0.40, 0.44, 0.42)] +
+             [run(experiments.BASE, x) for x in (0.90, 0.94, 0.92)] +
+             [run(k9, x) for x in (0.80, 0.96, 0.88)])
+  rows = {r["variant"]: r for r in experiments.summarize(results, experiments.SUITES["ablation"])}
+  assert "delta" not in rows["C2D"]
+  base = rows[experiments.BASE.name]
+  assert base["reference"] == "C2D" and base["delta"] == pytest.approx(0.50)
+  assert base["beyond_spread"]  # 0.50 > 0.016 + 0.016
+  k9_row = rows[k9.name]
+  assert k9_row["reference"] == experiments.BASE.name
+  assert k9_row["delta"] == pytest.approx(-0.04) and not k9_row["beyond_spread"]  # std 0.065
+  one_seed = experiments.summarize(results[:1] + results[3:4], experiments.SUITES["core"])
+  assert not one_seed[1]["beyond_spread"]  # one seed has no spread to exceed
+  table = experiments.markdown(list(rows.values()), 600)
+  assert "| +50.0 * vs C2D |" in table and "| -4.0 vs C2D-KPSEM |" in table
 
 
 @pytest.mark.slow
@@ -47,11 +84,12 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
     c = original(variant, seed, steps, data_dir)
     c.dataset.config = "tiny"
     c.clip.update(dict(crop=24, train_scale=(24, 28), eval_resize=26))
+    c.model.backbone_kwargs.base_width = 4
     c.batch_size, c.eval_batch_size = 8, 8
     return c
 
   monkeypatch.setattr(experiments, "run_config", tiny)
-  only = ["C2D", "C2D-KPSEM fixed regions"]
+  only = ["C2D", "fixed regions"]
   data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "suite")
   rows = experiments.run_suite("ablation", workdir, seeds=2, steps=2, data_dir=data_dir,
                                only=only, log=lambda *a: None)
@@ -69,6 +107,10 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
   assert Image.open(os.path.join(workdir, "results.png")).size == (900, 30 + 2 * 30 + 30)
   saved = json.load(open(os.path.join(workdir, "results.json")))
   assert len(saved["runs"]) == 4 and saved["table"] == rows
+  assert [(r["variant"], r["config"], r["seed"]) for r in saved["runs"]] == [
+      ("C2D", "c2d", 0), ("C2D", "c2d", 1), ("fixed regions", "c2d_kpsem,fixed", 0),
+      ("fixed regions", "c2d_kpsem,fixed", 1)]
+  assert all(0 <= r["video_top1"] <= 1 for r in saved["runs"])
 
   def no_training(*args, **kwargs):
     raise AssertionError("a finished run was trained again")
@@ -77,3 +119,12 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
   again = experiments.run_suite("ablation", workdir, seeds=2, steps=2, data_dir=data_dir,
                                 only=only, log=lambda *a: None)
   assert again == rows
+
+
+def test_quick_lists_the_core_contrast_only(tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-m", "kpsem_jax.experiments", "--quick", "--list",
+                        f"--workdir={tmp_path}"], cwd=repo, capture_output=True, text=True,
+                       check=True).stdout
+  assert [line.split(None, 1)[1] for line in out.splitlines()] == [
+      experiments.C2D.name, experiments.BASE.name]

@@ -50,9 +50,9 @@ def test_config_mistakes_are_one_line_and_create_no_workdir(tmp_path):
                                        "convert string to float",
       ("--config.dataset.name=nosuch",): "error: config.dataset.name='nosuch' is not a "
                                          "dataset this project builds; choose one of hmdb51,",
-      ("--config=configs/ablation.py:c2d_kpsem,h=2",): (
-          "error: flag --config=configs/ablation.py:c2d_kpsem,h=2: Error whilst parsing config "
-          "file: ValueError: configs/ablation.py: unknown option(s) ['h']"),
+      ("--config=configs/synthetic_c2d.py:c2d_kpsem,h=2",): (
+          "error: flag --config=configs/synthetic_c2d.py:c2d_kpsem,h=2: Error whilst parsing config "
+          "file: ValueError: configs/synthetic_c2d.py: unknown option(s) ['h']"),
   }
   for args, message in cases.items():
     line = one_error_line(run_train(*args, f"--workdir={workdir}"))

@@ -89,6 +89,20 @@ def test_checkpoint_serves_the_predictor(straight_run):
   assert set(variables) == {"params", "batch_stats"}
 
 
+def test_the_same_config_and_seed_reproduce_a_run_bit_for_bit(straight_run, tmp_path):
+  """Seed-for-seed reproducibility: the same command in a fresh workdir gives the same
+  losses, the same evaluation and the same parameters, to the last bit."""
+  config, straight_dir, final, _ = straight_run
+  again_dir = str(tmp_path / "again")
+  again = trainer.train_and_evaluate(config, again_dir)
+  assert read_metrics(again_dir) == read_metrics(straight_dir)
+  assert again["video_top1"] == final["video_top1"]
+  np.testing.assert_array_equal(again["confusion"], final["confusion"])
+  straight, _ = checkpoint.load_variables(straight_dir)
+  rerun, _ = checkpoint.load_variables(again_dir)
+  assert checkpoint.digest(rerun) == checkpoint.digest(straight)
+
+
 @pytest.mark.slow
 def test_kill_and_resume_gives_the_same_batches_and_parameters(straight_run, tmp_path,
                                                                monkeypatch):

@@ -1,0 +1,54 @@
+"""The KPSEM suite's base: a time-blind C2D, with and without KPSEM, on synthetic_motion.
+
+    python train.py --config=configs/synthetic_c2d.py --workdir=workdirs/c2d_kpsem
+    python train.py --config=configs/synthetic_c2d.py:c2d_kpsem,k=9 --workdir=workdirs/c2d_k9
+
+``arg``: a model, ``c2d`` or ``c2d_kpsem`` (the default), then any of ``,k=<K>`` (regions),
+``,g=<G>`` (AReSE sets), ``,fixed`` (fixed instead of adaptive regions), ``,de=<d_e>``
+(embedding width), ``,at=<stage>`` (where KPSEM reads: ``res2`` .. ``res5``),
+``,steps=<n>``. Every variant of ``python -m kpsem_jax.experiments`` is one of these.
+
+C2D is a 2-D ResNet (every kernel 1xkxk, one bottleneck per stage, width 16) that sees each
+frame alone; only KPSEM can tell a motion from its time reversal. Clips: 8 of the 16 frames
+(interval 2) at 64x64, so translating objects move 2-4 input pixels between sampled frames,
+0.5-1 pixel of the stride-4 ``res2`` map KPSEM reads by default (16x16). SGD as in
+``configs/synthetic.py`` (lr 0.05, x0.1 at 80% and 93% of the steps) with the global
+gradient norm clipped at 1.
+"""
+
+from configs import synthetic
+
+STAGES = ("res2", "res3", "res4", "res5")
+
+
+def get_config(arg: str = "c2d_kpsem"):
+  model, *options = arg.split(",")
+  if model not in ("c2d", "c2d_kpsem"):
+    raise ValueError(f"configs/synthetic_c2d.py: unknown model {model!r}; choose c2d or "
+                     "c2d_kpsem")
+  opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in options)
+  unknown = set(opts) - {"k", "g", "fixed", "de", "at", "steps"}
+  if unknown:
+    raise ValueError(f"configs/synthetic_c2d.py: unknown option(s) {sorted(unknown)}; the "
+                     "options are k=<regions>, g=<sets>, fixed, de=<d_e>, at=<stage>, "
+                     "steps=<n>")
+  if opts.get("at", "res2") not in STAGES:
+    raise ValueError(f"configs/synthetic_c2d.py: at={opts['at']!r} is not a stage; choose "
+                     f"one of {', '.join(STAGES)}")
+  c = synthetic.get_config()
+  c.clip.update(dict(frames=8, interval=2, crop=64, train_scale=(64, 72), aspect=(0.9, 1.1),
+                     flip=False, eval_resize=64, eval_clips=1, eval_crops=1))
+  c.model.backbone = "resnet3d"
+  c.model.backbone_kwargs = dict(stage_depths=(1, 1, 1, 1), base_width=16, temporal_kernel=1)
+  c.model.use_kpsem = model == "c2d_kpsem"
+  c.model.kpsem_at = opts.get("at", "res2")
+  c.model.kpsem = dict(num_regions=int(opts.get("k", 4)), num_sets=int(opts.get("g", 4)),
+                       embed_dim=int(opts.get("de", 8)), reduction_channels=(16, 16),
+                       adaptive="fixed" not in opts)
+  steps = int(opts.get("steps", 600))
+  c.optimizer.update(dict(lr=0.05, warmup_steps=max(1, steps // 20), clip_grad_norm=1.0,
+                          decay_steps=(int(steps * 0.8), int(steps * 0.93))))
+  c.update(dict(batch_size=16, eval_batch_size=32, num_train_steps=steps,
+                log_every=max(1, steps // 20), eval_every=steps,
+                checkpoint_every=max(1, steps // 4), keep_checkpoints=1))
+  return c
