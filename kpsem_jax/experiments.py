@@ -165,10 +165,12 @@ def bar_chart(rows: Sequence[Dict], path: str, width: int = 900, bar: int = 22):
   def x_of(v):
     return label_w + v * plot_w
 
-  draw.text((label_w, 8), "video top-1 on synthetic_motion (mean ± std over seeds)", fill=(0, 0, 0))
+  draw.text((6, 8), "video top-1 on synthetic_motion (mean ± std over seeds); blue: with KPSEM",
+            fill=(0, 0, 0))
   for i, r in enumerate(rows):
     y = top + i * (bar + 8)
-    color = (60, 110, 200) if "KPSEM" in r["variant"] else (150, 150, 150)
+    with_kpsem = r.get("config", "").startswith("c2d_kpsem") or "KPSEM" in r["variant"]
+    color = (60, 110, 200) if with_kpsem else (150, 150, 150)
     draw.text((6, y + 5), r["variant"], fill=(0, 0, 0))
     draw.rectangle([x_of(0), y, x_of(r["top1_mean"]), y + bar], fill=color)
     lo, hi = r["top1_mean"] - r["top1_std"], r["top1_mean"] + r["top1_std"]
