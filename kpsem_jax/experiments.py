@@ -169,8 +169,7 @@ def bar_chart(rows: Sequence[Dict], path: str, width: int = 900, bar: int = 22):
             fill=(0, 0, 0))
   for i, r in enumerate(rows):
     y = top + i * (bar + 8)
-    with_kpsem = r.get("config", "").startswith("c2d_kpsem") or "KPSEM" in r["variant"]
-    color = (60, 110, 200) if with_kpsem else (150, 150, 150)
+    color = (60, 110, 200) if r["config"] != C2D.config else (150, 150, 150)  # with KPSEM
     draw.text((6, y + 5), r["variant"], fill=(0, 0, 0))
     draw.rectangle([x_of(0), y, x_of(r["top1_mean"]), y + bar], fill=color)
     lo, hi = r["top1_mean"] - r["top1_std"], r["top1_mean"] + r["top1_std"]
