@@ -3,12 +3,15 @@
 //
 // Layouts are JAX's, channels-last: x (B, D, H, W, C_in), kernel (kd, kh, kw, C_in/G, C_out)
 // with output channel g * C_out/G + o belonging to group g, y (B, D', H', W', C_out).
-// oneDNN picks its own fast layouts for the computation; reorders translate at the edges.
+// Activations stay in our layout (oneDNN's nxc, which its AVX-512/AVX2 kernels read and write
+// directly: no reorder per call); oneDNN picks the kernel's layout, reordered per call.
 // Attributes: strides, pad_lo, pad_hi (3 each), groups. float32 only.
 //
 // Built on first use by kpsem_jax/cpu_kernels/__init__.py.
 
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <string>
 #include <unordered_map>
 
@@ -70,9 +73,29 @@ memory::desc Any(const Dims& dims) {
   return memory::desc(dims, memory::data_type::f32, memory::format_tag::any);
 }
 
-// Scratch memory comes from each call, not from the library: oneDNN's primitive cache hands
-// the same primitive to every call of the same shapes, and XLA may run two such calls at
-// once on different threads; a library-owned scratchpad would then be shared between them.
+// Scratch memory comes from the calling thread, not from the library: oneDNN's primitive
+// cache hands the same primitive to every call of the same shapes, and XLA may run two such
+// calls at once on different threads; a library-owned scratchpad would then be shared
+// between them. Each thread keeps its buffer (grown, never shrunk), so a call does not pay
+// for fresh pages (the im2col buffer of a grouped convolution is tens of MB).
+void* ThreadScratch(size_t bytes) {
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<void, Free> buffer;
+  thread_local size_t size = 0;
+  if (bytes > size) {
+    buffer.reset();
+    size = (bytes + 4095) / 4096 * 4096;
+    buffer.reset(std::aligned_alloc(4096, size));
+    if (!buffer) {
+      size = 0;
+      throw dnnl::error(dnnl_out_of_memory, "scratchpad allocation failed");
+    }
+  }
+  return buffer.get();
+}
+
 dnnl::primitive_attr Attributes() {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -82,7 +105,8 @@ dnnl::primitive_attr Attributes() {
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      Any(g.src), Any(g.wei), Any(g.dst), g.strides, g.pad_lo, g.pad_hi, Attributes());
+      UserActivation(g.src), Any(g.wei), UserActivation(g.dst), g.strides, g.pad_lo,
+      g.pad_hi, Attributes());
 }
 
 // `user` memory as `want`: itself when the layouts agree, else a reordered copy.
@@ -114,7 +138,8 @@ void Execute(const PrimitiveDesc& pd, const Operand (&inputs)[2], const Operand&
   const memory::desc want = pd.query_md(dnnl::query::exec_arg_md, output.arg);
   memory computed = user.get_desc() == want ? user : memory(want, Engine());
   args[output.arg] = computed;
-  args[DNNL_ARG_SCRATCHPAD] = memory(pd.scratchpad_desc(), Engine());
+  const memory::desc scratch = pd.scratchpad_desc();
+  args[DNNL_ARG_SCRATCHPAD] = memory(scratch, Engine(), ThreadScratch(scratch.get_size()));
   Primitive(pd).execute(s, args);
   if (computed.get() != user.get()) dnnl::reorder(computed, user).execute(s, computed, user);
   s.wait();
@@ -162,7 +187,8 @@ ffi::Error BackwardInput(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k,
                       pad_hi, groups, [&](const Geometry& g) {
     Execute<dnnl::convolution_backward_data>(
         dnnl::convolution_backward_data::primitive_desc(
-            Engine(), dnnl::algorithm::convolution_direct, Any(g.src), Any(g.wei), Any(g.dst),
+            Engine(), dnnl::algorithm::convolution_direct, UserActivation(g.src), Any(g.wei),
+            UserActivation(g.dst),
             g.strides, g.pad_lo, g.pad_hi, ForwardDesc(g), Attributes()),
         {{DNNL_ARG_DIFF_DST, UserActivation(g.dst), dy.typed_data()},
          {DNNL_ARG_WEIGHTS, UserKernel(g), k.typed_data()}},
@@ -179,7 +205,8 @@ ffi::Error BackwardKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                       pad_hi, groups, [&](const Geometry& g) {
     Execute<dnnl::convolution_backward_weights>(
         dnnl::convolution_backward_weights::primitive_desc(
-            Engine(), dnnl::algorithm::convolution_direct, Any(g.src), Any(g.wei), Any(g.dst),
+            Engine(), dnnl::algorithm::convolution_direct, UserActivation(g.src), Any(g.wei),
+            UserActivation(g.dst),
             g.strides, g.pad_lo, g.pad_hi, ForwardDesc(g), Attributes()),
         {{DNNL_ARG_SRC, UserActivation(g.src), x.typed_data()},
          {DNNL_ARG_DIFF_DST, UserActivation(g.dst), dy.typed_data()}},
