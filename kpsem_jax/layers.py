@@ -1,6 +1,7 @@
-"""Small building blocks shared by the backbones: convolution and BatchNorm.
+"""Small building blocks shared by the backbones: convolution, max-pooling and BatchNorm.
 
-The maths is in the pure function :func:`conv`; :class:`Conv` only holds the kernel.
+The maths is in the pure functions :func:`conv` and :func:`max_pool`; :class:`Conv` only
+holds the kernel.
 Kernels use the ``(*spatial, in // groups, out)`` layout (DHWIO for 3-D), so a PyTorch
 ``(out, in // groups, *spatial)`` weight ports with one transpose.
 """
@@ -107,8 +108,9 @@ def auto_strategy(x: jax.Array, kernel: jax.Array, backend: str, cpu_kernels_bui
 
   ``xla`` on GPUs and TPUs (cuDNN's and TPU's convolutions are the fast ones there). On
   CPUs with :mod:`kpsem_jax.cpu_kernels` built: ``onednn``, except ``patches_grad`` for a
-  pointwise (1x1x1) kernel, a matmul XLA does well (oneDNN's reorders to and from its
-  blocked layouts cost more: ``benchmarks/conv_strategies.py``, conv4 i1). On CPUs
+  pointwise (1x1x1) kernel, a matmul XLA does well and fuses with its neighbours (all of
+  MFNet's pointwise layers through oneDNN made its batch-1 forward 19% slower:
+  ``docs/speed.md``). On CPUs
   without them: ``xla`` up to ``SMALL_CONV_MAX_ELEMENTS`` input elements, else
   ``patches_grad``. Under ``jax.shard_map`` (the train step) the shapes are per device.
   """
@@ -205,6 +207,79 @@ class Conv(nn.Module):
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
     return y
+
+
+def _window_values(x, window, strides, padding):
+  """The values under each offset of a max-pooling window: one strided slice of the
+  ``-inf``-padded ``x`` per offset, in row-major order of the offsets."""
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+  out = [(n - k) // s + 1 for n, k, s in zip(xp.shape[1:-1], window, strides)]
+  values = []
+  for offset in itertools.product(*(range(k) for k in window)):
+    index = tuple(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, strides, out))
+    values.append(xp[(slice(None), *index)])
+  return values
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
+             padding: Padding) -> jax.Array:
+  """Max-pooling of ``(B, *spatial, C)`` over ``window`` with ``strides`` and ``padding``
+  (one ``(low, high)`` pair per spatial axis, padded with ``-inf``): as ``flax.linen.max_pool``,
+  gradient included (each output's gradient goes to its window's first maximum, in row-major
+  order, as XLA's and PyTorch's), computed as an elementwise maximum of the window's strided
+  slices, which XLA fuses into one pass each way. (XLA:CPU's own max-pool gradient, a
+  variadic reduce-window over index arrays and a scatter, took a quarter of a narrow MFNet's
+  training step: ``docs/speed.md``.)
+
+  Args:
+    x: ``(B, *spatial, C)``, floating point.
+    window, strides: one size per spatial axis.
+    padding: one ``(low, high)`` pair per spatial axis.
+  Returns:
+    ``(B, *out_spatial, C)``.
+  """
+  values = _window_values(x, tuple(window), tuple(strides), tuple(map(tuple, padding)))
+  return functools.reduce(jnp.maximum, values)
+
+
+def _max_pool_fwd(x, window, strides, padding):
+  y = max_pool(x, window, strides, padding)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, strides, padding, residuals, dy):
+  x, y = residuals
+  window, strides = tuple(window), tuple(strides)
+  values = _window_values(x, window, strides, tuple(map(tuple, padding)))
+  offsets = list(itertools.product(*(range(k) for k in window)))
+  first = jnp.full(y.shape, len(values), jnp.int32)  # the first offset holding the maximum
+  for k in reversed(range(len(values))):
+    first = jnp.where(values[k] == y, k, first)
+  # Offset k's gradients land on the padded input at o * stride + k. Offsets of one phase
+  # (k mod stride) share a lattice, where they are plain shifts (k // stride) of each other:
+  # sum them there, then interleave the phases (no interior padding, no scatter).
+  padded = [n + lo + hi for n, (lo, hi) in zip(x.shape[1:-1], padding)]
+  lattice = [-(-n // s) for n, s in zip(padded, strides)]
+  phases = []
+  for phase in itertools.product(*(range(s) for s in strides)):
+    total = jnp.zeros((x.shape[0], *lattice, x.shape[-1]), dy.dtype)
+    for k, offset in enumerate(offsets):
+      if all(o % s == p for o, s, p in zip(offset, strides, phase)):
+        shift = [(o // s, n - o // s - m) for o, s, n, m in zip(offset, strides, lattice,
+                                                                  y.shape[1:-1])]
+        total = total + jnp.pad(jnp.where(first == k, dy, 0).astype(dy.dtype),
+                                ((0, 0), *shift, (0, 0)))
+    phases.append(total)
+  d = len(strides)
+  grid = jnp.stack(phases).reshape(*strides, x.shape[0], *lattice, x.shape[-1])
+  grid = grid.transpose(d, *itertools.chain(*((d + 1 + i, i) for i in range(d))), 2 * d + 1)
+  dxp = grid.reshape(x.shape[0], *(n * s for n, s in zip(lattice, strides)), x.shape[-1])
+  index = tuple(slice(lo, lo + n) for (lo, _), n in zip(padding, x.shape[1:-1]))
+  return (dxp[(slice(None), *index)],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def batch_norm(train: bool, name: str = "bn", axis_name: Optional[str] = None) -> nn.BatchNorm:

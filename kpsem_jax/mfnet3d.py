@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpsem_jax.layers import Conv, batch_norm
+from kpsem_jax.layers import Conv, batch_norm, max_pool
 
 STAGES = ("conv2", "conv3", "conv4", "conv5")
 
@@ -85,7 +85,7 @@ class MFNet3D(nn.Module):
     out = {}
     h = _Conv1(self.conv1_channels, self.conv_strategy, self.bn_axis_name, name="conv1")(x, train)
     out["conv1"] = h
-    h = nn.max_pool(h, (1, 3, 3), strides=(1, 2, 2), padding=((0, 0), (1, 1), (1, 1)))
+    h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)))
     for i, (stage, channels, depth) in enumerate(
         zip(STAGES, self.stage_channels, self.stage_depths)):
       first_strides = (2, 1, 1) if i == 0 else (1, 2, 2)

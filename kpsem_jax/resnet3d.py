@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpsem_jax.layers import Conv, batch_norm
+from kpsem_jax.layers import Conv, batch_norm, max_pool
 
 STAGES = ("res2", "res3", "res4", "res5")
 
@@ -76,7 +76,7 @@ class ResNet3D(nn.Module):
     h = ConvBNReLU(self.base_width, (1, 7, 7), (1, 2, 2), strategy=self.conv_strategy,
                    bn_axis_name=self.bn_axis_name, name="stem")(x, train)
     out["stem"] = h
-    h = nn.max_pool(h, (1, 3, 3), strides=(1, 2, 2), padding=((0, 0), (1, 1), (1, 1)))
+    h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)))
     for i, (stage, depth) in enumerate(zip(STAGES, self.stage_depths)):
       for b in range(depth):
         h = Bottleneck(self.base_width * 2**i, 2 if (b == 0 and i > 0) else 1,
