@@ -256,25 +256,29 @@ def _max_pool_bwd(window, strides, padding, residuals, dy):
   first = jnp.full(y.shape, len(values), jnp.int32)  # the first offset holding the maximum
   for k in reversed(range(len(values))):
     first = jnp.where(values[k] == y, k, first)
+  first = jax.lax.optimization_barrier(first)  # computed once, not inside every consumer
   # Offset k's gradients land on the padded input at o * stride + k. Offsets of one phase
   # (k mod stride) share a lattice, where they are plain shifts (k // stride) of each other:
-  # sum them there, then interleave the phases (no interior padding, no scatter).
+  # sum them there, then spread each phase's lattice onto the input (interior padding).
   padded = [n + lo + hi for n, (lo, hi) in zip(x.shape[1:-1], padding)]
   lattice = [-(-n // s) for n, s in zip(padded, strides)]
-  phases = []
+  zero = jnp.zeros((), dy.dtype)
+  dxp = None
   for phase in itertools.product(*(range(s) for s in strides)):
-    total = jnp.zeros((x.shape[0], *lattice, x.shape[-1]), dy.dtype)
+    total = None
     for k, offset in enumerate(offsets):
       if all(o % s == p for o, s, p in zip(offset, strides, phase)):
-        shift = [(o // s, n - o // s - m) for o, s, n, m in zip(offset, strides, lattice,
-                                                                  y.shape[1:-1])]
-        total = total + jnp.pad(jnp.where(first == k, dy, 0).astype(dy.dtype),
-                                ((0, 0), *shift, (0, 0)))
-    phases.append(total)
-  d = len(strides)
-  grid = jnp.stack(phases).reshape(*strides, x.shape[0], *lattice, x.shape[-1])
-  grid = grid.transpose(d, *itertools.chain(*((d + 1 + i, i) for i in range(d))), 2 * d + 1)
-  dxp = grid.reshape(x.shape[0], *(n * s for n, s in zip(lattice, strides)), x.shape[-1])
+        shift = [(o // s, n - o // s - m, 0) for o, s, n, m in zip(offset, strides, lattice,
+                                                                     y.shape[1:-1])]
+        part = jax.lax.pad(jnp.where(first == k, dy, zero), zero,
+                           ((0, 0, 0), *shift, (0, 0, 0)))
+        total = part if total is None else total + part
+    if total is None:
+      continue
+    spread = jax.lax.pad(total, zero, ((0, 0, 0), *(
+        (p, n - p - (m - 1) * s - 1, s - 1) for p, n, m, s in zip(phase, padded, lattice, strides)),
+        (0, 0, 0)))
+    dxp = spread if dxp is None else dxp + spread
   index = tuple(slice(lo, lo + n) for (lo, _), n in zip(padding, x.shape[1:-1]))
   return (dxp[(slice(None), *index)],)
 
