@@ -228,9 +228,10 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
   (one ``(low, high)`` pair per spatial axis, padded with ``-inf``): as ``flax.linen.max_pool``,
   gradient included (each output's gradient goes to its window's first maximum, in row-major
   order, as XLA's and PyTorch's), computed as an elementwise maximum of the window's strided
-  slices, which XLA fuses into one pass each way. (XLA:CPU's own max-pool gradient, a
-  variadic reduce-window over index arrays and a scatter, took a quarter of a narrow MFNet's
-  training step: ``docs/speed.md``.)
+  slices, which XLA fuses into one pass (the gradient: one per stride phase); the forward
+  keeps each output's first-maximum offset for the gradient. (XLA:CPU's own max-pool
+  gradient, a variadic reduce-window over index arrays and a scatter, took a quarter of a
+  narrow MFNet's training step: ``docs/speed.md``.)
 
   Args:
     x: ``(B, *spatial, C)``, floating point.
@@ -244,18 +245,18 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
 
 
 def _max_pool_fwd(x, window, strides, padding):
-  y = max_pool(x, window, strides, padding)
-  return y, (x, y)
-
-
-def _max_pool_bwd(window, strides, padding, residuals, dy):
-  x, y = residuals
-  window, strides = tuple(window), tuple(strides)
-  values = _window_values(x, window, strides, tuple(map(tuple, padding)))
-  offsets = list(itertools.product(*(range(k) for k in window)))
+  values = _window_values(x, tuple(window), tuple(strides), tuple(map(tuple, padding)))
+  y = functools.reduce(jnp.maximum, values)
   first = jnp.full(y.shape, len(values), jnp.int32)  # the first offset holding the maximum
   for k in reversed(range(len(values))):
     first = jnp.where(values[k] == y, k, first)
+  return y, (x, first)
+
+
+def _max_pool_bwd(window, strides, padding, residuals, dy):
+  x, first = residuals
+  window, strides = tuple(window), tuple(strides)
+  offsets = list(itertools.product(*(range(k) for k in window)))
   first = jax.lax.optimization_barrier(first)  # computed once, not inside every consumer
   # Offset k's gradients land on the padded input at o * stride + k. Offsets of one phase
   # (k mod stride) share a lattice, where they are plain shifts (k // stride) of each other:
@@ -269,7 +270,7 @@ def _max_pool_bwd(window, strides, padding, residuals, dy):
     for k, offset in enumerate(offsets):
       if all(o % s == p for o, s, p in zip(offset, strides, phase)):
         shift = [(o // s, n - o // s - m, 0) for o, s, n, m in zip(offset, strides, lattice,
-                                                                     y.shape[1:-1])]
+                                                                     first.shape[1:-1])]
         part = jax.lax.pad(jnp.where(first == k, dy, zero), zero,
                            ((0, 0, 0), *shift, (0, 0, 0)))
         total = part if total is None else total + part
