@@ -6,14 +6,17 @@
 ``arg``: a model, ``c2d`` or ``c2d_kpsem`` (the default), then any of ``,k=<K>`` (regions),
 ``,g=<G>`` (AReSE sets), ``,fixed`` (fixed instead of adaptive regions), ``,de=<d_e>``
 (embedding width), ``,at=<stage>`` (where KPSEM reads: ``res2`` .. ``res5``),
-``,steps=<n>``. Every variant of ``python -m kpsem_jax.experiments`` is one of these.
+``,steps=<n>``, ``,lr=<lr>``, ``,data=<synthetic_motion config>`` (``translation``, the
+default, or ``default``: the mixed set with rotations and approach/recede). Every variant of
+``python -m kpsem_jax.experiments`` is one of these.
 
 C2D is a 2-D ResNet (every kernel 1xkxk, one bottleneck per stage, width 16) that sees each
-frame alone; only KPSEM can tell a motion from its time reversal. Clips: 8 of the 16 frames
-(interval 2) at 64x64, so translating objects move 2-4 input pixels between sampled frames,
-0.5-1 pixel of the stride-4 ``res2`` map KPSEM reads by default (16x16). SGD as in
-``configs/synthetic.py`` (lr 0.05, x0.1 at 80% and 93% of the steps) with the global
-gradient norm clipped at 1.
+frame alone; only KPSEM can tell a motion from its time reversal. Data: the ``translation``
+config, 2048 training videos of an object crossing half to 0.7 of the frame in one of 8
+directions. Clips: 8 of the 16 frames (interval 2) at 64x64, so the object moves 4.3-6
+input pixels between sampled frames, 1.1-1.5 pixels of the stride-4 ``res2`` map KPSEM
+reads by default (16x16). SGD as in ``configs/synthetic.py`` (lr 0.05, x0.1 at 80% and 93%
+of the steps) with the global gradient norm clipped at 1.
 """
 
 from configs import synthetic
@@ -27,7 +30,7 @@ def get_config(arg: str = "c2d_kpsem"):
     raise ValueError(f"configs/synthetic_c2d.py: unknown model {model!r}; choose c2d or "
                      "c2d_kpsem")
   opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in options)
-  unknown = set(opts) - {"k", "g", "fixed", "de", "at", "steps"}
+  unknown = set(opts) - {"k", "g", "fixed", "de", "at", "steps", "data", "lr"}
   if unknown:
     raise ValueError(f"configs/synthetic_c2d.py: unknown option(s) {sorted(unknown)}; the "
                      "options are k=<regions>, g=<sets>, fixed, de=<d_e>, at=<stage>, "
@@ -36,6 +39,7 @@ def get_config(arg: str = "c2d_kpsem"):
     raise ValueError(f"configs/synthetic_c2d.py: at={opts['at']!r} is not a stage; choose "
                      f"one of {', '.join(STAGES)}")
   c = synthetic.get_config()
+  c.dataset.config = opts.get("data", "translation")
   c.clip.update(dict(frames=8, interval=2, crop=64, train_scale=(64, 72), aspect=(0.9, 1.1),
                      flip=False, eval_resize=64, eval_clips=1, eval_crops=1))
   c.model.backbone = "resnet3d"
@@ -46,7 +50,7 @@ def get_config(arg: str = "c2d_kpsem"):
                        embed_dim=int(opts.get("de", 8)), reduction_channels=(16, 16),
                        adaptive="fixed" not in opts)
   steps = int(opts.get("steps", 600))
-  c.optimizer.update(dict(lr=0.05, warmup_steps=max(1, steps // 20), clip_grad_norm=1.0,
+  c.optimizer.update(dict(lr=float(opts.get("lr", 0.05)), warmup_steps=max(1, steps // 20), clip_grad_norm=1.0,
                           decay_steps=(int(steps * 0.8), int(steps * 0.93))))
   c.update(dict(batch_size=16, eval_batch_size=32, num_train_steps=steps,
                 log_every=max(1, steps // 20), eval_every=steps,

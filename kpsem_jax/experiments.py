@@ -1,7 +1,8 @@
-"""The KPSEM experiment suite at CPU scale, on the synthetic motion dataset.
+"""The KPSEM experiment suite at CPU scale, on synthetic_motion (docs/experiments.md).
 
     python -m kpsem_jax.experiments --workdir=DIR [--suite=ablation] [--seeds=3] [--steps=600]
     python -m kpsem_jax.experiments --workdir=DIR --quick     # the core contrast, one seed
+    python -m kpsem_jax.experiments --workdir=DIR --report_only   # the table so far
 
 Every run has the same data, budget (steps, batch, schedule) and seeds; only the model
 changes: each is a variant of ``configs/synthetic_c2d.py``, a time-blind C2D (a 2-D ResNet
@@ -16,7 +17,9 @@ interrupted suite resumes (finished runs are kept, a cut run continues from its 
 ``DIR/results.md`` holds the table (mean and standard deviation over seeds of video top-1
 and of the reversal error, the share of test videos labelled as their time-reversed class,
 and each row's difference to its reference row), ``DIR/results.json`` every number,
-``DIR/results.png`` a bar chart.
+``DIR/results.png`` a bar chart. ``--data``: synthetic_motion's ``translation`` config (the
+default; 8 directions) or ``default`` (with rotations and approach/recede, whose direction
+KPSEM's per-step features cannot carry: docs/experiments.md).
 """
 
 import dataclasses
@@ -68,11 +71,20 @@ def reference(variant: Variant) -> Optional[Variant]:
   return C2D if variant == BASE else BASE
 
 
-def run_config(variant: Variant, seed: int, steps: int, data_dir: str):
-  """``configs/synthetic_c2d.py:<variant.config>,steps=<steps>`` with ``seed`` and
-  ``data_dir``."""
+DATA = {  # synthetic_motion's configs the suite runs on, and how the table describes them
+    "translation": "synthetic_motion translation (translations in 8 directions, in "
+                   "time-reversed pairs",
+    "default": "synthetic_motion default (right/left, down/up, clockwise/anticlockwise, "
+               "approach/recede",
+}
+
+
+def run_config(variant: Variant, seed: int, steps: int, data_dir: str,
+               data: str = "translation"):
+  """``configs/synthetic_c2d.py:<variant.config>,steps=<steps>,data=<data>`` with ``seed``
+  and ``data_dir``."""
   from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
-  c = trainer.load_config("synthetic_c2d", f"{variant.config},steps={steps}")
+  c = trainer.load_config("synthetic_c2d", f"{variant.config},steps={steps},data={data}")
   c.seed = seed
   c.dataset.data_dir = data_dir
   return c
@@ -89,22 +101,43 @@ def reversal_error(confusion: np.ndarray) -> float:
   return float(swapped / max(confusion.sum(), 1))
 
 
-def run_one(variant: Variant, seed: int, steps: int, data_dir: str, workdir: str) -> Dict:
-  """Trains and evaluates one (variant, seed), or reads the result of a finished run."""
+def _write(path: str, text: str):
+  """Writes ``path`` whole: readers see the old file or the new one, never a part."""
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+class WorkdirMismatch(ValueError):
+  """A suite's workdir holds finished runs made with other data or steps."""
+
+
+def run_one(variant: Variant, seed: int, steps: int, data_dir: str, workdir: str,
+            data: str = "translation") -> Dict:
+  """Trains and evaluates one (variant, seed), or reads the result of a finished run.
+
+  Raises :class:`WorkdirMismatch` where ``workdir`` holds a finished run on other data or
+  steps."""
   from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
   result_path = os.path.join(workdir, "result.json")
   if os.path.exists(result_path):
-    return json.load(open(result_path))
+    result = json.load(open(result_path))
+    held = (result.get("data", "default"), result["steps"])  # runs before `data`: default
+    if held != (data, steps):
+      raise WorkdirMismatch(f"{result_path}: a finished run with --data={held[0]} "
+                       f"--steps={held[1]}, not --data={data} --steps={steps}; use another "
+                       "--workdir, or the same flags to resume this suite")
+    return result
   start = time.perf_counter()
-  final = trainer.train_and_evaluate(run_config(variant, seed, steps, data_dir), workdir)
+  final = trainer.train_and_evaluate(run_config(variant, seed, steps, data_dir, data), workdir)
+  confusion = np.asarray(final["confusion"])
   result = dict(variant=variant.name, group=variant.group, config=variant.config, seed=seed,
-                steps=steps,
+                data=data, steps=steps,
                 video_top1=float(final["video_top1"]),
-                reversal_error=reversal_error(np.asarray(final["confusion"])),
-                num_videos=int(final["num_videos"]), seconds=time.perf_counter() - start)
-  with open(result_path + ".tmp", "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(result_path + ".tmp", result_path)
+                reversal_error=reversal_error(confusion),
+                num_videos=int(final["num_videos"]), seconds=time.perf_counter() - start,
+                confusion=confusion.astype(int).tolist())
+  _write(result_path, json.dumps(result, indent=1))
   return result
 
 
@@ -135,8 +168,8 @@ def summarize(results: Sequence[Dict], variants: Sequence[Variant]) -> List[Dict
   return list(rows.values())
 
 
-def markdown(rows: Sequence[Dict], steps: int) -> str:
-  lines = [f"synthetic_motion (8 classes in time-reversed pairs; chance 12.5%, a frame-order-"
+def markdown(rows: Sequence[Dict], steps: int, data: str = "translation") -> str:
+  lines = [f"{DATA[data]}; chance 12.5%, a frame-order-"
            f"blind model tops out at 50%), 8x64x64 clips, {steps} steps of 16 clips; mean ± std "
            "over the seeds listed per row. Δ: difference of mean top-1 to the reference row "
            "(C2D for C2D-KPSEM, C2D-KPSEM for the ablations); * where the two rows' mean ± std "
@@ -153,7 +186,8 @@ def markdown(rows: Sequence[Dict], steps: int) -> str:
   return "\n".join(lines) + "\n"
 
 
-def bar_chart(rows: Sequence[Dict], path: str, width: int = 900, bar: int = 22):
+def bar_chart(rows: Sequence[Dict], path: str, data: str = "translation", width: int = 900,
+              bar: int = 22):
   """Horizontal bars of mean video top-1 with ±std whiskers and the chance line (PIL)."""
   from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
   label_w, top = 330, 30
@@ -165,8 +199,8 @@ def bar_chart(rows: Sequence[Dict], path: str, width: int = 900, bar: int = 22):
   def x_of(v):
     return label_w + v * plot_w
 
-  draw.text((6, 8), "video top-1 on synthetic_motion (mean ± std over seeds); blue: with KPSEM",
-            fill=(0, 0, 0))
+  draw.text((6, 8), f"video top-1 on synthetic_motion {data} (mean ± std over seeds); blue: "
+            "with KPSEM", fill=(0, 0, 0))
   for i, r in enumerate(rows):
     y = top + i * (bar + 8)
     color = (60, 110, 200) if r["config"] != C2D.config else (150, 150, 150)  # with KPSEM
@@ -188,28 +222,39 @@ def bar_chart(rows: Sequence[Dict], path: str, width: int = 900, bar: int = 22):
 
 def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 600,
               data_dir: str = "~/tensorflow_datasets", only: Sequence[str] = (),
-              log=print) -> List[Dict]:
+              log=print, data: str = "translation", train: bool = True) -> List[Dict]:
+  """Trains the runs of ``suite`` not yet finished in ``workdir`` (``train=False``: none,
+  the table then holds the finished ones) and writes the table, numbers and chart."""
   if suite not in SUITES:
     raise ValueError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
+  if data not in DATA:
+    raise ValueError(f"unknown data {data!r}; choose one of {sorted(DATA)}")
   variants = [v for v in SUITES[suite] if not only or v.name in only]
   data_dir = os.path.expanduser(data_dir)
-  os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
-  results = []
+  if train:
+    os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+  results, missing = [], 0
   todo = [(v, s) for v in variants for s in range(seeds)]  # whole rows first
   for i, (v, seed) in enumerate(todo, 1):
     run_dir = os.path.join(workdir, "runs", f"{slug(v.name)}_seed{seed}")
+    if not train and not os.path.exists(os.path.join(run_dir, "result.json")):
+      missing += 1
+      continue
     log(f"[{i}/{len(todo)}] {v.name}, seed {seed} -> {run_dir}")
-    r = run_one(v, seed, steps, data_dir, run_dir)
+    r = run_one(v, seed, steps, data_dir, run_dir, data)
     log(f"    video top-1 {100 * r['video_top1']:.1f}%, reversal error "
         f"{100 * r['reversal_error']:.1f}% ({r['seconds']:.0f} s)")
     results.append(r)
-    rows = summarize(results, variants)  # rewritten after every run
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(dict(suite=suite, steps=steps, seeds=seeds, runs=results, table=rows), f,
-                indent=1)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-      f.write(markdown(rows, steps))
-    bar_chart(rows, os.path.join(workdir, "results.png"))
+    rows = summarize(results, variants)  # rewritten after every run, each file whole
+    _write(os.path.join(workdir, "results.json"), json.dumps(
+        dict(suite=suite, data=data, steps=steps, seeds=seeds, runs=results, table=rows),
+        indent=1))
+    _write(os.path.join(workdir, "results.md"), markdown(rows, steps, data))
+    bar_chart(rows, os.path.join(workdir, "results.tmp.png"), data)
+    os.replace(os.path.join(workdir, "results.tmp.png"), os.path.join(workdir, "results.png"))
+  if missing:
+    log(f"{missing} of {len(todo)} runs are not finished and not in the table; run without "
+        "--report_only to train them")
   return summarize(results, variants)
 
 
@@ -221,9 +266,14 @@ def define_flags():
   flags.DEFINE_string("workdir", None, "results and one training workdir per run")
   flags.DEFINE_integer("seeds", 3, "seeds per model (0 .. seeds-1)")
   flags.DEFINE_integer("steps", 600, "training steps per run (batch 16)")
+  flags.DEFINE_enum("data", "translation", sorted(DATA), "synthetic_motion's config: "
+                    "translations in 8 directions, or the default set (translations, "
+                    "rotations, approach/recede)")
   flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "where synthetic_motion is built")
   flags.DEFINE_multi_string("only", [], "run only these variants (by name; repeatable)")
   flags.DEFINE_bool("list", False, "print the suite's variants and exit")
+  flags.DEFINE_bool("report_only", False, "train nothing: the table of the runs finished in "
+                    "--workdir so far")
   flags.mark_flag_as_required("workdir")
 
 
@@ -242,9 +292,19 @@ def main(argv):
     return 0
   unknown = set(FLAGS.only) - {v.name for v in SUITES[suite]}
   if unknown:
-    print(f"error: --only names no variant of {suite}: {sorted(unknown)}", file=sys.stderr)
-    return 2
-  run_suite(suite, FLAGS.workdir, seeds, FLAGS.steps, FLAGS.data_dir, FLAGS.only)
+    print(f"error: --only names no variant of {suite}: {sorted(unknown)}; --list shows "
+          "them", file=sys.stderr)
+    return 1
+  try:
+    rows = run_suite(suite, FLAGS.workdir, seeds, FLAGS.steps, FLAGS.data_dir, FLAGS.only,
+                     data=FLAGS.data, train=not FLAGS.report_only)
+  except WorkdirMismatch as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  if not rows:
+    print(f"error: {FLAGS.workdir}/runs holds no finished run of --suite={suite}; run "
+          "without --report_only to train them", file=sys.stderr)
+    return 1
   print(open(os.path.join(FLAGS.workdir, "results.md")).read())
   print(f"table, numbers and chart in {FLAGS.workdir}/results.md, results.json, results.png")
   return 0

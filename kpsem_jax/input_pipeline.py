@@ -70,6 +70,11 @@ def clip_starts(num_frames: int, clip_frames: int, interval: int, num_clips: int
   return np.round(np.linspace(0, last, num_clips)).astype(int)
 
 
+def train_starts(num_frames: int, clip_frames: int, interval: int) -> int:
+  """How many window starts training draws from (uniformly): ``0 .. n - 1``."""
+  return max(1, num_frames - clip_frames * interval + 1)
+
+
 def window_indices(num_frames: int, start: int, clip_frames: int, interval: int) -> np.ndarray:
   """Frame indices ``start + i * interval`` of a clip, looped past the end of short videos."""
   return (start + interval * np.arange(clip_frames)) % num_frames
@@ -130,7 +135,7 @@ class TrainClip(grain.RandomMapTransform):
     index, record = element
     s = self.spec
     n = len(record["frames"])
-    start = int(rng.integers(0, max(1, n - s.frames * s.interval + 1)))
+    start = int(rng.integers(0, train_starts(n, s.frames, s.interval)))
     clip = _frames(record, window_indices(n, start, s.frames, s.interval))
     h, w = clip.shape[1:3]
     short = rng.uniform(*s.train_scale)

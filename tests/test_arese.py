@@ -288,3 +288,26 @@ def test_kpsem_gradient_into_its_input_has_no_spikes():
   g = jax.grad(lambda f: jnp.sum(module.apply(variables, f) * direction))(features)
   assert float(jnp.max(jnp.abs(g))) < 0.05
   assert float(jnp.linalg.norm(g)) < 0.5
+
+
+def test_kpsem_output_at_each_step_depends_on_its_two_frames_only():
+  """P_out is (T-1) blocks, block t a function of frames t and t+1 alone (the reduction
+  convolutions have a time kernel of 1), so the linear classifier adds per-step terms:
+  what no single step's shifts show (a rotation's sense, without the key points' places)
+  the sum cannot recover (docs/experiments.md)."""
+  t, c, red = 6, 5, 4
+  features = jax.random.uniform(jax.random.PRNGKey(0), (1, t, 8, 8, c))
+  module = KPSEM(num_regions=4, num_sets=2, embed_dim=6, mlp_hidden=3, reduction_channels=(red,),
+                 argmax_strategy="jnp", conv_strategy="xla")
+  params = module.init(jax.random.PRNGKey(1), features)
+  params = jax.tree_util.tree_map_with_path(  # adaptive splits that move with the features
+      lambda path, p: jax.random.normal(jax.random.PRNGKey(2), p.shape)
+      if "mlp_w2" in jax.tree_util.keystr(path) else p, params)
+  base = module.apply(params, features).reshape(t - 1, red)
+  for frame in range(t):
+    changed = features.at[:, frame].set(jax.random.uniform(jax.random.PRNGKey(3 + frame),
+                                                           (1, 8, 8, c)))
+    out = module.apply(params, changed).reshape(t - 1, red)
+    moved = np.flatnonzero(np.abs(np.asarray(out - base)).max(axis=1) > 1e-6)
+    touching = [s for s in (frame - 1, frame) if 0 <= s < t - 1]
+    assert set(moved) <= set(touching) and len(moved) > 0, (frame, moved)

@@ -247,11 +247,30 @@ def test_synthetic_motion_is_deterministic_and_motion_defined(tmp_path):
   same_error = np.abs(decoded.astype(int) - again.astype(int)).mean()  # JPEG loss only
   assert same_error < 15 < 2 * same_error < np.abs(decoded.astype(int) - other.astype(int)).mean()
   # Time-reversed pairs: the paths of class 2k reversed are paths of class 2k+1.
-  for label in (0, 2, 4, 6):
-    forward = synthetic._path(np.random.default_rng(5), label, 8, 64)
-    backward = synthetic._path(np.random.default_rng(5), label + 1, 8, 64)
-    for a, b in zip(forward, backward):
-      np.testing.assert_allclose(a[::-1], b, atol=1e-9)
+  for classes in (synthetic.CLASSES, synthetic.TRANSLATION_CLASSES):
+    for label in (0, 2, 4, 6):
+      forward = synthetic._path(np.random.default_rng(5), classes, label, 8, 64)
+      backward = synthetic._path(np.random.default_rng(5), classes, label + 1, 8, 64)
+      for a, b in zip(forward, backward):
+        np.testing.assert_allclose(a[::-1], b, atol=1e-9)
+
+
+def test_synthetic_translation_moves_each_class_its_own_way_inside_the_frame():
+  config = next(c for c in synthetic.Builder.BUILDER_CONFIGS if c.name == "translation")
+  assert config.classes == synthetic.TRANSLATION_CLASSES and config.span == (0.5, 0.7)
+  arrow = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
+  for label, name in enumerate(config.classes):
+    want = np.sum([arrow[w] for w in name.split("_")[1:]], axis=0)
+    want = want / np.linalg.norm(want)
+    for draw in range(20):
+      x, y, radius = synthetic._path(np.random.default_rng(draw), config.classes, label, 16, 64,
+                                     config.span)
+      step = np.stack([np.diff(x), np.diff(y)], -1)  # (15, 2): the same step every frame
+      np.testing.assert_allclose(step, np.broadcast_to(step[0], step.shape), atol=1e-9)
+      np.testing.assert_allclose(step[0] / np.linalg.norm(step[0]), want, atol=1e-9)
+      assert 0.5 * 64 <= np.linalg.norm(step[0]) * 15 <= 0.7 * 64  # the whole-clip span
+      assert (x - radius >= 0).all() and (x + radius <= 64).all()
+      assert (y - radius >= 0).all() and (y + radius <= 64).all()
 
 
 def test_interrupted_build_reruns_to_completion(tmp_path, monkeypatch):

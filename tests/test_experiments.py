@@ -48,10 +48,32 @@ def test_suite_variants_are_the_papers_ablations():
   config = experiments.run_config(experiments.C2D, 1, 200, "/data")
   assert (config.seed, config.num_train_steps, config.dataset.data_dir) == (1, 200, "/data")
   assert config.optimizer.lr == 0.05 and config.optimizer.clip_grad_norm == 1.0
+  assert config.dataset.config == "translation"
+  assert experiments.run_config(experiments.C2D, 1, 200, "/data", "default").dataset.config == (
+      "default")
   with pytest.raises(ValueError, match="unknown option"):
     trainer.load_config("synthetic_c2d", "c2d_kpsem,h=3")
   with pytest.raises(ValueError, match="not a stage"):
     trainer.load_config("synthetic_c2d", "c2d_kpsem,at=conv4")
+
+
+def test_the_suites_clips_and_their_time_reversals_show_the_same_frames():
+  """C2D averages its frames' features, so it can tell a clip from its time reversal (the
+  paired class) only if the two are sampled at different moments of the motion."""
+  from data.synthetic_motion import synthetic_motion_dataset_builder as synthetic
+  from kpsem_jax import input_pipeline as ip
+  builder_configs = {c.name: c for c in synthetic.Builder.BUILDER_CONFIGS}
+
+  def reversal_safe(data):
+    c = experiments.run_config(experiments.C2D, 0, 600, "/data", data)
+    n, frames, interval = builder_configs[c.dataset.config].frames, c.clip.frames, c.clip.interval
+    starts = set(range(ip.train_starts(n, frames, interval)))  # training's
+    starts |= set(ip.clip_starts(n, frames, interval, 1).tolist())  # evaluation's
+    shown = [set(ip.window_indices(n, s, frames, interval).tolist()) for s in starts]
+    return all(s == {n - 1 - i for i in s} for s in shown)
+
+  assert reversal_safe("translation")
+  assert not reversal_safe("default")  # 16 frames: 0, 2, .., 14 reversed is 1, 3, .., 15
 
 
 def test_rows_are_compared_with_their_reference_and_the_seed_spread():
@@ -80,8 +102,8 @@ def test_rows_are_compared_with_their_reference_and_the_seed_spread():
 def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path, monkeypatch):
   original = experiments.run_config
 
-  def tiny(variant, seed, steps, data_dir):
-    c = original(variant, seed, steps, data_dir)
+  def tiny(variant, seed, steps, data_dir, data):
+    c = original(variant, seed, steps, data_dir, data)
     c.dataset.config = "tiny"
     c.clip.update(dict(crop=24, train_scale=(24, 28), eval_resize=26))
     c.model.backbone_kwargs.base_width = 4
@@ -111,6 +133,10 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
       ("C2D", "c2d", 0), ("C2D", "c2d", 1), ("fixed regions", "c2d_kpsem,fixed", 0),
       ("fixed regions", "c2d_kpsem,fixed", 1)]
   assert all(0 <= r["video_top1"] <= 1 for r in saved["runs"])
+  for r in saved["runs"]:  # the confusion matrix behind each run's numbers
+    confusion = np.array(r["confusion"])
+    assert confusion.shape == (8, 8) and confusion.sum() == r["num_videos"]
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(r["video_top1"])
 
   def no_training(*args, **kwargs):
     raise AssertionError("a finished run was trained again")
@@ -119,6 +145,36 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
   again = experiments.run_suite("ablation", workdir, seeds=2, steps=2, data_dir=data_dir,
                                 only=only, log=lambda *a: None)
   assert again == rows
+  del rows[0]["top1_per_seed"][1:]  # the table of seed 0 alone, as --report_only writes it
+  os.remove(os.path.join(workdir, "runs", "C2D_seed1", "result.json"))
+  logged = []
+  report = experiments.run_suite("ablation", workdir, seeds=2, steps=2, data_dir=data_dir,
+                                 only=only, log=logged.append, train=False)
+  assert report[0]["seeds"] == 1 and report[0]["top1_per_seed"] == rows[0]["top1_per_seed"]
+  assert report[1] == rows[1]
+  assert logged[-1].startswith("1 of 4 runs are not finished and not in the table")
+  for data, steps in (("default", 2), ("translation", 3)):  # never mixed into the table
+    with pytest.raises(experiments.WorkdirMismatch,
+                       match=r"C2D_seed0/result.json: a finished run with --data=translation "
+                             r"--steps=2, not --data=\w+ --steps=\d"):
+      experiments.run_suite("ablation", workdir, seeds=2, steps=steps, data_dir=data_dir,
+                            only=only, log=lambda *a: None, data=data)
+
+
+def test_an_unknown_variant_or_an_empty_report_is_one_error_line(tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run([sys.executable, "-m", "kpsem_jax.experiments", "--only=K=5",
+                        f"--workdir={tmp_path}"], cwd=repo, capture_output=True, text=True)
+  assert run.returncode == 1 and run.stdout == ""
+  assert run.stderr == ("error: --only names no variant of ablation: ['K=5']; --list shows "
+                        "them\n")
+  assert os.listdir(tmp_path) == []
+  run = subprocess.run([sys.executable, "-m", "kpsem_jax.experiments", "--report_only",
+                        f"--workdir={tmp_path}"], cwd=repo, capture_output=True, text=True)
+  assert (run.returncode, os.listdir(tmp_path)) == (1, [])
+  assert run.stdout.startswith("39 of 39 runs are not finished and not in the table")
+  assert run.stderr == (f"error: {tmp_path}/runs holds no finished run of --suite=ablation; "
+                        "run without --report_only to train them\n")
 
 
 def test_quick_lists_the_core_contrast_only(tmp_path):

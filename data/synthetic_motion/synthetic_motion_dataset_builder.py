@@ -1,10 +1,12 @@
 """synthetic_motion: procedurally generated clips whose class is their motion alone.
 
 A textured object moves over a cluttered, textured background that drifts in a random
-direction of its own. Classes come in time-reversed pairs (right/left, down/up,
-clockwise/anticlockwise, approach/recede) drawn from the same path distribution, so every
-single frame, and every frame-order-blind summary of a clip, carries no information about
-the label: only the order of frames does. Deterministic from the config's seed.
+direction of its own. Classes come in time-reversed pairs drawn from the same path
+distribution, so every single frame, and every frame-order-blind summary of a clip, carries
+no information about the label: only the order of frames does. Deterministic from the
+config's seed. Configs: ``default`` (right/left, down/up, clockwise/anticlockwise,
+approach/recede), ``translation`` (translations in 8 directions: right/left, down/up and the
+two diagonals), ``tiny`` (``default``'s classes, small, for tests).
 """
 
 import dataclasses
@@ -16,6 +18,13 @@ from data import common
 
 CLASSES = ("move_right", "move_left", "move_down", "move_up", "rotate_clockwise",
            "rotate_anticlockwise", "approach", "recede")
+TRANSLATION_CLASSES = ("move_right", "move_left", "move_down", "move_up", "move_down_right",
+                       "move_up_left", "move_down_left", "move_up_right")
+# Each pair's first class: its path; the second class is the same path reversed in time.
+# A translation's unit direction in image coordinates (x right, y down).
+_DIRECTIONS = {"move_right": (1.0, 0.0), "move_down": (0.0, 1.0),
+               "move_down_right": (0.5 ** 0.5, 0.5 ** 0.5),
+               "move_down_left": (-0.5 ** 0.5, 0.5 ** 0.5)}
 
 
 @dataclasses.dataclass
@@ -25,6 +34,8 @@ class SyntheticMotionConfig(tfds.core.BuilderConfig):
   train_per_class: int = 64
   test_per_class: int = 16
   seed: int = 0
+  classes: tuple = CLASSES  # in time-reversed pairs (2k, 2k+1)
+  span: tuple = (0.25, 0.45)  # a translation's whole-clip displacement, in frame sizes
 
 
 def _texture(rng, height, width, channels=3):
@@ -38,36 +49,41 @@ def _texture(rng, height, width, channels=3):
   return field
 
 
-def _path(rng, label, frames, size):
-  """Per-frame object centre (x, y) and radius. For the same draws, the path of class
-  2k+1 is exactly the time reversal of the path of class 2k."""
+def _path(rng, classes, label, frames, size, span_range=(0.25, 0.45)):
+  """Per-frame object centre (x, y) and radius of class ``classes[label]``. For the same
+  draws, the path of class 2k+1 is exactly the time reversal of the path of class 2k."""
   t = np.arange(frames, dtype=np.float64)
   radius = np.full(frames, rng.uniform(size / 10, size / 7))
-  kind, reverse = divmod(label, 2)
-  if kind in (0, 1):  # translation (right / down): a path centred anywhere it fits
-    span = rng.uniform(0.25, 0.45) * size  # whole-clip displacement, whatever the frame count
+  motion, reverse = classes[label - label % 2], label % 2
+  if motion in _DIRECTIONS:  # translation: a path centred anywhere it fits
+    span = rng.uniform(*span_range) * size  # whole-clip displacement, any frame count
     centre = rng.uniform(radius[0] + span / 2, size - radius[0] - span / 2, size=2)
     offset = (t / (frames - 1) - 0.5) * span
-    x = np.full(frames, centre[0]) + (offset if kind == 0 else 0)
-    y = np.full(frames, centre[1]) + (offset if kind == 1 else 0)
-  elif kind == 2:  # rotation about a random centre; image y points down: +angle = clockwise
+    dx, dy = _DIRECTIONS[motion]
+    x = centre[0] + (offset * dx if dx else 0)
+    y = centre[1] + (offset * dy if dy else 0)
+    x, y = np.broadcast_to(x, (frames,)).copy(), np.broadcast_to(y, (frames,)).copy()
+  elif motion == "rotate_clockwise":  # about a random centre; image y points down
     orbit = rng.uniform(size / 6, size / 4)
     centre = rng.uniform(orbit + radius[0], size - orbit - radius[0], size=2)
     sweep = rng.uniform(0.5, 1.0) * np.pi  # a quarter to a half turn per clip
     angle = rng.uniform(0, 2 * np.pi) + t / (frames - 1) * sweep
     x, y = centre[0] + orbit * np.cos(angle), centre[1] + orbit * np.sin(angle)
-  else:  # approach: radius a -> 2a
+  elif motion == "approach":  # radius a -> 2a
     small = rng.uniform(size / 14, size / 9)
     radius = small * np.linspace(1.0, 2.0, frames)
     centre = rng.uniform(2 * small, size - 2 * small, size=2)
     x, y = np.full(frames, centre[0]), np.full(frames, centre[1])
-  if reverse:  # left, up, anticlockwise, recede
+  else:
+    raise ValueError(f"synthetic_motion: no path for class {motion!r}")
+  if reverse:  # left, up, anticlockwise, recede, ...
     x, y, radius = x[::-1], y[::-1], radius[::-1]
   return x, y, radius
 
 
-def render(label: int, size: int, frames: int, rng: np.random.Generator) -> np.ndarray:
-  """``(frames, size, size, 3)`` uint8 clip of class ``label``."""
+def render(label: int, size: int, frames: int, rng: np.random.Generator,
+           classes=CLASSES, span=(0.25, 0.45)) -> np.ndarray:
+  """``(frames, size, size, 3)`` uint8 clip of class ``classes[label]``."""
   drift = rng.uniform(-0.02, 0.02, size=2) * size  # background motion, class-independent
   pad = int(np.ceil(np.abs(drift).max() * frames)) + 1
   background = 0.2 + 0.5 * _texture(rng, size + 2 * pad, size + 2 * pad)  # muted clutter
@@ -76,7 +92,7 @@ def render(label: int, size: int, frames: int, rng: np.random.Generator) -> np.n
   stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * rng.uniform(0.8, 1.6)) > 0
   colour = rng.uniform(0.6, 1.0, size=3)
   texture = np.where(stripes[..., None], colour, 0.05 * colour)  # high-contrast stripes
-  x, y, radius = _path(rng, label, frames, size)
+  x, y, radius = _path(rng, classes, label, frames, size, span)
   clip = np.empty((frames, size, size, 3), np.uint8)
   for i in range(frames):
     oy, ox = (pad + np.round(drift * i)).astype(int)
@@ -92,15 +108,22 @@ class Builder(common.VideoDatasetBuilder):
   """Synthetic motion-defined action classes (no download)."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  RELEASE_NOTES = {"1.0.0": "First release (the translation config added later: the default "
+                            "config's clips are unchanged)."}
   BUILDER_CONFIGS = [
       SyntheticMotionConfig(name="default", description="8 classes, 64x64, 16 frames, 512/128"),
+      # 15 frames: 8 at interval 2 take frames 0, 2, .., 14, a set that time reversal maps
+      # onto itself, so a clip and its reversal show the same object positions.
+      SyntheticMotionConfig(name="translation",
+                            description="8 translation directions, 64x64, 15 frames, 2048/128",
+                            classes=TRANSLATION_CLASSES, span=(0.5, 0.7), frames=15,
+                            train_per_class=256),
       SyntheticMotionConfig(name="tiny", description="for tests: 32x32, 8 frames, 32/16",
                             size=32, frames=8, train_per_class=4, test_per_class=2),
   ]
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=common.features(CLASSES),
+    return tfds.core.DatasetInfo(builder=self, features=common.features(self.builder_config.classes),
                                  description=__doc__)
 
   def _split_generators(self, dl_manager):
@@ -111,10 +134,10 @@ class Builder(common.VideoDatasetBuilder):
 
   def _generate_examples(self, split_id, per_class):
     c = self.builder_config
-    for i in range(per_class * len(CLASSES)):
-      label = i % len(CLASSES)
+    for i in range(per_class * len(c.classes)):
+      label = i % len(c.classes)
       rng = np.random.default_rng([c.seed, split_id, i])
-      clip = render(label, c.size, c.frames, rng)
+      clip = render(label, c.size, c.frames, rng, c.classes, c.span)
       yield f"{split_id}_{i:06d}", dict(
           frames=common.encode_frames(clip), label=label, video_id=f"synthetic_{split_id}_{i:06d}",
           fps=25.0, height=c.size, width=c.size, num_frames=c.frames)
