@@ -12,10 +12,10 @@ default, or ``default``: the mixed set with rotations and approach/recede). Ever
 
 C2D is a 2-D ResNet (every kernel 1xkxk, one bottleneck per stage, width 16) that sees each
 frame alone; only KPSEM can tell a motion from its time reversal. Data: the ``translation``
-config, 2048 training videos of an object crossing half to 0.7 of the frame in one of 8
-directions. Clips: 8 of the 16 frames (interval 2) at 64x64, so the object moves 4.3-6
-input pixels between sampled frames, 1.1-1.5 pixels of the stride-4 ``res2`` map KPSEM
-reads by default (16x16). SGD as in ``configs/synthetic.py`` (lr 0.05, x0.1 at 80% and 93%
+config, 2048 training videos of 15 frames, an object crossing half to 0.7 of the frame in
+one of 8 directions. Clips: 8 frames at interval 2 (frames 0, 2, .., 14, the same set
+reversed) at 64x64, so the object moves 4.6-6.4 input pixels between sampled frames,
+1.1-1.6 pixels of the stride-4 ``res2`` map KPSEM reads by default (16x16). SGD as in ``configs/synthetic.py`` (lr 0.05, x0.1 at 80% and 93%
 of the steps) with the global gradient norm clipped at 1.
 """
 
