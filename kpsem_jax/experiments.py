@@ -180,14 +180,16 @@ def markdown(rows: Sequence[Dict], steps: int, data: str = "translation") -> str
     per_seed = ", ".join(f"{100 * x:.1f}" for x in r["top1_per_seed"])
     delta = (f"{100 * r['delta']:+.1f}{' *' if r['beyond_spread'] else ''} vs "
              f"{'C2D' if r['reference'] == C2D.name else 'C2D-KPSEM'}" if "delta" in r else "")
-    lines.append(f"| {r['variant']} | {100 * r['top1_mean']:.1f} ± {100 * r['top1_std']:.1f} | "
-                 f"{100 * r['reversal_mean']:.1f} ± {100 * r['reversal_std']:.1f} | "
-                 f"{per_seed} | {delta} |")
+    top1, reversal = f"{100 * r['top1_mean']:.1f}", f"{100 * r['reversal_mean']:.1f}"
+    if r["seeds"] > 1:  # one seed has no spread
+      top1 += f" ± {100 * r['top1_std']:.1f}"
+      reversal += f" ± {100 * r['reversal_std']:.1f}"
+    lines.append(f"| {r['variant']} | {top1} | {reversal} | {per_seed} | {delta} |")
   return "\n".join(lines) + "\n"
 
 
-def bar_chart(rows: Sequence[Dict], path: str, data: str = "translation", width: int = 900,
-              bar: int = 22):
+def bar_chart(rows: Sequence[Dict], path: str, data: str = "translation", steps: int = 600,
+              width: int = 900, bar: int = 22):
   """Horizontal bars of mean video top-1 with ±std whiskers and the chance line (PIL)."""
   from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
   label_w, top = 330, 30
@@ -199,8 +201,8 @@ def bar_chart(rows: Sequence[Dict], path: str, data: str = "translation", width:
   def x_of(v):
     return label_w + v * plot_w
 
-  draw.text((6, 8), f"video top-1 on synthetic_motion {data} (mean ± std over seeds); blue: "
-            "with KPSEM", fill=(0, 0, 0))
+  draw.text((6, 8), f"video top-1 on synthetic_motion {data}, {steps} steps (mean ± std over "
+            "seeds); blue: with KPSEM", fill=(0, 0, 0))
   for i, r in enumerate(rows):
     y = top + i * (bar + 8)
     color = (60, 110, 200) if r["config"] != C2D.config else (150, 150, 150)  # with KPSEM
@@ -209,7 +211,11 @@ def bar_chart(rows: Sequence[Dict], path: str, data: str = "translation", width:
     lo, hi = r["top1_mean"] - r["top1_std"], r["top1_mean"] + r["top1_std"]
     draw.line([(x_of(max(lo, 0)), y + bar / 2), (x_of(min(hi, 1)), y + bar / 2)], fill=(0, 0, 0),
               width=2)
-    draw.text((x_of(r["top1_mean"]) + 6, y + 5), f"{100 * r['top1_mean']:.1f}%", fill=(0, 0, 0))
+    label = f"{100 * r['top1_mean']:.1f}%"
+    if x_of(r["top1_mean"]) + 50 < width:  # right of the bar, or inside it near 100%
+      draw.text((x_of(r["top1_mean"]) + 6, y + 5), label, fill=(0, 0, 0))
+    else:
+      draw.text((x_of(r["top1_mean"]) - 90, y + 5), label, fill=(255, 255, 255))
   for v in (0.0, 0.25, 0.5, 0.75, 1.0):
     draw.line([(x_of(v), height - 26), (x_of(v), height - 22)], fill=(0, 0, 0))
     draw.text((x_of(v) - 8, height - 18), f"{int(v * 100)}%", fill=(0, 0, 0))
@@ -250,7 +256,7 @@ def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 600,
         dict(suite=suite, data=data, steps=steps, seeds=seeds, runs=results, table=rows),
         indent=1))
     _write(os.path.join(workdir, "results.md"), markdown(rows, steps, data))
-    bar_chart(rows, os.path.join(workdir, "results.tmp.png"), data)
+    bar_chart(rows, os.path.join(workdir, "results.tmp.png"), data, steps)
     os.replace(os.path.join(workdir, "results.tmp.png"), os.path.join(workdir, "results.png"))
   if missing:
     log(f"{missing} of {len(todo)} runs are not finished and not in the table; run without "

@@ -153,6 +153,8 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
   assert report[0]["seeds"] == 1 and report[0]["top1_per_seed"] == rows[0]["top1_per_seed"]
   assert report[1] == rows[1]
   assert logged[-1].startswith("1 of 4 runs are not finished and not in the table")
+  table = open(os.path.join(workdir, "results.md")).read()
+  assert f"| C2D | {100 * report[0]['top1_mean']:.1f} | " in table  # one seed: no ± spread
   for data, steps in (("default", 2), ("translation", 3)):  # never mixed into the table
     with pytest.raises(experiments.WorkdirMismatch,
                        match=r"C2D_seed0/result.json: a finished run with --data=translation "
