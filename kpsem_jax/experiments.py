@@ -125,8 +125,8 @@ def run_one(variant: Variant, seed: int, steps: int, data_dir: str, workdir: str
     held = (result.get("data", "default"), result["steps"])  # runs before `data`: default
     if held != (data, steps):
       raise WorkdirMismatch(f"{result_path}: a finished run with --data={held[0]} "
-                       f"--steps={held[1]}, not --data={data} --steps={steps}; use another "
-                       "--workdir, or the same flags to resume this suite")
+                            f"--steps={held[1]}, not --data={data} --steps={steps}; use "
+                            "another --workdir, or the same flags to resume this suite")
     return result
   start = time.perf_counter()
   final = trainer.train_and_evaluate(run_config(variant, seed, steps, data_dir, data), workdir)
