@@ -227,6 +227,17 @@ def bar_chart(rows: Sequence[Dict], path: str, data: str = "translation", steps:
   image.save(path)
 
 
+def _publish(workdir, suite, data, steps, seeds, results, variants):
+  """Writes ``results.json``, ``results.md`` and ``results.png``, each file whole."""
+  rows = summarize(results, variants)
+  _write(os.path.join(workdir, "results.json"), json.dumps(
+      dict(suite=suite, data=data, steps=steps, seeds=seeds, runs=results, table=rows),
+      indent=1))
+  _write(os.path.join(workdir, "results.md"), markdown(rows, steps, data))
+  bar_chart(rows, os.path.join(workdir, "results.tmp.png"), data, steps)
+  os.replace(os.path.join(workdir, "results.tmp.png"), os.path.join(workdir, "results.png"))
+
+
 def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 600,
               data_dir: str = "~/tensorflow_datasets", only: Sequence[str] = (),
               log=print, data: str = "translation", train: bool = True) -> List[Dict]:
@@ -252,13 +263,10 @@ def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 600,
     log(f"    video top-1 {100 * r['video_top1']:.1f}%, reversal error "
         f"{100 * r['reversal_error']:.1f}% ({r['seconds']:.0f} s)")
     results.append(r)
-    rows = summarize(results, variants)  # rewritten after every run, each file whole
-    _write(os.path.join(workdir, "results.json"), json.dumps(
-        dict(suite=suite, data=data, steps=steps, seeds=seeds, runs=results, table=rows),
-        indent=1))
-    _write(os.path.join(workdir, "results.md"), markdown(rows, steps, data))
-    bar_chart(rows, os.path.join(workdir, "results.tmp.png"), data, steps)
-    os.replace(os.path.join(workdir, "results.tmp.png"), os.path.join(workdir, "results.png"))
+    if train:  # rewritten after every run, so a long suite shows where it stands
+      _publish(workdir, suite, data, steps, seeds, results, variants)
+  if not train and results:
+    _publish(workdir, suite, data, steps, seeds, results, variants)
   if missing:
     log(f"{missing} of {len(todo)} runs are not finished and not in the table; run without "
         "--report_only to train them")

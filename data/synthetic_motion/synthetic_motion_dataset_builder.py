@@ -60,9 +60,7 @@ def _path(rng, classes, label, frames, size, span_range=(0.25, 0.45)):
     centre = rng.uniform(radius[0] + span / 2, size - radius[0] - span / 2, size=2)
     offset = (t / (frames - 1) - 0.5) * span
     dx, dy = _DIRECTIONS[motion]
-    x = centre[0] + (offset * dx if dx else 0)
-    y = centre[1] + (offset * dy if dy else 0)
-    x, y = np.broadcast_to(x, (frames,)).copy(), np.broadcast_to(y, (frames,)).copy()
+    x, y = centre[0] + offset * dx, centre[1] + offset * dy
   elif motion == "rotate_clockwise":  # about a random centre; image y points down
     orbit = rng.uniform(size / 6, size / 4)
     centre = rng.uniform(orbit + radius[0], size - orbit - radius[0], size=2)
