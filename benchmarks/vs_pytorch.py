@@ -230,7 +230,7 @@ def main(argv):
     loss = torch.nn.functional.cross_entropy(small(xt), yt)
     loss.backward()
     opt.step()
-    return float(loss)
+    return loss.item()
 
   tx = optax.sgd(0.01, momentum=0.9, nesterov=True)
   steps = {}

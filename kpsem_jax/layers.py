@@ -221,9 +221,9 @@ def _window_values(x, window, strides, padding):
   return values
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
-             padding: Padding) -> jax.Array:
+             padding: Padding, strategy: str = "auto") -> jax.Array:
   """Max-pooling of ``(B, *spatial, C)`` over ``window`` with ``strides`` and ``padding``
   (one ``(low, high)`` pair per spatial axis, padded with ``-inf``): as ``flax.linen.max_pool``,
   gradient included (each output's gradient goes to its window's first maximum, in row-major
@@ -231,12 +231,16 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
   slices, which XLA fuses into one pass (the gradient: one per stride phase); the forward
   keeps each output's first-maximum offset for the gradient. (XLA:CPU's own max-pool
   gradient, a variadic reduce-window over index arrays and a scatter, took a quarter of a
-  narrow MFNet's training step: ``docs/speed.md``.)
+  narrow MFNet's training step: ``docs/speed.md``.) Where ``strategy`` (a ``layers.conv``
+  strategy) runs :mod:`kpsem_jax.cpu_kernels`, the gradient of a 3-D pooling is their C++
+  one (``cpu_kernels.max_pool_grad``; XLA fused the one below with the producers of the
+  output gradient and recomputed them once per window offset); the same values.
 
   Args:
     x: ``(B, *spatial, C)``, floating point.
     window, strides: one size per spatial axis.
     padding: one ``(low, high)`` pair per spatial axis.
+    strategy: see above.
   Returns:
     ``(B, *out_spatial, C)``.
   """
@@ -244,7 +248,7 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
   return functools.reduce(jnp.maximum, values)
 
 
-def _max_pool_fwd(x, window, strides, padding):
+def _max_pool_fwd(x, window, strides, padding, strategy):
   values = _window_values(x, tuple(window), tuple(strides), tuple(map(tuple, padding)))
   y = functools.reduce(jnp.maximum, values)
   first = jnp.full(y.shape, len(values), jnp.int32)  # the first offset holding the maximum
@@ -253,9 +257,12 @@ def _max_pool_fwd(x, window, strides, padding):
   return y, (x, first)
 
 
-def _max_pool_bwd(window, strides, padding, residuals, dy):
+def _max_pool_bwd(window, strides, padding, strategy, residuals, dy):
   x, first = residuals
   window, strides = tuple(window), tuple(strides)
+  if len(window) == 3 and uses_cpu_kernels(strategy):
+    dx = cpu_kernels.max_pool_grad(dy, first, x.shape, window, strides, [p[0] for p in padding])
+    return (dx.astype(x.dtype),)
   offsets = list(itertools.product(*(range(k) for k in window)))
   first = jax.lax.optimization_barrier(first)  # computed once, not inside every consumer
   # Offset k's gradients land on the padded input at o * stride + k. Offsets of one phase
@@ -287,14 +294,139 @@ def _max_pool_bwd(window, strides, padding, residuals, dy):
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def batch_norm(train: bool, name: str = "bn", axis_name: Optional[str] = None) -> nn.BatchNorm:
-  """BatchNorm over the last axis with PyTorch's eps and momentum.
+def _centred_scale(mean, var, scale, epsilon):
+  """BatchNorm's per-channel multiplier ``a = scale / sqrt(var + eps)``: y = (x - mean) * a + bias."""
+  return scale * jax.lax.rsqrt(var + epsilon)
 
-  ``axis_name``: in training under ``jax.shard_map``, the mesh axis whose devices share
-  their batch statistics (``lax.pmean`` of the means and means of squares), so they are
-  those of the global batch, as with PyTorch's SyncBatchNorm; None: this call's batch
-  only. One difference from PyTorch: Flax updates the running variance with the biased
-  batch variance (PyTorch uses the unbiased one).
+
+def _normalize(x, mean, a, bias, relu):
+  y = (x - mean) * a + bias
+  return jnp.maximum(y, 0) if relu else y
+
+
+def batch_norm_eval(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array,
+                    bias: jax.Array, relu: bool = False, epsilon: float = BN_EPSILON) -> jax.Array:
+  """BatchNorm with given statistics (running averages), ReLU after it with ``relu``.
+
+  ``(x - mean) * (scale / sqrt(var + epsilon)) + bias`` over the last axis of
+  ``x`` ``(..., C)``; mean, var, scale, bias ``(C,)``.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                      epsilon=BN_EPSILON, axis_name=axis_name if train else None, name=name)
+  return _normalize(x, mean, _centred_scale(mean, var, scale, epsilon), bias, relu)
+
+
+def _batch_statistics(sums, n, axis_name):
+  """Mean and biased variance from ``(2, C)`` sums of x and x**2 over ``n`` rows."""
+  means = sums / n
+  if axis_name is not None:
+    means = jax.lax.pmean(means, axis_name)
+  mean, mean_of_squares = means[0], means[1]
+  return mean, jnp.maximum(0.0, mean_of_squares - mean * mean)
+
+
+def _rows(x):
+  return x.size // x.shape[-1]
+
+
+def _batch_norm_train_xla(x, scale, bias, relu, epsilon, axis_name):
+  x32 = x.astype(jnp.float32)
+  sums = jnp.stack([jnp.sum(x32, axis=tuple(range(x.ndim - 1))),
+                    jnp.sum(x32 * x32, axis=tuple(range(x.ndim - 1)))])
+  mean, var = _batch_statistics(sums, _rows(x), axis_name)
+  y = _normalize(x, mean, _centred_scale(mean, var, scale, epsilon), bias, relu)
+  return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _batch_norm_train_kernels(x, scale, bias, relu, epsilon, axis_name):
+  return _batch_norm_train_kernels_fwd(x, scale, bias, relu, epsilon, axis_name)[0]
+
+
+def _batch_norm_train_kernels_fwd(x, scale, bias, relu, epsilon, axis_name):
+  mean, var = _batch_statistics(cpu_kernels.batch_norm_sums(x), _rows(x), axis_name)
+  y = _normalize(x, mean, _centred_scale(mean, var, scale, epsilon), bias, relu)
+  return (y, mean, var), (x, mean, var, scale, bias)
+
+
+def _batch_norm_train_kernels_bwd(relu, epsilon, axis_name, residuals, cotangents):
+  # y = (x - mean) * a + bias (then ReLU), a = scale * inv, inv = (var + eps)^-1/2, with
+  # the statistics of all N rows (every device's). With dz the gradient before the ReLU,
+  # S1 = sum dz and S2 = sum dz (x - mean) over all N rows:
+  #   dx = a dz - a S1 / N - (x - mean) a inv^2 S2 / N,
+  #   dscale = inv * (this device's S2), dbias = this device's S1.
+  # The statistics outputs carry no gradient (they feed the running averages only).
+  x, mean, var, scale, bias = residuals
+  dy = cotangents[0]
+  inv = jax.lax.rsqrt(var + epsilon)
+  a = scale * inv
+  local = cpu_kernels.batch_norm_grad_sums(x, dy, mean, a, bias, relu)
+  n = _rows(x)
+  total = local if axis_name is None else jax.lax.psum(local, axis_name)
+  if axis_name is not None:
+    n = n * jax.lax.psum(1, axis_name)
+  s1, s2 = total[0] / n, total[1] / n
+  open_ = ((x - mean) * a + bias > 0) if relu else True
+  dz = jnp.where(open_, dy, 0)
+  dx = a * (dz - s1) - (x - mean) * (a * inv * inv * s2)
+  dscale = cpu_kernels.shard_typed(local[1] * inv, (x, dy), like=scale)
+  dbias = cpu_kernels.shard_typed(local[0], (x, dy), like=bias)
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+_batch_norm_train_kernels.defvjp(_batch_norm_train_kernels_fwd, _batch_norm_train_kernels_bwd)
+
+
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, relu: bool = False,
+                     epsilon: float = BN_EPSILON, axis_name: Optional[str] = None,
+                     strategy: str = "auto") -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """BatchNorm with the statistics of this batch, ReLU after it with ``relu``.
+
+  Args:
+    x: ``(..., C)``; statistics over every axis but the last.
+    scale, bias: ``(C,)``.
+    axis_name: under ``jax.shard_map``, the mesh axis whose devices share their statistics
+      (``lax.pmean`` of the means and means of squares, as PyTorch's SyncBatchNorm); None:
+      this call's batch only.
+    strategy: a ``layers.conv`` strategy; where it runs :mod:`kpsem_jax.cpu_kernels`
+      (:func:`uses_cpu_kernels`), the per-channel sums of both passes are the C++ ones
+      (XLA:CPU's took most of a narrow MFNet's training step) with a hand-written gradient;
+      elsewhere ``jnp`` sums and JAX's autodiff. Both give the same values and gradients.
+  Returns:
+    ``(y, mean, var)``: ``y`` shaped as ``x``; the batch mean and biased variance ``(C,)``,
+    without gradient (for the running averages).
+  """
+  if uses_cpu_kernels(strategy):
+    y, mean, var = _batch_norm_train_kernels(x, scale, bias, relu, epsilon, axis_name)
+    return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+  return _batch_norm_train_xla(x, scale, bias, relu, epsilon, axis_name)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over the last axis with PyTorch's eps and momentum, ReLU after it with ``relu``.
+
+  Variables as ``flax.linen.BatchNorm``'s (params ``scale``, ``bias``; ``batch_stats``
+  ``mean``, ``var``), so checkpoints and the PyTorch converter see the same names. In
+  training, :func:`batch_norm_train` (``axis_name``, ``strategy``: see there) and the
+  running averages updated with momentum ``BN_MOMENTUM``; otherwise
+  :func:`batch_norm_eval` with the running averages. One difference from PyTorch: the
+  running variance is updated with the biased batch variance (PyTorch uses the unbiased
+  one), as Flax does.
+  """
+  relu: bool = False
+  axis_name: Optional[str] = None
+  strategy: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    c = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    if not train:
+      return batch_norm_eval(x, ra_mean.value, ra_var.value, scale, bias, self.relu)
+    y, mean, var = batch_norm_train(x, scale, bias, self.relu, BN_EPSILON, self.axis_name,
+                                    self.strategy)
+    if not self.is_initializing():
+      ra_mean.value = BN_MOMENTUM * ra_mean.value + (1 - BN_MOMENTUM) * mean
+      ra_var.value = BN_MOMENTUM * ra_var.value + (1 - BN_MOMENTUM) * var
+    return y

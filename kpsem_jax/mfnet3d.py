@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpsem_jax.layers import Conv, batch_norm, max_pool
+from kpsem_jax.layers import BatchNorm, Conv, max_pool
 
 STAGES = ("conv2", "conv3", "conv4", "conv5")
 
@@ -26,11 +26,11 @@ class BNReLUConv(nn.Module):
   strides: Sequence[int] = (1, 1, 1)
   groups: int = 1
   strategy: str = "auto"  # layers.conv's strategy
-  bn_axis_name: Optional[str] = None  # layers.batch_norm's axis_name
+  bn_axis_name: Optional[str] = None  # layers.BatchNorm's axis_name
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    h = nn.relu(batch_norm(train, "bn", self.bn_axis_name)(x))
+    h = BatchNorm(True, self.bn_axis_name, self.strategy, name="bn")(x, train)
     return Conv(self.features, self.kernel_size, self.strides, groups=self.groups,
                 strategy=self.strategy, name="conv")(h)
 
@@ -78,21 +78,21 @@ class MFNet3D(nn.Module):
   stage_depths: Sequence[int] = (3, 4, 6, 3)
   groups: int = 16
   conv_strategy: str = "auto"  # layers.conv's strategy, for every convolution
-  bn_axis_name: Optional[str] = None  # layers.batch_norm's axis_name, for every BatchNorm
+  bn_axis_name: Optional[str] = None  # layers.BatchNorm's axis_name, for every BatchNorm
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
     out = {}
     h = _Conv1(self.conv1_channels, self.conv_strategy, self.bn_axis_name, name="conv1")(x, train)
     out["conv1"] = h
-    h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)))
+    h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)), self.conv_strategy)
     for i, (stage, channels, depth) in enumerate(
         zip(STAGES, self.stage_channels, self.stage_depths)):
       first_strides = (2, 1, 1) if i == 0 else (1, 2, 2)
       h = _Stage(channels, depth, self.groups, first_strides, self.conv_strategy,
                  self.bn_axis_name, name=stage)(h, train)
       out[stage] = h
-    h = _Tail(self.bn_axis_name, name="tail")(h, train)
+    h = _Tail(self.conv_strategy, self.bn_axis_name, name="tail")(h, train)
     out["last"] = h  # the final activation map (after the tail), globally pooled below
     out["pooled"] = jnp.mean(h, axis=(1, 2, 3))
     return out
@@ -107,7 +107,7 @@ class _Conv1(nn.Module):
   @nn.compact
   def __call__(self, x, train):
     h = Conv(self.features, (3, 5, 5), (1, 2, 2), strategy=self.strategy, name="conv")(x)
-    return nn.relu(batch_norm(train, "bn", self.bn_axis_name)(h))
+    return BatchNorm(True, self.bn_axis_name, self.strategy, name="bn")(h, train)
 
 
 class _Stage(nn.Module):
@@ -131,8 +131,9 @@ class _Stage(nn.Module):
 
 class _Tail(nn.Module):
   """``tail``: BN -> ReLU on the conv5 output."""
+  strategy: str = "auto"
   bn_axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train):
-    return nn.relu(batch_norm(train, "bn", self.bn_axis_name)(x))
+    return BatchNorm(True, self.bn_axis_name, self.strategy, name="bn")(x, train)

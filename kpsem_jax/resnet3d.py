@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpsem_jax.layers import Conv, batch_norm, max_pool
+from kpsem_jax.layers import BatchNorm, Conv, max_pool
 
 STAGES = ("res2", "res3", "res4", "res5")
 
@@ -26,14 +26,13 @@ class ConvBNReLU(nn.Module):
   strides: Sequence[int] = (1, 1, 1)
   relu: bool = True
   strategy: str = "auto"  # layers.conv's strategy
-  bn_axis_name: Optional[str] = None  # layers.batch_norm's axis_name
+  bn_axis_name: Optional[str] = None  # layers.BatchNorm's axis_name
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     h = Conv(self.features, self.kernel_size, self.strides, strategy=self.strategy,
              name="conv")(x)
-    h = batch_norm(train, "bn", self.bn_axis_name)(h)
-    return nn.relu(h) if self.relu else h
+    return BatchNorm(self.relu, self.bn_axis_name, self.strategy, name="bn")(h, train)
 
 
 class Bottleneck(nn.Module):
@@ -68,7 +67,7 @@ class ResNet3D(nn.Module):
   base_width: int = 64
   temporal_kernel: int = 1
   conv_strategy: str = "auto"  # layers.conv's strategy, for every convolution
-  bn_axis_name: Optional[str] = None  # layers.batch_norm's axis_name, for every BatchNorm
+  bn_axis_name: Optional[str] = None  # layers.BatchNorm's axis_name, for every BatchNorm
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
@@ -76,7 +75,7 @@ class ResNet3D(nn.Module):
     h = ConvBNReLU(self.base_width, (1, 7, 7), (1, 2, 2), strategy=self.conv_strategy,
                    bn_axis_name=self.bn_axis_name, name="stem")(x, train)
     out["stem"] = h
-    h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)))
+    h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)), self.conv_strategy)
     for i, (stage, depth) in enumerate(zip(STAGES, self.stage_depths)):
       for b in range(depth):
         h = Bottleneck(self.base_width * 2**i, 2 if (b == 0 and i > 0) else 1,

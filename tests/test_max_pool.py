@@ -1,4 +1,5 @@
-"""``layers.max_pool``: values and gradients equal a naive loop and Flax's ``max_pool``."""
+"""``layers.max_pool``: values and gradients equal a naive loop and Flax's ``max_pool``, with
+the ``jnp`` gradient and with the C++ one (``cpu_kernels.max_pool_grad``)."""
 
 import itertools
 
@@ -8,11 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kpsem_jax import layers
+from kpsem_jax import cpu_kernels, layers
+
+STRATEGIES = ["xla", pytest.param("onednn", marks=pytest.mark.skipif(
+    not cpu_kernels.available(), reason=f"CPU kernels not built: {cpu_kernels.unavailable_reason()}"))]
 
 CASES = [  # (input (B, T, H, W, C), window, strides, padding): MFNet's and ResNet's stem first
     ((2, 3, 9, 10, 4), (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1))),
     ((1, 4, 6, 7, 3), (2, 2, 3), (2, 1, 2), ((0, 1), (0, 0), (1, 1))),
+    ((2, 5, 5, 4, 17), (3, 2, 2), (1, 2, 1), ((1, 1), (1, 0), (0, 1))),  # overlap in time
 ]
 
 
@@ -35,14 +40,15 @@ def naive_max_pool_and_grad(x, dy, window, strides, padding):
   return y, dx
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("ties", [False, True])
-def test_max_pool_matches_the_naive_loop_in_values_and_gradients(case, ties):
+def test_max_pool_matches_the_naive_loop_in_values_and_gradients(case, ties, strategy):
   shape, window, strides, padding = case
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), shape))
   if ties:  # post-ReLU zeros and repeated positive values: the first maximum must win
     x = np.maximum(np.round(x * 2) / 2, 0).astype(np.float32)
-  fn = jax.jit(lambda x: layers.max_pool(x, window, strides, padding))
+  fn = jax.jit(lambda x: layers.max_pool(x, window, strides, padding, strategy))
   y, pull = jax.vjp(fn, jnp.asarray(x))
   dy = np.asarray(jax.random.normal(jax.random.PRNGKey(1), y.shape))
   want_y, want_dx = naive_max_pool_and_grad(x, dy, window, strides, padding)

@@ -1,4 +1,5 @@
-"""CPU kernels built on first use: oneDNN convolutions and AReSE's regional argmax.
+"""CPU kernels built on first use: oneDNN convolutions, AReSE's regional argmax, BatchNorm's
+sums and the max-pooling gradient.
 
 XLA:CPU's own 3-D convolutions run 3-100x slower than PyTorch's on CPUs (docs/speed.md, "Speed
 against PyTorch"); PyTorch calls oneDNN for them. This module compiles a small XLA FFI
@@ -6,7 +7,11 @@ extension against the oneDNN of the ``onednn-devel-cpu-gomp`` wheel (``requireme
 x86-64 Linux) and the headers jaxlib ships, caches the shared library, registers its
 handlers with XLA, and wraps them as :func:`conv` with its gradient (``onednn_conv.cc``)
 and :func:`regional_argmax` (``regional_argmax.cc``: XLA's variadic argmax reduction over
-a non-minor axis took 26 ms on MFNet's conv4 map, the vectorised loop 2.5 ms).
+a non-minor axis took 26 ms on MFNet's conv4 map, the vectorised loop 2.5 ms), and
+:func:`batch_norm_sums` and :func:`batch_norm_grad_sums` (``batch_norm.cc``: BatchNorm's
+per-channel sums in training, which XLA:CPU reduces at 3-9 GB/s), and :func:`max_pool_grad`
+(``max_pool.cc``: XLA:CPU fused that gradient with its input's producers and recomputed them
+once per window offset).
 
 Where it cannot be built (no C++ compiler, no oneDNN, another platform) :func:`available`
 is False, :func:`unavailable_reason` says why, and ``layers.conv(strategy="auto")`` keeps
@@ -33,11 +38,15 @@ import jax.numpy as jnp
 import numpy as np
 
 SOURCES = tuple(os.path.join(os.path.dirname(__file__), name)
-                for name in ("onednn_conv.cc", "regional_argmax.cc"))
+                for name in ("onednn_conv.cc", "regional_argmax.cc", "batch_norm.cc",
+                                     "max_pool.cc"))
 _TARGETS = {"kpsem_onednn_conv_forward": "KpsemOnednnConvForward",
             "kpsem_onednn_conv_input_grad": "KpsemOnednnConvBackwardInput",
             "kpsem_onednn_conv_kernel_grad": "KpsemOnednnConvBackwardKernel",
-            "kpsem_regional_argmax": "KpsemRegionalArgmax"}
+            "kpsem_regional_argmax": "KpsemRegionalArgmax",
+            "kpsem_batch_norm_sums": "KpsemBatchNormSums",
+            "kpsem_batch_norm_grad_sums": "KpsemBatchNormGradSums",
+            "kpsem_max_pool_grad": "KpsemMaxPoolGrad"}
 
 
 class _State:
@@ -149,20 +158,20 @@ def _varying_axes(*arrays) -> Tuple[str, ...]:
   return tuple(sorted(axes))
 
 
-def _typed(value, computed_from, like=None):
-  """A custom call's output, typed for ``jax.shard_map``.
+def shard_typed(value, computed_from, like=None):
+  """A custom call's output (or a value computed from one), typed for ``jax.shard_map``.
 
   XLA types a custom call's output as the same on every device; it is computed per device
   from ``computed_from``, so it varies over their axes. With ``like`` (the primal input a
   gradient belongs to): summed over the axes ``like`` does not vary over (the gradient of a
   value the devices share is the sum of theirs) and cast varying over the ones it does.
   """
-  have = _varying_axes(*computed_from)
+  have = tuple(a for a in _varying_axes(*computed_from) if a not in _varying_axes(value))
   if have:
     value = jax.lax.pcast(value, have, to="varying")
   if like is None:
     return value
-  want = _varying_axes(like)
+  have, want = _varying_axes(value), _varying_axes(like)
   extra = tuple(a for a in have if a not in want)
   if extra:
     value = jax.lax.psum(value, extra)
@@ -179,7 +188,7 @@ def _call(name, out_shape, a, b, strides, padding, groups, like=None):
       a, b, strides=np.asarray(strides, np.int64),
       pad_lo=np.asarray([p[0] for p in padding], np.int64),
       pad_hi=np.asarray([p[1] for p in padding], np.int64), groups=np.int64(groups))
-  return _typed(out, (a, b), like)
+  return shard_typed(out, (a, b), like)
 
 
 def _out_shape(x_shape, kernel_shape, strides, padding):
@@ -262,4 +271,66 @@ def regional_argmax(features: jax.Array, masks: jax.Array, penalty: jax.Array) -
   out = jax.ffi.ffi_call("kpsem_regional_argmax",
                          jax.ShapeDtypeStruct(lead + (t, k, c), jnp.int32),
                          vmap_method="expand_dims")(features, masks, penalty)
-  return _typed(out, (features, masks, penalty))
+  return shard_typed(out, (features, masks, penalty))
+
+
+def _require() -> None:
+  if not available():
+    raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
+
+
+def batch_norm_sums(x: jax.Array) -> jax.Array:
+  """Per-channel ``[sum x, sum x**2]`` over every axis but the last: ``(..., C) -> (2, C)``.
+
+  float32 (computed with float64 totals). Not differentiable: ``layers.batch_norm_train``
+  gives the gradient.
+  """
+  _require()
+  x = jnp.asarray(x, jnp.float32)
+  out = jax.ffi.ffi_call("kpsem_batch_norm_sums",
+                         jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32),
+                         vmap_method="sequential")(x)
+  return shard_typed(out, (x,))
+
+
+def batch_norm_grad_sums(x: jax.Array, dy: jax.Array, mean: jax.Array, a: jax.Array,
+                         bias: jax.Array, relu: bool) -> jax.Array:
+  """``[sum dz, sum dz * (x - mean)]`` per channel over every axis but the last.
+
+  ``dz`` is ``dy``, or with ``relu`` ``dy`` where ``(x - mean) * a + bias > 0`` and 0
+  elsewhere (the gradient through the ReLU of BatchNorm's output).
+
+  Args:
+    x, dy: ``(..., C)``, the same shape; mean, a, bias: ``(C,)``.
+  Returns:
+    ``(2, C)`` float32.
+  """
+  _require()
+  x, dy = jnp.asarray(x, jnp.float32), jnp.asarray(dy, jnp.float32)
+  coefs = jnp.stack([mean, a, bias]).astype(jnp.float32)
+  out = jax.ffi.ffi_call("kpsem_batch_norm_grad_sums",
+                         jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32),
+                         vmap_method="sequential")(x, dy, coefs, relu=np.int64(bool(relu)))
+  return shard_typed(out, (x, dy, coefs))
+
+
+def max_pool_grad(dy: jax.Array, first: jax.Array, x_shape: Sequence[int], window: Sequence[int],
+                  strides: Sequence[int], pad_lo: Sequence[int]) -> jax.Array:
+  """The input gradient of a 3-D max-pooling, given each output's first maximum.
+
+  Args:
+    dy: ``(B, D', H', W', C)``, the output gradient.
+    first: ``(B, D', H', W', C)`` int32, the row-major offset in its window of each output's
+      first maximum (``layers.max_pool``'s residual); ``prod(window)`` or more: none.
+    x_shape: ``(B, D, H, W, C)``; window, strides, pad_lo: 3 each (the low padding).
+  Returns:
+    ``dx`` ``x_shape``, float32: each input gets the ``dy`` of the outputs whose first
+    maximum it is.
+  """
+  _require()
+  dy = jnp.asarray(dy, jnp.float32)
+  out = jax.ffi.ffi_call("kpsem_max_pool_grad", jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32),
+                         vmap_method="sequential")(
+      dy, jnp.asarray(first, jnp.int32), window=np.asarray(window, np.int64),
+      strides=np.asarray(strides, np.int64), pad_lo=np.asarray(pad_lo, np.int64))
+  return shard_typed(out, (dy, first))
