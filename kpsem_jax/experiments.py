@@ -171,7 +171,9 @@ def summarize(results: Sequence[Dict], variants: Sequence[Variant]) -> List[Dict
 
 
 def markdown(rows: Sequence[Dict], steps: int, data: str = "translation") -> str:
-  lines = [f"{DATA[data]}, 8x64x64 clips, {steps} steps of 16 clips; mean ± std "
+  c = run_config(C2D, 0, steps, "", data)  # the clip and batch of every run
+  lines = [f"{DATA[data]}, {c.clip.frames}x{c.clip.crop}x{c.clip.crop} clips, {steps} steps of "
+           f"{c.batch_size} clips; mean ± std "
            "over the seeds listed per row. Δ: difference of mean top-1 to the reference row "
            "(C2D for C2D-KPSEM, C2D-KPSEM for the ablations); * where the two rows' mean ± std "
            "intervals do not overlap.", "",

@@ -96,6 +96,7 @@ def test_rows_are_compared_with_their_reference_and_the_seed_spread():
   assert not one_seed[1]["beyond_spread"]  # one seed has no spread to exceed
   table = experiments.markdown(list(rows.values()), 600)
   assert "| +50.0 * vs C2D |" in table and "| -4.0 vs C2D-KPSEM |" in table
+  assert "8x64x64 clips, 600 steps of 16 clips" in table  # from configs/synthetic_c2d.py
 
 
 @pytest.mark.slow

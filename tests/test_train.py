@@ -318,7 +318,11 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(straight_run):
   import optax
   config, _, _, _ = straight_run
   model = trainer.create_model(**trainer.model_spec(config), batch_norm_axis=trainer.DATA_AXIS)
-  rng = np.random.default_rng(1)
+  # Seed 2: with seed 1, micro-batch 1 sat on a kink of this tiny model's loss (a ReLU,
+  # max-pool or KPSEM argmax decision at a near tie): 1e-6 of noise on its input moved the
+  # gradient by 0.19 with either BatchNorm path, so rounding alone decided the comparison.
+  # The check below keeps this test's premise: both micro-batches are away from any kink.
+  rng = np.random.default_rng(2)
   clips = jnp.asarray(rng.integers(0, 255, (2, 4, 8, 24, 24, 3), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, 8, (2, 4)), jnp.int32)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), clips[0])
@@ -331,22 +335,27 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(straight_run):
   new, _ = step(jax.tree.map(jnp.copy, state), clips, labels)  # the state is donated
 
   # Clips and parameters are arguments, not constants closed over: XLA folds constants into
-  # other code, and this loss has a kink (a ReLU or max-pool decision) so close to
-  # micro-batch 1 that rounding-level differences flip its gradient by 0.07 (adding 1e-6
-  # noise to the input does the same), whichever convolution computes it.
+  # other code, which changes the rounding.
   reference = trainer.create_model(**trainer.model_spec(config))  # outside shard_map
 
   @jax.jit
-  def grads(params, clip, label, batch_stats):
+  def grads(params, clip, label, batch_stats, noise=0.0):
     def loss(p):
       logits, upd = reference.apply({"params": p, "batch_stats": batch_stats},
-                                trainer.normalize(clip), train=True, mutable=["batch_stats"])
+                                    trainer.normalize(clip) + noise, train=True,
+                                    mutable=["batch_stats"])
       return trainer.cross_entropy(logits, label), upd["batch_stats"]
     return jax.grad(loss, has_aux=True)(params)
 
   g0, stats0 = grads(variables["params"], clips[0], labels[0], variables["batch_stats"])
   # BatchNorm statistics carry from micro-batch to micro-batch
   g1, stats1 = grads(variables["params"], clips[1], labels[1], stats0)
+  for i, g in enumerate((g0, g1)):  # the premise: no kink within rounding of these inputs
+    noise = 1e-6 * jax.random.normal(jax.random.PRNGKey(7), clips.shape[1:])
+    nudged, _ = grads(variables["params"], clips[i], labels[i], variables["batch_stats"], noise)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(nudged)):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4,
+                                 err_msg=f"micro-batch {i} is at a kink: choose other data")
   expected = jax.tree.map(lambda p, a, b: p - 0.1 * (a + b) / 2, variables["params"], g0, g1)
   # float32 sums in a different order (scan vs separate calls): agreement to ~1e-4
   for want, got in zip(jax.tree.leaves(expected), jax.tree.leaves(new.params)):

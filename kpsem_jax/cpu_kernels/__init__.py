@@ -9,7 +9,7 @@ handlers with XLA, and wraps them as :func:`conv` with its gradient (``onednn_co
 and :func:`regional_argmax` (``regional_argmax.cc``: XLA's variadic argmax reduction over
 a non-minor axis took 26 ms on MFNet's conv4 map, the vectorised loop 2.5 ms), and
 :func:`batch_norm_sums` and :func:`batch_norm_grad_sums` (``batch_norm.cc``: BatchNorm's
-per-channel sums in training, which XLA:CPU reduces at 3-9 GB/s), and :func:`max_pool_grad`
+per-channel sums in training, which XLA:CPU reduces at 2-9 GB/s), and :func:`max_pool_grad`
 (``max_pool.cc``: XLA:CPU fused that gradient with its input's producers and recomputed them
 once per window offset).
 

@@ -6,8 +6,8 @@
 //                           sums (2, C): [sum dz, sum dz * (x - mean)], where
 //                           dz = dy, or dy where (x - mean) * a + bias > 0 with relu
 //
-// XLA:CPU reduces over the non-minor axis of such arrays at 3-9 GB/s, and these sums were
-// most of a narrow MFNet's training step (docs/speed.md); here OpenMP splits the rows, each
+// XLA:CPU reduces over the non-minor axis of such arrays at 2-9 GB/s, and these sums took
+// about 40 of the 135 ms of a narrow MFNet's training step (docs/speed.md); here OpenMP splits the rows, each
 // thread adds blocks of rows in float32 with the channels innermost (vectorised; an AVX2
 // clone is picked at load time where the CPU has it) and carries the blocks' totals in
 // float64. The elementwise parts (normalise, ReLU, the input gradient) stay with XLA, which

@@ -7,7 +7,7 @@
 // dy of the outputs whose window holds it at their first maximum, so threads write disjoint
 // rows of dx and no scatter is needed. Attributes: window, strides, pad_lo (3 each).
 // XLA:CPU fused this gradient with the producers of dy and recomputed them once per window
-// offset: 10-14 ms of a narrow MFNet's training step on its stem map, about 1 ms here.
+// offset: 12-14 ms of a narrow MFNet's training step on its stem map, about 1.4 ms here.
 //
 // Built on first use by kpsem_jax/cpu_kernels/__init__.py.
 
