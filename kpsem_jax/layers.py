@@ -1,7 +1,8 @@
 """Small building blocks shared by the backbones: convolution, max-pooling and BatchNorm.
 
-The maths is in the pure functions :func:`conv` and :func:`max_pool`; :class:`Conv` only
-holds the kernel.
+The maths is in the pure functions :func:`conv`, :func:`max_pool`, :func:`batch_norm_train`
+and :func:`batch_norm_eval`; :class:`Conv` only holds the kernel, :class:`BatchNorm` its
+scale, bias and running statistics.
 Kernels use the ``(*spatial, in // groups, out)`` layout (DHWIO for 3-D), so a PyTorch
 ``(out, in // groups, *spatial)`` weight ports with one transpose.
 """
