@@ -3,10 +3,7 @@ statistics equal a float64 reference and Flax's ``BatchNorm``, with the C++ sums
 (``cpu_kernels.batch_norm_sums``, ``batch_norm_grad_sums``) and with XLA's, on one device
 and with statistics shared over devices."""
 
-import json
 import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -15,6 +12,7 @@ import numpy as np
 import pytest
 
 from kpsem_jax import cpu_kernels, layers
+from kpsem_jax.testing import fake_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 requires_cpu_kernels = pytest.mark.skipif(
@@ -153,12 +151,7 @@ def test_statistics_shared_over_devices_equal_the_global_batch():
   strategies = ["xla"] + (["onednn"] if cpu_kernels.available() else [])
   script = SHARED_SCRIPT.format(repo=REPO, tests=os.path.dirname(__file__),
                                 strategies=strategies)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                        text=True, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
-  result = json.loads(done.stdout.strip().splitlines()[-1])
+  result = fake_devices.run_script(script, devices=4)
   assert sorted(result) == sorted(strategies)
   for strategy, errors in result.items():
     assert max(errors) < 2e-5, (strategy, errors)  # y, mean, var, dx, dscale, dbias

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from kpsem_jax import checkpoint, prepare
+from kpsem_jax.testing import fake_devices
 
 pytestmark = pytest.mark.multihost
 
@@ -51,8 +52,7 @@ def command(data_dir, workdir, steps=STEPS):
 
 
 def environment(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              PYTHONUNBUFFERED="1")
+  return dict(fake_devices.environment(devices), PYTHONUNBUFFERED="1")
 
 
 def start_pair(data_dir, workdir, log_dir, steps=STEPS, tag="run"):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from kpsem_jax import checkpoint, cpu_kernels, evaluation, trainer
+from kpsem_jax.testing import fake_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -287,12 +288,7 @@ def test_sharded_step_over_8_devices_computes_shards_and_equals_one_device(tmp_p
   config, _, _, _ = straight_run  # its tiny dataset is already prepared
   script = SHARDED_SCRIPT.format(repo=REPO, tests=os.path.dirname(__file__),
                                  data_dir=config.dataset.data_dir, workdir=str(tmp_path))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                       text=True, timeout=900)
-  assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result = fake_devices.run_script(script, devices=8, timeout=900)
   kernels = cpu_kernels.available()
   for run in result["results"]:
     name = f"kpsem={run['kpsem']} {run['strategy']}"

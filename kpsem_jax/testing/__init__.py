@@ -3,6 +3,7 @@
 - ``naive_arese``: AReSE loop by loop from the paper's equations (numpy).
 - ``torch_mfnet``: the PyTorch MFNet-3D, keys and shapes equal to the released checkpoint's.
 - ``torch_kpsem``: PyTorch KPSEM and MF-KPSEM, written with explicit batch and set axes.
+- ``fake_devices``: runs a script in a fresh process with N fake XLA:CPU devices.
 
 The PyTorch modules need ``torch`` (``requirements-test.txt``).
 """
