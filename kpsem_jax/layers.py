@@ -296,7 +296,8 @@ max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def _centred_scale(mean, var, scale, epsilon):
-  """BatchNorm's per-channel multiplier ``a = scale / sqrt(var + eps)``: y = (x - mean) * a + bias."""
+  """BatchNorm's per-channel multiplier ``a = scale / sqrt(var + eps)``:
+  ``y = (x - mean) * a + bias``."""
   return scale * jax.lax.rsqrt(var + epsilon)
 
 

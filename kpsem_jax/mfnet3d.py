@@ -30,7 +30,8 @@ class BNReLUConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    h = BatchNorm(True, self.bn_axis_name, self.strategy, name="bn")(x, train)
+    h = BatchNorm(relu=True, axis_name=self.bn_axis_name, strategy=self.strategy,
+                  name="bn")(x, train)
     return Conv(self.features, self.kernel_size, self.strides, groups=self.groups,
                 strategy=self.strategy, name="conv")(h)
 
@@ -107,7 +108,8 @@ class _Conv1(nn.Module):
   @nn.compact
   def __call__(self, x, train):
     h = Conv(self.features, (3, 5, 5), (1, 2, 2), strategy=self.strategy, name="conv")(x)
-    return BatchNorm(True, self.bn_axis_name, self.strategy, name="bn")(h, train)
+    return BatchNorm(relu=True, axis_name=self.bn_axis_name, strategy=self.strategy,
+                     name="bn")(h, train)
 
 
 class _Stage(nn.Module):
@@ -136,4 +138,5 @@ class _Tail(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    return BatchNorm(True, self.bn_axis_name, self.strategy, name="bn")(x, train)
+    return BatchNorm(relu=True, axis_name=self.bn_axis_name, strategy=self.strategy,
+                     name="bn")(x, train)

@@ -32,7 +32,8 @@ class ConvBNReLU(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     h = Conv(self.features, self.kernel_size, self.strides, strategy=self.strategy,
              name="conv")(x)
-    return BatchNorm(self.relu, self.bn_axis_name, self.strategy, name="bn")(h, train)
+    return BatchNorm(relu=self.relu, axis_name=self.bn_axis_name, strategy=self.strategy,
+                     name="bn")(h, train)
 
 
 class Bottleneck(nn.Module):

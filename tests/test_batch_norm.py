@@ -16,7 +16,8 @@ from kpsem_jax.testing import fake_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 requires_cpu_kernels = pytest.mark.skipif(
-    not cpu_kernels.available(), reason=f"CPU kernels not built: {cpu_kernels.unavailable_reason()}")
+    not cpu_kernels.available(),
+    reason=f"CPU kernels not built: {cpu_kernels.unavailable_reason()}")
 STRATEGIES = ["xla", pytest.param("onednn", marks=requires_cpu_kernels)]
 
 

@@ -12,7 +12,8 @@ import pytest
 from kpsem_jax import cpu_kernels, layers
 
 STRATEGIES = ["xla", pytest.param("onednn", marks=pytest.mark.skipif(
-    not cpu_kernels.available(), reason=f"CPU kernels not built: {cpu_kernels.unavailable_reason()}"))]
+    not cpu_kernels.available(),
+    reason=f"CPU kernels not built: {cpu_kernels.unavailable_reason()}"))]
 
 CASES = [  # (input (B, T, H, W, C), window, strides, padding): MFNet's and ResNet's stem first
     ((2, 3, 9, 10, 4), (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1))),

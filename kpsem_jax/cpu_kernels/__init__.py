@@ -37,9 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCES = tuple(os.path.join(os.path.dirname(__file__), name)
-                for name in ("onednn_conv.cc", "regional_argmax.cc", "batch_norm.cc",
-                                     "max_pool.cc"))
+SOURCES = tuple(os.path.join(os.path.dirname(__file__), name) for name in
+                ("onednn_conv.cc", "regional_argmax.cc", "batch_norm.cc", "max_pool.cc"))
 _TARGETS = {"kpsem_onednn_conv_forward": "KpsemOnednnConvForward",
             "kpsem_onednn_conv_input_grad": "KpsemOnednnConvBackwardInput",
             "kpsem_onednn_conv_kernel_grad": "KpsemOnednnConvBackwardKernel",
@@ -143,6 +142,11 @@ def unavailable_reason() -> Optional[str]:
   """Why :func:`available` is False (None when it is True)."""
   _load()
   return _State.reason
+
+
+def _require() -> None:
+  if not available():
+    raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
 
 
 Padding = Tuple[Tuple[int, int], ...]
@@ -257,8 +261,7 @@ def regional_argmax(features: jax.Array, masks: jax.Array, penalty: jax.Array) -
   Raises:
     RuntimeError: when the extension is unavailable (the reason is in the message).
   """
-  if not available():
-    raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
+  _require()
   features, masks, penalty = (jnp.asarray(a, jnp.float32) for a in (features, masks, penalty))
   (t, p, c), k = features.shape[-3:], masks.shape[-2]
   if masks.shape[-3:] != (t, k, p) or penalty.shape[-2:] != (t, c):
@@ -273,10 +276,6 @@ def regional_argmax(features: jax.Array, masks: jax.Array, penalty: jax.Array) -
                          vmap_method="expand_dims")(features, masks, penalty)
   return shard_typed(out, (features, masks, penalty))
 
-
-def _require() -> None:
-  if not available():
-    raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
 
 
 def batch_norm_sums(x: jax.Array) -> jax.Array:
