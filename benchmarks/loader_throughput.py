@@ -1,39 +1,54 @@
-"""Input pipeline throughput beside the training step's, and the loader's peak memory.
+"""The input pipeline's speed, bytes read and memory, per number of worker processes.
 
-    python benchmarks/loader_throughput.py [--workers=2] [--batches=10]
+    python benchmarks/loader_throughput.py [--workers=0,1,2] [--batches=12] [--batch_size=8]
+        [--train_steps=60]
 
-Builds (once, under --data_dir) the synthetic_motion dataset and a miniature UCF101 made of
-the real fixture videos (../shared/fixtures), then measures train-loader clips/s with 0 and
---workers worker processes: synthetic clips at 16x56x56 (the CPU demo's input) and real
-videos at MFNet's 16x224x224. Beside each, the clips/s of one jitted SGD step of the model
-that would consume them (narrow MF-KPSEM at 56x56, the paper's MF-KPSEM at 224x224), so one
-can see whether the loader keeps up (the paper's model steps on batches of 2 on a CPU). Peak memory is the maximum resident set size of this
-process and of the worker processes.
+Builds (once, under --data_dir) a miniature UCF101 made of the real fixture videos
+(../shared/fixtures; 127-310 frames each, stored at the default 256-px short side), then
+times the training loader at MFNet's 16x224x224 for each worker count and the evaluation
+(10 clips x 3 crops per video) for the largest. For each it prints clips/s, clips/s per
+core (workers, or 1 for the in-process loader), MB read per clip (the ``read_chars`` of
+this process and its workers: every byte read, from page cache or disk) beside the bytes of
+the JPEGs its frames hold, and the peak resident memory of this process and of its largest
+worker. Before that, on one core, what each step of a 16x224x224 clip costs the new way and
+the old way, side by side (``--breakdown``): reading 16 frames vs the whole video, decoding
+with simplejpeg vs Pillow, resampling the crop region vs resizing whole frames and
+cropping, Pillow's mirror vs a reversed numpy copy, the order's lookup vs grain's
+``IndexSampler``. Then ``train.py --config=configs/ucf101.py:tiny_model`` (a trivially small C2D on
+the same clips, the default ``num_workers``) for ``--train_steps`` steps: its clips/s from
+``metrics.jsonl`` (median of the logged rows after the first). The last line sums it up:
+``loader: <clips/s per core> clips/s per core at 16x224x224, <MB> MB read per clip``.
 """
 
+import json
 import os
-import resource
 import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 
 from absl import app, flags, logging
-import jax
-import jax.numpy as jnp
-import optax
+import numpy as np
+import psutil
 
+from PIL import Image
+
+from data import frames as frames_lib
 from kpsem_jax import input_pipeline as ip
 from kpsem_jax import prepare as prepare_lib
-from kpsem_jax.models import create_model
+from kpsem_jax.testing import reference_clips
 
-flags.DEFINE_string("data_dir", "/tmp/kpsem_bench_data", "where the benchmark datasets go")
-flags.DEFINE_integer("workers", 2, "worker processes for the second measurement")
-flags.DEFINE_integer("batches", 10, "timed batches per measurement (after 2 warm-up)")
+flags.DEFINE_string("data_dir", "/tmp/kpsem_bench_data", "where the benchmark dataset goes")
+flags.DEFINE_list("workers", ["0", "1", "2"], "worker counts to time (0: in this process)")
+flags.DEFINE_integer("batches", 12, "timed batches per measurement (after 2 warm-up)")
 flags.DEFINE_integer("batch_size", 8, "clips per batch")
+flags.DEFINE_integer("eval_videos", 5, "videos of the timed evaluation (10 x 3 views each)")
+flags.DEFINE_integer("train_steps", 60, "steps of the end-to-end train.py run (0: none)")
+flags.DEFINE_bool("breakdown", True, "time each step of a clip, new way beside old way")
 FLAGS = flags.FLAGS
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
-NARROW = dict(backbone_kwargs=dict(conv1_channels=8, stage_channels=(16, 32, 32, 64),
-                                   stage_depths=(1, 1, 2, 1), groups=4),
-              kpsem=dict(num_sets=4, embed_dim=8, reduction_channels=(16, 16)))
 
 
 def fixture_ucf101(root):
@@ -57,41 +72,152 @@ def fixture_ucf101(root):
   return src
 
 
-def loader_rate(source, spec, workers):
+class ProcessTree:
+  """``read_chars`` and peak resident memory of this process and its worker processes,
+  polled every 20 ms (a worker's counters are kept from its last poll)."""
+
+  def __init__(self):
+    self.me = psutil.Process()
+    self.reads = {}
+    self.peak_self = self.peak_worker = 0
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._poll, daemon=True)
+    self._thread.start()
+
+  def _poll(self):
+    while not self._stop.is_set():
+      self.sample()
+      time.sleep(0.02)
+
+  def sample(self):
+    for p in [self.me] + self.me.children(recursive=True):
+      try:
+        self.reads[p.pid] = p.io_counters().read_chars
+        rss = p.memory_info().rss
+      except psutil.Error:
+        continue
+      if p.pid == self.me.pid:
+        self.peak_self = max(self.peak_self, rss)
+      else:
+        self.peak_worker = max(self.peak_worker, rss)
+
+  def read_chars(self) -> int:
+    self.sample()
+    return sum(self.reads.values())
+
+  def stop(self):
+    self._stop.set()
+    self._thread.join()
+
+
+def time_train(source, spec, workers):
+  tree = ProcessTree()
   loader = ip.train_loader(source, FLAGS.batch_size, spec, seed=0, worker_count=workers,
                            process_index=0, process_count=1)
   it = iter(loader)
-  for _ in range(2):
+  for _ in range(2):  # warm-up: worker start-up, first reads
     next(it)
+  read0, jpeg0 = tree.read_chars(), source.bytes_read
   start = time.perf_counter()
   for _ in range(FLAGS.batches):
     next(it)
-  return FLAGS.batches * FLAGS.batch_size / (time.perf_counter() - start)
+  seconds = time.perf_counter() - start
+  read = tree.read_chars() - read0
+  it.close()
+  tree.stop()
+  clips = FLAGS.batches * FLAGS.batch_size
+  jpeg = (source.bytes_read - jpeg0) / clips if workers == 0 else None
+  return clips / seconds, read / clips, jpeg, tree.peak_self, tree.peak_worker
 
 
-def step_rate(model_kwargs, spec, num_classes, batch_size):
-  model = create_model("mfnet3d", num_classes, **model_kwargs)
-  x = jnp.zeros((batch_size, spec.frames, spec.crop, spec.crop, 3))
-  y = jnp.zeros((batch_size,), jnp.int32)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
-  tx = optax.sgd(0.01, momentum=0.9)
-
-  @jax.jit
-  def step(params, batch_stats, opt):
-    def loss_fn(p):
-      logits, new = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
-                                mutable=["batch_stats"])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
-    (_, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), new["batch_stats"], opt
-
-  state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
-  state = jax.block_until_ready(step(*state))
+def time_eval(source, spec, workers):
+  videos = min(FLAGS.eval_videos, len(source))
+  subset = Subset(source, videos)
   start = time.perf_counter()
+  views = sum(int(b["mask"].sum()) for b in ip.eval_batches(
+      subset, FLAGS.batch_size, spec, process_index=0, process_count=1, worker_count=workers))
+  return views / (time.perf_counter() - start)
+
+
+class Subset:
+  """The first ``n`` videos of a source."""
+
+  def __init__(self, source, n):
+    self.source, self.n = source, n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return self.source[i]
+
+
+def train_end_to_end(steps):
+  """clips/s of ``train.py`` with a trivially small model, from its ``metrics.jsonl``."""
+  repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+  with tempfile.TemporaryDirectory() as workdir:
+    subprocess.run([sys.executable, os.path.join(repo, "train.py"),
+                    "--config=" + os.path.join(repo, "configs", "ucf101.py") + ":tiny_model",
+                    f"--config.dataset.data_dir={FLAGS.data_dir}",
+                    f"--config.num_train_steps={steps}", f"--workdir={workdir}"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  rates = [r["train/clips_per_second"] for r in rows if "train/clips_per_second" in r]
+  return float(np.median(rates[1:])), len(rates) - 1
+
+
+def _ms(fn, repeats):
+  best = float("inf")
   for _ in range(3):
-    state = jax.block_until_ready(step(*state))
-  return 3 * batch_size / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(repeats):
+      fn()
+    best = min(best, (time.perf_counter() - start) / repeats)
+  return best * 1e3
+
+
+def breakdown(source, spec):
+  """Milliseconds per 16x224x224 clip of each step, new way beside old way (one core)."""
+  import grain.python as grain  # pylint: disable=import-outside-toplevel
+  video = max(range(len(source)), key=lambda i: source[i].num_frames)  # the longest
+  record = source.records[video]
+  first, n = int(record["first_frame"]), int(record["num_frames"])
+  frames_file = record["frames_file"].decode()
+  indices = [first + int(i) for i in ip.window_indices(n, 10, spec.frames, spec.interval)]
+  reader = frames_lib.FrameReader(source.reader.root)
+  jpegs = reader.read(frames_file, indices)
+  decoded = [frames_lib.decode_jpeg(j) for j in jpegs]
+  h, w = decoded[0].shape[:2]
+  new_w, new_h, top, left, crop = int(w * 250 / h), 250, 13, 17, spec.crop
+  box = (left * w / new_w, top * h / new_h, (left + crop) * w / new_w, (top + crop) * h / new_h)
+  whole = list(range(first, first + n))
+  order = ip.GlobalOrder(len(source), 0)
+  sampler = grain.IndexSampler(num_records=len(source), shard_options=grain.NoSharding(),
+                               shuffle=True, seed=0)
+  crops = [ip.resize_crop(f, box, crop) for f in decoded]
+  rows = [
+      ("read the frames", lambda: reader.read(frames_file, indices),
+       f"read the whole video ({n} frames)", lambda: reader.read(frames_file, whole)),
+      ("decode, simplejpeg", lambda: [frames_lib.decode_jpeg(j) for j in jpegs],
+       "decode, Pillow", lambda: [reference_clips.pillow_decode(j) for j in jpegs]),
+      ("resample the crop region", lambda: [ip.resize_crop(f, box, crop) for f in decoded],
+       "resize whole frames, crop",
+       lambda: [reference_clips._resize(f, new_w, new_h)[top:top + crop, left:left + crop]
+                for f in decoded]),
+      ("flip, Pillow's mirror",
+       lambda: [np.asarray(Image.fromarray(c).transpose(Image.FLIP_LEFT_RIGHT)) for c in crops],
+       "flip, reversed numpy copy", lambda: np.ascontiguousarray(np.stack(crops)[:, :, ::-1])),
+      ("the order's lookup", lambda: order[12345], "grain IndexSampler lookup",
+       lambda: sampler[12345]),
+  ]
+  print(f"one clip, one core, {spec.frames} frames of the {n}-frame video (ms per clip):")
+  print(f"  {'new':34s} {'ms':>6s}   {'old':34s} {'ms':>6s}")
+  total_new = total_old = 0.0
+  for name_new, new, name_old, old in rows:
+    a, b = _ms(new, 20), _ms(old, 5)
+    total_new, total_old = total_new + a, total_old + b
+    print(f"  {name_new:34s} {a:6.2f}   {name_old:34s} {b:6.2f}")
+  print(f"  {'sum':34s} {total_new:6.2f}   {'sum':34s} {total_old:6.2f}")
 
 
 def main(_):
@@ -99,30 +225,41 @@ def main(_):
   jax_options.configure()  # before JAX starts
   logging.set_verbosity(logging.WARNING)
   os.makedirs(FLAGS.data_dir, exist_ok=True)
-  log = lambda *a: None
-  prepare_lib.prepare("synthetic_motion", FLAGS.data_dir, log=log)
   prepare_lib.prepare("ucf101", FLAGS.data_dir, source_dir=fixture_ucf101(FLAGS.data_dir),
-                      split=1, log=log)
-  cases = [
-      ("synthetic_motion 16x56x56", ip.load_source(FLAGS.data_dir, "synthetic_motion", "default",
-                                                   "train")[0],
-       ip.ClipSpec(frames=16, interval=1, crop=56, train_scale=(56, 72), eval_resize=64),
-       NARROW, 8, FLAGS.batch_size),
-      ("fixture videos 16x224x224", ip.load_source(FLAGS.data_dir, "ucf101", "split1", "train")[0],
-       ip.ClipSpec(), dict(kpsem={}), 101, 2),  # the paper's model: batch 2 on a CPU
-  ]
-  print(f"batch {FLAGS.batch_size}, {os.cpu_count()} CPU cores, {jax.devices()[0].device_kind}")
-  print(f"{'data':28s} {'loader 0 workers':>17s} {f'loader {FLAGS.workers} workers':>17s} "
-        f"{'train step':>11s} {'loader/step':>12s}   (clips/s)")
-  for name, source, spec, model_kwargs, classes, step_batch in cases:
-    rate0 = loader_rate(source, spec, 0)
-    rate_n = loader_rate(source, spec, FLAGS.workers)
-    step = step_rate(model_kwargs, spec, classes, step_batch)
-    print(f"{name:28s} {rate0:17.1f} {rate_n:17.1f} {step:11.3f} {max(rate0, rate_n) / step:12.1f}")
-  own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-  print(f"peak resident memory: this process {own:.0f} MiB (model and XLA included), "
-        f"largest worker process {children:.0f} MiB")
+                      split=1, log=lambda *a: None)
+  source, _ = ip.load_source(FLAGS.data_dir, "ucf101", "split1", "train")
+  spec = ip.ClipSpec()  # 16 frames at interval 2, scale jitter 224-288, 224 crop, flip
+  print(f"fixture videos ({len(source)}, 127-310 frames, 256-px short side), train clips "
+        f"16x224x224, batch {FLAGS.batch_size}, {len(os.sched_getaffinity(0))} cores")
+  if FLAGS.breakdown:
+    breakdown(source, spec)
+  print(f"{'workers':>7s} {'clips/s':>8s} {'per core':>9s} {'MB read/clip':>13s} "
+        f"{'JPEG MB/clip':>13s} {'peak RSS main':>14s} {'largest worker':>15s}")
+  rows = {}
+  jpeg_mb = None
+  for w in (int(x) for x in FLAGS.workers):
+    rate, read, jpeg, peak_self, peak_worker = time_train(source, spec, w)
+    jpeg_mb = jpeg / 2**20 if jpeg is not None else jpeg_mb
+    per_core = rate / max(1, w)
+    rows[w] = (rate, per_core, read / 2**20)
+    print(f"{w:7d} {rate:8.1f} {per_core:9.1f} {read / 2**20:13.3f} "
+          f"{(f'{jpeg_mb:.3f}' if jpeg_mb is not None else '-'):>13s} "
+          f"{peak_self / 2**20:10.0f} MiB {peak_worker / 2**20:11.0f} MiB")
+  base = rows.get(1, rows.get(0))
+  for w, (rate, _, _) in rows.items():
+    if w > 1 and base:
+      print(f"{w} workers / 1: {rate / base[0]:.2f}x")
+  most = max(rows)
+  eval_spec = ip.ClipSpec(num_clips=10, num_crops=3)
+  print(f"eval (10 clips x 3 crops, {most} workers): "
+        f"{time_eval(source, eval_spec, most):.1f} views/s")
+  if FLAGS.train_steps:
+    rate, rows_used = train_end_to_end(FLAGS.train_steps)
+    print(f"train.py, configs/ucf101.py:tiny_model, {FLAGS.train_steps} steps of batch 8: "
+          f"{rate:.1f} clips/s (median of {rows_used} logged rows after the first)")
+  single = rows.get(0, rows[most])
+  print(f"loader: {single[1]:.1f} clips/s per core at 16x224x224, {single[2]:.2f} MB read "
+        f"per clip")
 
 
 if __name__ == "__main__":

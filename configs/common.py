@@ -42,7 +42,7 @@ def base() -> ml_collections.ConfigDict:
   c.eval_every = 1000
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
-  c.num_workers = 0  # grain worker processes
+  c.num_workers = -1  # grain worker processes; -1: one per core this process may use
   # Debugging: every process logs the video indices it reads per step, and a digest of its
   # final parameters, to workdir/inputs/process_{i}.jsonl.
   c.record_inputs = False

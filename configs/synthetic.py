@@ -40,7 +40,7 @@ def get_config(arg: str = ""):
     c.model.kpsem_at = "conv3"
     c.optimizer.update(dict(lr=0.05, warmup_steps=0, decay_steps=()))
     c.update(dict(batch_size=8, eval_batch_size=8, num_train_steps=12, log_every=1,
-                  eval_every=12, checkpoint_every=3))
+                  eval_every=12, checkpoint_every=3, num_workers=0))  # no worker start-up
   elif arg:
     raise ValueError(f"configs/synthetic.py has no variant {arg!r} (variants: tiny)")
   return c

@@ -5,6 +5,11 @@ Every builder writes array_record shards whose examples hold JPEG-encoded frames
 """
 
 import importlib
+import os
+
+# The storage layout of every video builder (data.frames: one record per frame); datasets
+# prepared in an older layout are rebuilt, not read.
+LAYOUT_VERSION = "2.0.0"
 
 # dataset name -> module path of its builder (imported on demand: each pulls in TFDS).
 BUILDERS = {
@@ -22,3 +27,12 @@ def builder_class(name: str):
   if name not in BUILDERS:
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(BUILDERS))}")
   return importlib.import_module(BUILDERS[name]).Builder
+
+
+def usable_cores() -> int:
+  """The cores this process may use (its CPU affinity): ``prepare --workers`` and the
+  loader's ``num_workers=-1`` default to it."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1

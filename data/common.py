@@ -1,11 +1,14 @@
-"""What every video builder shares: the features, frame encoding, split-file errors, skips.
+"""What every video builder shares: the features, frame storage, split-file errors, skips.
 
-An example holds ``frames`` (a sequence of JPEG bytes, one per frame, short side resized once
-at build time), ``label``, ``video_id``, ``fps``, the source's ``height``/``width`` and
-``num_frames`` (frames actually decoded, not the header's count).
+A stored example (one per video) holds ``label``, ``video_id``, ``fps``, the source's
+``height``/``width``, ``num_frames`` (frames actually decoded, not the header's count) and
+where its frames are: ``frames_file`` and ``first_frame`` (:mod:`data.frames`: one JPEG
+record per frame, short side resized once at build time). Builders produce examples with
+``frames`` (the JPEG bytes); :meth:`VideoDatasetBuilder.store` moves them to the frame files.
 """
 
-import io
+import functools
+import multiprocessing
 import os
 from typing import Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -13,9 +16,14 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+import data as data_lib
+from data import frames as frames_lib
 from data import video as video_lib
 
-JPEG_QUALITY = 90
+LAYOUT_VERSION = data_lib.LAYOUT_VERSION
+RELEASE_NOTES = {"1.0.0": "Frames inside each video's example.",
+                 "2.0.0": "Frames one record each in frames/<split>-*.array_record; an example "
+                          "holds frames_file and first_frame."}
 
 
 class SplitFileError(ValueError):
@@ -35,7 +43,8 @@ class Item(NamedTuple):
 
 def features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
   return tfds.features.FeaturesDict({
-      "frames": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+      "frames_file": tfds.features.Tensor(shape=(), dtype=np.object_),
+      "first_frame": tfds.features.Scalar(dtype=np.int64),
       "label": tfds.features.ClassLabel(names=list(class_names)),
       "video_id": tfds.features.Tensor(shape=(), dtype=np.object_),
       "fps": tfds.features.Scalar(dtype=np.float32),
@@ -45,18 +54,8 @@ def features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
   })
 
 
-def encode_jpeg(frame: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(frame).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-  return buffer.getvalue()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-  return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
 def encode_frames(frames: np.ndarray) -> List[bytes]:
-  return [encode_jpeg(f) for f in frames]
+  return [frames_lib.encode_jpeg(f) for f in frames]
 
 
 def video_example(item: Item, short_side: Optional[int]) -> dict:
@@ -77,7 +76,7 @@ def video_example(item: Item, short_side: Optional[int]) -> dict:
       target = video_lib.resized_size(*image.size, short_side)
       if short_side and min(image.size) > short_side:
         image = image.resize(target, Image.BILINEAR)
-      jpegs.append(encode_jpeg(np.asarray(image)))
+      jpegs.append(frames_lib.encode_jpeg(np.asarray(image)))
     return dict(frames=jpegs, label=item.label, video_id=item.key, fps=12.0,
                 width=size[0], height=size[1], num_frames=len(jpegs))
   frames, info = video_lib.read_video(item.path, short_side=short_side, with_info=True)
@@ -105,15 +104,34 @@ class SkipLog:
     return sum(1 for s, _, _ in self.entries if split is None or s == split)
 
 
-def generate(items: Iterable[Item], split: str, short_side: Optional[int],
-             skipped: SkipLog, min_frames: int = 1) -> Iterator[Tuple[str, dict]]:
-  """Examples for ``items``; an unreadable, truncated or empty video, or one of fewer than
-  ``min_frames`` frames, is skipped and logged."""
-  for item in items:
-    try:
-      example = video_example(item, short_side)
-    except video_lib.VideoError as e:
-      skipped.add(split, item.path, str(e))
+def _example_or_error(item: Item, short_side: Optional[int]):
+  try:
+    return video_example(item, short_side)
+  except video_lib.VideoError as e:
+    return e
+
+
+def encoded(items: Sequence, encode, workers: int = 1) -> Iterator:
+  """``encode(item)`` for each item, in order: in this process (``workers <= 1``) or in
+  ``workers`` spawned processes (each video decoded and encoded by one of them; the results
+  come back in the items' order, so the build is the same for any ``workers``)."""
+  if workers <= 1 or len(items) <= 1:
+    yield from map(encode, items)
+    return
+  with multiprocessing.get_context("spawn").Pool(min(workers, len(items))) as pool:
+    yield from pool.imap(encode, items, chunksize=1)
+
+
+def generate(items: Sequence[Item], split: str, short_side: Optional[int],
+             skipped: SkipLog, min_frames: int = 1, workers: int = 1
+             ) -> Iterator[Tuple[str, dict]]:
+  """Examples for ``items`` (decoded and encoded in ``workers`` processes); an unreadable,
+  truncated or empty video, or one of fewer than ``min_frames`` frames, is skipped and
+  logged."""
+  encode = functools.partial(_example_or_error, short_side=short_side)
+  for item, example in zip(items, encoded(items, encode, workers)):
+    if isinstance(example, video_lib.VideoError):
+      skipped.add(split, item.path, str(example))
       continue
     if example["num_frames"] < min_frames:
       skipped.add(split, item.path, f"{item.path}: {example['num_frames']} frames, fewer than "
@@ -141,9 +159,11 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
   """
 
   def __init__(self, *, source_dir: Optional[str] = None, short_side: Optional[int] = 256,
-               splits_dir: Optional[str] = None, min_frames: int = MIN_FRAMES, **kwargs):
+               splits_dir: Optional[str] = None, min_frames: int = MIN_FRAMES,
+               workers: int = 1, **kwargs):
     kwargs.setdefault("file_format", "array_record")
     self.min_frames = min_frames
+    self.workers = workers
     self.source_dir = source_dir
     self.splits_dir = splits_dir
     self.short_side = short_side
@@ -194,8 +214,23 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     return kept
 
   def _generate_examples(self, items: Sequence[Item], split: str):
-    """Examples for ``items`` (a video that cannot be decoded is skipped and logged)."""
-    return generate(items, split, self.short_side, self.skipped, self.min_frames)
+    """Stored examples for ``items`` (a video that cannot be decoded is skipped and logged)."""
+    return self.store(split, generate(items, split, self.short_side, self.skipped,
+                                      self.min_frames, self.workers))
+
+  def store(self, split: str, examples: Iterable[Tuple[str, dict]]
+            ) -> Iterator[Tuple[str, dict]]:
+    """Writes each example's ``frames`` to the split's frame files (in the folder TFDS is
+    building, so an interrupted build leaves them in its ``incomplete.*`` folder) and
+    yields the example with ``frames_file`` and ``first_frame`` in their place."""
+    writer = frames_lib.FrameWriter(self.data_dir, split)
+    try:
+      for key, example in examples:
+        example = dict(example)
+        frames_file, first = writer.add(example.pop("frames"))
+        yield key, dict(example, frames_file=frames_file, first_frame=first)
+    finally:
+      writer.close()
 
 
 class FileIndex:

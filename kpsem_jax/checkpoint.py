@@ -19,7 +19,6 @@ import tempfile
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from flax import traverse_util
-import grain.python as grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -207,7 +206,7 @@ def load_variables(directory: str, prefer_best: bool = False,
 
 
 # ---- training checkpoints: workdir/checkpoints (every item) and workdir/best ----------------
-TRAINING_ITEMS = ("variables", "opt_state", "metadata", "data")
+TRAINING_ITEMS = ("variables", "opt_state", "metadata")
 
 
 def training_managers(workdir: str, keep: int) -> Tuple[ocp.CheckpointManager,
@@ -225,26 +224,24 @@ def training_managers(workdir: str, keep: int) -> Tuple[ocp.CheckpointManager,
 
 
 def save_training(manager: ocp.CheckpointManager, step: int, variables, opt_state,
-                  metadata: Mapping[str, Any], iterator) -> None:
-  """Saves a training step: ``variables``, ``opt_state``, ``metadata`` with both items'
-  SHA-256 added, and the grain ``iterator``'s position (each process its own)."""
+                  metadata: Mapping[str, Any]) -> None:
+  """Saves a training step: ``variables``, ``opt_state`` and ``metadata`` with both items'
+  SHA-256 added (the data position is the step: the loader starts at its batch)."""
   metadata = dict(metadata, sha256={"variables": digest(variables),
                                     "opt_state": digest(opt_state)})
   manager.save(step, args=ocp.args.Composite(
       variables=ocp.args.StandardSave(variables), opt_state=ocp.args.StandardSave(opt_state),
-      metadata=ocp.args.JsonSave(metadata), data=grain.PyGrainCheckpointSave(iterator)))
+      metadata=ocp.args.JsonSave(metadata)))
 
 
 def restore_training(manager: ocp.CheckpointManager, step: int, variables, opt_state,
-                     metadata: Mapping[str, Any], iterator) -> Tuple[Any, Any]:
+                     metadata: Mapping[str, Any]) -> Tuple[Any, Any]:
   """``(variables, opt_state)`` of ``step`` shaped and placed like the given trees (arrays
-  or ``jax.ShapeDtypeStruct``s), each checked against ``metadata``'s SHA-256; the grain
-  ``iterator`` is moved to the step's position."""
+  or ``jax.ShapeDtypeStruct``s), each checked against ``metadata``'s SHA-256."""
   abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
   restored = manager.restore(step, args=ocp.args.Composite(
       variables=ocp.args.StandardRestore(abstract(variables)),
-      opt_state=ocp.args.StandardRestore(abstract(opt_state)),
-      data=grain.PyGrainCheckpointRestore(iterator)))
+      opt_state=ocp.args.StandardRestore(abstract(opt_state))))
   where = os.path.join(str(manager.directory), str(step))
   for item in ("variables", "opt_state"):
     verify(item, restored[item], metadata, where)

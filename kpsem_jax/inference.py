@@ -6,7 +6,7 @@
     predictor.logits(normalize(clips_uint8))         # (N, num_classes) numpy
 
 ``predict`` uses the evaluation protocol of the checkpoint's training config (clips x crops,
-see ``input_pipeline.eval_view``); a converted checkpoint gets MFNet's (16 frames at interval
+see ``input_pipeline.eval_views``); a converted checkpoint gets MFNet's (16 frames at interval
 2, short side 256, 10 clips x 3 crops of 224).
 """
 
@@ -78,9 +78,8 @@ class Predictor:
 
     Raises ``video.VideoError`` naming the file when it cannot be decoded."""
     s = spec or self.clip_spec
-    record = {"frames": video.read_video(video_path, short_side=s.eval_resize), "label": 0}
-    return np.stack([input_pipeline.eval_view(record, 0, v, s)["clips"]
-                     for v in range(s.num_clips * s.num_crops)])
+    frames = video.read_video(video_path, short_side=s.eval_resize)
+    return input_pipeline.eval_views(input_pipeline.Video.from_frames(frames), s)
 
   def softmax(self, clips: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Per-clip softmax ``(N, num_classes)`` of uint8 clips, in batches of ``batch_size``

@@ -6,22 +6,26 @@ window, the short side scaled to a random size in ``train_scale`` with aspect ji
 left/right); eval clips are ``num_clips`` evenly spaced windows x ``num_crops`` crops of the
 video resized to ``eval_resize``, all views of a video in a row, each tagged with its
 ``video_index`` so accuracy can be computed per video. A video shorter than the window is
-looped. Only the sampled frames are decoded. Output batches: ``clips`` uint8
-``(B, T, H, W, 3)``, ``label`` int32 ``(B,)``, ``video_index`` int32 ``(B,)`` and, for
-eval, ``mask`` (False on the padding of the last batch). Normalisation happens on device.
+looped. Only the sampled frames are read and decoded (``data.frames``), and only the crop
+region of each is resampled. A batch is made whole by one worker process, so batches do not
+depend on the number of workers. Output batches: ``clips`` uint8 ``(B, T, H, W, 3)``,
+``label`` int32 ``(B,)``, ``video_index`` int32 ``(B,)`` and, for eval, ``mask`` (False on
+the padding of the last batch). Normalisation happens on device.
 """
 
 import dataclasses
 import os
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
+from absl import flags
 import grain.python as grain
 import jax
 import numpy as np
 from PIL import Image
 
-from data import video
-from data.common import decode_jpeg
+import data as data_lib
+from data import frames as frames_lib
+from data import video as video_lib
 
 
 class DataNotPreparedError(FileNotFoundError):
@@ -80,34 +84,349 @@ def window_indices(num_frames: int, start: int, clip_frames: int, interval: int)
   return (start + interval * np.arange(clip_frames)) % num_frames
 
 
+def _version_key(version: str) -> Tuple[int, ...]:
+  return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
 def dataset_dir(data_dir: str, name: str, config: Optional[str] = None) -> str:
-  """The newest prepared version folder of ``name``/``config`` under ``data_dir``."""
+  """The newest prepared version folder of ``name``/``config`` under ``data_dir``; a
+  dataset prepared only in the old whole-video layout (before version
+  ``data.LAYOUT_VERSION``) is not read: the error says to rebuild it."""
   root = os.path.join(data_dir, name, config) if config else os.path.join(data_dir, name)
   versions = []
   if os.path.isdir(root):
     versions = sorted((v for v in os.listdir(root)
                        if os.path.isfile(os.path.join(root, v, "dataset_info.json"))),
-                      key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()))
-  if not versions:
+                      key=_version_key)
+  current = [v for v in versions if _version_key(v) >= _version_key(data_lib.LAYOUT_VERSION)]
+  if not current:
     source = "" if name == "synthetic_motion" else " --source_dir=<the dataset as distributed>"
     cfg = ""
     if config and config.startswith("split"):
       cfg = f" --split={config[5:]}"
     elif config and config != "default":
       cfg = f" --config={config}"
+    what = (f"is prepared in {os.path.join(root, versions[-1])} in the old layout that reads "
+            f"whole videos (version {versions[-1]}); rebuild it" if versions else
+            f"is not prepared in {data_dir}. Build it")
     raise DataNotPreparedError(
-        f"the {name} dataset ({config or 'default'}) is not prepared in {data_dir}. Build it "
+        f"the {name} dataset ({config or 'default'}) {what} "
         f"with:\n  python -m kpsem_jax.prepare {name}{source} --data_dir={data_dir}{cfg}")
-  return os.path.join(root, versions[-1])
+  return os.path.join(root, current[-1])
 
 
-def load_source(data_dir: str, name: str, config: Optional[str], split: str):
-  """``(random-access source, class names)`` of a prepared split."""
+def load_source(data_dir: str, name: str, config: Optional[str], split: str
+                ) -> Tuple["VideoSource", List[str]]:
+  """``(random-access source of videos, class names)`` of a prepared split."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  builder = tfds.builder_from_directory(dataset_dir(data_dir, name, config))
+  root = dataset_dir(data_dir, name, config)
+  builder = tfds.builder_from_directory(root)
   if split not in builder.info.splits:
     raise ValueError(f"{name} has no split {split!r}; it has {sorted(builder.info.splits)}")
-  return builder.as_data_source(split), list(builder.info.features["label"].names)
+  return (VideoSource(builder.as_data_source(split), root),
+          list(builder.info.features["label"].names))
+
+
+class Video:
+  """One video of a source: ``index`` (its id within the split), ``label``, ``num_frames``,
+  and ``load(indices)``, its decoded frames at those indices (each ``(H, W, 3)`` uint8)."""
+
+  def __init__(self, index: int, label: int, num_frames: int, load):
+    self.index, self.label, self.num_frames, self._load = index, label, num_frames, load
+
+  def load(self, indices: Sequence[int]) -> List[np.ndarray]:
+    unique, where = np.unique(np.asarray(indices), return_inverse=True)  # looped short videos
+    decoded = self._load(unique)
+    return [decoded[i] for i in where.reshape(-1)]
+
+  @classmethod
+  def from_frames(cls, frames: np.ndarray, label: int = 0, index: int = 0) -> "Video":
+    """A video already decoded, ``(N, H, W, 3)`` (``predict``'s files, tests)."""
+    return cls(index, label, len(frames), lambda indices: frames[indices])
+
+
+class VideoSource:
+  """A prepared split: ``source[i]`` is a :class:`Video` whose ``load`` reads and decodes
+  only the frames asked for (``data.frames``); ``bytes_read`` counts the JPEG bytes read
+  in this process."""
+
+  def __init__(self, records, root: str):
+    self.records = records  # the TFDS data source of the split's per-video examples
+    self.reader = frames_lib.FrameReader(root)
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, index: int) -> Video:
+    record = self.records[int(index)]
+    frames_file = record["frames_file"]
+    frames_file = frames_file.decode() if isinstance(frames_file, bytes) else str(frames_file)
+    first = int(record["first_frame"])
+
+    def load(indices):
+      return [frames_lib.decode_jpeg(j)
+              for j in self.reader.read(frames_file, [first + int(i) for i in indices])]
+    return Video(int(index), int(record["label"]), int(record["num_frames"]), load)
+
+  @property
+  def bytes_read(self) -> int:
+    return self.reader.bytes_read
+
+  def __repr__(self):
+    return f"VideoSource({self.records!r})"
+
+
+def resize_crop(frame: np.ndarray, box: Tuple[float, float, float, float], size: int,
+                flip: bool = False) -> np.ndarray:
+  """The ``size x size`` bilinear resampling of ``box`` (left, top, right, bottom, in source
+  pixels) of ``frame``, mirrored left-right if ``flip``: the same pixels as resizing the
+  whole frame by ``size / box width`` and cropping (Pillow's filter, evaluated on the crop
+  only). A whole-pixel box of the output's size is a plain slice."""
+  left, top, right, bottom = box
+  if (right - left == size and bottom - top == size and float(left).is_integer()
+      and float(top).is_integer()):
+    crop = frame[int(top):int(top) + size, int(left):int(left) + size]
+    return crop[:, ::-1] if flip else crop
+  image = Image.fromarray(frame).resize((size, size), Image.BILINEAR, box=box)
+  if flip:  # Pillow's mirror is ~4x faster than copying a reversed numpy view
+    image = image.transpose(Image.FLIP_LEFT_RIGHT)
+  return np.asarray(image)
+
+
+def train_clip(video: Video, spec: ClipSpec, rng: np.random.Generator,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+  """One randomly sampled, scaled, cropped and flipped training clip ``(T, S, S, 3)``.
+
+  Draws, in order: the window start, the short side in ``train_scale``, the aspect in
+  ``aspect``, the crop's top and left, the flip. Only the crop region of each frame is
+  resampled, into ``out`` (allocated when None).
+  """
+  s = spec
+  n = video.num_frames
+  start = int(rng.integers(0, train_starts(n, s.frames, s.interval)))
+  frames = video.load(window_indices(n, start, s.frames, s.interval))
+  h, w = frames[0].shape[:2]
+  short = rng.uniform(*s.train_scale)
+  aspect = np.sqrt(rng.uniform(*s.aspect))
+  scale = short / min(h, w)
+  new_w = max(s.crop, int(round(w * scale * aspect)))
+  new_h = max(s.crop, int(round(h * scale / aspect)))
+  top = int(rng.integers(0, new_h - s.crop + 1))
+  left = int(rng.integers(0, new_w - s.crop + 1))
+  flip = bool(s.flip and rng.random() < 0.5)
+  sx, sy = w / new_w, h / new_h
+  box = (left * sx, top * sy, (left + s.crop) * sx, (top + s.crop) * sy)
+  if out is None:
+    out = np.empty((s.frames, s.crop, s.crop, 3), np.uint8)
+  for t, frame in enumerate(frames):
+    out[t] = resize_crop(frame, box, s.crop, flip)
+  return out
+
+
+class GlobalOrder:
+  """Position -> ``(video, rng)`` of the one shuffled sequence every process reads: epoch
+  ``e`` is the permutation ``default_rng([seed, e])`` of the videos; the clip at position
+  ``i`` draws its augmentation from ``Philox(key=seed + i)``. ``len()`` is
+  ``num_epochs x videos`` (endless: None epochs)."""
+
+  def __init__(self, num_videos: int, seed: int, num_epochs: Optional[int] = None):
+    self.num_videos, self.seed, self.num_epochs = num_videos, int(seed), num_epochs
+    self._epoch, self._permutation = None, None
+
+  def __len__(self):
+    if self.num_epochs is None:
+      raise TypeError("an endless order has no length")
+    return self.num_videos * self.num_epochs
+
+  def __getitem__(self, position: int) -> Tuple[int, np.random.Generator]:
+    epoch, i = divmod(int(position), self.num_videos)
+    if self.num_epochs is not None and epoch >= self.num_epochs:
+      raise IndexError(position)
+    if epoch != self._epoch:
+      self._epoch = epoch
+      self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_videos)
+    rng = np.random.Generator(np.random.Philox(key=self.seed + int(position)))
+    return int(self._permutation[i]), rng
+
+
+class ProcessSlice:
+  """This process's contiguous slice of every global batch, as global positions.
+
+  Global batch ``s`` is positions ``[s*B, (s+1)*B)`` of one shuffled, process-independent
+  ``order``; process ``p`` of ``n`` reads ``[s*B + p*b, s*B + (p+1)*b)`` with
+  ``b = B/n``. The global batches, and each clip's augmentation RNG (seeded by its global
+  position, see :class:`GlobalOrder`), are the same for any number of processes and
+  workers.
+  """
+
+  def __init__(self, order: GlobalOrder, batch_size: int, process_index: int,
+               process_count: int):
+    self.order = order
+    self.batch_size = batch_size  # per process
+    self.process_index, self.process_count = process_index, process_count
+
+  def num_batches(self) -> int:
+    return len(self.order) // (self.batch_size * self.process_count)
+
+  def batch(self, step: int) -> List[Tuple[int, np.random.Generator]]:
+    """``(video, rng)`` of each clip of this process's part of batch ``step``."""
+    first = step * self.batch_size * self.process_count + self.process_index * self.batch_size
+    return [self.order[first + k] for k in range(self.batch_size)]
+
+
+class TrainBatch(grain.MapTransform):
+  """Batch number -> this process's part of that global batch: ``clips`` uint8
+  ``(b, T, S, S, 3)``, ``label`` and ``video_index`` int32 ``(b,)``. A whole batch is made
+  by one worker, so batches do not depend on the number of workers."""
+
+  def __init__(self, source: VideoSource, positions: ProcessSlice, spec: ClipSpec):
+    self.source, self.positions, self.spec = source, positions, spec
+
+  def map(self, step: int) -> dict:
+    s = self.spec
+    records = self.positions.batch(int(step))
+    clips = np.empty((len(records), s.frames, s.crop, s.crop, 3), np.uint8)
+    labels = np.empty(len(records), np.int32)
+    indices = np.empty(len(records), np.int32)
+    for k, (key, rng) in enumerate(records):
+      video = self.source[key]
+      train_clip(video, s, rng, out=clips[k])
+      labels[k], indices[k] = video.label, video.index
+    return {"clips": clips, "label": labels, "video_index": indices}
+
+
+def resolve_workers(num_workers: int) -> int:
+  """``config.num_workers``: a count, or -1 for one per core this process may use (none
+  on a single core, where a worker process would only add copying)."""
+  if num_workers >= 0:
+    return int(num_workers)
+  cores = data_lib.usable_cores()
+  return cores if cores > 1 else 0
+
+
+# Batches made ahead of the one being consumed: by a thread of the training process when it
+# makes them itself, else by each worker process (its one-batch hand-over buffer). Host
+# memory is bounded in batches, not by the length of the videos.
+PREFETCH_BATCHES = 2
+
+
+def _prefetched(dataset: "grain.MapDataset", workers: int):
+  """The iterator of ``dataset``, in order: made in this process, ``PREFETCH_BATCHES``
+  ahead by one thread, or in ``workers`` spawned processes, each making one element at a
+  time and handing it over."""
+  if workers <= 0:
+    return iter(dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH_BATCHES)))
+  if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (a notebook, pytest)
+    flags.FLAGS.mark_as_parsed()
+  iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  return iter(iterable.mp_prefetch(grain.MultiprocessingOptions(
+      num_workers=workers, per_worker_buffer_size=1)))
+
+
+class TrainIterator:
+  """Batches from ``start`` on; ``get_state()`` / ``set_state()`` hold the next batch
+  number only (``{"step": n}``), so a run can resume with any number of workers."""
+
+  def __init__(self, make_dataset, num_batches: Optional[int], workers: int, start: int = 0):
+    self._make, self._num_batches, self._workers = make_dataset, num_batches, workers
+    self._step, self._iterator = int(start), None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self._iterator is None:
+      stop = self._num_batches if self._num_batches is not None else 1 << 62
+      self._iterator = _prefetched(self._make(self._step, stop), self._workers)
+    batch = next(self._iterator)
+    self._step += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {"step": self._step}
+
+  def set_state(self, state: dict) -> None:
+    self.close()
+    self._step = int(state["step"])
+
+  def close(self) -> None:
+    if self._iterator is not None and hasattr(self._iterator, "close"):
+      self._iterator.close()
+    self._iterator = None
+
+
+class TrainLoader:
+  """The training batches of one process (see :func:`train_loader`); ``iter()`` starts at
+  batch ``start``."""
+
+  def __init__(self, source: VideoSource, positions: ProcessSlice, spec: ClipSpec,
+               workers: int, finite: bool):
+    self.source, self.positions, self.spec = source, positions, spec
+    self.workers, self.finite = workers, finite
+
+  def dataset(self, start: int, stop: int) -> "grain.MapDataset":
+    """Batches ``start .. stop - 1`` as a grain ``MapDataset``."""
+    return grain.MapDataset.range(start, stop).map(
+        TrainBatch(self.source, self.positions, self.spec))
+
+  def iterator(self, start: int = 0) -> TrainIterator:
+    return TrainIterator(self.dataset, self.positions.num_batches() if self.finite else None,
+                         self.workers, start)
+
+  def __iter__(self):
+    return self.iterator()
+
+
+def train_loader(source: VideoSource, batch_size: int, spec: ClipSpec = ClipSpec(),
+                 seed: int = 0, worker_count: int = 0, process_index: Optional[int] = None,
+                 process_count: Optional[int] = None, num_epochs: Optional[int] = None
+                 ) -> TrainLoader:
+  """An endless (or ``num_epochs``) shuffled loader of ``batch_size`` clips per process.
+
+  Each process reads its slice of every global batch (``ProcessSlice``; by default
+  ``jax.process_index()`` of ``jax.process_count()``); batch ``n`` is the same for any
+  number of processes and ``worker_count`` worker processes (-1: one per core). A clip reads
+  and decodes only its own frames. ``loader.iterator(start)`` begins at batch ``start`` (a
+  resumed run at its step); ``iter(loader)`` at 0.
+  """
+  if process_index is None:
+    process_index, process_count = jax.process_index(), jax.process_count()
+  everything = GlobalOrder(len(source), seed, num_epochs)
+  positions = ProcessSlice(everything, batch_size, process_index, process_count)
+  return TrainLoader(source, positions, spec, resolve_workers(worker_count),
+                     finite=num_epochs is not None)
+
+
+def eval_views(video: Video, spec: ClipSpec) -> np.ndarray:
+  """All ``num_clips x num_crops`` views of a video, uint8 ``(V, T, S, S, 3)``, clip-major
+  (view = clip * num_crops + crop). Each clip's frames are decoded and resized once for
+  all its crops: the short side to ``eval_resize`` (at least ``crop``), then the centre
+  crop, or ``num_crops`` crops evenly along the long side (left/top ... right/bottom)."""
+  n = video.num_frames
+  starts = clip_starts(n, spec.frames, spec.interval, spec.num_clips)
+  views = np.empty((spec.num_clips * spec.num_crops, spec.frames, spec.crop, spec.crop, 3),
+                   np.uint8)
+  for c, start in enumerate(starts):
+    frames = video.load(window_indices(n, int(start), spec.frames, spec.interval))
+    h, w = frames[0].shape[:2]
+    new_w, new_h = video_lib.resized_size(w, h, spec.eval_resize)
+    new_w, new_h = max(new_w, spec.crop), max(new_h, spec.crop)
+    clip = np.stack([_resize(f, new_w, new_h) for f in frames])
+    for k, (top, left) in enumerate(_crop_corners(new_w, new_h, spec)):
+      views[c * spec.num_crops + k] = clip[:, top:top + spec.crop, left:left + spec.crop]
+  return views
+
+
+def _crop_corners(width: int, height: int, spec: ClipSpec) -> List[Tuple[int, int]]:
+  top, left = (height - spec.crop) // 2, (width - spec.crop) // 2
+  if spec.num_crops == 1:
+    return [(top, left)]
+  corners = []
+  for k in range(spec.num_crops):  # evenly along the long side
+    offset = int(round(k * (max(width, height) - spec.crop) / (spec.num_crops - 1)))
+    corners.append((top, offset) if width >= height else (offset, left))
+  return corners
 
 
 def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -116,153 +435,76 @@ def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
   return np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))
 
 
-def _frames(record, indices: Sequence[int]) -> np.ndarray:
-  """The frames at ``indices`` of a record: JPEG bytes (prepared shards) or an already
-  decoded ``(N, H, W, 3)`` array (``video.read_video``)."""
-  frames = record["frames"]
-  if isinstance(frames, np.ndarray):
-    return frames[np.asarray(indices)]
-  return np.stack([decode_jpeg(frames[i]) for i in indices])
+class EvalVideo(grain.MapTransform):
+  """Position -> every view of that video of this process: ``clips`` ``(V, T, S, S, 3)``,
+  ``label``, ``video_index``."""
 
+  def __init__(self, source, videos: Sequence[int], spec: ClipSpec):
+    self.source, self.videos, self.spec = source, videos, spec
 
-class TrainClip(grain.RandomMapTransform):
-  """Record -> one randomly sampled, scaled, cropped and flipped training clip."""
-
-  def __init__(self, spec: ClipSpec):
-    self.spec = spec
-
-  def random_map(self, element, rng: np.random.Generator):
-    index, record = element
-    s = self.spec
-    n = len(record["frames"])
-    start = int(rng.integers(0, train_starts(n, s.frames, s.interval)))
-    clip = _frames(record, window_indices(n, start, s.frames, s.interval))
-    h, w = clip.shape[1:3]
-    short = rng.uniform(*s.train_scale)
-    aspect = np.sqrt(rng.uniform(*s.aspect))
-    scale = short / min(h, w)
-    new_w = max(s.crop, int(round(w * scale * aspect)))
-    new_h = max(s.crop, int(round(h * scale / aspect)))
-    top = int(rng.integers(0, new_h - s.crop + 1))
-    left = int(rng.integers(0, new_w - s.crop + 1))
-    clip = np.stack([_resize(f, new_w, new_h)[top:top + s.crop, left:left + s.crop]
-                     for f in clip])
-    if s.flip and rng.random() < 0.5:
-      clip = clip[:, :, ::-1]
-    return {"clips": np.ascontiguousarray(clip), "label": np.int32(record["label"]),
-            "video_index": np.int32(index)}
-
-
-class _WithIndex:
-  """Pairs each record with its index (the video's id within the split)."""
-
-  def __init__(self, source):
-    self.source = source
-
-  def __len__(self):
-    return len(self.source)
-
-  def __getitem__(self, index):
-    return int(index), self.source[index]
-
-  def __repr__(self):  # grain checks it when restoring an iterator's state
-    return f"_WithIndex({self.source!r})"
-
-
-class ProcessSlice:
-  """A grain sampler: this process's contiguous slice of every global batch.
-
-  Global batch ``s`` is positions ``[s*B, (s+1)*B)`` of one shuffled, process-independent
-  ``global_sampler``; process ``p`` of ``n`` reads ``[s*B + p*b, s*B + (p+1)*b)`` with
-  ``b = B/n``. The global batches, and each record's augmentation RNG (seeded by its global
-  position), are the same for any number of processes.
-  """
-
-  def __init__(self, global_sampler, batch_size: int, process_index: int, process_count: int):
-    self.global_sampler = global_sampler
-    self.batch_size = batch_size  # per process
-    self.process_index, self.process_count = process_index, process_count
-
-  def __len__(self):
-    return len(self.global_sampler) // (self.batch_size * self.process_count) * self.batch_size
-
-  def __getitem__(self, index):
-    if index < 0 or index >= len(self):
-      raise IndexError(index)
-    step, k = divmod(index, self.batch_size)
-    global_batch = self.batch_size * self.process_count
-    return self.global_sampler[step * global_batch + self.process_index * self.batch_size + k]
-
-  def __repr__(self):  # grain compares it when restoring an iterator's state
-    return (f"ProcessSlice({self.global_sampler!r}, batch_size={self.batch_size}, "
-            f"process {self.process_index} of {self.process_count})")
-
-
-def train_loader(source, batch_size: int, spec: ClipSpec = ClipSpec(), seed: int = 0,
-                 worker_count: int = 0, process_index: Optional[int] = None,
-                 process_count: Optional[int] = None, num_epochs: Optional[int] = None
-                 ) -> grain.DataLoader:
-  """An endless (or ``num_epochs``) shuffled loader of ``batch_size`` clips per process.
-
-  Each process reads its slice of every global batch (``ProcessSlice``; by default
-  ``jax.process_index()`` of ``jax.process_count()``). ``iter(loader)`` gives a grain
-  iterator whose ``get_state()``/``set_state()`` checkpoint the position, so a resumed run
-  sees the same batches.
-  """
-  if process_index is None:
-    process_index, process_count = jax.process_index(), jax.process_count()
-  everything = grain.IndexSampler(num_records=len(source), shard_options=grain.NoSharding(),
-                                  shuffle=True, num_epochs=num_epochs, seed=seed)
-  return grain.DataLoader(data_source=_WithIndex(source),
-                          sampler=ProcessSlice(everything, batch_size, process_index,
-                                               process_count),
-                          operations=[TrainClip(spec), grain.Batch(batch_size, drop_remainder=True)],
-                          worker_count=worker_count, shard_options=grain.NoSharding())
-
-
-def eval_view(record, index: int, view: int, spec: ClipSpec) -> dict:
-  """View ``view`` (clip-major: clip = view // num_crops) of one video."""
-  clip_id, crop_id = divmod(view, spec.num_crops)
-  n = len(record["frames"])
-  starts = clip_starts(n, spec.frames, spec.interval, spec.num_clips)
-  clip = _frames(record, window_indices(n, int(starts[clip_id]), spec.frames,
-                                                  spec.interval))
-  h, w = clip.shape[1:3]
-  new_w, new_h = video.resized_size(w, h, spec.eval_resize)
-  new_w, new_h = max(new_w, spec.crop), max(new_h, spec.crop)
-  clip = np.stack([_resize(f, new_w, new_h) for f in clip])
-  top, left = (new_h - spec.crop) // 2, (new_w - spec.crop) // 2
-  if spec.num_crops > 1:  # evenly along the long side: left/top ... right/bottom
-    offset = int(round(crop_id * (max(new_w, new_h) - spec.crop) / (spec.num_crops - 1)))
-    top, left = (top, offset) if new_w >= new_h else (offset, left)
-  clip = clip[:, top:top + spec.crop, left:left + spec.crop]
-  return {"clips": np.ascontiguousarray(clip), "label": np.int32(record["label"]),
-          "video_index": np.int32(index)}
+  def map(self, position: int) -> dict:
+    video = self.source[self.videos[int(position)]]
+    return {"clips": eval_views(video, self.spec), "label": np.int32(video.label),
+            "video_index": np.int32(video.index)}
 
 
 def eval_batches(source, batch_size: int, spec: ClipSpec = ClipSpec(),
-                 process_index: Optional[int] = None, process_count: Optional[int] = None
-                 ) -> Iterator[dict]:
+                 process_index: Optional[int] = None, process_count: Optional[int] = None,
+                 worker_count: int = 0) -> Iterator[dict]:
   """All ``num_clips x num_crops`` views of this process's videos, in fixed-size batches.
 
-  Videos are split across processes (``jax.process_index()`` by default); the last batch
-  is padded with copies of its first view and ``mask=False``, and every process yields the
-  same number of batches (a process with fewer videos adds fully masked ones), as the
-  global jitted forward needs.
+  Videos are split across processes (``jax.process_index()`` by default) and decoded in
+  ``worker_count`` worker processes (-1: one per core), each frame once for all its crops;
+  the views of a video come in a row. The last batch is padded with copies of a view and
+  ``mask=False``, and every process yields the same number of batches (a process
+  with fewer videos adds fully masked ones), as the global jitted forward needs.
   """
   if process_index is None:
     process_index, process_count = jax.process_index(), jax.process_count()
   views = spec.num_clips * spec.num_crops
   videos = range(process_index, len(source), process_count)
-  dataset = grain.MapDataset.range(len(videos) * views).map(
-      lambda i: eval_view(source[videos[i // views]], videos[i // views], i % views, spec))
-  most_views = -(-len(source) // process_count) * views
-  for start in range(0, most_views, batch_size):
-    items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-    mask = np.array([True] * len(items) + [False] * (batch_size - len(items)))
-    if not items:  # this process ran out of videos before the others
-      items = [eval_view(source[0], 0, 0, spec)]
-    items += [items[0]] * (batch_size - len(items))
-    batch = {k: np.stack([it[k] for it in items]) for k in items[0]}
-    batch["mask"] = mask
+  most_batches = -(-(-(-len(source) // process_count) * views) // batch_size)
+  pending = {"clips": [], "label": [], "video_index": []}
+  emitted = 0
+  first = None
+
+  def batch_of(count):
+    nonlocal first
+    items = {k: np.concatenate(v)[:count] for k, v in pending.items()}
+    for k, v in pending.items():
+      rest = np.concatenate(v)[count:]
+      pending[k] = [rest] if len(rest) else []
+    if first is None:
+      first = {k: v[:1] for k, v in items.items()}
+    pad = batch_size - count
+    batch = {k: np.concatenate([v] + [first[k]] * pad) if pad else v for k, v in items.items()}
+    batch["mask"] = np.arange(batch_size) < count
+    return batch
+
+  if len(videos):
+    dataset = grain.MapDataset.range(len(videos)).map(EvalVideo(source, videos, spec))
+    iterator = _prefetched(dataset, resolve_workers(worker_count))
+    try:
+      for element in iterator:
+        pending["clips"].append(element["clips"])
+        pending["label"].append(np.full(views, element["label"], np.int32))
+        pending["video_index"].append(np.full(views, element["video_index"], np.int32))
+        while sum(len(c) for c in pending["clips"]) >= batch_size:
+          yield batch_of(batch_size)
+          emitted += 1
+    finally:
+      if hasattr(iterator, "close"):
+        iterator.close()
+    left = sum(len(c) for c in pending["clips"])
+    if left:
+      yield batch_of(left)
+      emitted += 1
+  if emitted < most_batches and first is None:  # this process has no video at all
+    element = EvalVideo(source, [0], spec).map(0)
+    first = {"clips": element["clips"][:1], "label": np.array([element["label"]], np.int32),
+             "video_index": np.array([element["video_index"]], np.int32)}
+  while emitted < most_batches:  # fewer videos than another process: fully masked batches
+    batch = {k: np.concatenate([v] * batch_size) for k, v in first.items()}
+    batch["mask"] = np.zeros(batch_size, bool)
     yield batch
+    emitted += 1

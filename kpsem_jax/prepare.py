@@ -1,11 +1,13 @@
 """Build a dataset's array_record shards from what its authors distribute.
 
     python -m kpsem_jax.prepare DATASET --source_dir=SRC --data_dir=OUT [--split=1|2|3]
-        [--config=NAME] [--short_side=256] [--splits_dir=DIR] [--min_frames=8]
+        [--config=NAME] [--short_side=256] [--splits_dir=DIR] [--min_frames=8] [--workers=N]
 
 DATASET is one of synthetic_motion (no source needed), hmdb51, ucf101, mini_kinetics,
 something_something_v1; docs/datasets.md gives each source layout. Shows a progress bar per split,
-then a summary: examples per split, classes, skipped files. Every skipped file is listed with
+then a summary: examples per split, classes, skipped files. Videos are decoded and encoded
+in ``--workers`` processes (default: the cores this process may use); the result is the
+same for any number. Every skipped file is listed with
 its reason in ``skipped.tsv`` beside the shards. An interrupted build leaves only an
 ``incomplete.*`` folder; rerunning the command builds again and finishes.
 """
@@ -43,13 +45,14 @@ def config_name(dataset: str, split, config):
 
 
 def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=None,
-            short_side=256, splits_dir=None, min_frames=None, log=print):
-  """Builds (or reuses) the dataset; returns ``(builder, skipped entries)``."""
+            short_side=256, splits_dir=None, min_frames=None, log=print, workers=1):
+  """Builds (or reuses) the dataset, decoding and encoding videos in ``workers`` processes;
+  returns ``(builder, skipped entries)``."""
   from data import builder_class  # pylint: disable=import-outside-toplevel
   cls = builder_class(dataset)
   name = config_name(dataset, split, config)
   builder = cls(data_dir=data_dir, config=name, source_dir=source_dir,
-                short_side=short_side or None, splits_dir=splits_dir,
+                short_side=short_side or None, splits_dir=splits_dir, workers=workers,
                 **({} if min_frames is None else {"min_frames": min_frames}))
   started = time.time()
   try:
@@ -89,6 +92,7 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
 
 def main(argv):
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
+  from data import usable_cores  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
   FLAGS = flags.FLAGS
   if len(argv) != 2:
@@ -98,7 +102,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     prepare(argv[1], FLAGS.data_dir, FLAGS.source_dir, FLAGS.split, FLAGS.config,
-            FLAGS.short_side, FLAGS.splits_dir, FLAGS.min_frames)
+            FLAGS.short_side, FLAGS.splits_dir, FLAGS.min_frames,
+            workers=FLAGS.workers or usable_cores())
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -113,6 +118,8 @@ def define_flags():
   flags.DEFINE_integer("short_side", 256, "stored frames' short side in pixels (0: original)")
   flags.DEFINE_integer("min_frames", 8, "skip (and list) videos with fewer decoded frames")
   flags.DEFINE_string("splits_dir", None, "folder of split/label files if not in source_dir")
+  flags.DEFINE_integer("workers", 0, "processes that decode and encode videos (0: one per "
+                       "core this process may use)")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@
   statistics are those of the global (micro-)batch. Each process reads its own contiguous
   slice of every global batch; the sequence of global batches depends on the seed only.
 - Multi-host: the same program on every process (``jax.distributed``); checkpoints are
-  written once (orbax coordinates the processes; each also saves its data position), logs
-  and files by process 0, evaluation by every process on its share of the videos, gathered.
+  written once (orbax coordinates the processes), logs and files by process 0, evaluation by every process on its share of the videos, gathered.
 - Gradient accumulation: the global batch is ``grad_accum_steps`` micro-batches, scanned
   inside the jitted step.
 - Checkpoints (orbax, ``workdir/checkpoints``): params, batch_stats, optimizer state, step,
-  the grain iterator state and metadata (model, classes, config); the last
+  and metadata (model, classes, config); the data position is the step itself; the last
   ``keep_checkpoints`` are kept, and the best by validation accuracy in ``workdir/best``.
   Each item's SHA-256 is in the metadata. Rerunning the same command resumes from the newest
   intact checkpoint, with the same batches. A NaN/inf loss stops the run with a clear error;
@@ -39,6 +38,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from data import usable_cores
 from kpsem_jax import checkpoint as checkpoint_lib
 from kpsem_jax import evaluation
 from kpsem_jax import input_pipeline as ip
@@ -236,7 +236,7 @@ class Trainer:
         raise
       if jax.process_index() == 0:
         print(f"preparing {d.name} ({d.config}) in {data_dir}")
-        prepare_lib.prepare(d.name, data_dir, config=d.config)
+        prepare_lib.prepare(d.name, data_dir, config=d.config, workers=usable_cores())
       multihost_utils.sync_global_devices("dataset prepared")
     train, names = ip.load_source(data_dir, d.name, d.config, d.train_split)
     evals, _ = ip.load_source(data_dir, d.name, d.config, d.eval_split)
@@ -265,12 +265,15 @@ class Trainer:
                 class_names=self.class_names, step=int(step), config=self.config.to_dict(),
                 process_count=jax.process_count())
 
-  def resume(self, checkpoints, state: TrainState, iterator) -> Tuple[int, TrainState]:
+  def resume(self, checkpoints, state: TrainState) -> Tuple[int, TrainState]:
     """``(step, state)`` of the newest intact checkpoint (``(0, state)`` when there is none).
 
-    The iterator is restored in place. Damaged steps are skipped with a line saying why and
-    moved to ``workdir/damaged/`` (nothing is deleted); a checkpoint of another model or
-    process count is an error naming it.
+    The data position is the step itself (batch ``n`` is step ``n + 1``'s, the same for any
+    number of processes and workers); a checkpoint written with other data settings
+    (``DATA_FIELDS``) resumes with a line naming them, since its batches from here on
+    differ from an uninterrupted run's. Damaged steps are skipped with a line saying why and
+    moved to ``workdir/damaged/`` (nothing is deleted); a checkpoint of another model is an
+    error naming it.
     """
     directory = os.path.join(self.workdir, "checkpoints")
     if checkpoints.latest_step() is None:
@@ -284,15 +287,10 @@ class Trainer:
             f"{where} was written for another model ({'; '.join(differences)}): use a new "
             f"--workdir, or the config the run was trained with "
             f"({os.path.join(self.workdir, 'config.json')})")
-      written_by = metadata.get("process_count", 1)
-      if written_by != jax.process_count():
-        raise TrainingError(
-            f"the checkpoint at step {step} in {directory} was written by {written_by} "
-            f"process(es) and each saved its own data position; resume it with "
-            f"{written_by} process(es), not {jax.process_count()}")
-      return checkpoint_lib.restore_training(
+      restored = checkpoint_lib.restore_training(
           checkpoints, step, {"params": state.params, "batch_stats": state.batch_stats},
-          {"opt_state": state.opt_state, "step": state.step}, metadata, iterator)
+          {"opt_state": state.opt_state, "step": state.step}, metadata)
+      return restored + (_data_changes(metadata.get("config") or {}, self.config.to_dict()),)
 
     log = print if jax.process_index() == 0 else (lambda message: None)
     step, restored, damaged = checkpoint_lib.newest_intact(checkpoints, restore, log,
@@ -302,10 +300,13 @@ class Trainer:
     if restored is None:
       log(f"no intact checkpoint in {directory}: training starts from step 0")
       return 0, state
-    variables, opt_state = restored
+    variables, opt_state, data_changes = restored
     state = TrainState(opt_state["step"], variables["params"], variables["batch_stats"],
                        opt_state["opt_state"])
     log(f"resuming from step {step} ({directory})")
+    if data_changes:
+      log(f"the data settings differ from the checkpoint's ({'; '.join(data_changes)}): "
+          f"from step {step + 1} on, the batches differ from an uninterrupted run's")
     return step, jax.device_put(state, self.replicated)
 
   def _move_aside(self, directory: str, steps) -> None:
@@ -320,12 +321,13 @@ class Trainer:
       multihost_utils.sync_global_devices("damaged checkpoints moved aside")
 
   # ---- data --------------------------------------------------------------------------
-  def train_iterator(self):
+  def train_iterator(self, start_step: int = 0) -> ip.TrainIterator:
+    """The training batches from the one step ``start_step + 1`` consumes."""
     per_process = self.config.batch_size // jax.process_count()
     loader = ip.train_loader(self.train_source, per_process,
                              ip.clip_spec(self.config.clip, train=True),
                              seed=self.config.seed, worker_count=self.config.num_workers)
-    return iter(loader)
+    return loader.iterator(start_step)
 
   def record_inputs(self, step: int, batch=None, state=None):
     """``config.record_inputs``: each process appends what it read (and, given ``state``,
@@ -356,7 +358,8 @@ class Trainer:
     per_process = self.config.eval_batch_size // jax.process_count()
     spec = ip.clip_spec(self.config.clip)
     outputs = {"logits": [], "video_index": [], "label": [], "mask": []}
-    batches = ip.eval_batches(self.eval_source, per_process, spec)
+    batches = ip.eval_batches(self.eval_source, per_process, spec,
+                              worker_count=self.config.num_workers)
     for batch in tqdm(batches, desc=desc, leave=False, disable=jax.process_index() != 0):
       x = jax.make_array_from_process_local_data(
           self.eval_sharding, batch["clips"],
@@ -386,6 +389,23 @@ class Trainer:
       np.savetxt(base + "_confusion.csv", metrics["confusion"], fmt="%d", delimiter=",")
       evaluation.confusion_png(metrics["confusion"], base + "_confusion.png", self.class_names)
     return base
+
+
+# Config fields that decide the training batches (num_workers, the process count and where
+# the data is stored do not).
+DATA_FIELDS = ("seed", "batch_size", "dataset.name", "dataset.config", "dataset.train_split",
+               "clip")
+
+
+def _data_changes(saved_config, config) -> list:
+  """``_differences`` of the ``DATA_FIELDS`` between a checkpoint's config and this one."""
+  def get(tree, path):
+    for key in path.split("."):
+      tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+  config = json.loads(json.dumps(config))  # tuples as the saved JSON's lists
+  return [d for path in DATA_FIELDS
+          for d in _differences(get(saved_config, path), get(config, path), f"config.{path}")]
 
 
 def _differences(saved, wanted, prefix="model") -> list:
@@ -484,9 +504,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 def _train_and_evaluate(trainer, config, workdir):
   state, tx, _ = trainer.initial_state()
   step_fn = make_train_step(trainer.model, tx, trainer.schedule, trainer.dtype, trainer.mesh)
-  iterator = trainer.train_iterator()
   checkpoints, best = checkpoint_lib.training_managers(trainer.workdir, config.keep_checkpoints)
-  start, state = trainer.resume(checkpoints, state, iterator)
+  start, state = trainer.resume(checkpoints, state)
+  iterator = trainer.train_iterator(start)
   if start:
     # damaged steps may have been moved aside
     checkpoints, best = checkpoint_lib.training_managers(trainer.workdir, config.keep_checkpoints)
@@ -499,7 +519,7 @@ def _train_and_evaluate(trainer, config, workdir):
     opt_state = {"opt_state": state.opt_state, "step": state.step}
     try:
       checkpoint_lib.save_training(checkpoints, step, variables, opt_state,
-                                   trainer._metadata(step), iterator)
+                                   trainer._metadata(step))
     except OSError as e:
       raise TrainingError(
           f"writing the checkpoint of step {step} to {checkpoints.directory} failed: "
@@ -511,41 +531,44 @@ def _train_and_evaluate(trainer, config, workdir):
   bar = tqdm(total=total, initial=start, desc="train", disable=jax.process_index() != 0,
              dynamic_ncols=True)
   last_time, last_step, last_good = time.perf_counter(), start, checkpoints.latest_step()
-  for step in range(start + 1, total + 1):
-    batch = next(iterator)
-    trainer.record_inputs(step, batch)
-    clips, labels = trainer.global_batch(batch)
-    state, metrics = step_fn(state, clips, labels)
-    bar.update(1)
-    if step % config.log_every == 0 or step == total:
-      metrics = jax.device_get(metrics)
-      if not np.isfinite(metrics["loss"]):
-        bar.close()
-        checkpoints.wait_until_finished()
-        where = ("no checkpoint was written before it" if last_good is None else
-                 f"the last good checkpoint is step {last_good} in "
-                 f"{os.path.join(trainer.workdir, 'checkpoints')}")
-        raise TrainingError(
-            f"the loss became {metrics['loss']} at step {step}; stopping: {where} "
-            "(lower config.optimizer.lr, or check the data)")
-      now = time.perf_counter()
-      rate = (step - last_step) * config.batch_size / (now - last_time)
-      last_time, last_step = now, step
-      writer.write(step, "train", dict(metrics, clips_per_second=rate))
-      bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2g}",
-                      clips_s=f"{rate:.1f}")
-    if step % config.eval_every == 0 or step == total:
-      variables = {"params": state.params, "batch_stats": state.batch_stats}
-      m = trainer.evaluate(variables, desc=f"eval@{step}")
-      writer.write(step, "eval", m)
-      checkpoint_lib.save_best(best, step, m["video_top1"], variables, trainer._metadata(step))
-      bar.write(f"step {step}: eval video top-1 {m['video_top1']:.4f}, clip top-1 "
-                f"{m['clip_top1']:.4f} ({m['num_videos']} videos)")
-    if step % config.checkpoint_every == 0 or step == total:
-      if not np.isfinite(float(jax.device_get(metrics["loss"]))):
-        continue  # never checkpoint a diverged state (caught above at the next log step)
-      save(step)
-      last_good = step
+  try:
+    for step in range(start + 1, total + 1):
+      batch = next(iterator)
+      trainer.record_inputs(step, batch)
+      clips, labels = trainer.global_batch(batch)
+      state, metrics = step_fn(state, clips, labels)
+      bar.update(1)
+      if step % config.log_every == 0 or step == total:
+        metrics = jax.device_get(metrics)
+        if not np.isfinite(metrics["loss"]):
+          bar.close()
+          checkpoints.wait_until_finished()
+          where = ("no checkpoint was written before it" if last_good is None else
+                   f"the last good checkpoint is step {last_good} in "
+                   f"{os.path.join(trainer.workdir, 'checkpoints')}")
+          raise TrainingError(
+              f"the loss became {metrics['loss']} at step {step}; stopping: {where} "
+              "(lower config.optimizer.lr, or check the data)")
+        now = time.perf_counter()
+        rate = (step - last_step) * config.batch_size / (now - last_time)
+        last_time, last_step = now, step
+        writer.write(step, "train", dict(metrics, clips_per_second=rate))
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2g}",
+                        clips_s=f"{rate:.1f}")
+      if step % config.eval_every == 0 or step == total:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        m = trainer.evaluate(variables, desc=f"eval@{step}")
+        writer.write(step, "eval", m)
+        checkpoint_lib.save_best(best, step, m["video_top1"], variables, trainer._metadata(step))
+        bar.write(f"step {step}: eval video top-1 {m['video_top1']:.4f}, clip top-1 "
+                  f"{m['clip_top1']:.4f} ({m['num_videos']} videos)")
+      if step % config.checkpoint_every == 0 or step == total:
+        if not np.isfinite(float(jax.device_get(metrics["loss"]))):
+          continue  # never checkpoint a diverged state (caught above at the next log step)
+        save(step)
+        last_good = step
+  finally:
+    iterator.close()  # its worker processes
   bar.close()
   checkpoints.wait_until_finished()
   best.wait_until_finished()

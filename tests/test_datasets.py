@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from data import common
+from data import frames as frames_lib
 from data.synthetic_motion import synthetic_motion_dataset_builder as synthetic
 from kpsem_jax import prepare as prepare_lib
 
@@ -46,8 +47,17 @@ def no_bom_in(skipped):
 
 
 def read_all(builder, split):
+  """Every stored example of a split, each with its ``frames`` (JPEG bytes) read back."""
   source = builder.as_data_source(split)
-  return [source[i] for i in range(len(source))]
+  reader = frames_lib.FrameReader(builder.data_dir)
+  examples = []
+  for i in range(len(source)):
+    example = dict(source[i])
+    first = int(example["first_frame"])
+    example["frames"] = reader.read(example["frames_file"].decode(),
+                                    range(first, first + int(example["num_frames"])))
+    examples.append(example)
+  return examples
 
 
 def hmdb51_layout(root, classes=("brush_hair", "cartwheel")):
@@ -89,7 +99,7 @@ def test_hmdb51_from_official_split_files(tmp_path):
   mkv = next(e for e in train if e["label"] == 1)
   assert mkv["num_frames"] == len(mkv["frames"]) == 310
   assert (mkv["width"], mkv["height"]) == (426, 240)
-  frame = common.decode_jpeg(mkv["frames"][0])
+  frame = frames_lib.decode_jpeg(mkv["frames"][0])
   assert frame.shape == (64, 114, 3)
 
 
@@ -221,7 +231,7 @@ def test_something_v1_from_frame_folders(tmp_path):
   assert len(names) == 174 and names[0] == "Holding something"  # labels.csv line order
   (val,) = read_all(builder, "validation")
   assert names[val["label"]] == label and val["num_frames"] == 10
-  assert common.decode_jpeg(val["frames"][0]).shape == (64, 86, 3)  # even sizes
+  assert frames_lib.decode_jpeg(val["frames"][0]).shape == (64, 86, 3)  # even sizes
   assert len(skipped) == 86017 + 11522 - 1 and no_bom_in(skipped)
   # A minimum above its 10 frames skips it, with the reason: here the split's only video.
   with pytest.raises(ValueError) as error:
@@ -242,7 +252,7 @@ def test_synthetic_motion_is_deterministic_and_motion_defined(tmp_path):
   assert sorted(np.bincount([e["label"] for e in train])) == [4] * 8
   again = synthetic.render(3, 32, 8, np.random.default_rng([0, 0, 11]))
   stored = next(e for e in train if e["video_id"] == b"synthetic_0_000011")
-  decoded = np.stack([common.decode_jpeg(f) for f in stored["frames"]])
+  decoded = np.stack([frames_lib.decode_jpeg(f) for f in stored["frames"]])
   other = synthetic.render(3, 32, 8, np.random.default_rng([0, 0, 19]))
   same_error = np.abs(decoded.astype(int) - again.astype(int)).mean()  # JPEG loss only
   assert same_error < 15 < 2 * same_error < np.abs(decoded.astype(int) - other.astype(int)).mean()
@@ -297,3 +307,17 @@ def test_interrupted_build_reruns_to_completion(tmp_path, monkeypatch):
   builder, _ = build("synthetic_motion", tmp_path, config="tiny")
   assert len(read_all(builder, "train")) == 32 and len(read_all(builder, "test")) == 16
   assert leftovers() == []  # the killed build's folder is gone once the rerun finished
+
+
+def test_workers_build_the_same_examples_and_frames(tmp_path):
+  one, _ = prepare_lib.prepare("synthetic_motion", str(tmp_path / "one"), config="tiny",
+                               log=quiet, workers=1)
+  two, _ = prepare_lib.prepare("synthetic_motion", str(tmp_path / "two"), config="tiny",
+                               log=quiet, workers=2)
+  for split in ("train", "test"):
+    by_key = lambda b: {e["video_id"]: e for e in read_all(b, split)}  # noqa: E731
+    a, b = by_key(one), by_key(two)
+    assert sorted(a) == sorted(b) and len(a) == (32 if split == "train" else 16)
+    for key, example in a.items():
+      assert example["label"] == b[key]["label"] and example["num_frames"] == 8
+      assert example["frames"] == b[key]["frames"]  # the same JPEG bytes

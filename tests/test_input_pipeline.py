@@ -1,11 +1,19 @@
-"""grain pipeline: sampling protocol, determinism, checkpointable state, sharding, eval views."""
+"""grain pipeline: sampling protocol, determinism, checkpointable state, sharding, eval views,
+frames read one record each (bytes read), the old path's pixels, workers."""
+
+import dataclasses
+import os
+import shutil
 
 import numpy as np
 import pytest
 
-from data import common
+from data import frames as frames_lib
 from kpsem_jax import input_pipeline as ip
 from kpsem_jax import prepare as prepare_lib
+from kpsem_jax.testing import reference_clips
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
 
 SPEC = ip.ClipSpec(frames=8, interval=1, crop=24, train_scale=(24, 30), eval_resize=28)
 
@@ -17,12 +25,12 @@ def tiny_data(tmp_path_factory):
   return data_dir
 
 
-def record(values, width=40, height=30, label=3):
-  """A fake stored video: frame i is a horizontal ramp plus the constant values[i]."""
+def record(values, width=40, height=30, label=3, index=0):
+  """A fake video: frame i is a horizontal ramp plus the constant values[i]."""
   ramp = np.linspace(0, 150, width)[None, :, None]
-  frames = [common.encode_jpeg(np.broadcast_to(ramp + v, (height, width, 3)).astype(np.uint8))
-            for v in values]
-  return {"frames": frames, "label": label}
+  frames = np.stack([np.broadcast_to(ramp + v, (height, width, 3)).astype(np.uint8)
+                     for v in values])
+  return ip.Video.from_frames(frames, label=label, index=index)
 
 
 def batches(loader, n):
@@ -43,7 +51,7 @@ def test_train_batches_shapes_and_determinism(tiny_data):
   assert any((x["video_index"] != z["video_index"]).any() for x, z in zip(a, c))
   for batch in a:  # labels are those of the stored videos
     for index, label in zip(batch["video_index"], batch["label"]):
-      assert source[int(index)]["label"] == label
+      assert source[int(index)].label == label
 
 
 def test_iterator_state_restores_the_same_batches(tiny_data):
@@ -84,7 +92,7 @@ def test_short_videos_loop_and_windows_follow_the_interval():
   rec = record([0, 40, 80])  # 3 frames
   spec = ip.ClipSpec(frames=6, interval=2, crop=24, train_scale=(30, 30), aspect=(1, 1),
                      flip=False)
-  clip = ip.TrainClip(spec).random_map((0, rec), np.random.default_rng(0))["clips"]
+  clip = ip.train_clip(rec, spec, np.random.default_rng(0))
   offsets = clip.mean(axis=(1, 2, 3)) - clip[0].mean()
   # (start + 2 i) mod 3 from start 0: frames 0, 2, 1, 0, 2, 1
   np.testing.assert_allclose(offsets, [0, 80, 40, 0, 80, 40], atol=6)
@@ -97,7 +105,7 @@ def test_horizontal_flip_only_when_enabled():
                        flip=flip)
     flipped = 0
     for seed in range(20):
-      clip = ip.TrainClip(spec).random_map((0, rec), np.random.default_rng(seed))["clips"]
+      clip = ip.train_clip(rec, spec, np.random.default_rng(seed))
       left, right = clip[0, :, :4].mean(), clip[0, :, -4:].mean()
       flipped += left > right  # the ramp rises left to right unless flipped
     assert (flipped > 0) == expect_some and flipped < 20
@@ -106,7 +114,7 @@ def test_horizontal_flip_only_when_enabled():
 def test_eval_views_crops_and_padding():
   rec = record(range(0, 80, 10), width=60, height=30)
   spec = ip.ClipSpec(frames=4, interval=1, crop=24, eval_resize=30, num_clips=2, num_crops=3)
-  views = [ip.eval_view(rec, 7, v, spec)["clips"] for v in range(6)]
+  views = ip.eval_views(rec, spec)
   assert all(v.shape == (4, 24, 24, 3) for v in views)
   means = [v[0].mean() for v in views]
   assert means[0] < means[1] < means[2]  # left, centre, right crops of the first clip
@@ -117,7 +125,7 @@ def test_eval_views_crops_and_padding():
       return 5
 
     def __getitem__(self, i):
-      return dict(rec, label=i)
+      return ip.Video(i, i, rec.num_frames, rec.load)
 
   out = list(ip.eval_batches(Source(), 4, spec, process_index=0, process_count=1))
   assert len(out) == 8  # 5 videos x 6 views = 30 views -> 7 full batches + 1 padded
@@ -138,3 +146,129 @@ def test_missing_data_names_the_command(tmp_path):
   with pytest.raises(ip.DataNotPreparedError,
                      match=r"python -m kpsem_jax.prepare synthetic_motion --data_dir=\S+$"):
     ip.load_source(str(tmp_path), "synthetic_motion", "default", "train")
+
+
+@pytest.fixture(scope="module")
+def fixture_videos(tmp_path_factory):
+  """Two real videos (127 and 280 frames) as a miniature UCF101 train split, stored at a
+  128-px short side."""
+  if not os.path.isdir(FIXTURES):
+    pytest.skip(f"{FIXTURES} not found (the shared fixtures sit beside the repository)")
+  root = tmp_path_factory.mktemp("ucf")
+  lists = root / "src" / "ucfTrainTestlist"
+  lists.mkdir(parents=True)
+  shutil.copy(os.path.join(FIXTURES, "splits", "ucf101_ucfTrainTestlist", "classInd.txt"), lists)
+  (root / "src" / "UCF-101" / "ApplyEyeMakeup").mkdir(parents=True)
+  names = {"ucf101_style_BabyCrawling.avi": "v_ApplyEyeMakeup_g01_c01.avi",
+           "kinetics400_arm_wrestling.mp4": "v_ApplyEyeMakeup_g02_c01.mp4"}
+  for name, target in names.items():
+    shutil.copy(os.path.join(FIXTURES, "videos", name),
+                root / "src" / "UCF-101" / "ApplyEyeMakeup" / target)
+  (lists / "trainlist01.txt").write_text(
+      "".join(f"ApplyEyeMakeup/{t} 1\n" for t in names.values()))
+  (lists / "testlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n")
+  data_dir = str(root / "tfds")
+  prepare_lib.prepare("ucf101", data_dir, source_dir=str(root / "src"), split=1,
+                      short_side=128, log=lambda *a: None)
+  source, _ = ip.load_source(data_dir, "ucf101", "split1", "train")
+  return source
+
+
+def stored_jpegs(source, i):
+  """Every stored JPEG of video ``i``, in order."""
+  record = source.records[i]
+  first = int(record["first_frame"])
+  return source.reader.read(record["frames_file"].decode(),
+                            range(first, first + int(record["num_frames"])))
+
+
+def test_train_clips_match_the_whole_frame_path_within_a_level(fixture_videos):
+  spec = ip.ClipSpec(frames=8, interval=2, crop=112, train_scale=(112, 144))
+  for i in range(len(fixture_videos)):
+    decoded = np.stack([reference_clips.pillow_decode(j) for j in stored_jpegs(fixture_videos, i)])
+    flips = 0
+    for seed in range(6):
+      clip = ip.train_clip(fixture_videos[i], spec, np.random.default_rng(seed))
+      want = reference_clips.train_clip(decoded, spec, np.random.default_rng(seed))
+      difference = np.abs(clip.astype(int) - want.astype(int))
+      assert clip.shape == want.shape == (8, 112, 112, 3)
+      # Pillow's filter on the crop region alone rounds a few pixels the other way.
+      assert difference.max() <= 2 and difference.mean() < 0.2, (i, seed)
+      unflipped = ip.train_clip(fixture_videos[i], dataclasses.replace(spec, flip=False),
+                                np.random.default_rng(seed))  # the same draws but the last
+      flips += int(np.array_equal(clip, unflipped[:, :, ::-1]))
+    assert 0 < flips < 6  # the flip is drawn
+
+
+def test_eval_views_decode_each_frame_once_and_match_the_per_view_path(fixture_videos):
+  spec = ip.ClipSpec(frames=4, interval=2, crop=96, eval_resize=112, num_clips=3, num_crops=3)
+  video = fixture_videos[1]
+  decoded_frames = []
+
+  def counting_load(indices):
+    decoded_frames.extend(int(i) for i in indices)
+    return video.load(indices)
+
+  views = ip.eval_views(ip.Video(1, video.label, video.num_frames, counting_load), spec)
+  assert views.shape == (9, 4, 96, 96, 3)
+  assert len(decoded_frames) == 3 * 4  # 3 clips of 4 frames, not once per crop
+  decoded = np.stack([reference_clips.pillow_decode(j) for j in stored_jpegs(fixture_videos, 1)])
+  for v in range(9):
+    np.testing.assert_array_equal(views[v], reference_clips.eval_view(decoded, v, spec))
+
+
+def _read_chars() -> int:
+  with open("/proc/self/io") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith("rchar"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux's /proc/self/io")
+def test_a_clip_reads_only_its_own_frames(fixture_videos):
+  spec = ip.ClipSpec(frames=16, interval=2, crop=112, train_scale=(112, 144))
+  video = fixture_videos[1]  # 280 frames
+  assert video.num_frames == 280
+  jpegs = stored_jpegs(fixture_videos, 1)
+  ip.train_clip(video, spec, np.random.default_rng(0))  # the frame file's index is read once
+  for seed in range(1, 4):
+    rng = np.random.default_rng(seed)
+    start = int(np.random.default_rng(seed).integers(0, ip.train_starts(280, 16, 2)))
+    sampled = sum(len(jpegs[i]) for i in ip.window_indices(280, start, 16, 2))
+    counted, before = fixture_videos.bytes_read, _read_chars()
+    ip.train_clip(video, spec, rng)
+    read = _read_chars() - before
+    assert fixture_videos.bytes_read - counted == sampled  # the loader's own count
+    assert sampled <= read <= 2 * sampled  # what the process read, page cache included
+    assert read * 8 < sum(len(j) for j in jpegs)  # the whole video is 17x the clip
+
+
+def test_batches_do_not_depend_on_the_worker_count_and_resume_at_a_step(tiny_data):
+  source, _ = ip.load_source(tiny_data, "synthetic_motion", "tiny", "train")
+  loader = ip.train_loader(source, 4, SPEC, seed=5, process_index=0, process_count=1)
+  in_process = batches(loader, 6)
+  with_workers = ip.train_loader(source, 4, SPEC, seed=5, worker_count=2, process_index=0,
+                                 process_count=1).iterator(2)  # a run resumed at step 2
+  for want in in_process[2:]:
+    got = next(with_workers)
+    np.testing.assert_array_equal(got["video_index"], want["video_index"])
+    np.testing.assert_array_equal(got["clips"], want["clips"])
+  assert with_workers.get_state() == {"step": 6}
+  with_workers.close()
+
+
+def test_a_dataset_in_the_old_whole_video_layout_says_to_rebuild(tmp_path):
+  old = tmp_path / "synthetic_motion" / "tiny" / "1.0.0"
+  old.mkdir(parents=True)
+  (old / "dataset_info.json").write_text("{}")
+  with pytest.raises(ip.DataNotPreparedError, match=r"old layout that reads whole videos "
+                     r"\(version 1.0.0\); rebuild it with:\n  python -m kpsem_jax.prepare "
+                     r"synthetic_motion --data_dir=\S+ --config=tiny$"):
+    ip.load_source(str(tmp_path), "synthetic_motion", "tiny", "train")
+
+
+def test_num_workers_minus_one_is_one_per_usable_core(monkeypatch):
+  import data  # pylint: disable=import-outside-toplevel
+  assert ip.resolve_workers(3) == 3 and ip.resolve_workers(0) == 0
+  monkeypatch.setattr(data, "usable_cores", lambda: 6)
+  assert ip.resolve_workers(-1) == 6
+  monkeypatch.setattr(data, "usable_cores", lambda: 1)
+  assert ip.resolve_workers(-1) == 0  # one core: in process

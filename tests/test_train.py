@@ -129,6 +129,39 @@ def test_kill_and_resume_gives_the_same_batches_and_parameters(straight_run, tmp
   np.testing.assert_allclose([l for _, l in resumed_log], [l for _, l in straight_log], rtol=1e-4)
 
 
+def test_resuming_with_other_workers_or_data_settings_keeps_every_checkpoint(
+    straight_run, tmp_path, capsys):
+  """The data position is the step: a resume with another num_workers reads the same
+  batches, one with another seed says that its batches differ; neither is damage."""
+  config, straight_dir, _, straight_batches = straight_run
+  workdir = str(tmp_path / "changed")
+  short = config.copy_and_resolve_references()
+  short.num_train_steps = short.eval_every = 3
+  trainer.train_and_evaluate(short, workdir)
+  more = config.copy_and_resolve_references()
+  more.num_train_steps = more.eval_every = 6
+  more.num_workers = 2
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    seen = []
+    recording_batches(monkeypatch, seen)
+    trainer.train_and_evaluate(more, workdir)
+  out = capsys.readouterr().out
+  assert "resuming from step 3" in out and "data settings differ" not in out
+  assert seen == straight_batches[3:6]  # 2 worker processes, the same batches
+  reseeded = more.copy_and_resolve_references()
+  reseeded.num_train_steps = reseeded.eval_every = 9
+  reseeded.seed = 1
+  trainer.train_and_evaluate(reseeded, workdir)
+  out = capsys.readouterr().out
+  assert "resuming from step 6" in out
+  assert ("the data settings differ from the checkpoint's (config.seed: checkpoint 0, config "
+          "1): from step 7 on, the batches differ from an uninterrupted run's") in out
+  assert not os.path.exists(os.path.join(workdir, "damaged"))
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                if s.isdigit())[-1] == 9
+  assert [s for s, _ in read_metrics(workdir)] == list(range(1, 10))  # history kept
+
+
 @pytest.mark.slow
 def test_divergence_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path, straight_run):
   config, _, _, _ = straight_run

@@ -26,8 +26,8 @@ TAGS = {"1": "train", "2": "test"}
 class Builder(common.VideoDatasetBuilder):
   """HMDB51 (51 classes, 3 train/test splits)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version(common.LAYOUT_VERSION)
+  RELEASE_NOTES = common.RELEASE_NOTES
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f"split{n}") for n in (1, 2, 3)]
 
   def _split_number(self) -> int:

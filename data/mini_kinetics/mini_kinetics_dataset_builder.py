@@ -22,8 +22,8 @@ EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi")
 class Builder(common.VideoDatasetBuilder):
   """Mini-Kinetics-200 (train / validation)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version(common.LAYOUT_VERSION)
+  RELEASE_NOTES = common.RELEASE_NOTES
 
   def _classes(self):
     return [name for _, name in common.read_lines(self.split_file("classes.txt"))]

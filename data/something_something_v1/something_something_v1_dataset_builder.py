@@ -21,8 +21,8 @@ PREFIX = "something-something-v1"
 class Builder(common.VideoDatasetBuilder):
   """Something-Something v1 (train / validation)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version(common.LAYOUT_VERSION)
+  RELEASE_NOTES = common.RELEASE_NOTES
 
   def _classes(self):
     return [name for _, name in common.read_lines(self.split_file(f"{PREFIX}-labels.csv"))]

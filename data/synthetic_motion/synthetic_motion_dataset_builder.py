@@ -10,6 +10,7 @@ two diagonals), ``tiny`` (``default``'s classes, small, for tests).
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -105,9 +106,10 @@ def render(label: int, size: int, frames: int, rng: np.random.Generator,
 class Builder(common.VideoDatasetBuilder):
   """Synthetic motion-defined action classes (no download)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release (the translation config added later: the default "
-                            "config's clips are unchanged)."}
+  VERSION = tfds.core.Version(common.LAYOUT_VERSION)
+  RELEASE_NOTES = dict(common.RELEASE_NOTES, **{
+      "1.0.0": "First release (the translation config added later: the default config's "
+               "clips are unchanged)."})
   BUILDER_CONFIGS = [
       SyntheticMotionConfig(name="default", description="8 classes, 64x64, 16 frames, 512/128"),
       # 15 frames: 8 at interval 2 take frames 0, 2, .., 14, a set that time reversal maps
@@ -127,15 +129,22 @@ class Builder(common.VideoDatasetBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     c = self.builder_config
-    return {"train": self._generate_examples(0, c.train_per_class),
-            "test": self._generate_examples(1, c.test_per_class)}
+    return {"train": self.store("train", self._generate_examples(0, c.train_per_class)),
+            "test": self.store("test", self._generate_examples(1, c.test_per_class))}
 
   def _generate_examples(self, split_id, per_class):
     c = self.builder_config
-    for i in range(per_class * len(c.classes)):
-      label = i % len(c.classes)
-      rng = np.random.default_rng([c.seed, split_id, i])
-      clip = render(label, c.size, c.frames, rng, c.classes, c.span)
-      yield f"{split_id}_{i:06d}", dict(
-          frames=common.encode_frames(clip), label=label, video_id=f"synthetic_{split_id}_{i:06d}",
-          fps=25.0, height=c.size, width=c.size, num_frames=c.frames)
+    indices = range(per_class * len(c.classes))
+    make = functools.partial(_example, seed=c.seed, split_id=split_id, size=c.size,
+                             frames=c.frames, classes=c.classes, span=c.span)
+    for i, example in zip(indices, common.encoded(indices, make, self.workers)):
+      yield f"{split_id}_{i:06d}", example
+
+
+def _example(i, seed, split_id, size, frames, classes, span) -> dict:
+  """Video ``i`` of a split, rendered and JPEG-encoded (run in ``prepare``'s workers)."""
+  label = i % len(classes)
+  clip = render(label, size, frames, np.random.default_rng([seed, split_id, i]), classes, span)
+  return dict(frames=common.encode_frames(clip), label=label,
+              video_id=f"synthetic_{split_id}_{i:06d}", fps=25.0, height=size, width=size,
+              num_frames=frames)

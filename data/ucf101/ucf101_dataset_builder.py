@@ -20,8 +20,8 @@ LISTS = "ucfTrainTestlist"
 class Builder(common.VideoDatasetBuilder):
   """UCF101 (101 classes, 3 train/test splits)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version(common.LAYOUT_VERSION)
+  RELEASE_NOTES = common.RELEASE_NOTES
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f"split{n}") for n in (1, 2, 3)]
 
   def _list(self, name):

@@ -4,6 +4,8 @@
 - ``torch_mfnet``: the PyTorch MFNet-3D, keys and shapes equal to the released checkpoint's.
 - ``torch_kpsem``: PyTorch KPSEM and MF-KPSEM, written with explicit batch and set axes.
 - ``fake_devices``: runs a script in a fresh process with N fake XLA:CPU devices.
+- ``reference_clips``: clip sampling as it was with whole-video reads (Pillow decode, whole-frame
+  resize, then crop), beside which the loader is tested.
 
 The PyTorch modules need ``torch`` (``requirements-test.txt``).
 """

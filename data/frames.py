@@ -1,0 +1,123 @@
+"""Frame storage: every frame one array_record record, so a clip reads only its own frames.
+
+A prepared dataset keeps one small TFDS example per video (label, frame count, where its
+frames are) and the frames themselves beside the TFDS shards::
+
+    <dataset>/<config>/<version>/frames/<split>-00000.array_record   one JPEG per record
+
+A video's frames are consecutive records of one file, from ``first_frame``. Files roll over
+at ``FrameWriter.max_bytes`` (1 GiB). Reading frame ``i`` of a video is one record read
+(records are written one per chunk, ``group_size:1``, and read without read-ahead), so a
+training clip of 16 frames reads those 16 JPEGs and no more.
+
+No TensorFlow and no TFDS here: the worker processes of ``prepare`` and of the loader
+import this module alone.
+"""
+
+import io
+import os
+from typing import Dict, List, Sequence, Tuple
+
+from array_record.python import array_record_module
+import numpy as np
+from PIL import Image
+import simplejpeg
+
+FRAMES_DIR = "frames"
+# One record per chunk: random access reads exactly the record asked for. Uncompressed:
+# JPEGs do not shrink, and zstd cost 6x the write time (0.085 vs 0.013 ms a frame).
+WRITER_OPTIONS = "group_size:1,uncompressed"
+READER_OPTIONS = "readahead_buffer_size:0"
+JPEG_QUALITY = 90
+
+
+def encode_jpeg(frame: np.ndarray) -> bytes:
+  """``(H, W, 3)`` uint8 RGB -> JPEG bytes (Pillow, quality 90, 4:2:0)."""
+  buffer = io.BytesIO()
+  Image.fromarray(frame).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+  return buffer.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+  """JPEG bytes -> ``(H, W, 3)`` uint8 RGB (libjpeg-turbo through simplejpeg: the same
+  pixels as Pillow's decoder, in about 60% of its time; docs/datasets.md)."""
+  return simplejpeg.decode_jpeg(data, colorspace="RGB")
+
+
+class FrameWriter:
+  """Appends each video's JPEG frames to ``root/frames/<split>-NNNNN.array_record``.
+
+  One writer per split and build (the process that writes the TFDS shards). ``add`` returns
+  where the video's frames went: ``(file relative to root, index of its first frame)``.
+  """
+
+  def __init__(self, root: str, split: str, max_bytes: int = 1 << 30):
+    self.root, self.split, self.max_bytes = root, split, max_bytes
+    self._writer = None
+    self._file_index = -1
+    self._records = 0
+    self._bytes = 0
+    os.makedirs(os.path.join(root, FRAMES_DIR), exist_ok=True)
+
+  def _open_next(self) -> None:
+    self.close()
+    self._file_index += 1
+    self._records = self._bytes = 0
+    path = os.path.join(self.root, self.relative_file)
+    self._writer = array_record_module.ArrayRecordWriter(path, WRITER_OPTIONS)
+
+  @property
+  def relative_file(self) -> str:
+    return f"{FRAMES_DIR}/{self.split}-{self._file_index:05d}.array_record"
+
+  def add(self, jpegs: Sequence[bytes]) -> Tuple[str, int]:
+    if self._writer is None or (self._records and self._bytes >= self.max_bytes):
+      self._open_next()
+    first = self._records
+    for jpeg in jpegs:
+      self._writer.write(jpeg)
+    self._records += len(jpegs)
+    self._bytes += sum(len(j) for j in jpegs)
+    return self.relative_file, first
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+class FrameReader:
+  """Reads frames by ``(file, indices)`` from the files under ``root``; picklable (each
+  process opens its own readers on first use) and counts the bytes it returns."""
+
+  def __init__(self, root: str):
+    self.root = root
+    self._readers: Dict[str, array_record_module.ArrayRecordReader] = {}
+    self.bytes_read = 0
+
+  def __getstate__(self):
+    return {"root": self.root}
+
+  def __setstate__(self, state):
+    self.__init__(state["root"])
+
+  def __repr__(self):
+    return f"FrameReader({self.root!r})"
+
+  def read(self, relative_file: str, indices: Sequence[int]) -> List[bytes]:
+    reader = self._readers.get(relative_file)
+    if reader is None:
+      path = os.path.join(self.root, relative_file)
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: frame file missing; rebuild the dataset with "
+                                "python -m kpsem_jax.prepare")
+      reader = array_record_module.ArrayRecordReader(path, READER_OPTIONS)
+      self._readers[relative_file] = reader
+    try:
+      records = reader.read([int(i) for i in indices])
+    except RuntimeError as e:
+      raise OSError(f"{os.path.join(self.root, relative_file)}: cannot read frames "
+                    f"{list(indices)} ({e}); rebuild the dataset with python -m "
+                    "kpsem_jax.prepare") from None
+    self.bytes_read += sum(len(r) for r in records)
+    return records
