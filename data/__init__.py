@@ -17,6 +17,8 @@ BUILDERS = {
     "hmdb51": "data.hmdb51.hmdb51_dataset_builder",
     "ucf101": "data.ucf101.ucf101_dataset_builder",
     "mini_kinetics": "data.mini_kinetics.mini_kinetics_dataset_builder",
+    "kinetics400": "data.kinetics400.kinetics400_dataset_builder",
+    "video_folder": "data.video_folder.video_folder_dataset_builder",
     "something_something_v1":
         "data.something_something_v1.something_something_v1_dataset_builder",
 }

@@ -158,6 +158,10 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     min_frames: videos with fewer frames are skipped and logged.
   """
 
+  # One config, "default", unless a builder has several (splits): the data then sits in
+  # <data_dir>/<name>/default/<version>, where configs' dataset.config="default" finds it.
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="default")]
+
   def __init__(self, *, source_dir: Optional[str] = None, short_side: Optional[int] = 256,
                splits_dir: Optional[str] = None, min_frames: int = MIN_FRAMES,
                workers: int = 1, **kwargs):

@@ -4,10 +4,10 @@
         [--config=NAME] [--short_side=256] [--splits_dir=DIR] [--min_frames=8] [--workers=N]
 
 DATASET is one of synthetic_motion (no source needed), hmdb51, ucf101, mini_kinetics,
-something_something_v1; docs/datasets.md gives each source layout. Shows a progress bar per split,
-then a summary: examples per split, classes, skipped files. Videos are decoded and encoded
-in ``--workers`` processes (default: the cores this process may use); the result is the
-same for any number. Every skipped file is listed with
+kinetics400, something_something_v1; docs/datasets.md gives each source layout. Shows a
+progress bar per split (videos), then a summary: examples per split, classes, skipped
+files. Videos are decoded and encoded in ``--workers`` processes (default: the cores this
+process may use); the result is the same for any number. Every skipped file is listed with
 its reason in ``skipped.tsv`` beside the shards. An interrupted build leaves only an
 ``incomplete.*`` folder; rerunning the command builds again and finishes.
 """
@@ -36,24 +36,49 @@ def _remove_interrupted_builds(data_dir: str, before: float, log) -> None:
       log(f"removed {path}, left by an interrupted build")
 
 
+def _check_same_source(builder, dataset: str, name: str, source_dir) -> None:
+  """A finished build of another source folder under this name is an error, not reused."""
+  recorded_path = os.path.join(builder.data_dir, "source.txt")
+  if not source_dir or not os.path.isfile(recorded_path):
+    return
+  with open(recorded_path, encoding="utf-8") as f:
+    recorded = f.read().strip()
+  if recorded != os.path.abspath(source_dir):
+    raise ValueError(f"{dataset} ({name}) in {builder.data_dir} was built from {recorded}, "
+                     f"not {os.path.abspath(source_dir)}: name this build with "
+                     f"--config=<another name> (and config.dataset.config in training)")
+
+
 def config_name(dataset: str, split, config):
   if config:
     return config
   if dataset in ("hmdb51", "ucf101"):
     return f"split{split or 1}"
-  return "default" if dataset == "synthetic_motion" else None
+  return "default"
 
 
 def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=None,
-            short_side=256, splits_dir=None, min_frames=None, log=print, workers=1):
+            short_side=256, splits_dir=None, min_frames=None, log=print, workers=1,
+            test_fraction=None):
   """Builds (or reuses) the dataset, decoding and encoding videos in ``workers`` processes;
-  returns ``(builder, skipped entries)``."""
+  returns ``(builder, skipped entries)``. ``test_fraction``: video_folder's held-out share."""
   from data import builder_class  # pylint: disable=import-outside-toplevel
   cls = builder_class(dataset)
   name = config_name(dataset, split, config)
-  builder = cls(data_dir=data_dir, config=name, source_dir=source_dir,
-                short_side=short_side or None, splits_dir=splits_dir, workers=workers,
-                **({} if min_frames is None else {"min_frames": min_frames}))
+  extra = {} if min_frames is None else {"min_frames": min_frames}
+  builder_config = name
+  if getattr(cls, "ANY_CONFIG_NAME", False):  # video_folder: the user names the build
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    if name not in cls.builder_configs:
+      builder_config = tfds.core.BuilderConfig(name=name)
+    if test_fraction is not None:
+      extra["test_fraction"] = test_fraction
+  elif test_fraction is not None:
+    raise ValueError(f"--test_fraction is for video_folder, not {dataset}")
+  builder = cls(data_dir=data_dir, config=builder_config, source_dir=source_dir,
+                short_side=short_side or None, splits_dir=splits_dir, workers=workers, **extra)
+  if getattr(cls, "ANY_CONFIG_NAME", False):
+    _check_same_source(builder, dataset, name, source_dir)
   started = time.time()
   try:
     builder.download_and_prepare()
@@ -66,6 +91,11 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
                      f"be used, so it cannot be written; the last one skipped: "
                      f"{reasons[-1] if reasons else '?'}") from None
   _remove_interrupted_builds(builder.data_dir, started, log)
+  if getattr(cls, "ANY_CONFIG_NAME", False) and source_dir:
+    recorded = os.path.join(builder.data_dir, "source.txt")
+    if not os.path.exists(recorded):
+      with open(recorded, "w", encoding="utf-8") as f:
+        f.write(os.path.abspath(source_dir) + "\n")
   entries = builder.skipped.entries
   report = os.path.join(builder.data_dir, "skipped.tsv")
   if entries or not os.path.exists(report):
@@ -103,7 +133,7 @@ def main(argv):
   try:
     prepare(argv[1], FLAGS.data_dir, FLAGS.source_dir, FLAGS.split, FLAGS.config,
             FLAGS.short_side, FLAGS.splits_dir, FLAGS.min_frames,
-            workers=FLAGS.workers or usable_cores())
+            workers=FLAGS.workers or usable_cores(), test_fraction=FLAGS.test_fraction)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -118,6 +148,8 @@ def define_flags():
   flags.DEFINE_integer("short_side", 256, "stored frames' short side in pixels (0: original)")
   flags.DEFINE_integer("min_frames", 8, "skip (and list) videos with fewer decoded frames")
   flags.DEFINE_string("splits_dir", None, "folder of split/label files if not in source_dir")
+  flags.DEFINE_float("test_fraction", None, "video_folder with class folders only: the share "
+                     "of each class held out for test (default 0.2)")
   flags.DEFINE_integer("workers", 0, "processes that decode and encode videos (0: one per "
                        "core this process may use)")
 

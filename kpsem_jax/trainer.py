@@ -201,11 +201,11 @@ class Trainer:
     self.accum = int(config.grad_accum_steps)
     self.micro = self._check_batch(config.batch_size, config.eval_batch_size)
     self.dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+    self.class_names, self.train_source, self.eval_source = self._data()
     self.spec = model_spec(config)
     self.schedule = lr_schedule(config)
     self.model = create_model(**self.spec, conv_strategy=config.model.conv_strategy,
                               batch_norm_axis=DATA_AXIS)
-    self.class_names, self.train_source, self.eval_source = self._data()
     # Compiled once per run (not per evaluation): per-view float32 logits, replicated.
     self.eval_forward = make_eval_forward(self.model, self.dtype, self.mesh)
 
@@ -236,10 +236,13 @@ class Trainer:
         raise
       if jax.process_index() == 0:
         print(f"preparing {d.name} ({d.config}) in {data_dir}")
-        prepare_lib.prepare(d.name, data_dir, config=d.config, workers=usable_cores())
+        prepare_lib.prepare(d.name, data_dir, source_dir=d.get("source_dir") or None,
+                            config=d.config, workers=usable_cores())
       multihost_utils.sync_global_devices("dataset prepared")
     train, names = ip.load_source(data_dir, d.name, d.config, d.train_split)
     evals, _ = ip.load_source(data_dir, d.name, d.config, d.eval_split)
+    if not d.num_classes:  # from the prepared metadata (video_folder)
+      d.num_classes = len(names)
     if len(names) != d.num_classes:
       raise TrainingError(f"config.dataset.num_classes={d.num_classes} but {d.name} has "
                           f"{len(names)} classes")

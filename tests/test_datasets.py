@@ -213,6 +213,35 @@ def test_mini_kinetics_missing_clips_are_counted(tmp_path):
   assert builder.empty_splits == ["train"] and list(builder.info.splits) == ["validation"]
 
 
+def test_kinetics400_from_the_annotation_csv_shares_the_kinetics_reader(tmp_path):
+  src = tmp_path / "src" / "val" / "arm wrestling"  # a download script's folders
+  src.mkdir(parents=True)
+  path = os.path.join(SPLITS, "kinetics400", "kinetics-400_val.csv")
+  rows = list(csv.reader(open(path)))
+  arm = next(r for r in rows[1:] if r[0] == "arm wrestling")
+  shutil.copy(os.path.join(VIDEOS, "kinetics400_arm_wrestling.mp4"),
+              src / f"{arm[1]}_{int(arm[2]):06d}_{int(arm[3]):06d}.mp4")
+  splits = tmp_path / "splits"
+  splits.mkdir()
+  shutil.copy(path, splits)  # the validation CSV only: the train split is left out
+  with_bom(splits / "kinetics-400_val.csv")
+  builder, skipped = build("kinetics400", tmp_path, source_dir=str(tmp_path / "src"),
+                           splits_dir=str(splits))
+  names = builder.info.features["label"].names
+  assert len(names) == 400 and names == sorted(names) and names[0] == "abseiling"
+  (val,) = read_all(builder, "validation")
+  assert names[val["label"]] == "arm wrestling" and val["num_frames"] == 280
+  assert list(builder.info.splits) == ["validation"]
+  assert len(skipped) == len(rows) - 2 and all("not downloaded" in r for _, _, r in skipped)
+  assert builder.data_dir.endswith(os.path.join("kinetics400", "default", common.LAYOUT_VERSION))
+  # A line that is not a Kinetics row names the file and line.
+  with open(splits / "kinetics-400_val.csv", "a") as f:
+    f.write("arm wrestling,tooShort,1,11,val,0\n")
+  with pytest.raises(common.SplitFileError, match=r"kinetics-400_val.csv, line 19908: "):
+    build("kinetics400", tmp_path / "again", source_dir=str(tmp_path / "src"),
+          splits_dir=str(splits))
+
+
 def test_something_v1_from_frame_folders(tmp_path):
   src = tmp_path / "src"
   lines = open(os.path.join(SPLITS, "something_something_v1",
@@ -321,3 +350,85 @@ def test_workers_build_the_same_examples_and_frames(tmp_path):
     for key, example in a.items():
       assert example["label"] == b[key]["label"] and example["num_frames"] == 8
       assert example["frames"] == b[key]["frames"]  # the same JPEG bytes
+
+
+def _copy(name, target):
+  target.parent.mkdir(parents=True, exist_ok=True)
+  shutil.copy(os.path.join(VIDEOS, name), target)
+
+
+def test_video_folder_class_folders_hold_out_a_deterministic_fraction(tmp_path):
+  src = tmp_path / "mine"
+  for i in range(3):
+    _copy("ucf101_style_BabyCrawling.avi", src / "crawl" / f"c{i}.avi")
+  _copy("ucf101_style_ApplyEyeMakeup.avi", src / "makeup" / "m0.avi")
+  _copy("ucf101_style_ApplyEyeMakeup.avi", src / "makeup" / "m1.avi")
+  (src / "makeup" / "notes.txt").write_text("not a video")
+  (src / "stray.mp4").write_bytes(b"")
+  builder, skipped = build("video_folder", tmp_path, source_dir=str(src), test_fraction=0.34)
+  assert builder.info.features["label"].names == ["crawl", "makeup"]  # sorted by name
+  train, test = read_all(builder, "train"), read_all(builder, "test")
+  # 3 crawl videos: round(3 x 0.34) = 1 held out; 2 makeup videos: at least one each side.
+  assert sorted(e["label"] for e in test) == [0, 1] and len(train) == 3
+  keys = {e["video_id"].decode() for e in train + test}
+  assert keys == {"crawl/c0.avi", "crawl/c1.avi", "crawl/c2.avi", "makeup/m0.avi",
+                  "makeup/m1.avi"}
+  reasons = sorted(r for _, _, r in skipped)
+  assert len(reasons) == 2 and "not a video file" in reasons[0] + reasons[1]
+  assert any("not in a class folder" in r for r in reasons)
+  # The same split on a rebuild elsewhere; another source under the same name is refused.
+  again, _ = build("video_folder", tmp_path / "again", source_dir=str(src), test_fraction=0.34)
+  assert {e["video_id"] for e in read_all(again, "test")} == {e["video_id"] for e in test}
+  other = tmp_path / "other"
+  _copy("ucf101_style_BabyCrawling.avi", other / "crawl" / "x.avi")
+  with pytest.raises(ValueError, match=r"was built from .*mine, not .*other: name this build "
+                     r"with --config=<another name>"):
+    build("video_folder", tmp_path, source_dir=str(other))
+  named, _ = build("video_folder", tmp_path, source_dir=str(other), config="other")
+  assert named.data_dir.endswith(os.path.join("video_folder", "other", common.LAYOUT_VERSION))
+  assert [e["video_id"] for e in read_all(named, "train")] == [b"crawl/x.avi"]
+
+
+def test_video_folder_split_folders_and_list_files(tmp_path):
+  split_src = tmp_path / "split"
+  _copy("ucf101_style_BabyCrawling.avi", split_src / "train" / "b" / "1.avi")
+  _copy("ucf101_style_ApplyEyeMakeup.avi", split_src / "train" / "a" / "2.avi")
+  _copy("ucf101_style_BabyCrawling.avi", split_src / "test" / "b" / "3.avi")
+  builder, skipped = build("video_folder", tmp_path / "s", source_dir=str(split_src))
+  assert builder.info.features["label"].names == ["a", "b"] and skipped == []
+  assert sorted((e["video_id"].decode(), e["label"]) for e in read_all(builder, "train")) == [
+      ("train/a/2.avi", 0), ("train/b/1.avi", 1)]
+  assert [e["label"] for e in read_all(builder, "test")] == [1]
+
+  lists = tmp_path / "lists"
+  _copy("ucf101_style_BabyCrawling.avi", lists / "videos" / "one.avi")
+  _copy("ucf101_style_ApplyEyeMakeup.avi", lists / "videos" / "two.avi")
+  (lists / "classes.txt").write_text("zero\none\ntwo\n")
+  (lists / "train.txt").write_text("videos/one.avi 2\nvideos/two.avi 0\nvideos/gone.avi 1\n")
+  (lists / "test.txt").write_text("videos/one.avi 2\n")
+  builder, skipped = build("video_folder", tmp_path / "l", source_dir=str(lists))
+  assert builder.info.features["label"].names == ["zero", "one", "two"]
+  assert sorted(e["label"] for e in read_all(builder, "train")) == [0, 2]
+  assert [(s, p) for s, p, _ in skipped] == [("train", "videos/gone.avi")]
+  (lists / "test.txt").write_text("videos/one.avi 2\nvideos/two.avi\n")
+  with pytest.raises(common.SplitFileError, match=r"test.txt, line 2: 'videos/two.avi': "
+                     r"expected 'relative/path <0-based label>'"):
+    build("video_folder", tmp_path / "bad", source_dir=str(lists))
+  (lists / "test.txt").write_text("videos/one.avi 3\n")
+  with pytest.raises(common.SplitFileError, match=r"test.txt, line 1: .*a label below 3"):
+    build("video_folder", tmp_path / "bad2", source_dir=str(lists))
+
+
+def test_video_folder_config_reads_its_classes_from_the_prepared_metadata(tmp_path):
+  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  src = tmp_path / "mine"
+  for cls in ("jump", "run", "walk"):
+    _copy("ucf101_style_BabyCrawling.avi", src / cls / "a.avi")
+    _copy("ucf101_style_BabyCrawling.avi", src / cls / "b.avi")
+  config = trainer.load_config("video_folder")
+  config.dataset.source_dir = str(src)
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  config.update(dict(batch_size=2, eval_batch_size=2))
+  run = trainer.Trainer(config, str(tmp_path / "work"))  # prepares on first use
+  assert run.class_names == ["jump", "run", "walk"] and config.dataset.num_classes == 3
+  assert run.spec["num_classes"] == 3 and len(run.train_source) == 3

@@ -12,6 +12,7 @@ import pytest
 
 from data import video
 from kpsem_jax import input_pipeline
+from kpsem_jax.testing import reference_clips
 from kpsem_jax.inference import load_predictor
 from kpsem_jax.models import normalize
 import tiny_models
@@ -45,10 +46,10 @@ def reference_probabilities(model, variables, path):
   spec = input_pipeline.ClipSpec(frames=c["frames"], interval=c["interval"], crop=c["crop"],
                                  eval_resize=c["eval_resize"], num_clips=c["eval_clips"],
                                  num_crops=c["eval_crops"])
-  record = {"frames": video.read_video(path, short_side=spec.eval_resize), "label": 0}
+  frames = video.read_video(path, short_side=spec.eval_resize)
   probs = []
   for v in range(spec.num_clips * spec.num_crops):
-    clip = input_pipeline.eval_view(record, 0, v, spec)["clips"][None]
+    clip = reference_clips.eval_view(frames, v, spec)[None]
     probs.append(jax.nn.softmax(model.apply(variables, normalize(clip)))[0])
   return np.mean(probs, axis=0), len(probs)
 

@@ -245,6 +245,10 @@ def test_paper_configs():
     o = c.optimizer
     assert (o.lr, o.momentum, o.weight_decay, o.pretrained_lr_mult) == (0.005, 0.9, 1e-4, 0.2)
     assert c.init_from
+  kinetics = load_config("kinetics400")  # the pretraining of the released MFNet
+  assert (kinetics.dataset.name, kinetics.dataset.num_classes) == ("kinetics400", 400)
+  assert trainer.model_spec(kinetics)["kpsem"] is None and not kinetics.init_from
+  assert (kinetics.clip.frames, kinetics.clip.interval, kinetics.clip.crop) == (16, 2, 224)
   assert load_config("something_v1").clip.flip is False
   assert load_config("synthetic").clip.flip is False
   schedule = trainer.lr_schedule(load_config("hmdb51"))
