@@ -12,11 +12,11 @@ this process and its workers: every byte read, from page cache or disk) beside t
 the JPEGs its frames hold, and the peak resident memory of this process and of its largest
 worker. Before that, on one core, what each step of a 16x224x224 clip costs the new way and
 the old way, side by side (``--breakdown``): reading 16 frames vs the whole video, decoding
-with simplejpeg vs Pillow, resampling the crop region vs resizing whole frames and
-cropping, Pillow's mirror vs a reversed numpy copy, the order's lookup vs grain's
-``IndexSampler``. Then ``train.py --config=configs/ucf101.py:tiny_model`` (a trivially small C2D on
-the same clips, the default ``num_workers``) for ``--train_steps`` steps: its clips/s from
-``metrics.jsonl`` (median of the logged rows after the first). The last line sums it up:
+with simplejpeg vs Pillow, resampling the crop region in C++ (``data/resample.py``; the
+flip written mirrored) vs resizing whole frames, cropping (and copying a reversed view),
+the order's lookup vs grain's ``IndexSampler``. Then ``train.py --config=configs/ucf101.py:tiny_model`` (the smallest C2D the configs
+build, on the same clips) for ``--train_steps`` steps with ``num_workers`` 0 and the
+default: its clips/s and the share of the time it waited for data (``metrics.jsonl``). The last line sums it up:
 ``loader: <clips/s per core> clips/s per core at 16x224x224, <MB> MB read per clip``.
 """
 
@@ -32,8 +32,6 @@ import time
 from absl import app, flags, logging
 import numpy as np
 import psutil
-
-from PIL import Image
 
 from data import frames as frames_lib
 from kpsem_jax import input_pipeline as ip
@@ -67,8 +65,9 @@ def fixture_ucf101(root):
       target = f"ApplyEyeMakeup/v_ApplyEyeMakeup_g{i + 1:02d}_c01{os.path.splitext(name)[1]}"
       shutil.copy(os.path.join(FIXTURES, "videos", name), os.path.join(src, "UCF-101", target))
       train.write(f"{target} 1\n")
+  first = f"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01{os.path.splitext(videos[0])[1]}"
   with open(os.path.join(lists, "testlist01.txt"), "w") as test:
-    test.write("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n")
+    test.write(first + "\n")  # the first video: a test split for train.py's evaluation
   return src
 
 
@@ -152,18 +151,22 @@ class Subset:
     return self.source[i]
 
 
-def train_end_to_end(steps):
-  """clips/s of ``train.py`` with a trivially small model, from its ``metrics.jsonl``."""
+def train_end_to_end(steps, workers):
+  """``(clips/s, share of the time waiting for data)`` of ``train.py`` with a trivially
+  small model and ``workers`` loader processes (-1: the default), from ``metrics.jsonl``:
+  medians of the logged rows after the first (compilation)."""
   repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
   with tempfile.TemporaryDirectory() as workdir:
     subprocess.run([sys.executable, os.path.join(repo, "train.py"),
                     "--config=" + os.path.join(repo, "configs", "ucf101.py") + ":tiny_model",
                     f"--config.dataset.data_dir={FLAGS.data_dir}",
+                    f"--config.num_workers={workers}",
                     f"--config.num_train_steps={steps}", f"--workdir={workdir}"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  rates = [r["train/clips_per_second"] for r in rows if "train/clips_per_second" in r]
-  return float(np.median(rates[1:])), len(rates) - 1
+  rows = [r for r in rows if "train/clips_per_second" in r][1:]
+  return (float(np.median([r["train/clips_per_second"] for r in rows])),
+          float(np.median([r["train/data_wait"] for r in rows])))
 
 
 def _ms(fn, repeats):
@@ -194,30 +197,32 @@ def breakdown(source, spec):
   order = ip.GlobalOrder(len(source), 0)
   sampler = grain.IndexSampler(num_records=len(source), shard_options=grain.NoSharding(),
                                shuffle=True, seed=0)
-  crops = [ip.resize_crop(f, box, crop) for f in decoded]
   rows = [
       ("read the frames", lambda: reader.read(frames_file, indices),
        f"read the whole video ({n} frames)", lambda: reader.read(frames_file, whole)),
       ("decode, simplejpeg", lambda: [frames_lib.decode_jpeg(j) for j in jpegs],
        "decode, Pillow", lambda: [reference_clips.pillow_decode(j) for j in jpegs]),
-      ("resample the crop region", lambda: [ip.resize_crop(f, box, crop) for f in decoded],
+      ("resample the crop region (C++)", lambda: [ip.resize_crop(f, box, crop) for f in decoded],
        "resize whole frames, crop",
        lambda: [reference_clips._resize(f, new_w, new_h)[top:top + crop, left:left + crop]
                 for f in decoded]),
-      ("flip, Pillow's mirror",
-       lambda: [np.asarray(Image.fromarray(c).transpose(Image.FLIP_LEFT_RIGHT)) for c in crops],
-       "flip, reversed numpy copy", lambda: np.ascontiguousarray(np.stack(crops)[:, :, ::-1])),
+      ("resample and flip (C++)", lambda: [ip.resize_crop(f, box, crop, True) for f in decoded],
+       "resize whole, crop, reversed copy",
+       lambda: np.ascontiguousarray(np.stack(
+           [reference_clips._resize(f, new_w, new_h)[top:top + crop, left:left + crop]
+            for f in decoded])[:, :, ::-1])),
       ("the order's lookup", lambda: order[12345], "grain IndexSampler lookup",
        lambda: sampler[12345]),
   ]
   print(f"one clip, one core, {spec.frames} frames of the {n}-frame video (ms per clip):")
   print(f"  {'new':34s} {'ms':>6s}   {'old':34s} {'ms':>6s}")
   total_new = total_old = 0.0
-  for name_new, new, name_old, old in rows:
+  for i, (name_new, new, name_old, old) in enumerate(rows):
     a, b = _ms(new, 20), _ms(old, 5)
-    total_new, total_old = total_new + a, total_old + b
+    share = 0.5 if i in (2, 3) else 1.0  # half the clips are flipped
+    total_new, total_old = total_new + share * a, total_old + share * b
     print(f"  {name_new:34s} {a:6.2f}   {name_old:34s} {b:6.2f}")
-  print(f"  {'sum':34s} {total_new:6.2f}   {'sum':34s} {total_old:6.2f}")
+  print(f"  {'a clip (half of them flipped)':34s} {total_new:6.2f}   {'':34s} {total_old:6.2f}")
 
 
 def main(_):
@@ -254,9 +259,11 @@ def main(_):
   print(f"eval (10 clips x 3 crops, {most} workers): "
         f"{time_eval(source, eval_spec, most):.1f} views/s")
   if FLAGS.train_steps:
-    rate, rows_used = train_end_to_end(FLAGS.train_steps)
-    print(f"train.py, configs/ucf101.py:tiny_model, {FLAGS.train_steps} steps of batch 8: "
-          f"{rate:.1f} clips/s (median of {rows_used} logged rows after the first)")
+    print(f"train.py --config=configs/ucf101.py:tiny_model ({FLAGS.train_steps} steps of "
+          f"batch 8; medians of the logged rows after the first):")
+    for workers, name in ((0, "num_workers=0"), (-1, "num_workers=-1 (default)")):
+      rate, wait = train_end_to_end(FLAGS.train_steps, workers)
+      print(f"  {name:26s} {rate:6.1f} clips/s, waiting for data {wait:4.0%} of the time")
   single = rows.get(0, rows[most])
   print(f"loader: {single[1]:.1f} clips/s per core at 16x224x224, {single[2]:.2f} MB read "
         f"per clip")

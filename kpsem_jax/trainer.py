@@ -239,8 +239,11 @@ class Trainer:
         prepare_lib.prepare(d.name, data_dir, source_dir=d.get("source_dir") or None,
                             config=d.config, workers=usable_cores())
       multihost_utils.sync_global_devices("dataset prepared")
-    train, names = ip.load_source(data_dir, d.name, d.config, d.train_split)
-    evals, _ = ip.load_source(data_dir, d.name, d.config, d.eval_split)
+    try:
+      train, names = ip.load_source(data_dir, d.name, d.config, d.train_split)
+      evals, _ = ip.load_source(data_dir, d.name, d.config, d.eval_split)
+    except ValueError as e:  # a split the prepared data does not have
+      raise TrainingError(f"config.dataset: {e}") from None
     if not d.num_classes:  # from the prepared metadata (video_folder)
       d.num_classes = len(names)
     if len(names) != d.num_classes:
@@ -534,9 +537,12 @@ def _train_and_evaluate(trainer, config, workdir):
   bar = tqdm(total=total, initial=start, desc="train", disable=jax.process_index() != 0,
              dynamic_ncols=True)
   last_time, last_step, last_good = time.perf_counter(), start, checkpoints.latest_step()
+  waited = 0.0  # seconds spent waiting for batches since the last logged step
   try:
     for step in range(start + 1, total + 1):
+      before = time.perf_counter()
       batch = next(iterator)
+      waited += time.perf_counter() - before
       trainer.record_inputs(step, batch)
       clips, labels = trainer.global_batch(batch)
       state, metrics = step_fn(state, clips, labels)
@@ -554,8 +560,9 @@ def _train_and_evaluate(trainer, config, workdir):
               "(lower config.optimizer.lr, or check the data)")
         now = time.perf_counter()
         rate = (step - last_step) * config.batch_size / (now - last_time)
-        last_time, last_step = now, step
-        writer.write(step, "train", dict(metrics, clips_per_second=rate))
+        data_wait = waited / (now - last_time)  # the share of the time the step waited
+        last_time, last_step, waited = now, step, 0.0
+        writer.write(step, "train", dict(metrics, clips_per_second=rate, data_wait=data_wait))
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2g}",
                         clips_s=f"{rate:.1f}")
       if step % config.eval_every == 0 or step == total:

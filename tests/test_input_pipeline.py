@@ -125,7 +125,7 @@ def test_eval_views_crops_and_padding():
       return 5
 
     def __getitem__(self, i):
-      return ip.Video(i, i, rec.num_frames, rec.load)
+      return ip.Video(i, i, rec.num_frames, rec._read)
 
   out = list(ip.eval_batches(Source(), 4, spec, process_index=0, process_count=1))
   assert len(out) == 8  # 5 videos x 6 views = 30 views -> 7 full batches + 1 padded
@@ -205,11 +205,13 @@ def test_eval_views_decode_each_frame_once_and_match_the_per_view_path(fixture_v
   video = fixture_videos[1]
   decoded_frames = []
 
-  def counting_load(indices):
-    decoded_frames.extend(int(i) for i in indices)
-    return video.load(indices)
+  class Counting(ip.Video):
+    def frames(self, indices):
+      for frame in video.frames(indices):
+        decoded_frames.append(frame)
+        yield frame
 
-  views = ip.eval_views(ip.Video(1, video.label, video.num_frames, counting_load), spec)
+  views = ip.eval_views(Counting(1, video.label, video.num_frames, None), spec)
   assert views.shape == (9, 4, 96, 96, 3)
   assert len(decoded_frames) == 3 * 4  # 3 clips of 4 frames, not once per crop
   decoded = np.stack([reference_clips.pillow_decode(j) for j in stored_jpegs(fixture_videos, 1)])
