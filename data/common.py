@@ -79,7 +79,8 @@ def video_example(item: Item, short_side: Optional[int]) -> dict:
       jpegs.append(frames_lib.encode_jpeg(np.asarray(image)))
     return dict(frames=jpegs, label=item.label, video_id=item.key, fps=12.0,
                 width=size[0], height=size[1], num_frames=len(jpegs))
-  frames, info = video_lib.read_video(item.path, short_side=short_side, with_info=True)
+  frames, info = video_lib.read_video(item.path, short_side=short_side, with_info=True,
+                                      threads=False)  # the processes are the parallelism
   video_lib.check_complete(item.path, len(frames), info["expected_frames"])
   return dict(frames=encode_frames(frames), label=item.label, video_id=item.key,
               fps=info["fps"], width=info["width"], height=info["height"],
@@ -118,7 +119,11 @@ def encoded(items: Sequence, encode, workers: int = 1) -> Iterator:
   if workers <= 1 or len(items) <= 1:
     yield from map(encode, items)
     return
-  with multiprocessing.get_context("spawn").Pool(min(workers, len(items))) as pool:
+  # forkserver: one clean server process (no JAX or TFDS threads forked) that has imported
+  # this module, forking each worker ready to run; the next split's pool reuses it.
+  context = multiprocessing.get_context("forkserver")
+  context.set_forkserver_preload([__name__])
+  with context.Pool(min(workers, len(items))) as pool:
     yield from pool.imap(encode, items, chunksize=1)
 
 
