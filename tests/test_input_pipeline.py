@@ -274,3 +274,28 @@ def test_num_workers_minus_one_is_one_per_usable_core(monkeypatch):
   assert ip.resolve_workers(-1) == 6
   monkeypatch.setattr(data, "usable_cores", lambda: 1)
   assert ip.resolve_workers(-1) == 0  # one core: in process
+
+
+LOADER_SCRIPT = """
+import sys
+from kpsem_jax import input_pipeline as ip
+if __name__ == "__main__":
+  source, _ = ip.load_source(sys.argv[1], "synthetic_motion", "tiny", "train")
+  spec = ip.ClipSpec(frames=8, interval=1, crop=24, train_scale=(24, 30), eval_resize=28)
+  batches = ip.train_loader(source, 4, spec, seed=1, worker_count=2, process_index=0,
+                            process_count=1, num_epochs=1)
+  views = ip.eval_batches(source, 4, spec, 0, 1, worker_count=2)
+  print(sum(1 for _ in batches), sum(1 for _ in views))
+"""
+
+
+def test_worker_processes_leave_no_shared_memory_behind(tiny_data, tmp_path):
+  import subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  script = tmp_path / "loader.py"
+  script.write_text(LOADER_SCRIPT)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, str(script), tiny_data], cwd=repo, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.split() == ["8", "8"]  # 32 videos: 8 batches of 4, and 8 of views
+  assert "leaked" not in done.stderr  # grain's shared memory is unlinked on receipt
