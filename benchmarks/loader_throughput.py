@@ -14,9 +14,10 @@ worker. Before that, on one core, what each step of a 16x224x224 clip costs the 
 the old way, side by side (``--breakdown``): reading 16 frames vs the whole video, decoding
 with simplejpeg vs Pillow, resampling the crop region in C++ (``data/resample.py``; the
 flip written mirrored) vs resizing whole frames, cropping (and copying a reversed view),
-the order's lookup vs grain's ``IndexSampler``. Then ``train.py --config=configs/ucf101.py:tiny_model`` (the smallest C2D the configs
-build, on the same clips) for ``--train_steps`` steps with ``num_workers`` 0 and the
-default: its clips/s and the share of the time it waited for data (``metrics.jsonl``). The last line sums it up:
+the order's lookup vs grain's ``IndexSampler``. Then ``train.py
+--config=configs/ucf101.py:tiny_model`` (the smallest C2D the configs build, on the same
+clips) for ``--train_steps`` steps with ``num_workers`` 0 and the default: its clips/s and
+the share of the time it waited for data (``metrics.jsonl``). The last line sums it up:
 ``loader: <clips/s per core> clips/s per core at 16x224x224, <MB> MB read per clip``.
 """
 

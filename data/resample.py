@@ -64,8 +64,8 @@ def coefficients(in_size: int, start: float, end: float, out_size: int
 
 def _build(compiler: str) -> str:
   """Compiles ``resample.cc`` once per source and command; returns the library's path."""
-  command = lambda out: [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", SOURCE,  # noqa: E731
-                         "-o", out]
+  def command(out):
+    return [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", SOURCE, "-o", out]
   digest = hashlib.sha256(repr(command("")).encode())
   with open(SOURCE, "rb") as f:
     digest.update(f.read())

@@ -9,7 +9,8 @@
   statistics are those of the global (micro-)batch. Each process reads its own contiguous
   slice of every global batch; the sequence of global batches depends on the seed only.
 - Multi-host: the same program on every process (``jax.distributed``); checkpoints are
-  written once (orbax coordinates the processes), logs and files by process 0, evaluation by every process on its share of the videos, gathered.
+  written once (orbax coordinates the processes), logs and files by process 0, evaluation
+  by every process on its share of the videos, gathered.
 - Gradient accumulation: the global batch is ``grad_accum_steps`` micro-batches, scanned
   inside the jitted step.
 - Checkpoints (orbax, ``workdir/checkpoints``): params, batch_stats, optimizer state, step,
