@@ -203,6 +203,7 @@ class Trainer:
     self.micro = self._check_batch(config.batch_size, config.eval_batch_size)
     self.dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
     self.class_names, self.train_source, self.eval_source = self._data()
+    self._check_init_from()
     self.spec = model_spec(config)
     self.schedule = lr_schedule(config)
     self.model = create_model(**self.spec, conv_strategy=config.model.conv_strategy,
@@ -223,6 +224,22 @@ class Trainer:
             f"the {name} is {size}, which does not divide over the {devices} devices; "
             f"use a multiple of {devices}")
     return micro
+
+  def _check_init_from(self) -> None:
+    """A missing ``config.init_from`` is one error naming the command that creates it
+    (before the workdir exists)."""
+    path = self.config.init_from
+    if not path or os.path.exists(os.path.expanduser(path)):
+      return
+    m = self.config.model
+    how = ""
+    if m.backbone == "mfnet3d":
+      how = (f"create it from the released MFNet with: python -m kpsem_jax.convert "
+             f"--pytorch=MFNet3D_Kinetics-400_72.8.pth --output={path} --model="
+             f"{'mf_kpsem' if m.use_kpsem else 'mfnet3d'} "
+             f"--num_classes={self.config.dataset.num_classes} (docs/inference.md), or ")
+    raise TrainingError(f"config.init_from={path} does not exist: {how}train from scratch "
+                        "with --config.init_from=")
 
   def _data(self):
     d = self.config.dataset

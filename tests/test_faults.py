@@ -60,6 +60,20 @@ def test_config_mistakes_are_one_line_and_create_no_workdir(tmp_path):
     assert not workdir.exists(), args
 
 
+def test_a_missing_init_from_is_one_line_naming_the_convert_command(tmp_path, tiny_data):
+  workdir = tmp_path / "w"
+  missing = tmp_path / "checkpoints" / "mf_kpsem_init"
+  line = one_error_line(run_train(
+      "--config=configs/synthetic.py:tiny", f"--config.dataset.data_dir={tiny_data}",
+      f"--config.init_from={missing}", f"--workdir={workdir}"))
+  assert line == (
+      f"error: config.init_from={missing} does not exist: create it from the released MFNet "
+      f"with: python -m kpsem_jax.convert --pytorch=MFNet3D_Kinetics-400_72.8.pth "
+      f"--output={missing} --model=mf_kpsem --num_classes=8 (docs/inference.md), or train "
+      "from scratch with --config.init_from=")
+  assert not workdir.exists()  # checked before the workdir is made
+
+
 @pytest.mark.slow
 def test_a_second_run_on_a_workdir_stops_at_once_and_a_dead_holder_is_taken_over(
     tmp_path, tiny_data):
