@@ -114,7 +114,7 @@ def _example_or_error(item: Item, short_side: Optional[int]):
 
 def encoded(items: Sequence, encode, workers: int = 1) -> Iterator:
   """``encode(item)`` for each item, in order: in this process (``workers <= 1``) or in
-  ``workers`` spawned processes (each video decoded and encoded by one of them; the results
+  ``workers`` worker processes (each video decoded and encoded by one of them; the results
   come back in the items' order, so the build is the same for any ``workers``)."""
   if workers <= 1 or len(items) <= 1:
     yield from map(encode, items)

@@ -13,16 +13,14 @@ bytes, about 2.5x the time).
 """
 
 import ctypes
-import hashlib
 import math
 import os
-import shutil
-import subprocess
-import tempfile
 from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image
+
+from data import native
 
 SOURCE = os.path.join(os.path.dirname(__file__), "resample.cc")
 PRECISION_BITS = 22  # Pillow's, for 8-bit images
@@ -62,43 +60,18 @@ def coefficients(in_size: int, start: float, end: float, out_size: int
   return first.astype(np.int32), count.astype(np.int32), fixed.astype(np.int32)
 
 
-def _build(compiler: str) -> str:
-  """Compiles ``resample.cc`` once per source and command; returns the library's path."""
-  def command(out):
-    return [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", SOURCE, "-o", out]
-  digest = hashlib.sha256(repr(command("")).encode())
-  with open(SOURCE, "rb") as f:
-    digest.update(f.read())
-  cache = os.path.expanduser(os.environ.get("KPSEM_JAX_CACHE", "~/.cache/kpsem_jax"))
-  path = os.path.join(cache, f"resample-{digest.hexdigest()[:16]}.so")
-  if os.path.exists(path):
-    return path
-  os.makedirs(cache, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)  # renamed once whole
-  os.close(fd)
-  try:
-    done = subprocess.run(command(tmp), capture_output=True, text=True)
-    if done.returncode:
-      raise RuntimeError(f"compiling {SOURCE} failed: {done.stderr[-2000:]}")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
-
-
 def available() -> bool:
   """Whether the C++ resampler is built and loaded (building it on the first call)."""
   if _State.library is None and _State.reason is None:
-    compiler = next((shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++")
-                     if c and shutil.which(c)), None)
+    compiler = native.compiler()
     if os.environ.get("KPSEM_JAX_NATIVE_RESAMPLE", "1") == "0":
       _State.reason = "turned off by KPSEM_JAX_NATIVE_RESAMPLE=0"
     elif compiler is None:
       _State.reason = "no C++ compiler (g++ or c++, or $CXX)"
     else:
       try:
-        library = ctypes.CDLL(_build(compiler))
+        library = ctypes.CDLL(native.build_library("resample", [SOURCE], lambda out: [
+            compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", SOURCE, "-o", out]))
         library.kpsem_resample_rgb.restype = None
         _State.library = library
       except (OSError, RuntimeError) as e:

@@ -163,7 +163,7 @@ class Video:
 
 
 class VideoSource:
-  """A prepared split: ``source[i]`` is a :class:`Video` whose ``load`` reads and decodes
+  """A prepared split: ``source[i]`` is a :class:`Video` whose ``frames`` reads and decodes
   only the frames asked for (``data.frames``); ``bytes_read`` counts the JPEG bytes read
   in this process."""
 
@@ -480,56 +480,50 @@ def eval_batches(source, batch_size: int, spec: ClipSpec = ClipSpec(),
 
   Videos are split across processes (``jax.process_index()`` by default) and decoded in
   ``worker_count`` worker processes (-1: one per core), each frame once for all its crops;
-  the views of a video come in a row. The last batch is padded with copies of a view and
-  ``mask=False``, and every process yields the same number of batches (a process
-  with fewer videos adds fully masked ones), as the global jitted forward needs.
+  the views of a video come in a row. The last batch is padded with copies of its first
+  view and ``mask=False``, and every process yields the same number of batches (a process
+  with fewer videos adds fully masked ones, of zeros), as the global jitted forward needs.
   """
   if process_index is None:
     process_index, process_count = jax.process_index(), jax.process_count()
   views = spec.num_clips * spec.num_crops
   videos = range(process_index, len(source), process_count)
-  most_batches = -(-(-(-len(source) // process_count) * views) // batch_size)
-  pending = {"clips": [], "label": [], "video_index": []}
-  emitted = 0
-  first = None
+  most_batches = _ceil_div(_ceil_div(len(source), process_count) * views, batch_size)
 
-  def batch_of(count):
-    nonlocal first
-    items = {k: np.concatenate(v)[:count] for k, v in pending.items()}
-    for k, v in pending.items():
-      rest = np.concatenate(v)[count:]
-      pending[k] = [rest] if len(rest) else []
-    if first is None:
-      first = {k: v[:1] for k, v in items.items()}
-    pad = batch_size - count
-    batch = {k: np.concatenate([v] + [first[k]] * pad) if pad else v for k, v in items.items()}
-    batch["mask"] = np.arange(batch_size) < count
-    return batch
+  def empty():
+    return {"clips": np.zeros((batch_size, spec.frames, spec.crop, spec.crop, 3), np.uint8),
+            "label": np.zeros(batch_size, np.int32),
+            "video_index": np.zeros(batch_size, np.int32)}
 
+  def finished(batch, count):
+    if count < batch_size:
+      for value in batch.values():
+        value[count:] = value[0]
+    return dict(batch, mask=np.arange(batch_size) < count)
+
+  batch, count, emitted = empty(), 0, 0
   if len(videos):
     dataset = grain.MapDataset.range(len(videos)).map(EvalVideo(source, videos, spec))
     iterator = _prefetched(dataset, resolve_workers(worker_count))
     try:
       for element in iterator:
-        pending["clips"].append(element["clips"])
-        pending["label"].append(np.full(views, element["label"], np.int32))
-        pending["video_index"].append(np.full(views, element["video_index"], np.int32))
-        while sum(len(c) for c in pending["clips"]) >= batch_size:
-          yield batch_of(batch_size)
-          emitted += 1
+        for view in element["clips"]:  # each view copied once, into its batch
+          batch["clips"][count] = view
+          batch["label"][count] = element["label"]
+          batch["video_index"][count] = element["video_index"]
+          count += 1
+          if count == batch_size:
+            yield finished(batch, count)
+            batch, count, emitted = empty(), 0, emitted + 1
     finally:
       if hasattr(iterator, "close"):
         iterator.close()
-    left = sum(len(c) for c in pending["clips"])
-    if left:
-      yield batch_of(left)
+    if count:
+      yield finished(batch, count)
       emitted += 1
-  if emitted < most_batches and first is None:  # this process has no video at all
-    element = EvalVideo(source, [0], spec).map(0)
-    first = {"clips": element["clips"][:1], "label": np.array([element["label"]], np.int32),
-             "video_index": np.array([element["video_index"]], np.int32)}
-  while emitted < most_batches:  # fewer videos than another process: fully masked batches
-    batch = {k: np.concatenate([v] * batch_size) for k, v in first.items()}
-    batch["mask"] = np.zeros(batch_size, bool)
-    yield batch
-    emitted += 1
+  for _ in range(emitted, most_batches):  # fewer videos than another process
+    yield finished(empty(), 0)
+
+
+def _ceil_div(a: int, b: int) -> int:
+  return -(-a // b)

@@ -36,19 +36,6 @@ def _remove_interrupted_builds(data_dir: str, before: float, log) -> None:
       log(f"removed {path}, left by an interrupted build")
 
 
-def _check_same_source(builder, dataset: str, name: str, source_dir) -> None:
-  """A finished build of another source folder under this name is an error, not reused."""
-  recorded_path = os.path.join(builder.data_dir, "source.txt")
-  if not source_dir or not os.path.isfile(recorded_path):
-    return
-  with open(recorded_path, encoding="utf-8") as f:
-    recorded = f.read().strip()
-  if recorded != os.path.abspath(source_dir):
-    raise ValueError(f"{dataset} ({name}) in {builder.data_dir} was built from {recorded}, "
-                     f"not {os.path.abspath(source_dir)}: name this build with "
-                     f"--config=<another name> (and config.dataset.config in training)")
-
-
 def config_name(dataset: str, split, config):
   if config:
     return config
@@ -67,7 +54,8 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
   name = config_name(dataset, split, config)
   extra = {} if min_frames is None else {"min_frames": min_frames}
   builder_config = name
-  if getattr(cls, "ANY_CONFIG_NAME", False):  # video_folder: the user names the build
+  user_named = getattr(cls, "ANY_CONFIG_NAME", False)  # video_folder: the user names it
+  if user_named:
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     if name not in cls.builder_configs:
       builder_config = tfds.core.BuilderConfig(name=name)
@@ -77,8 +65,8 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
     raise ValueError(f"--test_fraction is for video_folder, not {dataset}")
   builder = cls(data_dir=data_dir, config=builder_config, source_dir=source_dir,
                 short_side=short_side or None, splits_dir=splits_dir, workers=workers, **extra)
-  if getattr(cls, "ANY_CONFIG_NAME", False):
-    _check_same_source(builder, dataset, name, source_dir)
+  if user_named:
+    builder.check_same_source()
   started = time.time()
   try:
     builder.download_and_prepare()
@@ -91,11 +79,8 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
                      f"be used, so it cannot be written; the last one skipped: "
                      f"{reasons[-1] if reasons else '?'}") from None
   _remove_interrupted_builds(builder.data_dir, started, log)
-  if getattr(cls, "ANY_CONFIG_NAME", False) and source_dir:
-    recorded = os.path.join(builder.data_dir, "source.txt")
-    if not os.path.exists(recorded):
-      with open(recorded, "w", encoding="utf-8") as f:
-        f.write(os.path.abspath(source_dir) + "\n")
+  if user_named:
+    builder.record_source()
   entries = builder.skipped.entries
   report = os.path.join(builder.data_dir, "skipped.tsv")
   if entries or not os.path.exists(report):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from data import native
 from kpsem_jax import cpu_kernels, layers
 from kpsem_jax.layers import STRATEGIES, conv
 from kpsem_jax.models import create_model
@@ -198,14 +199,14 @@ def test_onednn_strategy_without_the_extension_is_a_clear_error(monkeypatch):
 
 def test_the_extension_is_built_in_the_cache_and_reused(tmp_path, monkeypatch):
   """A fresh cache gets one library under its final name; a second load compiles nothing."""
-  root, compiler = cpu_kernels._onednn_root(), cpu_kernels._compiler()
+  root, compiler = cpu_kernels._onednn_root(), native.compiler()
   if root is None or compiler is None:
     pytest.skip(f"oneDNN conv: {cpu_kernels.unavailable_reason()}")
   monkeypatch.setenv("KPSEM_JAX_CACHE", str(tmp_path))
   path = cpu_kernels._build(compiler, root)
   assert os.listdir(tmp_path) == [os.path.basename(path)]
   mtime = os.path.getmtime(path)
-  monkeypatch.setattr(cpu_kernels.subprocess, "run", None)  # any compile would fail now
+  monkeypatch.setattr(native.subprocess, "run", None)  # any compile would fail now
   assert cpu_kernels._build(compiler, root) == path and os.path.getmtime(path) == mtime
 
 

@@ -19,7 +19,7 @@ second source under the same ``--config`` name is refused (choose another name).
 
 import hashlib
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import tensorflow_datasets as tfds
 
@@ -156,6 +156,27 @@ class Builder(common.VideoDatasetBuilder):
         items["test"] += [item(p, labels[name]) for p in videos if p in test]
     return {split: v for split, v in items.items() if v or split == "train"}
 
+  # ---- which source a build is of ----------------------------------------------------
+  def check_same_source(self) -> None:
+    """A finished build of another source folder under this name is an error, not reused."""
+    path = os.path.join(self.data_dir, "source.txt")
+    if not self.source_dir or not os.path.isfile(path):
+      return
+    with open(path, encoding="utf-8") as f:
+      recorded = f.read().strip()
+    if recorded != os.path.abspath(self.source_dir):
+      raise ValueError(f"{self.name} ({self.builder_config.name}) in {self.data_dir} was "
+                       f"built from {recorded}, not {os.path.abspath(self.source_dir)}: name "
+                       "this build with --config=<another name> (and config.dataset.config "
+                       "in training)")
+
+  def record_source(self) -> None:
+    """Writes ``source.txt`` beside a finished build (the folder it was built from)."""
+    path = os.path.join(self.data_dir, "source.txt")
+    if self.source_dir and not os.path.exists(path):
+      with open(path, "w", encoding="utf-8") as f:
+        f.write(os.path.abspath(self.source_dir) + "\n")
+
   # ---- TFDS --------------------------------------------------------------------------
   def _info(self):
     names = self.class_names() if self.source_dir else ["unknown"]
@@ -165,12 +186,3 @@ class Builder(common.VideoDatasetBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     return self.split_generators(self._items())
-
-
-def recorded_source(data_dir: str) -> Optional[str]:
-  """The source folder a finished video_folder build was made from (``source.txt``)."""
-  path = os.path.join(data_dir, "source.txt")
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return f.read().strip()

@@ -24,18 +24,16 @@ to pure-XLA strategies. Environment:
 
 import ctypes
 import functools
-import hashlib
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 from typing import Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from data import native
 
 SOURCES = tuple(os.path.join(os.path.dirname(__file__), name) for name in
                 ("onednn_conv.cc", "regional_argmax.cc", "batch_norm.cc", "max_pool.cc"))
@@ -62,13 +60,6 @@ def _onednn_root() -> Optional[str]:
   return None
 
 
-def _compiler() -> Optional[str]:
-  for name in filter(None, [os.environ.get("CXX"), "g++", "c++"]):
-    if shutil.which(name):
-      return shutil.which(name)
-  return None
-
-
 def _build(compiler: str, root: str) -> str:
   """Compiles the extension once per source/jaxlib/oneDNN combination; returns its path."""
   lib_dir = os.path.join(root, "lib")
@@ -78,30 +69,7 @@ def _build(compiler: str, root: str) -> str:
       compiler, "-O3", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w",
       "-I" + jax.ffi.include_dir(), "-I" + os.path.join(root, "include"), *SOURCES, "-o", out,
       "-L" + lib_dir, "-ldnnl", "-Wl,-rpath," + lib_dir]
-  digest = hashlib.sha256(repr((command(""), jax.__version__)).encode())
-  for source in SOURCES:
-    with open(source, "rb") as f:
-      digest.update(f.read())
-  key = digest.hexdigest()
-  cache = os.path.expanduser(os.environ.get("KPSEM_JAX_CACHE", "~/.cache/kpsem_jax"))
-  path = os.path.join(cache, f"onednn_conv-{key[:16]}.so")
-  if os.path.exists(path):
-    return path
-  os.makedirs(cache, exist_ok=True)
-  # Build beside the target and rename: concurrent or interrupted builds never leave a
-  # half-written library under the final name.
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-  os.close(fd)
-  try:
-    done = subprocess.run(command(tmp), capture_output=True, text=True)
-    if done.returncode:
-      raise RuntimeError(f"compiling {', '.join(SOURCES)} failed ({' '.join(command(path))}):\n"
-                         f"{done.stderr[-2000:]}")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+  return native.build_library("onednn_conv", SOURCES, command, key=jax.__version__)
 
 
 def _load() -> None:
@@ -113,7 +81,7 @@ def _load() -> None:
   if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
     _State.reason = f"built only on x86-64 Linux, not {platform.system()} {platform.machine()}"
     return
-  root, compiler = _onednn_root(), _compiler()
+  root, compiler = _onednn_root(), native.compiler()
   if root is None:
     _State.reason = ("oneDNN not found: install onednn-devel-cpu-gomp (requirements.txt) or "
                      "set KPSEM_JAX_ONEDNN_ROOT")
