@@ -15,11 +15,12 @@ Kubernetes). If a process dies, the others stop within --heartbeat_timeout secon
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from kpsem_jax import input_pipeline, jax_options, trainer
+from data import frames
+from kpsem_jax import checkpoint, cli, input_pipeline, jax_options, trainer
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 FLAGS = flags.FLAGS
@@ -74,15 +75,13 @@ def parse_flags(argv):
   return []
 
 
-def fail(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(1)
+fail = cli.fail
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  cli.prologue()
   try:
     config = FLAGS.config
     config.to_dict()  # a file that failed to load raises here, on first use
@@ -94,13 +93,12 @@ def main(argv):
                                heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
     print(f"process {jax.process_index()} of {jax.process_count()}: "
           f"{jax.local_device_count()} of {jax.device_count()} devices", flush=True)
-  try:
+  with cli.one_line_errors(trainer.TrainingError, input_pipeline.DataNotPreparedError,
+                           checkpoint.CheckpointError, frames.DamagedDataError):
     if FLAGS.mode == "train":
       trainer.train_and_evaluate(config, FLAGS.workdir)
     else:
       trainer.evaluate_workdir(config, FLAGS.workdir)
-  except (trainer.TrainingError, input_pipeline.DataNotPreparedError) as e:
-    fail(str(e))
 
 
 if __name__ == "__main__":

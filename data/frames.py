@@ -86,6 +86,11 @@ class FrameWriter:
       self._writer = None
 
 
+class DamagedDataError(OSError):
+  """A prepared frame file that is missing or cannot be read; the message names it and
+  says to rebuild the dataset."""
+
+
 class FrameReader:
   """Reads frames by ``(file, indices)`` from the files under ``root``; picklable (each
   process opens its own readers on first use) and counts the bytes it returns."""
@@ -109,15 +114,19 @@ class FrameReader:
     if reader is None:
       path = os.path.join(self.root, relative_file)
       if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: frame file missing; rebuild the dataset with "
-                                "python -m kpsem_jax.prepare")
-      reader = array_record_module.ArrayRecordReader(path, READER_OPTIONS)
+        raise DamagedDataError(f"{path}: frame file missing; rebuild the dataset with "
+                               "python -m kpsem_jax.prepare")
+      try:
+        reader = array_record_module.ArrayRecordReader(path, READER_OPTIONS)
+      except (RuntimeError, ValueError) as e:
+        raise DamagedDataError(f"{path}: cannot be opened ({e}); rebuild the dataset with "
+                               "python -m kpsem_jax.prepare") from None
       self._readers[relative_file] = reader
     try:
       records = reader.read([int(i) for i in indices])
-    except RuntimeError as e:
-      raise OSError(f"{os.path.join(self.root, relative_file)}: cannot read frames "
-                    f"{list(indices)} ({e}); rebuild the dataset with python -m "
-                    "kpsem_jax.prepare") from None
+    except (RuntimeError, ValueError) as e:
+      raise DamagedDataError(f"{os.path.join(self.root, relative_file)}: cannot read frames "
+                             f"{list(indices)} ({e}); rebuild the dataset with python -m "
+                             "kpsem_jax.prepare") from None
     self.bytes_read += sum(len(r) for r in records)
     return records

@@ -11,8 +11,9 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from typing import Callable, List, Optional, Sequence
+
+from data import atomic
 
 
 def compiler() -> Optional[str]:
@@ -37,15 +38,9 @@ def build_library(name: str, sources: Sequence[str], command: Callable[[str], Li
   if os.path.exists(path):
     return path
   os.makedirs(cache, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-  os.close(fd)
-  try:
+  with atomic.replacing(path, suffix=".so") as tmp:
     done = subprocess.run(command(tmp), capture_output=True, text=True)
     if done.returncode:
       raise RuntimeError(f"compiling {', '.join(sources)} failed ({' '.join(command(path))}):"
                          f"\n{done.stderr[-2000:]}")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return path

@@ -15,6 +15,10 @@ class VideoError(Exception):
   """A video that cannot be used, with the file named in the message."""
 
 
+class TruncatedVideoError(VideoError):
+  """A video whose decoding ended well short of the frames its container promises."""
+
+
 def resized_size(width: int, height: int, short_side: Optional[int]):
   """``(width, height)`` with the short side at ``short_side``, even sizes; None: unchanged."""
   if not short_side:
@@ -86,5 +90,5 @@ def check_complete(path: str, decoded: int, expected: int) -> None:
   """Raises VideoError when decoding ended well short of what the container promised
   (a truncated download or a damaged file): more than 5% and 1 frame fewer."""
   if expected and decoded < 0.95 * expected - 1:
-    raise VideoError(f"{path}: decoded {decoded} of ~{expected} frames (truncated or "
-                     "damaged file)")
+    raise TruncatedVideoError(f"{path}: decoded {decoded} of ~{expected} frames (truncated "
+                              "or damaged file)")

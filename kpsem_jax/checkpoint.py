@@ -12,10 +12,14 @@ line saying which and why.
 """
 
 import hashlib
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import threading
+import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from flax import traverse_util
@@ -62,7 +66,7 @@ def read_metadata(manager: ocp.CheckpointManager, step: int, where: str) -> Dict
     metadata = manager.restore(step, args=ocp.args.Composite(
         metadata=ocp.args.JsonRestore()))["metadata"]
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
-    raise CheckpointError(f"{path} cannot be read ({_first_line(e)})") from None
+    raise CheckpointError(f"{path} cannot be read ({failure_reason(e)})") from None
   if not isinstance(metadata, Mapping):
     raise CheckpointError(f"{path} is not a JSON object")
   return dict(metadata)
@@ -85,15 +89,11 @@ def newest_intact(manager: ocp.CheckpointManager, restore: Callable[[int], Any],
     except CheckpointError as e:
       reason = str(e)
     except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
-      reason = f"{os.path.join(str(manager.directory), str(step))} cannot be read ({_first_line(e)})"
+      reason = (f"{os.path.join(str(manager.directory), str(step))} cannot be read "
+                f"({failure_reason(e)})")
     log(f"skipping checkpoint step {step}: {reason}")
     damaged.append(step)
   return None, None, damaged
-
-
-def _first_line(e: Exception) -> str:
-  text = str(e).strip().split(" See full TensorStore details")[0]
-  return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 def manager_for(path: str) -> ocp.CheckpointManager:
@@ -205,33 +205,282 @@ def load_variables(directory: str, prefer_best: bool = False,
   raise CheckpointError(f"no intact checkpoint in {directory} (damaged: {', '.join(reasons)})")
 
 
-# ---- training checkpoints: workdir/checkpoints (every item) and workdir/best ----------------
+# ---- training checkpoints: one owner for a workdir's checkpoints/, best/ and damaged/ ------
 TRAINING_ITEMS = ("variables", "opt_state", "metadata")
+FORMAT = "kpsem-jax/1"
 
 
-def training_managers(workdir: str, keep: int) -> Tuple[ocp.CheckpointManager,
-                                                         ocp.CheckpointManager]:
-  """``(checkpoints, best)``: the last ``keep`` training steps, and the best one by
-  ``accuracy`` (variables and metadata only)."""
-  checkpoints = ocp.CheckpointManager(
-      os.path.join(workdir, "checkpoints"), item_names=TRAINING_ITEMS,
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, cleanup_tmp_directories=True))
-  best = ocp.CheckpointManager(
-      os.path.join(workdir, "best"), item_names=ITEMS,
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["accuracy"],
-                                           best_mode="max", cleanup_tmp_directories=True))
-  return checkpoints, best
+def make_metadata(model: Mapping[str, Any], frames: int, class_names, step: int = 0,
+                  config: Optional[Mapping[str, Any]] = None, **extra) -> Dict[str, Any]:
+  """The one metadata format of every checkpoint: ``model`` (``create_model``'s keyword
+  arguments), clip ``frames``, ``class_names`` (None: not known, as after a conversion),
+  ``step``, the run's ``config`` and any ``extra`` fields (a conversion's source)."""
+  return dict(format=FORMAT, model=dict(model), frames=int(frames),
+              class_names=None if class_names is None else list(class_names),
+              step=int(step), config=dict(config or {}), **extra)
 
 
-def save_training(manager: ocp.CheckpointManager, step: int, variables, opt_state,
-                  metadata: Mapping[str, Any]) -> None:
-  """Saves a training step: ``variables``, ``opt_state`` and ``metadata`` with both items'
-  SHA-256 added (the data position is the step: the loader starts at its batch)."""
-  metadata = dict(metadata, sha256={"variables": digest(variables),
-                                    "opt_state": digest(opt_state)})
-  manager.save(step, args=ocp.args.Composite(
-      variables=ocp.args.StandardSave(variables), opt_state=ocp.args.StandardSave(opt_state),
-      metadata=ocp.args.JsonSave(metadata)))
+def failure_reason(e: BaseException) -> str:
+  """The innermost cause of an (orbax/TensorStore) error, on one line, the file it names
+  kept and TensorStore's spec dumps cut."""
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  if isinstance(e, OSError) and e.strerror:
+    return f"{e.strerror}{f': {e.filename}' if e.filename else ''}"
+  text = str(e).split(" See full TensorStore details")[0].split(" [tensorstore_spec=")[0]
+  text = " ".join(text.split())
+  code = re.search(r"os_error_code='(\d+)'", str(e))
+  if code:  # an operating-system error inside TensorStore: say which, and the file
+    files = re.findall(r'local file "([^"]+)"', text)
+    return f"{os.strerror(int(code.group(1)))}{f': {files[-1]}' if files else ''}"
+  return text[:600] if text else type(e).__name__
+
+
+class TrainingCheckpoints:
+  """A training workdir's checkpoints, with every rule about them in one place.
+
+  - ``checkpoints/``: the last ``keep`` steps with every item (the resume points);
+  - ``best/``: the step with the best eval accuracy (variables and metadata);
+  - ``damaged/``: steps that fail their checks, moved aside with a line each, never deleted.
+
+  A save counts once it has committed: :meth:`save` checks the free space first, waits for
+  orbax's write and, when it fails (a full disk), removes the partial step and raises one
+  :class:`CheckpointError` naming the folder and the space needed; ``last_saved`` then
+  still names the previous step, the resume point. Every process of a multi-host job calls
+  every method (orbax coordinates the writes; process 0 moves folders and decides).
+  """
+
+  def __init__(self, workdir: str, keep: int, log: Callable[[str], None] = print):
+    self.workdir = os.path.abspath(workdir)
+    self.keep = keep
+    self.log = log if jax.process_index() == 0 else (lambda message: None)
+    self.directory = os.path.join(self.workdir, "checkpoints")
+    self.best_directory = os.path.join(self.workdir, "best")
+    self._open()
+    self.last_saved: Optional[int] = None  # the newest step known intact and committed
+    self._failed = []  # (directory, step) of saves that failed
+
+  def _open(self) -> None:
+    self.checkpoints = ocp.CheckpointManager(
+        self.directory, item_names=TRAINING_ITEMS,
+        options=ocp.CheckpointManagerOptions(max_to_keep=self.keep,
+                                             cleanup_tmp_directories=True))
+    self.best = ocp.CheckpointManager(
+        self.best_directory, item_names=ITEMS,
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["accuracy"],
+                                             best_mode="max", cleanup_tmp_directories=True))
+
+  def close(self) -> None:
+    if not self._failed:
+      self.checkpoints.close()
+      self.best.close()
+      return
+    _close_quietly(self.checkpoints)  # the failure was reported when it happened
+    _close_quietly(self.best)
+    for directory, step in self._failed:  # orbax's threads may have written on after
+      _remove_partial(directory, step)
+    self._failed = []
+
+  # ---- resume ------------------------------------------------------------------------
+  def resume(self, variables, opt_state, model: Mapping[str, Any]
+             ) -> Optional[Tuple[int, Any, Any, Dict[str, Any]]]:
+    """``(step, variables, opt_state, metadata)`` of the newest intact step, shaped and
+    placed like the given trees, or None when there is none.
+
+    A step written for another ``model`` (``create_model``'s keyword arguments) raises
+    :class:`CheckpointMismatch` naming the differences; nothing is moved. Damaged steps of
+    ``checkpoints/`` and a damaged ``best/`` are skipped with a line saying which and why,
+    then moved to ``damaged/``."""
+    if self.checkpoints.latest_step() is None and not self.best.all_steps():
+      return None
+
+    def restore(step):
+      where = os.path.join(self.directory, str(step))
+      metadata = read_metadata(self.checkpoints, step, where)
+      differences = json_differences(metadata.get("model"), model)
+      if differences:
+        raise CheckpointMismatch(
+            f"{where} was written for another model ({'; '.join(differences)}): use a new "
+            f"--workdir, or the config the run was trained with "
+            f"({os.path.join(self.workdir, 'config.json')})")
+      return restore_training(self.checkpoints, step, variables, opt_state, metadata) + (
+          metadata,)
+
+    step, restored, damaged = newest_intact(self.checkpoints, restore, self.log,
+                                            fatal=(CheckpointMismatch,))
+    best_damaged = self._damaged_best()
+    if damaged or best_damaged:
+      self.close()
+      self._move_aside([(self.directory, s) for s in damaged]
+                       + [(self.best_directory, s) for s in best_damaged])
+      self._open()
+    if restored is None:
+      if damaged:
+        self.log(f"no intact checkpoint in {self.directory}: training starts from step 0")
+      return None
+    self.last_saved = step
+    return (step,) + tuple(restored)
+
+  def _damaged_best(self) -> list:
+    def restore(step):
+      where = os.path.join(self.best_directory, str(step))
+      return restore_variables(self.best, step, metadata=read_metadata(self.best, step, where))
+    return newest_intact(self.best, restore, self.log)[2]
+
+  def _move_aside(self, folders) -> None:
+    """Moves each ``(directory, step)`` to ``workdir/damaged/`` (process 0; all wait)."""
+    if jax.process_index() == 0:
+      aside = os.path.join(self.workdir, "damaged")
+      os.makedirs(aside, exist_ok=True)
+      for directory, step in folders:
+        kind = "best" if directory == self.best_directory else "checkpoint"
+        target = os.path.join(aside, f"{kind}_{step}_{int(time.time())}")
+        os.rename(os.path.join(directory, str(step)), target)
+        self.log(f"moved the damaged {kind} step {step} to {target}")
+    _sync("damaged checkpoints moved aside")
+
+  # ---- saving ------------------------------------------------------------------------
+  def save(self, step: int, variables, opt_state, metadata: Mapping[str, Any]) -> None:
+    """Saves a training step (``variables``, ``opt_state``, ``metadata`` with both items'
+    SHA-256) and waits until it has committed; see the class docstring for failures."""
+    metadata = dict(metadata, sha256={"variables": digest(variables),
+                                      "opt_state": digest(opt_state)})
+    self._write(self.checkpoints, self.directory, step, _size(variables, opt_state),
+                dict(args=ocp.args.Composite(
+                    variables=ocp.args.StandardSave(variables),
+                    opt_state=ocp.args.StandardSave(opt_state),
+                    metadata=ocp.args.JsonSave(metadata))))
+    self.last_saved = step
+
+  def save_best(self, step: int, accuracy: float, variables,
+                metadata: Mapping[str, Any]) -> None:
+    """Offers ``step`` to ``best/`` (kept if its ``accuracy`` is the best so far); a step
+    it already holds (a resumed run evaluating it again) is left as it is."""
+    if step in self.best.all_steps():
+      return
+    metadata = dict(metadata, sha256={"variables": digest(variables)})
+    self._write(self.best, self.best_directory, step, _size(variables),
+                dict(metrics={"accuracy": float(accuracy)}, args=ocp.args.Composite(
+                    variables=ocp.args.StandardSave(variables),
+                    metadata=ocp.args.JsonSave(metadata))))
+
+  def _write(self, manager, directory: str, step: int, size: int, kwargs) -> None:
+    # The space a step takes: the last step's size on disk (compressed, with the file
+    # system's blocks), else the arrays' bytes; either with a little room for metadata.
+    newest = manager.latest_step()
+    if newest is not None:
+      size = _disk_usage(os.path.join(directory, str(newest))) or size
+    needed = size + (256 << 10)
+    free = _agreed_free_space(directory)
+    if free is not None and free < needed:
+      raise CheckpointError(self._write_failed(
+          directory, step, "not enough free space",
+          f"it needs about {_mb(needed)}, {_mb(free)} free"))
+    try:
+      manager.save(step, **kwargs)
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
+      _close_quietly(manager)
+      _join_orbax_threads()  # its writers of the failed step may still be running
+      _remove_partial(directory, step)
+      self._failed.append((directory, step))
+      free = _free_space(directory)
+      raise CheckpointError(self._write_failed(
+          directory, step, failure_reason(e),
+          f"{_mb(free)} free there" if free is not None else "")) from None
+
+  def _write_failed(self, directory, step, reason, space) -> str:
+    resume = (f"it resumes from step {self.last_saved}" if self.last_saved is not None
+              else "no checkpoint was written before it: it starts again from step 0")
+    return (f"writing the checkpoint of step {step} to {directory} failed: {reason}"
+            f"{f' ({space})' if space else ''}; free space or fix the folder, then rerun "
+            f"the same command: {resume}")
+
+
+class CheckpointMismatch(CheckpointError):
+  """An intact checkpoint this run must not continue (written for another model)."""
+
+
+def json_differences(saved, wanted, prefix="model") -> list:
+  """``["model.x.y: checkpoint A, config B", ...]`` where two JSON-like trees differ
+  (``wanted`` is compared as its JSON form: tuples as lists)."""
+  wanted = json.loads(json.dumps(wanted))
+  if isinstance(saved, dict) and isinstance(wanted, dict):
+    return [d for k in sorted(set(saved) | set(wanted), key=str)
+            for d in json_differences(saved.get(k), wanted.get(k), f"{prefix}.{k}")]
+  return [] if saved == wanted else [f"{prefix}: checkpoint {saved}, config {wanted}"]
+
+
+def _size(*trees) -> int:
+  return sum(int(np.prod(np.shape(leaf))) * np.dtype(leaf.dtype).itemsize
+             for tree in trees for leaf in jax.tree.leaves(tree))
+
+
+def _disk_usage(path: str) -> int:
+  total = 0
+  for root, _, names in os.walk(path):
+    for name in names:
+      try:
+        total += os.lstat(os.path.join(root, name)).st_blocks * 512
+      except OSError:
+        pass
+  return total
+
+
+def _free_space(directory: str) -> Optional[int]:
+  try:
+    os.makedirs(directory, exist_ok=True)
+    return shutil.disk_usage(directory).free
+  except OSError:
+    return None
+
+
+def _agreed_free_space(directory: str) -> Optional[int]:
+  """Process 0's view of the free space, the same on every process (one decision)."""
+  free = _free_space(directory) if jax.process_index() == 0 else 0
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    free = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if free is None else free)))
+    free = None if free < 0 else free
+  return free
+
+
+def _close_quietly(manager: ocp.CheckpointManager) -> None:
+  """Closes a manager whose last save failed (orbax raises that failure again on close)."""
+  try:
+    manager.close()
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+
+def _join_orbax_threads(timeout: float = 60.0) -> None:
+  """Waits (up to ``timeout`` seconds in all) for orbax's background threads to end."""
+  deadline = time.monotonic() + timeout
+  for thread in threading.enumerate():
+    if thread is not threading.current_thread() and type(thread).__module__.startswith("orbax"):
+      try:
+        thread.join(max(0.0, deadline - time.monotonic()))
+      except Exception:  # pylint: disable=broad-except  # orbax's join re-raises its error
+        pass
+
+
+def _remove_partial(directory: str, step: int) -> None:
+  """Removes what a failed save of ``step`` left: orbax's temporary folder, or the step's
+  folder when the failure came after it was renamed into place (it does not count)."""
+  if jax.process_index() == 0:
+    for name in os.listdir(directory) if os.path.isdir(directory) else ():
+      if name == str(step) or name.startswith(f"{step}.orbax-checkpoint-tmp"):
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def _mb(n: int) -> str:
+  return f"{n / 2**20:.1f} MiB"
 
 
 def restore_training(manager: ocp.CheckpointManager, step: int, variables, opt_state,
@@ -246,17 +495,6 @@ def restore_training(manager: ocp.CheckpointManager, step: int, variables, opt_s
   for item in ("variables", "opt_state"):
     verify(item, restored[item], metadata, where)
   return restored["variables"], restored["opt_state"]
-
-
-def save_best(manager: ocp.CheckpointManager, step: int, accuracy: float, variables,
-              metadata: Mapping[str, Any]) -> None:
-  """Offers ``step`` to the best-checkpoint manager (kept if its ``accuracy`` is the best);
-  a step it already holds (a resumed run evaluating it again) is left as it is."""
-  if step in manager.all_steps():
-    return
-  metadata = dict(metadata, sha256={"variables": digest(variables)})
-  manager.save(step, metrics={"accuracy": float(accuracy)}, args=ocp.args.Composite(
-      variables=ocp.args.StandardSave(variables), metadata=ocp.args.JsonSave(metadata)))
 
 
 def load_pretrained(path: str, params, batch_stats, log: Callable[[str], None] = print):

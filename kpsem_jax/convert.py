@@ -16,13 +16,13 @@ import re
 import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
 import numpy as np
 
-from kpsem_jax import checkpoint, porting
+from kpsem_jax import checkpoint, cli, porting
 from kpsem_jax.mfnet3d import STAGES
 from kpsem_jax.models import create_model
 
@@ -217,12 +217,13 @@ def run(pytorch: str, output: str, num_classes: Optional[int] = None, model: str
     variables[collection] = traverse_util.unflatten_dict(leaves)
 
   n_params = sum(v.size for v in traverse_util.flatten_dict(variables["params"]).values())
-  metadata = dict(format="kpsem-jax/1", model=spec, frames=frames, source=os.path.abspath(pytorch),
-                  source_sha256=sha256(pytorch), converted=len(report["converted"]),
-                  initialised=report["initialised"] + report["missing"] + report["mismatched"]
-                  + (["kpsem"] if model == "mf_kpsem" else []),
-                  inflated_2d=report["inflated"], parameters=int(n_params), class_names=None,
-                  converted_paths=sorted("/".join((c,) + p) for c, p in flat))
+  metadata = checkpoint.make_metadata(
+      spec, frames, class_names=None, source=os.path.abspath(pytorch),
+      source_sha256=sha256(pytorch), converted=len(report["converted"]),
+      initialised=report["initialised"] + report["missing"] + report["mismatched"]
+      + (["kpsem"] if model == "mf_kpsem" else []),
+      inflated_2d=report["inflated"], parameters=int(n_params),
+      converted_paths=sorted("/".join((c,) + p) for c, p in flat))
   log(f"[4/4] writing {output}")
   checkpoint.save_variables(output, variables, metadata, overwrite=overwrite)
   log(f"done: {len(report['converted'])} tensors converted, {n_params:,d} parameters, "
@@ -235,19 +236,16 @@ def main(argv):
   jax_options.configure()  # before JAX starts
   del argv
   FLAGS = flags.FLAGS
-  logging.set_verbosity(logging.WARNING)  # orbax logs every step of a save at INFO
+  cli.prologue()  # orbax logs every step of a save at INFO
   if not FLAGS.pytorch or not FLAGS.output:
     print("usage: python -m kpsem_jax.convert --pytorch=PATH.pth --output=DIR", file=sys.stderr)
     sys.exit(2)
   try:
-    run(FLAGS.pytorch, FLAGS.output, FLAGS.num_classes, FLAGS.model, FLAGS.allow_partial,
-        FLAGS.inflate_2d, FLAGS.frames, FLAGS.overwrite)
-  except ConversionError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    with cli.one_line_errors(ConversionError):
+      run(FLAGS.pytorch, FLAGS.output, FLAGS.num_classes, FLAGS.model, FLAGS.allow_partial,
+          FLAGS.inflate_2d, FLAGS.frames, FLAGS.overwrite)
   except OSError as e:  # disk full, no permission: nothing half-written stays behind
-    print(f"error: writing {FLAGS.output}: {e.strerror or e}", file=sys.stderr)
-    sys.exit(1)
+    cli.fail(f"writing {FLAGS.output}: {e.strerror or e}")
 
 
 def define_flags():

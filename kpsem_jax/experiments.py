@@ -31,6 +31,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from data import atomic
+
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -103,11 +105,6 @@ def reversal_error(confusion: np.ndarray) -> float:
   return float(swapped / max(confusion.sum(), 1))
 
 
-def _write(path: str, text: str):
-  """Writes ``path`` whole: readers see the old file or the new one, never a part."""
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
 
 
 class WorkdirMismatch(ValueError):
@@ -139,7 +136,7 @@ def run_one(variant: Variant, seed: int, steps: int, data_dir: str, workdir: str
                 reversal_error=reversal_error(confusion),
                 num_videos=int(final["num_videos"]), seconds=time.perf_counter() - start,
                 confusion=confusion.astype(int).tolist())
-  _write(result_path, json.dumps(result, indent=1))
+  atomic.write_text(result_path, json.dumps(result, indent=1))
   return result
 
 
@@ -232,12 +229,12 @@ def bar_chart(rows: Sequence[Dict], path: str, data: str = "translation", steps:
 def _publish(workdir, suite, data, steps, seeds, results, variants):
   """Writes ``results.json``, ``results.md`` and ``results.png``, each file whole."""
   rows = summarize(results, variants)
-  _write(os.path.join(workdir, "results.json"), json.dumps(
+  atomic.write_text(os.path.join(workdir, "results.json"), json.dumps(
       dict(suite=suite, data=data, steps=steps, seeds=seeds, runs=results, table=rows),
       indent=1))
-  _write(os.path.join(workdir, "results.md"), markdown(rows, steps, data))
-  bar_chart(rows, os.path.join(workdir, "results.tmp.png"), data, steps)
-  os.replace(os.path.join(workdir, "results.tmp.png"), os.path.join(workdir, "results.png"))
+  atomic.write_text(os.path.join(workdir, "results.md"), markdown(rows, steps, data))
+  with atomic.replacing(os.path.join(workdir, "results.png"), suffix=".png") as tmp:
+    bar_chart(rows, tmp, data, steps)
 
 
 def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 600,

@@ -18,12 +18,12 @@ renamed, so an interrupted export leaves nothing half-written.
 
 import os
 import sys
-import tempfile
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
+from data import atomic
 from kpsem_jax import checkpoint
 from kpsem_jax.inference import clip_spec_of
 from kpsem_jax.models import create_model, normalize
@@ -47,43 +47,30 @@ def export_predictor(checkpoint_dir: str, batch: int = 1,
 
 
 def write(exported: jax.export.Exported, output: str) -> None:
-  """Writes the serialized artifact to ``output`` atomically."""
-  folder = os.path.dirname(os.path.abspath(output))
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.tmp-", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(exported.serialize())
-    os.replace(tmp, output)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  """Writes the serialized artifact to ``output`` whole (permissions follow the umask)."""
+  atomic.write_bytes(output, exported.serialize())
 
 
 def main(argv):
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
-  from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import cli  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  logging.set_verbosity(logging.WARNING)
+  cli.prologue()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   output = os.path.abspath(FLAGS.output)
   if os.path.isdir(output) or not os.path.isdir(os.path.dirname(output)):
-    print(f"error: --output={FLAGS.output}: not a file path in an existing folder",
-          file=sys.stderr)
-    return 1
+    cli.fail(f"--output={FLAGS.output}: not a file path in an existing folder")
   if FLAGS.batch < 1:
-    print(f"error: --batch={FLAGS.batch}: must be at least 1", file=sys.stderr)
-    return 1
-  try:
+    cli.fail(f"--batch={FLAGS.batch}: must be at least 1")
+  with cli.one_line_errors(FileNotFoundError, checkpoint.CheckpointError):
     exported = export_predictor(FLAGS.checkpoint, FLAGS.batch)
+  try:
     write(exported, output)
-  except (FileNotFoundError, checkpoint.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
   except OSError as e:
-    print(f"error: writing {output}: {e.strerror or e}", file=sys.stderr)
-    return 1
+    cli.fail(f"writing {output}: {e.strerror or e}")
   shape = exported.in_avals[0]
   print(f"{output}: uint8 clips {tuple(shape.shape)} -> logits "
         f"{tuple(exported.out_avals[0].shape)}, for {', '.join(exported.platforms)}")

@@ -72,13 +72,17 @@ class Predictor:
     shape = jax.ShapeDtypeStruct((batch_size, s.frames, s.crop, s.crop, 3), jnp.uint8)
     self._forward.lower(self.variables, shape).compile()
 
-  def views(self, video_path: str, spec: Optional[input_pipeline.ClipSpec] = None
-            ) -> np.ndarray:
+  def views(self, video_path: str, spec: Optional[input_pipeline.ClipSpec] = None,
+            allow_truncated: bool = False) -> np.ndarray:
     """All ``num_clips x num_crops`` evaluation views of a video, uint8 ``(V, T, S, S, 3)``.
 
-    Raises ``video.VideoError`` naming the file when it cannot be decoded."""
+    Raises ``video.VideoError`` naming the file when it cannot be decoded, and
+    ``video.TruncatedVideoError`` when decoding ended well short of the frames its container
+    promises (as ``prepare`` checks), unless ``allow_truncated``."""
     s = spec or self.clip_spec
-    frames = video.read_video(video_path, short_side=s.eval_resize)
+    frames, info = video.read_video(video_path, short_side=s.eval_resize, with_info=True)
+    if not allow_truncated:
+      video.check_complete(video_path, len(frames), info["expected_frames"])
     return input_pipeline.eval_views(input_pipeline.Video.from_frames(frames), s)
 
   def softmax(self, clips: np.ndarray, batch_size: int = 8) -> np.ndarray:

@@ -13,8 +13,12 @@ depend on the number of workers. Output batches: ``clips`` uint8 ``(B, T, H, W, 
 the padding of the last batch). Normalisation happens on device.
 """
 
+import ctypes
 import dataclasses
 import os
+import signal
+import sys
+import threading
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import flags
@@ -343,8 +347,54 @@ def _prefetched(dataset: "grain.MapDataset", workers: int):
     flags.FLAGS.mark_as_parsed()
   iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
-      num_workers=workers, per_worker_buffer_size=1))
-  return iter(iterable.map(_released))
+      num_workers=workers, per_worker_buffer_size=1), worker_init_fn=_worker_signals)
+  return _StartedWithStopSignalsBlocked(iter(iterable.map(_released)))
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _StartedWithStopSignalsBlocked:
+  """An iterator whose first ``next()`` (when grain starts the worker processes) runs with
+  SIGINT and SIGTERM blocked: a started process inherits the blocked mask and keeps it
+  until :func:`_worker_signals` ignores both, so a Ctrl-C during start-up (it reaches the
+  whole process group) never kills a worker; the main process gets it on unblocking."""
+
+  def __init__(self, iterator):
+    self._iterator, self._started = iterator, False
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._started:
+      return next(self._iterator)
+    self._started = True
+    if threading.current_thread() is not threading.main_thread():
+      return next(self._iterator)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+      return next(self._iterator)
+    finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+  def close(self):
+    if hasattr(self._iterator, "close"):
+      self._iterator.close()
+
+
+def _worker_signals(worker_index: int, worker_count: int) -> None:  # pylint: disable=unused-argument
+  """In a worker process: SIGINT and SIGTERM are left to the main process (Ctrl-C reaches
+  the whole process group; the main process saves, then stops its workers), and on Linux
+  the worker is killed when the main process dies."""
+  for signum in STOP_SIGNALS:
+    signal.signal(signum, signal.SIG_IGN)
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+  if sys.platform.startswith("linux"):
+    try:
+      ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+      pass
 
 
 class TrainIterator:

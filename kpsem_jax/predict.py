@@ -43,10 +43,13 @@ def expand(paths: Iterable[str]) -> List[str]:
 
 def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int = 8,
         num_clips: Optional[int] = None, num_crops: Optional[int] = None,
-        log=print, timeline_stride: Optional[float] = None) -> List[Dict]:
+        log=print, timeline_stride: Optional[float] = None,
+        allow_truncated: bool = False) -> List[Dict]:
   """One result per video: ``{"video", "top": [{"label", "probability"}], "views"}`` or
   ``{"video", "error"}``; with ``timeline_stride`` (seconds) also ``"timeline"``, one entry
-  per window (``Predictor.timeline``). ``log`` gets the timing lines."""
+  per window (``Predictor.timeline``). ``log`` gets the timing lines. A truncated video
+  (decoding ends well short of the frames its container promises) is an error unless
+  ``allow_truncated``: then what decodes is classified."""
   from kpsem_jax import inference  # pylint: disable=import-outside-toplevel
   predictor = inference.load_predictor(checkpoint)
   changes = {k: v for k, v in (("num_clips", num_clips), ("num_crops", num_crops)) if v}
@@ -62,7 +65,11 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
   for path in expand(paths):
     t = time.perf_counter()
     try:
-      views = predictor.views(path, spec)
+      views = predictor.views(path, spec, allow_truncated)
+    except video.TruncatedVideoError as e:
+      results.append({"video": path, "error": f"{e}; --allow_truncated classifies the frames "
+                      "that decode"})
+      continue
     except (video.VideoError, OSError) as e:
       results.append({"video": path, "error": str(e)})
       continue
@@ -111,36 +118,33 @@ def define_flags():
   flags.DEFINE_integer("num_crops", None, "override the checkpoint's crops per clip")
   flags.DEFINE_bool("timeline", False, "also predict per sliding window across each video")
   flags.DEFINE_float("timeline_stride", 1.0, "seconds between --timeline windows")
+  flags.DEFINE_bool("allow_truncated", False, "classify what decodes of a video that ends "
+                    "well short of the frames its container promises (default: an error)")
   flags.mark_flag_as_required("checkpoint")
 
 
 def main(argv):
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
-  from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import checkpoint, cli  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  logging.set_verbosity(logging.WARNING)
+  cli.prologue()
   if len(argv) < 2:
     raise app.UsageError("name at least one video file or folder")
   if not os.path.isdir(FLAGS.checkpoint):
-    print(f"error: --checkpoint={FLAGS.checkpoint} is not a folder", file=sys.stderr)
-    return 2
+    cli.fail(f"--checkpoint={FLAGS.checkpoint} is not a folder", 2)
+  if FLAGS.timeline and FLAGS.timeline_stride <= 0:
+    cli.fail(f"--timeline_stride={FLAGS.timeline_stride}: must be positive")
   log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
   try:
-    if FLAGS.timeline and FLAGS.timeline_stride <= 0:
-      print(f"error: --timeline_stride={FLAGS.timeline_stride}: must be positive",
-            file=sys.stderr)
-      return 1
-    results = run(FLAGS.checkpoint, argv[1:], FLAGS.top_k, FLAGS.batch_size, FLAGS.num_clips,
-                  FLAGS.num_crops, log=log,
-                  timeline_stride=FLAGS.timeline_stride if FLAGS.timeline else None)
+    with cli.one_line_errors(checkpoint.CheckpointError):  # no intact step left
+      results = run(FLAGS.checkpoint, argv[1:], FLAGS.top_k, FLAGS.batch_size,
+                    FLAGS.num_clips, FLAGS.num_crops, log=log,
+                    timeline_stride=FLAGS.timeline_stride if FLAGS.timeline else None,
+                    allow_truncated=FLAGS.allow_truncated)
   except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except checkpoint.CheckpointError as e:  # no intact step left
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    cli.fail(str(e), 2)
   print(json.dumps(results, indent=1) if FLAGS.json else format_text(results))
   failed = [r for r in results if "error" in r]
   for r in failed:

@@ -12,12 +12,16 @@ its reason in ``skipped.tsv`` beside the shards. An interrupted build leaves onl
 ``incomplete.*`` folder; rerunning the command builds again and finishes.
 """
 
+import errno
 import os
 import shutil
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
+
 
 def datasets():
   """The dataset names ``prepare`` builds."""
@@ -34,6 +38,45 @@ def _remove_interrupted_builds(data_dir: str, before: float, log) -> None:
     if name.startswith("incomplete.") and os.path.isdir(path) and os.path.getmtime(path) < before:
       shutil.rmtree(path, ignore_errors=True)
       log(f"removed {path}, left by an interrupted build")
+
+
+# The operating system's answers to a write that cannot be done.
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+class PrepareError(RuntimeError):
+  """A build that cannot go on; the message names the folder or file and what to do."""
+
+
+def _build(builder, dataset: str, name: str, log) -> None:
+  """Runs TFDS's build; errors become one :class:`PrepareError` or ``ValueError``."""
+  started = time.time()
+  try:
+    builder.download_and_prepare()
+  except AssertionError as e:  # TFDS: a split whose every video was skipped while decoding
+    if "No examples were yielded" not in str(e):
+      raise
+    split = str(e).split('split "')[-1].split('"')[0]
+    reasons = [r for s, _, r in builder.skipped.entries if s == split]
+    raise ValueError(f"{dataset} ({name}): no video of the {split} split could "
+                     f"be used, so it cannot be written; the last one skipped: "
+                     f"{reasons[-1] if reasons else '?'}") from None
+  except (OSError, RuntimeError) as e:  # a full disk, a folder that cannot be written
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    if isinstance(e, OSError):
+      if e.errno not in WRITE_ERRORS:
+        raise
+    elif "write" not in text and "space" not in text:  # array_record's failed writes
+      raise
+    where = os.path.dirname(builder.data_dir)
+    try:
+      free = f"; {shutil.disk_usage(where).free / 2**20:.1f} MiB free there"
+    except OSError:
+      free = ""
+    raise PrepareError(f"building {dataset} ({name}) in {where} failed: "
+                       f"{' '.join(text.split())}{free}; free space or fix the folder, then "
+                       "rerun the same command: the build starts again") from None
+  _remove_interrupted_builds(builder.data_dir, started, log)
 
 
 def config_name(dataset: str, split, config):
@@ -67,18 +110,18 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
                 short_side=short_side or None, splits_dir=splits_dir, workers=workers, **extra)
   if user_named:
     builder.check_same_source()
-  started = time.time()
+  folder = os.path.dirname(builder.data_dir)  # <data_dir>/<dataset>/<config>
+  os.makedirs(folder, exist_ok=True)
+  lock = WorkdirLock(folder, log, name=".prepare.lock",
+                     instead="use another --data_dir")
   try:
-    builder.download_and_prepare()
-  except AssertionError as e:  # TFDS: a split whose every video was skipped while decoding
-    if "No examples were yielded" not in str(e):
-      raise
-    split = str(e).split('split "')[-1].split('"')[0]
-    reasons = [r for s, _, r in builder.skipped.entries if s == split]
-    raise ValueError(f"{dataset} ({name or 'default'}): no video of the {split} split could "
-                     f"be used, so it cannot be written; the last one skipped: "
-                     f"{reasons[-1] if reasons else '?'}") from None
-  _remove_interrupted_builds(builder.data_dir, started, log)
+    lock.acquire()
+  except WorkdirInUseError as e:
+    raise PrepareError(f"another prepare is building {dataset} ({name}): {e}") from None
+  try:
+    _build(builder, dataset, name, log)
+  finally:
+    lock.release()
   if user_named:
     builder.record_source()
   entries = builder.skipped.entries
@@ -101,27 +144,27 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
   if entries:
     log(f"  {len(entries)} files skipped; each is listed with its reason in {report}")
     for s, p, r in entries[:5]:
-      log(f"    {s}: {r}")
+      log(f"    {s}: {r}" if p and p in r else f"    {s}: {p}: {r}")
   return builder, entries
 
 
 def main(argv):
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   from data import usable_cores  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import cli  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
   FLAGS = flags.FLAGS
   if len(argv) != 2:
     print("usage: python -m kpsem_jax.prepare DATASET --source_dir=SRC --data_dir=OUT",
           file=sys.stderr)
     sys.exit(2)
-  logging.set_verbosity(logging.WARNING)
+  cli.prologue()
   try:
     prepare(argv[1], FLAGS.data_dir, FLAGS.source_dir, FLAGS.split, FLAGS.config,
             FLAGS.short_side, FLAGS.splits_dir, FLAGS.min_frames,
             workers=FLAGS.workers or usable_cores(), test_fraction=FLAGS.test_fraction)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  except (ValueError, FileNotFoundError, PrepareError) as e:
+    cli.fail(str(e))
 
 
 def define_flags():

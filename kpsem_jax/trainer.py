@@ -13,12 +13,12 @@
   by every process on its share of the videos, gathered.
 - Gradient accumulation: the global batch is ``grad_accum_steps`` micro-batches, scanned
   inside the jitted step.
-- Checkpoints (orbax, ``workdir/checkpoints``): params, batch_stats, optimizer state, step,
-  and metadata (model, classes, config); the data position is the step itself; the last
-  ``keep_checkpoints`` are kept, and the best by validation accuracy in ``workdir/best``.
-  Each item's SHA-256 is in the metadata. Rerunning the same command resumes from the newest
-  intact checkpoint, with the same batches. A NaN/inf loss stops the run with a clear error;
-  the last good checkpoint stays. A run holds ``workdir/lock`` (one writer).
+- Checkpoints: :class:`kpsem_jax.checkpoint.TrainingCheckpoints` owns their rules (resume,
+  committed saves, best, damaged steps); the data position is the step itself. Rerunning
+  the same command resumes from the newest intact checkpoint, with the same batches. A
+  NaN/inf loss stops the run with a clear error; the last good checkpoint stays. SIGTERM or
+  SIGINT saves the step reached and raises :class:`kpsem_jax.preemption.Interrupted`. A run
+  holds ``workdir/lock`` (one writer); the config is checked before anything runs.
 - Logs: a progress bar (step, clips/s, loss, lr, ETA), ``metrics.jsonl`` and TensorBoard
   events in the workdir, the resolved config in ``config.json``.
 """
@@ -43,6 +43,8 @@ from data import usable_cores
 from kpsem_jax import checkpoint as checkpoint_lib
 from kpsem_jax import evaluation
 from kpsem_jax import input_pipeline as ip
+from kpsem_jax import metric_log
+from kpsem_jax import preemption
 from kpsem_jax import prepare as prepare_lib
 from kpsem_jax.models import create_model, normalize
 from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
@@ -189,10 +191,29 @@ def make_eval_forward(model, compute_dtype, mesh: jax.sharding.Mesh):
   return jax.jit(forward, out_shardings=jax.NamedSharding(mesh, jax.P()))
 
 
+# Config fields that must be at least this (checked before anything runs).
+MINIMUMS = {"batch_size": 1, "eval_batch_size": 1, "grad_accum_steps": 1,
+            "num_train_steps": 0, "log_every": 1, "eval_every": 1, "checkpoint_every": 1,
+            "keep_checkpoints": 1, "num_workers": -1, "clip.frames": 1, "clip.interval": 1,
+            "clip.crop": 1, "clip.eval_resize": 1, "clip.eval_clips": 1,
+            "clip.eval_crops": 1, "optimizer.lr": 0.0}
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`TrainingError` naming the first field below its ``MINIMUMS``."""
+  for path, least in MINIMUMS.items():
+    value = config
+    for key in path.split("."):
+      value = value[key]
+    if not isinstance(value, (int, float)) or value < least:
+      raise TrainingError(f"config.{path}={value}: must be at least {least}")
+
+
 class Trainer:
-  """Holds the mesh, model, optimizer, compiled steps and checkpoint managers of a run."""
+  """Holds the mesh, model, optimizer, compiled steps and data sources of a run."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    check_config(config)
     self.config = config
     self.workdir = os.path.abspath(workdir)
     self.mesh = data_mesh()
@@ -254,8 +275,11 @@ class Trainer:
         raise
       if jax.process_index() == 0:
         print(f"preparing {d.name} ({d.config}) in {data_dir}")
-        prepare_lib.prepare(d.name, data_dir, source_dir=d.get("source_dir") or None,
-                            config=d.config, workers=usable_cores())
+        try:
+          prepare_lib.prepare(d.name, data_dir, source_dir=d.get("source_dir") or None,
+                              config=d.config, workers=usable_cores())
+        except prepare_lib.PrepareError as e:
+          raise TrainingError(str(e)) from None
       multihost_utils.sync_global_devices("dataset prepared")
     try:
       train, names = ip.load_source(data_dir, d.name, d.config, d.train_split)
@@ -284,65 +308,36 @@ class Trainer:
     state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
     return jax.device_put(state, self.replicated), tx, pretrained
 
-  def _metadata(self, step: int) -> Dict[str, Any]:
-    return dict(format="kpsem-jax/1", model=self.spec, frames=self.config.clip.frames,
-                class_names=self.class_names, step=int(step), config=self.config.to_dict(),
-                process_count=jax.process_count())
+  def metadata(self, step: int) -> Dict[str, Any]:
+    return checkpoint_lib.make_metadata(self.spec, self.config.clip.frames, self.class_names,
+                                        step, self.config.to_dict(),
+                                        process_count=jax.process_count())
 
-  def resume(self, checkpoints, state: TrainState) -> Tuple[int, TrainState]:
+  def resume(self, checkpoints: checkpoint_lib.TrainingCheckpoints, state: TrainState
+             ) -> Tuple[int, TrainState]:
     """``(step, state)`` of the newest intact checkpoint (``(0, state)`` when there is none).
 
     The data position is the step itself (batch ``n`` is step ``n + 1``'s, the same for any
     number of processes and workers); a checkpoint written with other data settings
     (``DATA_FIELDS``) resumes with a line naming them, since its batches from here on
-    differ from an uninterrupted run's. Damaged steps are skipped with a line saying why and
-    moved to ``workdir/damaged/`` (nothing is deleted); a checkpoint of another model is an
-    error naming it.
-    """
-    directory = os.path.join(self.workdir, "checkpoints")
-    if checkpoints.latest_step() is None:
+    differ from an uninterrupted run's. Damaged steps are moved aside by ``checkpoints``."""
+    try:
+      found = checkpoints.resume({"params": state.params, "batch_stats": state.batch_stats},
+                                 {"opt_state": state.opt_state, "step": state.step}, self.spec)
+    except checkpoint_lib.CheckpointMismatch as e:  # another model: not damage
+      raise TrainingError(str(e)) from None
+    if found is None:
       return 0, state
-    def restore(step):
-      where = os.path.join(directory, str(step))
-      metadata = checkpoint_lib.read_metadata(checkpoints, step, where)
-      differences = _differences(metadata.get("model"), json.loads(json.dumps(self.spec)))
-      if differences:
-        raise TrainingError(
-            f"{where} was written for another model ({'; '.join(differences)}): use a new "
-            f"--workdir, or the config the run was trained with "
-            f"({os.path.join(self.workdir, 'config.json')})")
-      restored = checkpoint_lib.restore_training(
-          checkpoints, step, {"params": state.params, "batch_stats": state.batch_stats},
-          {"opt_state": state.opt_state, "step": state.step}, metadata)
-      return restored + (_data_changes(metadata.get("config") or {}, self.config.to_dict()),)
-
-    log = print if jax.process_index() == 0 else (lambda message: None)
-    step, restored, damaged = checkpoint_lib.newest_intact(checkpoints, restore, log,
-                                                           fatal=(TrainingError,))
-    if damaged:
-      self._move_aside(directory, damaged)
-    if restored is None:
-      log(f"no intact checkpoint in {directory}: training starts from step 0")
-      return 0, state
-    variables, opt_state, data_changes = restored
+    step, variables, opt_state, metadata = found
     state = TrainState(opt_state["step"], variables["params"], variables["batch_stats"],
                        opt_state["opt_state"])
-    log(f"resuming from step {step} ({directory})")
+    log = print if jax.process_index() == 0 else (lambda message: None)
+    log(f"resuming from step {step} ({checkpoints.directory})")
+    data_changes = _data_changes(metadata.get("config") or {}, self.config.to_dict())
     if data_changes:
       log(f"the data settings differ from the checkpoint's ({'; '.join(data_changes)}): "
           f"from step {step + 1} on, the batches differ from an uninterrupted run's")
     return step, jax.device_put(state, self.replicated)
-
-  def _move_aside(self, directory: str, steps) -> None:
-    if jax.process_index() == 0:
-      aside = os.path.join(self.workdir, "damaged")
-      os.makedirs(aside, exist_ok=True)
-      for step in steps:
-        target = os.path.join(aside, f"checkpoint_{step}_{int(time.time())}")
-        os.rename(os.path.join(directory, str(step)), target)
-        print(f"moved the damaged step {step} to {target}")
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("damaged checkpoints moved aside")
 
   # ---- data --------------------------------------------------------------------------
   def train_iterator(self, start_step: int = 0) -> ip.TrainIterator:
@@ -377,14 +372,19 @@ class Trainer:
             jax.make_array_from_process_local_data(self.data_sharding, labels, global_shape))
 
   # ---- evaluation --------------------------------------------------------------------
-  def evaluate(self, variables, desc="eval") -> Dict[str, Any]:
-    """Every view of every eval video -> video-level metrics (gathered over processes)."""
+  def evaluate(self, variables, desc="eval", stop: Optional[preemption.StopRequests] = None
+               ) -> Optional[Dict[str, Any]]:
+    """Every view of every eval video -> video-level metrics (gathered over processes);
+    None when ``stop`` (asked after each batch) reports a signal."""
     per_process = self.config.eval_batch_size // jax.process_count()
     spec = ip.clip_spec(self.config.clip)
     outputs = {"logits": [], "video_index": [], "label": [], "mask": []}
     batches = ip.eval_batches(self.eval_source, per_process, spec,
                               worker_count=self.config.num_workers)
     for batch in tqdm(batches, desc=desc, leave=False, disable=jax.process_index() != 0):
+      if stop is not None and stop.agreed():
+        batches.close()
+        return None
       x = jax.make_array_from_process_local_data(
           self.eval_sharding, batch["clips"],
           (self.config.eval_batch_size,) + batch["clips"].shape[1:])
@@ -422,72 +422,15 @@ DATA_FIELDS = ("seed", "batch_size", "dataset.name", "dataset.config", "dataset.
 
 
 def _data_changes(saved_config, config) -> list:
-  """``_differences`` of the ``DATA_FIELDS`` between a checkpoint's config and this one."""
+  """The differences of the ``DATA_FIELDS`` between a checkpoint's config and this one."""
   def get(tree, path):
     for key in path.split("."):
       tree = tree.get(key) if isinstance(tree, dict) else None
     return tree
   config = json.loads(json.dumps(config))  # tuples as the saved JSON's lists
   return [d for path in DATA_FIELDS
-          for d in _differences(get(saved_config, path), get(config, path), f"config.{path}")]
-
-
-def _differences(saved, wanted, prefix="model") -> list:
-  """``["model.x.y: checkpoint A, config B", ...]`` where two JSON-like trees differ."""
-  if isinstance(saved, dict) and isinstance(wanted, dict):
-    return [d for k in sorted(set(saved) | set(wanted), key=str)
-            for d in _differences(saved.get(k), wanted.get(k), f"{prefix}.{k}")]
-  return [] if saved == wanted else [f"{prefix}: checkpoint {saved}, config {wanted}"]
-
-
-class MetricWriter:
-  """``metrics.jsonl`` and TensorBoard events (process 0 only).
-
-  ``resume_step``: a resumed run first drops the rows after that step (they are logged again)
-  and the ``final/`` rows, so the file holds one row per logged step after any resumes.
-  """
-
-  def __init__(self, workdir: str, resume_step: Optional[int] = None):
-    self.active = jax.process_index() == 0
-    if self.active:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      path = os.path.join(workdir, "metrics.jsonl")
-      if resume_step is not None and os.path.exists(path):
-        _keep_rows_up_to(path, resume_step)
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self.jsonl = open(path, "a")
-
-  def write(self, step: int, prefix: str, metrics: Dict[str, float]):
-    if not self.active:
-      return
-    scalars = {f"{prefix}/{k}": float(v) for k, v in metrics.items()
-               if np.ndim(v) == 0 and not isinstance(v, str)}
-    for k, v in scalars.items():
-      self.tb.add_scalar(k, v, step)
-    self.jsonl.write(json.dumps(dict(step=step, **scalars)) + "\n")
-    self.jsonl.flush()
-    self.tb.flush()
-
-  def close(self):
-    if self.active:
-      self.tb.close()
-      self.jsonl.close()
-
-
-def _keep_rows_up_to(path: str, step: int) -> None:
-  """Rewrites ``metrics.jsonl`` without rows after ``step`` or of the final evaluation."""
-  kept = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except ValueError:
-        continue  # a line cut by a crash mid-write
-      if row.get("step", 0) <= step and not any(k.startswith("final/") for k in row):
-        kept.append(json.dumps(row) + "\n")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.writelines(kept)
-  os.replace(path + ".tmp", path)
+          for d in checkpoint_lib.json_differences(get(saved_config, path),
+                                                   get(config, path), f"config.{path}")]
 
 
 @contextlib.contextmanager
@@ -526,37 +469,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
 
 def _train_and_evaluate(trainer, config, workdir):
-  state, tx, _ = trainer.initial_state()
-  step_fn = make_train_step(trainer.model, tx, trainer.schedule, trainer.dtype, trainer.mesh)
-  checkpoints, best = checkpoint_lib.training_managers(trainer.workdir, config.keep_checkpoints)
-  start, state = trainer.resume(checkpoints, state)
-  iterator = trainer.train_iterator(start)
-  if start:
-    # damaged steps may have been moved aside
-    checkpoints, best = checkpoint_lib.training_managers(trainer.workdir, config.keep_checkpoints)
-  if jax.process_index() == 0:  # once the checkpoints are known to fit this config
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config.to_dict(), f, indent=1)
+  with preemption.StopRequests() as stop:
+    state, tx, _ = trainer.initial_state()
+    step_fn = make_train_step(trainer.model, tx, trainer.schedule, trainer.dtype, trainer.mesh)
+    checkpoints = checkpoint_lib.TrainingCheckpoints(trainer.workdir, config.keep_checkpoints)
+    try:
+      start, state = trainer.resume(checkpoints, state)
+      if jax.process_index() == 0:  # once the checkpoints are known to fit this config
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+          json.dump(config.to_dict(), f, indent=1)
+      state = _train(trainer, config, state, step_fn, checkpoints, start, stop)
+    finally:
+      checkpoints.close()
+    total = max(config.num_train_steps, start)
+    trainer.record_inputs(total, state=state)
+    final = trainer.evaluate({"params": state.params, "batch_stats": state.batch_stats},
+                             desc="final eval", stop=stop)
+    if final is None:
+      raise preemption.Interrupted(
+          f"interrupted during the final evaluation; step {total} is saved; rerun the same "
+          "command to evaluate it", stop.signum)
+  base = trainer.write_eval(final, total, config.dataset.eval_split)
+  writer = metric_log.MetricWriter(workdir, resume_step=total)  # a rerun replaces the final rows
+  writer.write(total, "final", final)
+  writer.close()
+  if jax.process_index() == 0:
+    print(f"final {config.dataset.eval_split}: video top-1 {final['video_top1']:.4f}, top-5 "
+          f"{final['video_top5']:.4f}, clip top-1 {final['clip_top1']:.4f} over "
+          f"{final['num_videos']} videos; details in {base}.json")
+  return final
+
+
+def _train(trainer, config, state, step_fn, checkpoints, start, stop):
+  """Steps ``start + 1 .. num_train_steps``: logs, evaluations, checkpoints; on SIGTERM or
+  SIGINT saves the step reached and raises :class:`preemption.Interrupted`."""
+  total = config.num_train_steps
+  log = print if jax.process_index() == 0 else (lambda message: None)
+  if start >= total:
+    log(f"{trainer.workdir} is already at step {start} (config.num_train_steps={total}): "
+        f"nothing to train; evaluating step {start}")
+    return state
 
   def save(step):
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     opt_state = {"opt_state": state.opt_state, "step": state.step}
     try:
-      checkpoint_lib.save_training(checkpoints, step, variables, opt_state,
-                                   trainer._metadata(step))
-    except OSError as e:
-      raise TrainingError(
-          f"writing the checkpoint of step {step} to {checkpoints.directory} failed: "
-          f"{e.strerror or e}; free space or fix the folder, then rerun the same command: it "
-          f"resumes from the last checkpoint written") from None
+      checkpoints.save(step, variables, opt_state, trainer.metadata(step))
+    except checkpoint_lib.CheckpointError as e:
+      raise TrainingError(str(e)) from None
 
-  writer = MetricWriter(workdir, resume_step=start)
-  total = config.num_train_steps
+  def stop_requested(step, asked=True):
+    signum = stop.agreed() if asked else stop.signum
+    if signum is None:
+      return
+    bar.close()
+    if checkpoints.last_saved != step and step > start:
+      save(step)
+    kept = "saved" if step else "nothing was trained yet"
+    raise preemption.Interrupted(
+        f"interrupted at step {step}; {kept}; rerun the same command to resume", signum)
+
+  iterator = trainer.train_iterator(start)
+  writer = metric_log.MetricWriter(trainer.workdir, resume_step=start)
   bar = tqdm(total=total, initial=start, desc="train", disable=jax.process_index() != 0,
              dynamic_ncols=True)
-  last_time, last_step, last_good = time.perf_counter(), start, checkpoints.latest_step()
+  last_time, last_step = time.perf_counter(), start
   waited = 0.0  # seconds spent waiting for batches since the last logged step
   try:
+    stop_requested(start)
     for step in range(start + 1, total + 1):
       before = time.perf_counter()
       batch = next(iterator)
@@ -569,10 +549,9 @@ def _train_and_evaluate(trainer, config, workdir):
         metrics = jax.device_get(metrics)
         if not np.isfinite(metrics["loss"]):
           bar.close()
-          checkpoints.wait_until_finished()
-          where = ("no checkpoint was written before it" if last_good is None else
-                   f"the last good checkpoint is step {last_good} in "
-                   f"{os.path.join(trainer.workdir, 'checkpoints')}")
+          last = checkpoints.last_saved
+          where = ("no checkpoint was written before it" if last is None else
+                   f"the last good checkpoint is step {last} in {checkpoints.directory}")
           raise TrainingError(
               f"the loss became {metrics['loss']} at step {step}; stopping: {where} "
               "(lower config.optimizer.lr, or check the data)")
@@ -585,34 +564,26 @@ def _train_and_evaluate(trainer, config, workdir):
                         clips_s=f"{rate:.1f}")
       if step % config.eval_every == 0 or step == total:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        m = trainer.evaluate(variables, desc=f"eval@{step}")
+        m = trainer.evaluate(variables, desc=f"eval@{step}", stop=stop)
+        if m is None:  # abandoned on a stop request
+          stop_requested(step, asked=False)
         writer.write(step, "eval", m)
-        checkpoint_lib.save_best(best, step, m["video_top1"], variables, trainer._metadata(step))
+        try:
+          checkpoints.save_best(step, m["video_top1"], variables, trainer.metadata(step))
+        except checkpoint_lib.CheckpointError as e:
+          raise TrainingError(str(e)) from None
         bar.write(f"step {step}: eval video top-1 {m['video_top1']:.4f}, clip top-1 "
                   f"{m['clip_top1']:.4f} ({m['num_videos']} videos)")
       if step % config.checkpoint_every == 0 or step == total:
         if not np.isfinite(float(jax.device_get(metrics["loss"]))):
           continue  # never checkpoint a diverged state (caught above at the next log step)
         save(step)
-        last_good = step
+      stop_requested(step)
   finally:
     iterator.close()  # its worker processes
-  bar.close()
-  checkpoints.wait_until_finished()
-  best.wait_until_finished()
-  trainer.record_inputs(total, state=state)
-  final = trainer.evaluate({"params": state.params, "batch_stats": state.batch_stats},
-                           desc="final eval")
-  base = trainer.write_eval(final, total, config.dataset.eval_split)
-  writer.write(total, "final", final)
-  writer.close()
-  if jax.process_index() == 0:
-    print(f"final {config.dataset.eval_split}: video top-1 {final['video_top1']:.4f}, top-5 "
-          f"{final['video_top5']:.4f}, clip top-1 {final['clip_top1']:.4f} over "
-          f"{final['num_videos']} videos; details in {base}.json")
-  checkpoints.close()
-  best.close()
-  return final
+    writer.close()
+    bar.close()
+  return state
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:

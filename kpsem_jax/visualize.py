@@ -251,19 +251,17 @@ def define_flags():
 def main(argv):
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
-  from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
   from data import video  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import checkpoint, cli  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  logging.set_verbosity(logging.WARNING)
+  cli.prologue()
   if len(argv) != 2:
     raise app.UsageError("name exactly one video file")
-  try:
+  with cli.one_line_errors(video.VideoError, FileNotFoundError, ValueError,
+                           checkpoint.CheckpointError):
     summary = run(FLAGS.checkpoint, argv[1], FLAGS.out, FLAGS.baseline, FLAGS.set,
                   FLAGS.channels, FLAGS.size, FLAGS.arrow_scale)
-  except (video.VideoError, FileNotFoundError, ValueError, checkpoint.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
   print(f"{summary['video']}: predicted {summary['predicted']}; pictures in {FLAGS.out} "
         "(keypoints.png, keypoints.gif, splits.png, gradcam.png, summary.json)")
   return 0

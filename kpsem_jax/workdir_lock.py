@@ -1,10 +1,11 @@
-"""One writer per workdir: an advisory lock held by the run that owns it.
+"""One writer per folder: an advisory lock held by the run that owns it.
 
 ``workdir/lock`` is ``flock``-ed for the whole run by process 0 of the job and names its
 holder (pid, host, start time). A second run on the same workdir stops at once with an
 error naming the holder; the lock of a process that died (even by ``kill -9``) is released
 by the operating system, and the next run takes it over, saying whose it was. The other
-processes of a multi-host job share process 0's lock.
+processes of a multi-host job share process 0's lock. ``prepare`` holds the same kind of
+lock on the dataset folder it builds.
 """
 
 import datetime
@@ -21,11 +22,14 @@ class WorkdirInUseError(RuntimeError):
 
 
 class WorkdirLock:
-  """``with WorkdirLock(workdir):`` holds ``workdir/lock`` (create ``workdir`` first)."""
+  """``with WorkdirLock(workdir):`` holds ``workdir/<name>`` (create ``workdir`` first);
+  ``instead`` ends the message to a second writer (what else it can do)."""
 
-  def __init__(self, workdir: str, log=print):
-    self.path = os.path.join(workdir, "lock")
+  def __init__(self, workdir: str, log=print, name: str = "lock",
+               instead: str = "use another --workdir"):
+    self.path = os.path.join(workdir, name)
     self.log = log
+    self.instead = instead
     self._fd: Optional[int] = None
 
   def acquire(self) -> None:
@@ -38,7 +42,7 @@ class WorkdirLock:
         raise
       raise WorkdirInUseError(
           f"{os.path.dirname(self.path)} is in use by {self._holder() or 'another run'} "
-          f"(its lock: {self.path}); wait for it to finish, stop it, or use another --workdir"
+          f"(its lock: {self.path}); wait for it to finish, stop it, or {self.instead}"
       ) from None
     previous = self._holder(fd)
     if previous:

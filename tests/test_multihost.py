@@ -152,15 +152,20 @@ def test_checkpoints_and_logs_are_written_once(runs):
   assert evals["num_videos"] == 16  # both processes' halves of the test split, gathered
 
 
-def test_a_killed_process_stops_the_other_and_both_resume(runs, tmp_path):
-  workdir = str(tmp_path / "killed")
-  procs, logs = start_pair(runs["data_dir"], workdir, runs["logs"], steps=10 * STEPS,
-                           tag="killed")
+def start_past_the_first_checkpoint(runs, workdir, tag):
+  """A pair set to train 10x longer, returned once its step-2 checkpoint has committed."""
+  procs, logs = start_pair(runs["data_dir"], workdir, runs["logs"], steps=10 * STEPS, tag=tag)
   first = os.path.join(workdir, "checkpoints", "2", "commit_success.txt")
   deadline = time.time() + 300
   while not os.path.exists(first):
     assert time.time() < deadline and procs[0].poll() is None, open(logs[0]).read()[-3000:]
     time.sleep(0.2)
+  return procs, logs
+
+
+def test_a_killed_process_stops_the_other_and_both_resume(runs, tmp_path):
+  workdir = str(tmp_path / "killed")
+  procs, logs = start_past_the_first_checkpoint(runs, workdir, "killed")
   procs[1].send_signal(signal.SIGKILL)
   killed_at = time.time()
   try:
@@ -207,3 +212,29 @@ def test_resuming_with_another_process_count_reads_the_same_global_batches(runs,
   for step in (STEPS + 1, STEPS + 2):
     assert rows[step]["process_count"] == 1
     assert rows[step]["video_index"] == next(expected)["video_index"].tolist()
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(runs, tmp_path):
+  workdir = str(tmp_path / "preempted")
+  procs, logs = start_past_the_first_checkpoint(runs, workdir, "preempted")
+  procs[1].send_signal(signal.SIGTERM)  # a scheduler's notice reaching one host first
+  for p, log in zip(procs, logs):
+    try:
+      p.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      pytest.fail(f"{log} did not stop:\n{open(log).read()[-3000:]}")
+  said = [[l for l in open(log).read().splitlines() if l.startswith("interrupted at step")]
+          for log in logs]
+  assert [p.returncode for p in procs] == [143, 143], open(logs[0]).read()[-3000:]
+  assert len(said[0]) == 1 and said[0] == said[1], said  # the same step on both
+  step = int(said[0][0].split()[3].rstrip(";"))
+  assert os.path.exists(os.path.join(workdir, "checkpoints", str(step), "commit_success.txt"))
+  procs, logs = start_pair(runs["data_dir"], workdir, runs["logs"], steps=step + 1,
+                           tag="after_preemption")
+  wait_all(procs, logs)
+  assert all(f"resuming from step {step}" in open(log).read() for log in logs[:1])
+  digests = [[r for r in inputs(workdir, pid) if "params_sha256" in r][-1] for pid in (0, 1)]
+  assert digests[0]["step"] == digests[1]["step"] == step + 1
+  assert digests[0]["params_sha256"] == digests[1]["params_sha256"]

@@ -138,3 +138,24 @@ def test_timeline_windows_cover_the_video_and_equal_the_direct_clip(tiny):
   lines = text.stdout.split("timeline (seconds, top label):\n")[1].splitlines()
   assert len(lines) == len(list(range(0, 127 - span + 1, 25)))  # the default stride, 1 s
   assert lines[0].split()[0] == f"0.00-{span / 25:.2f}"
+
+
+def test_a_truncated_video_is_reported_unless_allowed(tiny, tmp_path):
+  cut = tmp_path / "cut.avi"
+  cut.write_bytes(open(os.path.join(FIXTURES, VIDEOS[2]), "rb").read()[:20000])
+  base = [sys.executable, "-m", "kpsem_jax.predict", f"--checkpoint={tiny['ckpt']}"]
+  out = subprocess.run(base + ["--json", str(cut)], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 1, out.stderr[-2000:]
+  (result,) = json.loads(out.stdout)
+  assert "top" not in result and result["error"].startswith(f"{cut}: decoded 1 of ~"), result
+  assert result["error"].endswith("(truncated or damaged file); --allow_truncated classifies "
+                                  "the frames that decode")
+  text = subprocess.run(base + [str(cut)], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert f"{cut}: FAILED: {cut}: decoded 1 of ~" in text.stdout and text.returncode == 1
+  allowed = subprocess.run(base + ["--json", "--allow_truncated", str(cut)], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+  assert allowed.returncode == 0, allowed.stderr[-2000:]
+  (result,) = json.loads(allowed.stdout)
+  assert len(result["top"]) == 5 and result["views"] == 6

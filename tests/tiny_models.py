@@ -24,7 +24,7 @@ def save_tiny_checkpoint(directory, kpsem=True, seed=0):
   model = create_model(**model_spec)
   variables = model.init(jax.random.PRNGKey(seed),
                          jnp.zeros((1, CLIP["frames"], CLIP["crop"], CLIP["crop"], 3)))
-  metadata = dict(format="kpsem-jax/1", model=model_spec, frames=CLIP["frames"],
-                  class_names=CLASSES, step=0, config={"clip": dict(CLIP)})
+  metadata = checkpoint.make_metadata(model_spec, CLIP["frames"], CLASSES,
+                                      config={"clip": dict(CLIP)})
   checkpoint.save_variables(str(directory), variables, metadata)
   return model, variables

@@ -1,0 +1,85 @@
+"""What every command-line entry point shares: one ``error:`` line per failure, quiet
+libraries.
+
+    def main(argv):
+      cli.prologue()
+      with cli.one_line_errors(FileNotFoundError, checkpoint.CheckpointError):
+        ...
+
+- :func:`prologue`: absl logs at WARNING, orbax's own log records (and asyncio's about
+  orbax's tasks) dropped (every orbax failure reaches the caller as an exception and is
+  reported as one line), and the reports a failed orbax read or write leaves behind
+  (``RuntimeError: Event loop is closed`` from TensorStore's late callbacks, orbax's
+  unfinished coroutines collected at exit) silenced.
+- :func:`one_line_errors`: the listed exception types become ``error: <message>`` and exit
+  status 1; a stop on a signal (:class:`kpsem_jax.preemption.Interrupted`) prints its line
+  and exits with 128 + the signal's number, as a shell reports a killed command.
+"""
+
+import contextlib
+import logging as std_logging
+import sys
+import traceback
+from typing import NoReturn
+
+from kpsem_jax import preemption
+
+
+def fail(message: str, status: int = 1) -> NoReturn:
+  """Prints ``error: message`` to stderr and exits with ``status``."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+@contextlib.contextmanager
+def one_line_errors(*types: type):
+  """Turns the exception ``types`` raised inside into one ``error:`` line, exit status 1."""
+  try:
+    yield
+  except preemption.Interrupted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(128 + e.signum)
+  except KeyboardInterrupt:
+    fail("interrupted", 130)
+  except types as e:  # pylint: disable=catching-non-exception
+    fail(str(e))
+
+
+def prologue() -> None:
+  """absl logging at WARNING, orbax's log records and event-loop reports silenced."""
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.WARNING)
+  for logger in (logging.get_absl_logger(), std_logging.getLogger("asyncio")):
+    if not any(isinstance(f, _DropOrbaxRecords) for f in logger.filters):
+      logger.addFilter(_DropOrbaxRecords())
+  if not isinstance(sys.unraisablehook, _DropClosedLoopReports):
+    sys.unraisablehook = _DropClosedLoopReports(sys.unraisablehook)
+
+
+class _DropOrbaxRecords:
+  """A logging filter: records written by orbax's modules, and asyncio's reports of its
+  tasks (``Task exception was never retrieved`` after a failed write), are dropped."""
+
+  def filter(self, record) -> bool:
+    if "/orbax/" in record.pathname.replace("\\", "/"):
+      return False
+    # This project runs no asyncio code of its own: its tasks are orbax's.
+    return record.name != "asyncio" or "exception was never retrieved" not in str(record.msg)
+
+
+class _DropClosedLoopReports:
+  """``sys.unraisablehook`` without the reports a failed orbax read or write leaves:
+  TensorStore's late callbacks into orbax's closed event loop, and orbax's unfinished
+  coroutines collected at exit."""
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable) -> None:
+    if (isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"):
+      return
+    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    if any("/orbax/" in frame.filename.replace("\\", "/") for frame in frames):
+      return
+    self.previous(unraisable)

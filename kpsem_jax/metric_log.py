@@ -1,0 +1,62 @@
+"""The training log: ``metrics.jsonl`` and TensorBoard events, written by process 0.
+
+A resumed run first drops the rows after its step (they are logged again) and the
+``final/`` rows, so the file holds one row per logged step however often a run resumes.
+"""
+
+import json
+import os
+from typing import Dict, Optional
+
+import jax
+import numpy as np
+
+from data import atomic
+
+
+class MetricWriter:
+  """``metrics.jsonl`` and TensorBoard events (process 0 only).
+
+  ``resume_step``: a resumed run first drops the rows after that step (they are logged again)
+  and the ``final/`` rows, so the file holds one row per logged step after any resumes.
+  """
+
+  def __init__(self, workdir: str, resume_step: Optional[int] = None):
+    self.active = jax.process_index() == 0
+    if self.active:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      path = os.path.join(workdir, "metrics.jsonl")
+      if resume_step is not None and os.path.exists(path):
+        _keep_rows_up_to(path, resume_step)
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.jsonl = open(path, "a")
+
+  def write(self, step: int, prefix: str, metrics: Dict[str, float]):
+    if not self.active:
+      return
+    scalars = {f"{prefix}/{k}": float(v) for k, v in metrics.items()
+               if np.ndim(v) == 0 and not isinstance(v, str)}
+    for k, v in scalars.items():
+      self.tb.add_scalar(k, v, step)
+    self.jsonl.write(json.dumps(dict(step=step, **scalars)) + "\n")
+    self.jsonl.flush()
+    self.tb.flush()
+
+  def close(self):
+    if self.active:
+      self.tb.close()
+      self.jsonl.close()
+
+
+def _keep_rows_up_to(path: str, step: int) -> None:
+  """Rewrites ``metrics.jsonl`` without rows after ``step`` or of the final evaluation."""
+  kept = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue  # a line cut by a crash mid-write
+      if row.get("step", 0) <= step and not any(k.startswith("final/") for k in row):
+        kept.append(json.dumps(row) + "\n")
+  atomic.write_text(path, "".join(kept))
