@@ -201,8 +201,15 @@ def test_mini_kinetics_missing_clips_are_counted(tmp_path):
   shutil.copytree(os.path.join(SPLITS, "mini_kinetics200"), splits)
   with_bom(*(splits / f for f in ("classes.txt", "kinetics_200_train.csv",
                                   "kinetics_200_val.csv")))
-  builder, skipped = build("mini_kinetics", tmp_path, source_dir=str(src),
-                           splits_dir=str(splits))
+  said = []
+  builder, skipped = prepare_lib.prepare("mini_kinetics", str(tmp_path / "tfds"), short_side=64,
+                                         log=said.append, source_dir=str(src),
+                                         splits_dir=str(splits))
+  # The summary names the build and, per skipped file shown, the file itself.
+  assert said[0] == f"mini_kinetics (default) in {builder.data_dir}", said[:2]
+  shown = [l for l in said if l.startswith("    ")]
+  assert len(shown) == 5 and all(
+      l.startswith(f"    {s}: {p}: listed in ") for l, (s, p, _) in zip(shown, skipped)), shown
   names = builder.info.features["label"].names
   assert len(names) == 200 and names == sorted(names) and names[0] == "abseiling"
   (val,) = read_all(builder, "validation")
