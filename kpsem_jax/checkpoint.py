@@ -376,14 +376,16 @@ class TrainingCheckpoints:
       raise CheckpointError(self._write_failed(
           directory, step, "not enough free space",
           f"it needs about {_mb(needed)}, {_mb(free)} free"))
+    existed = os.path.exists(os.path.join(directory, str(step)))
     try:
       manager.save(step, **kwargs)
       manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
       _close_quietly(manager)
       _join_orbax_threads()  # its writers of the failed step may still be running
-      _remove_partial(directory, step)
-      self._failed.append((directory, step))
+      if not existed:  # never a step that was there before this save
+        _remove_partial(directory, step)
+        self._failed.append((directory, step))
       free = _free_space(directory)
       raise CheckpointError(self._write_failed(
           directory, step, failure_reason(e),
@@ -404,11 +406,12 @@ class CheckpointMismatch(CheckpointError):
 def json_differences(saved, wanted, prefix="model") -> list:
   """``["model.x.y: checkpoint A, config B", ...]`` where two JSON-like trees differ
   (``wanted`` is compared as its JSON form: tuples as lists)."""
-  wanted = json.loads(json.dumps(wanted))
-  if isinstance(saved, dict) and isinstance(wanted, dict):
-    return [d for k in sorted(set(saved) | set(wanted), key=str)
-            for d in json_differences(saved.get(k), wanted.get(k), f"{prefix}.{k}")]
-  return [] if saved == wanted else [f"{prefix}: checkpoint {saved}, config {wanted}"]
+  def differences(saved, wanted, prefix):
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+      return [d for k in sorted(set(saved) | set(wanted), key=str)
+              for d in differences(saved.get(k), wanted.get(k), f"{prefix}.{k}")]
+    return [] if saved == wanted else [f"{prefix}: checkpoint {saved}, config {wanted}"]
+  return differences(saved, json.loads(json.dumps(wanted)), prefix)
 
 
 def _size(*trees) -> int:

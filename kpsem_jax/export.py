@@ -17,7 +17,6 @@ renamed, so an interrupted export leaves nothing half-written.
 """
 
 import os
-import sys
 from typing import Sequence
 
 import jax

@@ -427,7 +427,6 @@ def _data_changes(saved_config, config) -> list:
     for key in path.split("."):
       tree = tree.get(key) if isinstance(tree, dict) else None
     return tree
-  config = json.loads(json.dumps(config))  # tuples as the saved JSON's lists
   return [d for path in DATA_FIELDS
           for d in checkpoint_lib.json_differences(get(saved_config, path),
                                                    get(config, path), f"config.{path}")]
@@ -518,14 +517,19 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop):
     except checkpoint_lib.CheckpointError as e:
       raise TrainingError(str(e)) from None
 
-  def stop_requested(step, asked=True):
+  def stop_requested(step, metrics=None, asked=True):
     signum = stop.agreed() if asked else stop.signum
     if signum is None:
       return
     bar.close()
-    if checkpoints.last_saved != step and step > start:
-      save(step)
     kept = "saved" if step else "nothing was trained yet"
+    if checkpoints.last_saved != step and step > start:
+      loss = float(jax.device_get(metrics["loss"]))  # read only once a signal came
+      if np.isfinite(loss):
+        save(step)
+      else:  # never checkpoint a diverged state
+        kept = (f"not saved (the loss is {loss}); the last good checkpoint is step "
+                f"{checkpoints.last_saved}")
     raise preemption.Interrupted(
         f"interrupted at step {step}; {kept}; rerun the same command to resume", signum)
 
@@ -566,7 +570,7 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop):
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         m = trainer.evaluate(variables, desc=f"eval@{step}", stop=stop)
         if m is None:  # abandoned on a stop request
-          stop_requested(step, asked=False)
+          stop_requested(step, metrics, asked=False)
         writer.write(step, "eval", m)
         try:
           checkpoints.save_best(step, m["video_top1"], variables, trainer.metadata(step))
@@ -578,7 +582,7 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop):
         if not np.isfinite(float(jax.device_get(metrics["loss"]))):
           continue  # never checkpoint a diverged state (caught above at the next log step)
         save(step)
-      stop_requested(step)
+      stop_requested(step, metrics)
   finally:
     iterator.close()  # its worker processes
     writer.close()

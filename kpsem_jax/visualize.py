@@ -20,7 +20,6 @@ settings. Feature frame ``t`` is drawn on the clip frame at the centre of its wi
 
 import json
 import os
-import sys
 from typing import Dict, List, Sequence
 
 import jax
