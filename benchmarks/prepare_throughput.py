@@ -1,17 +1,19 @@
 """``prepare``'s speed per number of worker processes, and what it means for each dataset.
 
-    python benchmarks/prepare_throughput.py [--workers=1,2] [--copies=6]
+    python benchmarks/prepare_throughput.py [--workers=1,2] [--beam_workers=2] [--copies=6]
 
 Lays the real fixture videos (../shared/fixtures: 127-310 frames of 320x240 to 426x240
 AVI/MP4/MKV) out ``--copies`` times as a ``video_folder`` source, builds it from scratch
 with each worker count (decode with PyAV, resize to the 256-px short side, JPEG-encode,
 write the frame files and shards), and prints videos/s and frames/s, the speed-up over one
-worker, the machine's own ceiling for that (the same work in independent processes, side
+worker (rows ``beam N``: the same build as an Apache Beam pipeline on the DirectRunner
+with N worker processes, when apache-beam is installed), the machine's own ceiling for that (the same work in independent processes, side
 by side), and the hours that HMDB51, UCF101, Mini-Kinetics and Kinetics-400 would take at
 the measured per-core rate on this machine's cores and on 32 and 256 cores (a cluster's
 total). Frame counts of the datasets: FRAMES below.
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -25,6 +27,8 @@ import data as data_lib
 from kpsem_jax import prepare as prepare_lib
 
 flags.DEFINE_list("workers", ["1", "2"], "worker counts to time")
+flags.DEFINE_list("beam_workers", ["2"], "DirectRunner worker counts to time (needs "
+                  "requirements-beam.txt; empty: none)")
 flags.DEFINE_integer("copies", 6, "copies of each fixture video in the source folder")
 FLAGS = flags.FLAGS
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "videos")
@@ -46,12 +50,14 @@ def source_folder(root: str) -> str:
   return src
 
 
-def build(src: str, root: str, workers: int):
-  data_dir = os.path.join(root, f"tfds_{workers}")
+def build(src: str, root: str, workers: int, beam: bool = False):
+  data_dir = os.path.join(root, f"tfds_{workers}_{beam}")
+  options = (f"--runner=DirectRunner --direct_running_mode=multi_processing "
+             f"--direct_num_workers={workers}") if beam else None
   start = time.perf_counter()
   builder, skipped = prepare_lib.prepare("video_folder", data_dir, source_dir=src,
                                          test_fraction=0.0, workers=workers,
-                                         log=lambda *a: None)
+                                         log=lambda *a: None, beam_options=options)
   seconds = time.perf_counter() - start
   assert not skipped, skipped
   splits = builder.info.splits
@@ -110,6 +116,16 @@ def main(_):
       speedup = f"{rates[w] / rates[1]:.2f}x" if 1 in rates else "-"
       print(f"{w:7d} {videos:6d} {frames:7d} {seconds:8.2f} {videos / seconds:9.2f} "
             f"{frames / seconds:9.1f} {frames / seconds / w:11.1f} {speedup:>6s}")
+    beam_counts = [int(x) for x in FLAGS.beam_workers]
+    if beam_counts and importlib.util.find_spec("apache_beam") is None:
+      print("beam rows left out: apache-beam is not installed (requirements-beam.txt)")
+      beam_counts = []
+    for w in beam_counts:
+      videos, frames, seconds = build(src, root, w, beam=True)
+      speedup = f"{frames / seconds / rates[1]:.2f}x" if 1 in rates else "-"
+      print(f"{f'beam {w}':>7s} {videos:6d} {frames:7d} {seconds:8.2f} "
+            f"{videos / seconds:9.2f} {frames / seconds:9.1f} {frames / seconds / w:11.1f} "
+            f"{speedup:>6s}")
   most = max(rates)
   if most > 1:
     print(f"the machine's ceiling: {most} independent processes doing the same decoding and "

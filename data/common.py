@@ -10,7 +10,7 @@ record per frame, short side resized once at build time). Builders produce examp
 import functools
 import multiprocessing
 import os
-from typing import Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -105,11 +105,22 @@ class SkipLog:
     return sum(1 for s, _, _ in self.entries if split is None or s == split)
 
 
-def _example_or_error(item: Item, short_side: Optional[int]):
+def item_path(item) -> str:
+  """What a skip names for ``item``: its file, or the item itself (a generated video)."""
+  return getattr(item, "path", str(item))
+
+
+def checked_example(item, encode, min_frames: int = 1) -> Union[dict, str]:
+  """``encode(item)``, or the reason ``item`` is skipped: an unreadable, truncated or empty
+  video (``VideoError``), or one of fewer than ``min_frames`` frames."""
   try:
-    return video_example(item, short_side)
+    example = encode(item)
   except video_lib.VideoError as e:
-    return e
+    return str(e)
+  if example["num_frames"] < min_frames:
+    return (f"{item_path(item)}: {example['num_frames']} frames, fewer than "
+            f"--min_frames={min_frames}")
+  return example
 
 
 def encoded(items: Sequence, encode, workers: int = 1) -> Iterator:
@@ -127,22 +138,16 @@ def encoded(items: Sequence, encode, workers: int = 1) -> Iterator:
     yield from pool.imap(encode, items, chunksize=1)
 
 
-def generate(items: Sequence[Item], split: str, short_side: Optional[int],
-             skipped: SkipLog, min_frames: int = 1, workers: int = 1
-             ) -> Iterator[Tuple[str, dict]]:
-  """Examples for ``items`` (decoded and encoded in ``workers`` processes); an unreadable,
-  truncated or empty video, or one of fewer than ``min_frames`` frames, is skipped and
-  logged."""
-  encode = functools.partial(_example_or_error, short_side=short_side)
-  for item, example in zip(items, encoded(items, encode, workers)):
-    if isinstance(example, video_lib.VideoError):
-      skipped.add(split, item.path, str(example))
+def generate(keyed: Sequence[Tuple[str, object]], split: str, encode, skipped: "SkipLog",
+             min_frames: int = 1, workers: int = 1) -> Iterator[Tuple[str, dict]]:
+  """``(key, encode(item))`` for each ``(key, item)``, encoded in ``workers`` processes;
+  an item :func:`checked_example` refuses is skipped and logged."""
+  check = functools.partial(checked_example, encode=encode, min_frames=min_frames)
+  for (key, item), result in zip(keyed, encoded([item for _, item in keyed], check, workers)):
+    if isinstance(result, str):
+      skipped.add(split, item_path(item), result)
       continue
-    if example["num_frames"] < min_frames:
-      skipped.add(split, item.path, f"{item.path}: {example['num_frames']} frames, fewer than "
-                  f"--min_frames={min_frames}")
-      continue
-    yield item.key, example
+    yield key, result
 
 
 def read_lines(path: str) -> List[Tuple[int, str]]:
@@ -161,6 +166,9 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     source_dir: what the dataset's authors distribute, laid out as the builder documents.
     short_side: frames are stored with this short side (None: original size).
     min_frames: videos with fewer frames are skipped and logged.
+    workers: processes that decode and encode videos (without Beam).
+    beam: build through the Apache Beam pipeline of ``download_and_prepare``'s
+      ``DownloadConfig(beam_options=...)`` instead (``prepare --beam_options``).
   """
 
   # One config, "default", unless a builder has several (splits): the data then sits in
@@ -169,8 +177,9 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, source_dir: Optional[str] = None, short_side: Optional[int] = 256,
                splits_dir: Optional[str] = None, min_frames: int = MIN_FRAMES,
-               workers: int = 1, **kwargs):
+               workers: int = 1, beam: bool = False, **kwargs):
     kwargs.setdefault("file_format", "array_record")
+    self.beam = beam
     self.min_frames = min_frames
     self.workers = workers
     self.source_dir = source_dir
@@ -224,8 +233,18 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, items: Sequence[Item], split: str):
     """Stored examples for ``items`` (a video that cannot be decoded is skipped and logged)."""
-    return self.store(split, generate(items, split, self.short_side, self.skipped,
-                                      self.min_frames, self.workers))
+    return self.examples(split, [(item.key, item) for item in items],
+                         functools.partial(video_example, short_side=self.short_side))
+
+  def examples(self, split: str, keyed: Sequence[Tuple[str, object]], encode):
+    """The split's stored examples, ``encode(item)`` for each ``(key, item)``: a generator
+    (``workers`` processes) or, when the build runs on Apache Beam, the pipeline's
+    transform (:mod:`data.beam_build`). Both store the same examples and frames."""
+    if self.beam:
+      from data import beam_build  # pylint: disable=import-outside-toplevel
+      return beam_build.EncodeSplit(self.data_dir, split, keyed, encode, self.min_frames)
+    return self.store(split, generate(keyed, split, encode, self.skipped, self.min_frames,
+                                      self.workers))
 
   def store(self, split: str, examples: Iterable[Tuple[str, dict]]
             ) -> Iterator[Tuple[str, dict]]:

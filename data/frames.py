@@ -14,9 +14,10 @@ No TensorFlow and no TFDS here: the worker processes of ``prepare`` and of the l
 import this module alone.
 """
 
+import collections
 import io
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from array_record.python import array_record_module
 import numpy as np
@@ -93,18 +94,22 @@ class DamagedDataError(OSError):
 
 class FrameReader:
   """Reads frames by ``(file, indices)`` from the files under ``root``; picklable (each
-  process opens its own readers on first use) and counts the bytes it returns."""
+  process opens its own readers on first use) and counts the bytes it returns. At most
+  ``max_open`` files are open at once (the least recently read is closed first): a
+  Kinetics-size build has thousands of frame files, more than a process may hold open."""
 
-  def __init__(self, root: str):
+  def __init__(self, root: str, max_open: int = 64):
     self.root = root
-    self._readers: Dict[str, array_record_module.ArrayRecordReader] = {}
+    self.max_open = max_open
+    self._readers: "collections.OrderedDict[str, array_record_module.ArrayRecordReader]" = (
+        collections.OrderedDict())
     self.bytes_read = 0
 
   def __getstate__(self):
-    return {"root": self.root}
+    return {"root": self.root, "max_open": self.max_open}
 
   def __setstate__(self, state):
-    self.__init__(state["root"])
+    self.__init__(state["root"], state["max_open"])
 
   def __repr__(self):
     return f"FrameReader({self.root!r})"
@@ -122,6 +127,10 @@ class FrameReader:
         raise DamagedDataError(f"{path}: cannot be opened ({e}); rebuild the dataset with "
                                "python -m kpsem_jax.prepare") from None
       self._readers[relative_file] = reader
+      if len(self._readers) > self.max_open:
+        self._readers.popitem(last=False)[1].close()
+    else:
+      self._readers.move_to_end(relative_file)
     try:
       records = reader.read([int(i) for i in indices])
     except (RuntimeError, ValueError) as e:

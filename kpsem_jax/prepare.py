@@ -2,18 +2,23 @@
 
     python -m kpsem_jax.prepare DATASET --source_dir=SRC --data_dir=OUT [--split=1|2|3]
         [--config=NAME] [--short_side=256] [--splits_dir=DIR] [--min_frames=8] [--workers=N]
+        [--beam_options="--runner=DirectRunner ..."]
 
 DATASET is one of synthetic_motion (no source needed), hmdb51, ucf101, mini_kinetics,
 kinetics400, something_something_v1; docs/datasets.md gives each source layout. Shows a
 progress bar per split (videos), then a summary: examples per split, classes, skipped
 files. Videos are decoded and encoded in ``--workers`` processes (default: the cores this
-process may use); the result is the same for any number. Every skipped file is listed with
+process may use); the result is the same for any number. With ``--beam_options`` the build
+runs as an Apache Beam pipeline instead (DirectRunner here, Flink/Spark/Dataflow on a
+cluster; the same examples and frames). Every skipped file is listed with
 its reason in ``skipped.tsv`` beside the shards. An interrupted build leaves only an
 ``incomplete.*`` folder; rerunning the command builds again and finishes.
 """
 
 import errno
+import logging
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -48,19 +53,49 @@ class PrepareError(RuntimeError):
   """A build that cannot go on; the message names the folder or file and what to do."""
 
 
-def _build(builder, dataset: str, name: str, log) -> None:
-  """Runs TFDS's build; errors become one :class:`PrepareError` or ``ValueError``."""
-  started = time.time()
+def _pipeline_options(beam_options: str):
+  """``--beam_options``'s text -> Beam's ``PipelineOptions``; a clear error without Beam.
+  Beam's own log records (its import's, the runner's, its workers') are not shown unless
+  the options set ``--default_sdk_harness_log_level``: a failed pipeline reaches the
+  caller as an exception, reported in one line."""
+  previous = logging.root.manager.disable
+  logging.disable(logging.WARNING)  # Beam's import warns about optional GCP clients
   try:
-    builder.download_and_prepare()
-  except AssertionError as e:  # TFDS: a split whose every video was skipped while decoding
-    if "No examples were yielded" not in str(e):
+    from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+    from data import beam_build  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    raise ValueError("--beam_options needs Apache Beam: pip install -r requirements-beam.txt "
+                     "(or pip install -e .[beam])") from None
+  finally:
+    logging.disable(previous)
+  arguments = shlex.split(beam_options)
+  if not any(a.startswith("--default_sdk_harness_log_level") for a in arguments):
+    arguments.append("--default_sdk_harness_log_level=CRITICAL")
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+  return PipelineOptions(arguments)
+
+
+def _build(builder, dataset: str, name: str, log, beam_options=None) -> None:
+  """Runs TFDS's build (through Beam with ``beam_options``); errors become one
+  :class:`PrepareError` or ``ValueError``."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  started = time.time()
+  config = tfds.download.DownloadConfig(beam_options=beam_options)
+  try:
+    builder.download_and_prepare(download_config=config)
+  except (AssertionError, ValueError) as e:  # TFDS: a split whose every video was skipped
+    text = str(e)
+    if "No examples were yielded" in text:  # the plain build's words
+      split = text.split('split "')[-1].split('"')[0]
+    elif "generated examples is 0 for split " in text:  # its Beam writer's
+      split = text.split("for split ")[-1].split(".")[0]
+    else:
       raise
-    split = str(e).split('split "')[-1].split('"')[0]
     reasons = [r for s, _, r in builder.skipped.entries if s == split]
+    last = (f"the last one skipped: {reasons[-1]}" if reasons else
+            "a build without --beam_options names each video and why it was skipped")
     raise ValueError(f"{dataset} ({name}): no video of the {split} split could "
-                     f"be used, so it cannot be written; the last one skipped: "
-                     f"{reasons[-1] if reasons else '?'}") from None
+                     f"be used, so it cannot be written; {last}") from None
   except (OSError, RuntimeError) as e:  # a full disk, a folder that cannot be written
     text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
     if isinstance(e, OSError):
@@ -89,9 +124,12 @@ def config_name(dataset: str, split, config):
 
 def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=None,
             short_side=256, splits_dir=None, min_frames=None, log=print, workers=1,
-            test_fraction=None):
-  """Builds (or reuses) the dataset, decoding and encoding videos in ``workers`` processes;
-  returns ``(builder, skipped entries)``. ``test_fraction``: video_folder's held-out share."""
+            test_fraction=None, beam_options=None):
+  """Builds (or reuses) the dataset, decoding and encoding videos in ``workers`` processes,
+  or through an Apache Beam pipeline with ``beam_options`` (Beam's command-line options as
+  one string, e.g. ``"--runner=DirectRunner --direct_num_workers=4"``); returns
+  ``(builder, skipped entries)``. ``test_fraction``: video_folder's held-out share."""
+  pipeline_options = _pipeline_options(beam_options) if beam_options else None
   from data import builder_class  # pylint: disable=import-outside-toplevel
   cls = builder_class(dataset)
   name = config_name(dataset, split, config)
@@ -107,7 +145,8 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
   elif test_fraction is not None:
     raise ValueError(f"--test_fraction is for video_folder, not {dataset}")
   builder = cls(data_dir=data_dir, config=builder_config, source_dir=source_dir,
-                short_side=short_side or None, splits_dir=splits_dir, workers=workers, **extra)
+                short_side=short_side or None, splits_dir=splits_dir, workers=workers,
+              beam=pipeline_options is not None, **extra)
   if user_named:
     builder.check_same_source()
   folder = os.path.dirname(builder.data_dir)  # <data_dir>/<dataset>/<config>
@@ -119,7 +158,11 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
   except WorkdirInUseError as e:
     raise PrepareError(f"another prepare is building {dataset} ({name}): {e}") from None
   try:
-    _build(builder, dataset, name, log)
+    _build(builder, dataset, name, log, pipeline_options)
+    if pipeline_options is not None:
+      from data import beam_build  # pylint: disable=import-outside-toplevel
+      builder.skipped.entries.extend(beam_build.collect(builder.data_dir,
+                                                        list(builder.info.splits)))
   finally:
     lock.release()
   if user_named:
@@ -162,7 +205,8 @@ def main(argv):
   try:
     prepare(argv[1], FLAGS.data_dir, FLAGS.source_dir, FLAGS.split, FLAGS.config,
             FLAGS.short_side, FLAGS.splits_dir, FLAGS.min_frames,
-            workers=FLAGS.workers or usable_cores(), test_fraction=FLAGS.test_fraction)
+            workers=FLAGS.workers or usable_cores(), test_fraction=FLAGS.test_fraction,
+            beam_options=FLAGS.beam_options)
   except (ValueError, FileNotFoundError, PrepareError) as e:
     cli.fail(str(e))
 
@@ -180,6 +224,10 @@ def define_flags():
                      "of each class held out for test (default 0.2)")
   flags.DEFINE_integer("workers", 0, "processes that decode and encode videos (0: one per "
                        "core this process may use)")
+  flags.DEFINE_string("beam_options", None, "build through an Apache Beam pipeline with these "
+                      "Beam options, e.g. \"--runner=DirectRunner --direct_running_mode="
+                      "multi_processing --direct_num_workers=4\" (docs/datasets.md; needs "
+                      "requirements-beam.txt)")
 
 
 if __name__ == "__main__":

@@ -439,3 +439,81 @@ def test_video_folder_config_reads_its_classes_from_the_prepared_metadata(tmp_pa
   run = trainer.Trainer(config, str(tmp_path / "work"))  # prepares on first use
   assert run.class_names == ["jump", "run", "walk"] and config.dataset.num_classes == 3
   assert run.spec["num_classes"] == 3 and len(run.train_source) == 3
+
+
+BEAM_OPTIONS = "--runner=DirectRunner --direct_running_mode=multi_processing --direct_num_workers=2"
+
+
+def test_beam_pipeline_builds_the_same_examples_frames_and_skips(tmp_path):
+  pytest.importorskip("apache_beam")
+  src = tmp_path / "mine"
+  _copy("ucf101_style_BabyCrawling.avi", src / "crawl" / "c0.avi")
+  _copy("ucf101_style_ApplyEyeMakeup.avi", src / "makeup" / "m0.avi")
+  _copy("kinetics_style_flipping_pancake.mkv", src / "makeup" / "m1.mkv")
+  cut = open(os.path.join(VIDEOS, "ucf101_style_BabyCrawling.avi"), "rb").read()[:20000]
+  (src / "crawl" / "cut.avi").write_bytes(cut)  # decodes a frame or so: skipped
+  plain, plain_skips = build("video_folder", tmp_path / "plain", source_dir=str(src),
+                             test_fraction=0.34, workers=1)
+  beam, beam_skips = build("video_folder", tmp_path / "beam", source_dir=str(src),
+                           test_fraction=0.34, beam_options=BEAM_OPTIONS)
+  assert beam_skips == plain_skips and len(plain_skips) == 1
+  assert plain_skips[0][1].endswith("cut.avi") and "frames" in plain_skips[0][2]
+  assert open(os.path.join(beam.data_dir, "skipped.tsv")).read() == open(
+      os.path.join(plain.data_dir, "skipped.tsv")).read()
+  for split in ("train", "test"):
+    by_key = lambda b: {e["video_id"]: e for e in read_all(b, split)}  # noqa: E731
+    a, b = by_key(plain), by_key(beam)
+    assert sorted(a) == sorted(b) and len(a) >= 1
+    for key, example in a.items():
+      for field in ("label", "num_frames", "fps", "height", "width"):
+        assert example[field] == b[key][field], (key, field)
+      assert example["frames"] == b[key]["frames"]  # the same JPEG bytes, every frame
+  assert beam.info.splits["train"].num_examples + beam.info.splits["test"].num_examples == 3
+  # Only shards, frame files and metadata are left: no work list, no temporary frame file.
+  left = sorted(os.listdir(beam.data_dir))
+  assert "beam_work" not in left and not any(n.startswith("skipped.") and n != "skipped.tsv"
+                                             for n in left)
+  assert all(n.endswith(".array_record") for n in os.listdir(os.path.join(beam.data_dir,
+                                                                          "frames")))
+
+
+def test_beam_options_without_beam_is_one_clear_error(tmp_path, monkeypatch):
+  import builtins  # pylint: disable=import-outside-toplevel
+  real_import = builtins.__import__
+
+  def no_beam(name, *args, **kwargs):
+    if name.startswith("apache_beam"):
+      raise ImportError(name)
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "__import__", no_beam)
+  with pytest.raises(ValueError, match=r"--beam_options needs Apache Beam: pip install -r "
+                     r"requirements-beam.txt"):
+    build("synthetic_motion", tmp_path, config="tiny", beam_options="--runner=DirectRunner")
+
+
+def test_frame_reader_keeps_at_most_max_open_files_open(tmp_path):
+  writer = frames_lib.FrameWriter(str(tmp_path), "train", max_bytes=1)  # a file per video
+  videos = [[bytes([v, i]) * 10 for i in range(3)] for v in range(5)]
+  where = [writer.add(v) for v in videos]
+  writer.close()
+  assert len({f for f, _ in where}) == 5
+  reader = frames_lib.FrameReader(str(tmp_path), max_open=2)
+  for order in (range(5), reversed(range(5)), [0, 4, 0, 2, 0]):
+    for v in order:
+      file, first = where[v]
+      assert reader.read(file, [first + 2, first]) == [videos[v][2], videos[v][0]]
+      assert len(reader._readers) <= 2 and file in reader._readers  # pylint: disable=protected-access
+  assert list(reader._readers) == [where[2][0], where[0][0]]  # the most recent last  # pylint: disable=protected-access
+
+
+def test_beam_build_of_a_split_with_no_usable_video_is_one_error(tmp_path):
+  pytest.importorskip("apache_beam")
+  cut = open(os.path.join(VIDEOS, "ucf101_style_BabyCrawling.avi"), "rb").read()[:20000]
+  for name in ("x.avi", "y.avi"):
+    (tmp_path / "src" / "a").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "src" / "a" / name).write_bytes(cut)
+  with pytest.raises(ValueError, match=r"video_folder \(default\): no video of the (train|test) "
+                     r"split could be used, so it cannot be written"):
+    build("video_folder", tmp_path, source_dir=str(tmp_path / "src"),
+          beam_options="--runner=DirectRunner")

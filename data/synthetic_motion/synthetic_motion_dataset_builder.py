@@ -129,16 +129,15 @@ class Builder(common.VideoDatasetBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     c = self.builder_config
-    return {"train": self.store("train", self._generate_examples(0, c.train_per_class)),
-            "test": self.store("test", self._generate_examples(1, c.test_per_class))}
+    return {"train": self._generate_examples(0, c.train_per_class, "train"),
+            "test": self._generate_examples(1, c.test_per_class, "test")}
 
-  def _generate_examples(self, split_id, per_class):
+  def _generate_examples(self, split_id, per_class, split):
     c = self.builder_config
-    indices = range(per_class * len(c.classes))
     make = functools.partial(_example, seed=c.seed, split_id=split_id, size=c.size,
                              frames=c.frames, classes=c.classes, span=c.span)
-    for i, example in zip(indices, common.encoded(indices, make, self.workers)):
-      yield f"{split_id}_{i:06d}", example
+    return self.examples(split, [(f"{split_id}_{i:06d}", i)
+                                 for i in range(per_class * len(c.classes))], make)
 
 
 def _example(i, seed, split_id, size, frames, classes, span) -> dict:
