@@ -2,12 +2,11 @@
 
 TFDS runs the pipeline: a builder's split generator returns :class:`EncodeSplit`, TFDS
 applies it to its ``beam.Pipeline`` and writes the examples it yields with its own Beam
-writer (array_record shards, the same as the plain build's). Here the videos are cut into
-groups; each group is decoded and encoded by one worker, which writes the group's frames
-to one file ``frames/<split>-<group>.array_record`` (written under a temporary name and
-renamed, so a retried bundle leaves no half file) and yields the group's examples with
-``frames_file`` and ``first_frame``. The examples, labels and frame bytes equal the plain
-build's; only the frames' file names and offsets differ.
+writer (array_record shards, as the plain build's). The videos are cut into the same groups
+as in a plain build (:func:`data.common.groups`); a Beam worker encodes a group with the
+same :func:`data.common.encode_group`, writing its frame file (under a temporary name,
+renamed when whole, so a retried bundle leaves no half file). The examples and frame files
+equal the plain build's.
 
 The list of videos travels as a file in the build folder (``beam_work/<split>.pkl``), not
 inside the pipeline graph, and skipped videos come back as ``skipped.<split>.tsv`` there;
@@ -21,63 +20,32 @@ import csv
 import os
 import pickle
 import shutil
-import uuid
 from typing import List, Sequence, Tuple
 
 import apache_beam as beam
-from array_record.python import array_record_module
 
 from data import common
-from data import frames as frames_lib
 
 WORK_DIR = "beam_work"
-MAX_VIDEOS_PER_FILE = 64
-
-
-def videos_per_file(count: int) -> int:
-  """Videos of a group (and of a frame file): up to 64, fewer for small splits so they
-  still spread over about 64 groups."""
-  return min(MAX_VIDEOS_PER_FILE, max(1, -(-count // 64)))
 
 
 class _EncodeGroup(beam.DoFn):
   """Group index -> its stored examples; skipped videos go to the ``skipped`` output."""
 
-  def __init__(self, root: str, split: str, encode, min_frames: int, per_file: int):
+  def __init__(self, root: str, split: str, encode, min_frames: int):
     super().__init__()
-    self.root, self.split, self.encode = root, split, encode
-    self.min_frames, self.per_file = min_frames, per_file
-    self.keyed = None
+    self.root, self.split, self.encode, self.min_frames = root, split, encode, min_frames
+    self.groups = None
 
   def setup(self):
     with open(os.path.join(self.root, WORK_DIR, f"{self.split}.pkl"), "rb") as f:
-      self.keyed = pickle.load(f)
+      self.groups = common.groups(pickle.load(f))
 
   def process(self, group: int):
-    start = group * self.per_file
-    relative = f"{frames_lib.FRAMES_DIR}/{self.split}-{group:05d}.array_record"
-    path = os.path.join(self.root, relative)
-    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-    writer = array_record_module.ArrayRecordWriter(temporary, frames_lib.WRITER_OPTIONS)
-    examples, records = [], 0
-    try:
-      for position in range(start, min(start + self.per_file, len(self.keyed))):
-        key, item = self.keyed[position]
-        result = common.checked_example(item, self.encode, self.min_frames)
-        if isinstance(result, str):
-          yield beam.pvalue.TaggedOutput("skipped", (position, common.item_path(item), result))
-          continue
-        jpegs = result.pop("frames")
-        for jpeg in jpegs:
-          writer.write(jpeg)
-        examples.append((key, dict(result, frames_file=relative, first_frame=records)))
-        records += len(jpegs)
-    finally:
-      writer.close()
-    if records:
-      os.replace(temporary, path)
-    else:
-      os.remove(temporary)
+    examples, skips = common.encode_group(self.groups[group], self.root, self.split,
+                                          self.encode, self.min_frames)
+    for skip in skips:
+      yield beam.pvalue.TaggedOutput("skipped", skip)
     yield from examples
 
 
@@ -101,20 +69,17 @@ class EncodeSplit(beam.PTransform):
                min_frames: int):
     super().__init__()
     self.root, self.split, self.encode, self.min_frames = root, split, encode, min_frames
-    self.count = len(keyed)
+    self.groups = len(common.groups(keyed))
     os.makedirs(os.path.join(root, WORK_DIR), exist_ok=True)
-    os.makedirs(os.path.join(root, frames_lib.FRAMES_DIR), exist_ok=True)
     with open(os.path.join(root, WORK_DIR, f"{split}.pkl"), "wb") as f:
       pickle.dump(list(keyed), f)
 
   def expand(self, pipeline):
-    per_file = videos_per_file(self.count)
-    groups = -(-self.count // per_file)
     results = (pipeline
-               | "Groups" >> beam.Create(range(groups))
+               | "Groups" >> beam.Create(range(self.groups))
                | "Spread" >> beam.Reshuffle()
                | "Encode" >> beam.ParDo(_EncodeGroup(self.root, self.split, self.encode,
-                                                     self.min_frames, per_file)
+                                                     self.min_frames)
                                         ).with_outputs("skipped", main="examples"))
     _ = (results.skipped
          | "CollectSkips" >> beam.combiners.ToList()

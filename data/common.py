@@ -4,7 +4,7 @@ A stored example (one per video) holds ``label``, ``video_id``, ``fps``, the sou
 ``height``/``width``, ``num_frames`` (frames actually decoded, not the header's count) and
 where its frames are: ``frames_file`` and ``first_frame`` (:mod:`data.frames`: one JPEG
 record per frame, short side resized once at build time). Builders produce examples with
-``frames`` (the JPEG bytes); :meth:`VideoDatasetBuilder.store` moves them to the frame files.
+``frames`` (the JPEG bytes); :func:`encode_group` moves them to the frame files.
 """
 
 import functools
@@ -138,16 +138,60 @@ def encoded(items: Sequence, encode, workers: int = 1) -> Iterator:
     yield from pool.imap(encode, items, chunksize=1)
 
 
-def generate(keyed: Sequence[Tuple[str, object]], split: str, encode, skipped: "SkipLog",
-             min_frames: int = 1, workers: int = 1) -> Iterator[Tuple[str, dict]]:
-  """``(key, encode(item))`` for each ``(key, item)``, encoded in ``workers`` processes;
-  an item :func:`checked_example` refuses is skipped and logged."""
-  check = functools.partial(checked_example, encode=encode, min_frames=min_frames)
-  for (key, item), result in zip(keyed, encoded([item for _, item in keyed], check, workers)):
-    if isinstance(result, str):
-      skipped.add(split, item_path(item), result)
-      continue
-    yield key, result
+MAX_VIDEOS_PER_FILE = 16
+
+
+def videos_per_file(count: int) -> int:
+  """Videos in a group (one worker's task, one frame file) of a split of ``count``: up to
+  16, fewer for a split under 1,024 videos, so that every split makes about 64 groups or
+  more and the workers finish together."""
+  return min(MAX_VIDEOS_PER_FILE, max(1, -(-count // 64)))
+
+
+def groups(keyed: Sequence[Tuple[str, object]]) -> List[Tuple[int, List[Tuple[int, str, object]]]]:
+  """``(group index, [(position, key, item), ...])``: the split's videos in consecutive
+  groups of :func:`videos_per_file`; the same for any number of workers or runner."""
+  size = videos_per_file(len(keyed))
+  numbered = [(position, key, item) for position, (key, item) in enumerate(keyed)]
+  return [(g, numbered[start:start + size]) for g, start in enumerate(range(0, len(keyed), size))]
+
+
+def encode_group(group: Tuple[int, Sequence[Tuple[int, str, object]]], root: str, split: str,
+                 encode, min_frames: int = 1):
+  """Encodes one group (a ``prepare`` or Beam worker's task): writes its frames to
+  ``root/frames/<split>-<group>.array_record`` and returns ``(examples, skips)``:
+  ``(key, stored example)`` per usable video and ``(position, file, reason)`` per skipped
+  one (:func:`checked_example`)."""
+  index, members = group
+  frame_file = frames_lib.FrameFile(root, split, index)
+  examples, skips = [], []
+  try:
+    for position, key, item in members:
+      result = checked_example(item, encode, min_frames)
+      if isinstance(result, str):
+        skips.append((position, item_path(item), result))
+        continue
+      first = frame_file.add(result.pop("frames"))
+      examples.append((key, dict(result, frames_file=frame_file.relative, first_frame=first)))
+  except BaseException:
+    frame_file.abort()
+    raise
+  frame_file.commit()
+  return examples, skips
+
+
+def generate(keyed: Sequence[Tuple[str, object]], root: str, split: str, encode,
+             skipped: "SkipLog", min_frames: int = 1, workers: int = 1
+             ) -> Iterator[Tuple[str, dict]]:
+  """Stored examples, ``(key, example)`` for each usable ``(key, item)``, in the split's
+  order: groups of videos encoded in ``workers`` processes, each writing its group's frame
+  file under ``root``; skipped items are logged."""
+  task = functools.partial(encode_group, root=root, split=split, encode=encode,
+                           min_frames=min_frames)
+  for examples, skips in encoded(groups(keyed), task, workers):
+    for _, path, reason in skips:
+      skipped.add(split, path, reason)
+    yield from examples
 
 
 def read_lines(path: str) -> List[Tuple[int, str]]:
@@ -237,28 +281,16 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
                          functools.partial(video_example, short_side=self.short_side))
 
   def examples(self, split: str, keyed: Sequence[Tuple[str, object]], encode):
-    """The split's stored examples, ``encode(item)`` for each ``(key, item)``: a generator
-    (``workers`` processes) or, when the build runs on Apache Beam, the pipeline's
-    transform (:mod:`data.beam_build`). Both store the same examples and frames."""
+    """The split's stored examples, ``encode(item)`` for each ``(key, item)`` and its frames
+    written to the frame files of the folder TFDS is building (so an interrupted build
+    leaves them in its ``incomplete.*`` folder): a generator (``workers`` processes) or,
+    when the build runs on Apache Beam, the pipeline's transform (:mod:`data.beam_build`).
+    Both store the same examples and frame files."""
     if self.beam:
       from data import beam_build  # pylint: disable=import-outside-toplevel
       return beam_build.EncodeSplit(self.data_dir, split, keyed, encode, self.min_frames)
-    return self.store(split, generate(keyed, split, encode, self.skipped, self.min_frames,
-                                      self.workers))
-
-  def store(self, split: str, examples: Iterable[Tuple[str, dict]]
-            ) -> Iterator[Tuple[str, dict]]:
-    """Writes each example's ``frames`` to the split's frame files (in the folder TFDS is
-    building, so an interrupted build leaves them in its ``incomplete.*`` folder) and
-    yields the example with ``frames_file`` and ``first_frame`` in their place."""
-    writer = frames_lib.FrameWriter(self.data_dir, split)
-    try:
-      for key, example in examples:
-        example = dict(example)
-        frames_file, first = writer.add(example.pop("frames"))
-        yield key, dict(example, frames_file=frames_file, first_frame=first)
-    finally:
-      writer.close()
+    return generate(keyed, self.data_dir, split, encode, self.skipped, self.min_frames,
+                    self.workers)
 
 
 class FileIndex:

@@ -3,10 +3,11 @@
 A prepared dataset keeps one small TFDS example per video (label, frame count, where its
 frames are) and the frames themselves beside the TFDS shards::
 
-    <dataset>/<config>/<version>/frames/<split>-00000.array_record   one JPEG per record
+    <dataset>/<config>/<version>/frames/<split>-<group>.array_record   one JPEG per record
 
-A video's frames are consecutive records of one file, from ``first_frame``. Files roll over
-at ``FrameWriter.max_bytes`` (1 GiB). Reading frame ``i`` of a video is one record read
+A video's frames are consecutive records of one file, from ``first_frame``; a file holds a
+group of up to 16 consecutive videos of the split (``data.common.videos_per_file``), the
+work of one ``prepare`` worker or Beam worker. Reading frame ``i`` of a video is one record read
 (records are written one per chunk, ``group_size:1``, and read without read-ahead), so a
 training clip of 16 frames reads those 16 JPEGs and no more.
 
@@ -17,6 +18,7 @@ import this module alone.
 import collections
 import io
 import os
+import uuid
 from typing import List, Sequence, Tuple
 
 from array_record.python import array_record_module
@@ -45,46 +47,42 @@ def decode_jpeg(data: bytes) -> np.ndarray:
   return simplejpeg.decode_jpeg(data, colorspace="RGB")
 
 
-class FrameWriter:
-  """Appends each video's JPEG frames to ``root/frames/<split>-NNNNN.array_record``.
+class FrameFile:
+  """One frame file, ``root/frames/<split>-<group>.array_record``, written under a temporary
+  name and renamed once whole (a retried or killed writer leaves no half file).
 
-  One writer per split and build (the process that writes the TFDS shards). ``add`` returns
-  where the video's frames went: ``(file relative to root, index of its first frame)``.
+  ``add`` appends a video's JPEGs and returns the index of its first frame; ``commit``
+  renames the file into place (or removes it when it holds no frame); ``abort`` removes it.
   """
 
-  def __init__(self, root: str, split: str, max_bytes: int = 1 << 30):
-    self.root, self.split, self.max_bytes = root, split, max_bytes
-    self._writer = None
-    self._file_index = -1
-    self._records = 0
-    self._bytes = 0
-    os.makedirs(os.path.join(root, FRAMES_DIR), exist_ok=True)
+  def __init__(self, root: str, split: str, group: int):
+    self.relative = f"{FRAMES_DIR}/{split}-{group:05d}.array_record"
+    self.path = os.path.join(root, self.relative)
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    self._temporary = f"{self.path}.tmp-{uuid.uuid4().hex}"
+    self._writer = array_record_module.ArrayRecordWriter(self._temporary, WRITER_OPTIONS)
+    self.records = 0
 
-  def _open_next(self) -> None:
-    self.close()
-    self._file_index += 1
-    self._records = self._bytes = 0
-    path = os.path.join(self.root, self.relative_file)
-    self._writer = array_record_module.ArrayRecordWriter(path, WRITER_OPTIONS)
-
-  @property
-  def relative_file(self) -> str:
-    return f"{FRAMES_DIR}/{self.split}-{self._file_index:05d}.array_record"
-
-  def add(self, jpegs: Sequence[bytes]) -> Tuple[str, int]:
-    if self._writer is None or (self._records and self._bytes >= self.max_bytes):
-      self._open_next()
-    first = self._records
+  def add(self, jpegs: Sequence[bytes]) -> int:
+    first = self.records
     for jpeg in jpegs:
       self._writer.write(jpeg)
-    self._records += len(jpegs)
-    self._bytes += sum(len(j) for j in jpegs)
-    return self.relative_file, first
+    self.records += len(jpegs)
+    return first
 
-  def close(self) -> None:
-    if self._writer is not None:
+  def commit(self) -> None:
+    self._writer.close()
+    if self.records:
+      os.replace(self._temporary, self.path)
+    else:
+      os.remove(self._temporary)
+
+  def abort(self) -> None:
+    try:
       self._writer.close()
-      self._writer = None
+    finally:
+      if os.path.exists(self._temporary):
+        os.remove(self._temporary)
 
 
 class DamagedDataError(OSError):

@@ -357,6 +357,8 @@ def test_workers_build_the_same_examples_and_frames(tmp_path):
     for key, example in a.items():
       assert example["label"] == b[key]["label"] and example["num_frames"] == 8
       assert example["frames"] == b[key]["frames"]  # the same JPEG bytes
+      assert (example["frames_file"], example["first_frame"]) == (
+          b[key]["frames_file"], b[key]["first_frame"])  # in the same frame files
 
 
 def _copy(name, target):
@@ -465,16 +467,17 @@ def test_beam_pipeline_builds_the_same_examples_frames_and_skips(tmp_path):
     a, b = by_key(plain), by_key(beam)
     assert sorted(a) == sorted(b) and len(a) >= 1
     for key, example in a.items():
-      for field in ("label", "num_frames", "fps", "height", "width"):
+      for field in ("label", "num_frames", "fps", "height", "width", "frames_file",
+                    "first_frame"):
         assert example[field] == b[key][field], (key, field)
       assert example["frames"] == b[key]["frames"]  # the same JPEG bytes, every frame
+  frame_files = lambda b: sorted(os.listdir(os.path.join(b.data_dir, "frames")))  # noqa: E731
+  assert frame_files(beam) == frame_files(plain)  # no temporary file left either
   assert beam.info.splits["train"].num_examples + beam.info.splits["test"].num_examples == 3
   # Only shards, frame files and metadata are left: no work list, no temporary frame file.
   left = sorted(os.listdir(beam.data_dir))
   assert "beam_work" not in left and not any(n.startswith("skipped.") and n != "skipped.tsv"
                                              for n in left)
-  assert all(n.endswith(".array_record") for n in os.listdir(os.path.join(beam.data_dir,
-                                                                          "frames")))
 
 
 def test_beam_options_without_beam_is_one_clear_error(tmp_path, monkeypatch):
@@ -493,11 +496,14 @@ def test_beam_options_without_beam_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_frame_reader_keeps_at_most_max_open_files_open(tmp_path):
-  writer = frames_lib.FrameWriter(str(tmp_path), "train", max_bytes=1)  # a file per video
   videos = [[bytes([v, i]) * 10 for i in range(3)] for v in range(5)]
-  where = [writer.add(v) for v in videos]
-  writer.close()
-  assert len({f for f, _ in where}) == 5
+  where = []
+  for v, jpegs in enumerate(videos):  # a file per video
+    frame_file = frames_lib.FrameFile(str(tmp_path), "train", v)
+    where.append((frame_file.relative, frame_file.add(jpegs)))
+    frame_file.commit()
+  assert len({f for f, _ in where}) == 5 and not any(
+      ".tmp-" in n for n in os.listdir(tmp_path / "frames"))
   reader = frames_lib.FrameReader(str(tmp_path), max_open=2)
   for order in (range(5), reversed(range(5)), [0, 4, 0, 2, 0]):
     for v in order:
