@@ -13,12 +13,11 @@ depend on the number of workers. Output batches: ``clips`` uint8 ``(B, T, H, W, 
 the padding of the last batch). Normalisation happens on device.
 """
 
-import ctypes
 import dataclasses
 import os
 import signal
-import sys
 import threading
+import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import flags
@@ -385,16 +384,24 @@ class _StartedWithStopSignalsBlocked:
 
 def _worker_signals(worker_index: int, worker_count: int) -> None:  # pylint: disable=unused-argument
   """In a worker process: SIGINT and SIGTERM are left to the main process (Ctrl-C reaches
-  the whole process group; the main process saves, then stops its workers), and on Linux
-  the worker is killed when the main process dies."""
+  the whole process group; the main process saves, then stops its workers), and the
+  worker exits when the main process dies (:func:`_exit_with_parent`)."""
   for signum in STOP_SIGNALS:
     signal.signal(signum, signal.SIG_IGN)
   signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-  if sys.platform.startswith("linux"):
-    try:
-      ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-      pass
+  threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True,
+                   name="exit-with-parent").start()
+
+
+def _exit_with_parent(parent: int, period_s: float = 1.0) -> None:
+  """Ends this process within ``period_s`` once ``parent`` is gone (killed with SIGKILL,
+  say). Linux's PR_SET_PDEATHSIG would be sooner, but it fires when the parent *thread*
+  that started the worker ends: grain starts workers from a thread pool whose threads end
+  when the loader is closed, and the killed workers then left their last batch's shared
+  memory behind ("leaked shared_memory objects" at exit)."""
+  while os.getppid() == parent:
+    time.sleep(period_s)
+  os._exit(1)  # pylint: disable=protected-access
 
 
 class TrainIterator:

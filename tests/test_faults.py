@@ -269,7 +269,8 @@ def test_sigterm_and_ctrl_c_save_the_step_and_the_resumed_run_equals_an_uninterr
           "--config.checkpoint_every=100", "--config.eval_every=5", "--config.num_workers=2",
           "--config.record_inputs=True"]
   straight = tmp_path / "straight"
-  assert run_train(*args, f"--workdir={straight}").returncode == 0
+  done = run_train(*args, f"--workdir={straight}")
+  assert done.returncode == 0 and "leaked" not in done.stderr, done.stderr[-3000:]
   for signum, rows in ((signal.SIGTERM, 3), (signal.SIGINT, 6)):
     workdir = tmp_path / signum.name
     process = subprocess.Popen(
@@ -285,7 +286,7 @@ def test_sigterm_and_ctrl_c_save_the_step_and_the_resumed_run_equals_an_uninterr
       os.killpg(process.pid, signum)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 128 + signum, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
+    assert "Traceback" not in err and "leaked" not in err, err[-3000:]
     (line,) = [l for l in err.splitlines() if l.startswith("interrupted at step")]
     step = int(line.split()[3].rstrip(";"))
     assert line == f"interrupted at step {step}; saved; rerun the same command to resume"
@@ -296,6 +297,49 @@ def test_sigterm_and_ctrl_c_save_the_step_and_the_resumed_run_equals_an_uninterr
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from step {step}" in again.stdout
     assert _final_digest(workdir) == _final_digest(straight)  # the same batches and weights
+
+
+def _state(pid):
+  """``pid``'s state letter from /proc (``Z``: exited, not yet reaped), or None if gone."""
+  try:
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+  except OSError:
+    return None
+
+
+def _children(pid):
+  """Live processes whose parent is ``pid``."""
+  found = []
+  for entry in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    if fields[1] == str(pid) and fields[0] != "Z":
+      found.append(int(entry))
+  return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_worker_processes_end_when_the_main_process_is_killed(tmp_path, tiny_data):
+  process = subprocess.Popen(
+      [sys.executable, "train.py", *TINY, f"--config.dataset.data_dir={tiny_data}",
+       "--config.num_train_steps=100000", "--config.eval_every=100000",
+       "--config.num_workers=2", f"--workdir={tmp_path / 'w'}"], cwd=REPO, text=True,
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  try:
+    _wait_for_rows(str(tmp_path / "w"), 1, process)  # training, so the workers run
+    workers = _children(process.pid)
+    assert len(workers) >= 2, workers  # two loader workers (and the resource tracker)
+  finally:
+    process.kill()  # SIGKILL: nothing of the main process runs any more
+    process.wait()
+  deadline = time.monotonic() + 20
+  while time.monotonic() < deadline and any(_state(w) not in (None, "Z") for w in workers):
+    time.sleep(0.2)
+  alive = [w for w in workers if _state(w) not in (None, "Z")]
+  assert alive == [], f"processes {alive} outlived their killed main process"
 
 
 @pytest.fixture(scope="module")
@@ -334,6 +378,17 @@ def test_a_damaged_checkpoint_is_one_line_naming_its_file_in_predict_and_resume(
   for l, kind in zip(skipped, ("best", "checkpoints")):  # the reason names the file
     assert f'local file "{damaged_workdir / kind / "6" / "variables"}/' in l, l
   assert f"using {damaged_workdir / 'checkpoints' / '3'} instead" in out.stderr
+  # visualize falls back alike, as quietly.
+  pictures = tmp_path / "pictures"
+  out = subprocess.run([sys.executable, "-m", "kpsem_jax.visualize",
+                        f"--checkpoint={damaged_workdir}", f"--out={pictures}", "--size=32",
+                        video], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  _quiet(out.stderr)
+  assert [l.split(": ")[1].split(" ")[0] for l in out.stderr.splitlines()
+          if l.startswith("skipping checkpoint step 6")] == [
+              str(damaged_workdir / "best" / "6"), str(damaged_workdir / "checkpoints" / "6")]
+  assert os.path.exists(pictures / "summary.json")
   # Resuming moves both damaged steps aside, says so once each, and trains on from step 3.
   workdir = tmp_path / "copy"
   shutil.copytree(damaged_workdir, workdir)
@@ -366,12 +421,14 @@ def test_fewer_steps_than_the_checkpoint_evaluates_the_checkpoint_as_what_it_is(
 def test_a_damaged_frame_shard_is_one_line_naming_it(tmp_path, tiny_data):
   data_dir = tmp_path / "tfds"
   shutil.copytree(tiny_data, data_dir)
-  (shard,) = glob.glob(str(data_dir / "synthetic_motion" / "tiny" / "*" / "frames" / "train-*"))
-  _flip_bytes(shard, 0.5)
+  shards = glob.glob(str(data_dir / "synthetic_motion" / "tiny" / "*" / "frames" / "train-*"))
+  for shard in shards:  # a frame file per group of videos: damage every one
+    _flip_bytes(shard, 0.5)
   out = run_train(*TINY, f"--config.dataset.data_dir={data_dir}", f"--workdir={tmp_path / 'w'}",
                   "--config.num_workers=2")
   line = one_error_line(out)
-  assert line.startswith(f"error: {shard}: cannot read frames "), line
+  named = line[len("error: "):].split(": cannot read frames ")[0]
+  assert named in shards and ": cannot read frames " in line, line
   assert line.endswith("rebuild the dataset with python -m kpsem_jax.prepare")
 
 
