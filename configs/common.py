@@ -20,7 +20,10 @@ def base() -> ml_collections.ConfigDict:
       eval_resize=256, eval_clips=10, eval_crops=3))
   c.model = ml_collections.ConfigDict(dict(
       backbone="mfnet3d", backbone_kwargs={}, use_kpsem=True,
-      kpsem=dict(num_regions=4, num_sets=8, embed_dim=24, adaptive=True), kpsem_at="conv4",
+      # match_gradient: "paper" (Eq. 9's match weights pass their gradient, as PyTorch's
+      # autograd gives the paper's method) or "stopped" (docs/models.md, "The match gradient")
+      kpsem=dict(num_regions=4, num_sets=8, embed_dim=24, adaptive=True,
+                 match_gradient="stopped"), kpsem_at="conv4",
       # How convolutions are computed (layers.STRATEGIES): "auto" is XLA's on GPUs/TPUs and
       # oneDNN's on CPUs where kpsem_jax.cpu_kernels builds; a pure-XLA strategy ("xla",
       # "patches_grad") also keeps AReSE's argmax to jnp.

@@ -7,7 +7,9 @@
 ``,g=<G>`` (AReSE sets), ``,fixed`` (fixed instead of adaptive regions), ``,de=<d_e>``
 (embedding width), ``,at=<stage>`` (where KPSEM reads: ``res2`` .. ``res5``),
 ``,steps=<n>``, ``,lr=<lr>``, ``,data=<synthetic_motion config>`` (``translation``, the
-default, or ``default``: the mixed set with rotations and approach/recede). Every variant of
+default, or ``default``: the mixed set with rotations and approach/recede),
+``,grad=<paper|stopped>`` (KPSEM's ``match_gradient``, default ``stopped``) and
+``,clip=<norm>`` (the gradient-norm clipping, default 1; 0: none). Every variant of
 ``python -m kpsem_jax.experiments`` is one of these.
 
 C2D is a 2-D ResNet (every kernel 1xkxk, one bottleneck per stage, width 16) that sees each
@@ -30,11 +32,12 @@ def get_config(arg: str = "c2d_kpsem"):
     raise ValueError(f"configs/synthetic_c2d.py: unknown model {model!r}; choose c2d or "
                      "c2d_kpsem")
   opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in options)
-  unknown = set(opts) - {"k", "g", "fixed", "de", "at", "steps", "data", "lr"}
+  unknown = set(opts) - {"k", "g", "fixed", "de", "at", "steps", "data", "lr", "grad", "clip"}
   if unknown:
     raise ValueError(f"configs/synthetic_c2d.py: unknown option(s) {sorted(unknown)}; the "
                      "options are k=<regions>, g=<sets>, fixed, de=<d_e>, at=<stage>, "
-                     "steps=<n>")
+                     "steps=<n>, data=<config>, lr=<lr>, grad=<paper|stopped>, "
+                     "clip=<norm, 0: none>")
   if opts.get("at", "res2") not in STAGES:
     raise ValueError(f"configs/synthetic_c2d.py: at={opts['at']!r} is not a stage; choose "
                      f"one of {', '.join(STAGES)}")
@@ -48,9 +51,10 @@ def get_config(arg: str = "c2d_kpsem"):
   c.model.kpsem_at = opts.get("at", "res2")
   c.model.kpsem = dict(num_regions=int(opts.get("k", 4)), num_sets=int(opts.get("g", 4)),
                        embed_dim=int(opts.get("de", 8)), reduction_channels=(16, 16),
-                       adaptive="fixed" not in opts)
+                       adaptive="fixed" not in opts,
+                       match_gradient=opts.get("grad", "stopped"))
   steps = int(opts.get("steps", 600))
-  c.optimizer.update(dict(lr=float(opts.get("lr", 0.05)), warmup_steps=max(1, steps // 20), clip_grad_norm=1.0,
+  c.optimizer.update(dict(lr=float(opts.get("lr", 0.05)), warmup_steps=max(1, steps // 20), clip_grad_norm=float(opts.get("clip", 1.0)),
                           decay_steps=(int(steps * 0.8), int(steps * 0.93))))
   c.update(dict(batch_size=16, eval_batch_size=32, num_train_steps=steps,
                 log_every=max(1, steps // 20), eval_every=steps,

@@ -16,7 +16,10 @@ Where the paper is silent (docs/models.md, "Choices where the paper is silent"):
 - soft region masks with a temperature (in pixels): the key point of region r is the
   argmax of ``F - (1 - M_r) * (range(F) + 1)``, which is the paper's hard regional
   argmax/max as the temperature goes to 0 (``temperature=0`` is exactly hard), while
-  ``V`` and the regional means stay differentiable in the split positions.
+  ``V`` and the regional means stay differentiable in the split positions;
+- ``match_gradient``: whether Eq. 9's match weights pass their gradient (``"paper"``,
+  PyTorch autograd's derivative of the method) or not (``"stopped"``); with "stopped" the
+  split MLP learns only through Eq. 11's regional weights (:func:`key_point_shifts`).
 """
 
 from typing import NamedTuple
@@ -105,20 +108,37 @@ def regional_argmax(features: jax.Array, masks: jax.Array, penalty: jax.Array,
   return jnp.argmax(scores, axis=2)
 
 
-def key_points(features: jax.Array, masks: jax.Array, argmax_strategy: str = "jnp"):
+MATCH_GRADIENTS = ("paper", "stopped")
+
+
+def _check_match_gradient(match_gradient: str) -> None:
+  if match_gradient not in MATCH_GRADIENTS:
+    raise ValueError(f"unknown match_gradient {match_gradient!r}; choose one of "
+                     f"{MATCH_GRADIENTS}")
+
+
+def key_points(features: jax.Array, masks: jax.Array, argmax_strategy: str = "jnp",
+               match_gradient: str = "stopped"):
   """Per region and channel key point (Eq. 6-7).
 
   Args:
     features: ``(T, H, W, C)``.
     masks: ``(T, K, H, W)``.
     argmax_strategy: see :func:`regional_argmax`.
+    match_gradient: ``"paper"``: ``values`` carry the true derivative of the forward pass
+      (into the features at the argmax, the masks there, and the soft-mask penalty
+      ``range(F) + 1``); ``"stopped"``: the penalty is a constant (the values' gradient is
+      stopped in :func:`key_point_shifts` anyway).
   Returns:
     coords ``(T, K, C, 2)`` as normalised (x, y), and values ``(T, K, C)``.
   """
+  _check_match_gradient(match_gradient)
   t, h, w, c = features.shape
   flat = features.reshape(t, h * w, c)
   m = masks.reshape(t, -1, h * w)
-  penalty = jax.lax.stop_gradient(jnp.max(flat, axis=1) - jnp.min(flat, axis=1)) + 1.0  # (T, C)
+  penalty = jnp.max(flat, axis=1) - jnp.min(flat, axis=1) + 1.0  # (T, C)
+  if match_gradient == "stopped":
+    penalty = jax.lax.stop_gradient(penalty)
   idx = regional_argmax(flat, m, penalty, argmax_strategy)  # (T, K, C)
   f_at = jnp.take_along_axis(flat[:, None], idx[:, :, None, :], axis=2)[:, :, 0, :]
   m_at = jnp.take_along_axis(m, idx, axis=2)
@@ -127,21 +147,26 @@ def key_points(features: jax.Array, masks: jax.Array, argmax_strategy: str = "jn
   return coords, values
 
 
-def key_point_shifts(coords: jax.Array, values: jax.Array, epsilon: float = 0.1) -> jax.Array:
+def key_point_shifts(coords: jax.Array, values: jax.Array, epsilon: float = 0.1,
+                     match_gradient: str = "stopped") -> jax.Array:
   """Key point shifts ``S`` ``(T-1, K, C, 2)`` (Eq. 8-10).
 
   ``Delta[i, a, b] = I[i+1, b] - I[i, a]`` weighted by
-  ``softmax_b(1 / (|V[i, a] - V[i+1, b]| + epsilon))`` and summed over b.
+  ``softmax_b(1 / (|V[i, a] - V[i+1, b]| + epsilon))`` and summed over b. The forward is
+  Eq. 9 exactly in both ``match_gradient`` modes:
 
-  The weights match key points across frames; like the argmax coordinates they are not
-  differentiated (``values`` enter with their gradient stopped; the forward is Eq. 9
-  exactly). Differentiating ``1 / (|dV| + 0.1)`` sends up to ``1 / 0.1**2 = 100`` times the
-  location differences into the single argmax pixels of the backbone's feature map: about
-  100x the gradient of every other KPSEM path, in spikes, which under SGD at lr 0.05 killed
-  the branch's ReLUs or made the loss NaN (docs/models.md, "Choices where the paper is
-  silent").
+  - ``"paper"``: the match weights are differentiated, as PyTorch's autograd does for the
+    paper's method: the only gradient the shifts pass to the backbone and to the split
+    lines (the argmax coordinates themselves have none). ``d/dV 1 / (|dV| + 0.1)`` is up to
+    ``1 / 0.1**2 = 100``, so this path's gradient arrives in spikes at the argmax pixels.
+  - ``"stopped"``: ``values`` enter with their gradient stopped; the shifts pass no
+    gradient at all, and the split lines learn only through Eq. 11's regional weights.
+    Under SGD at lr 0.05 without gradient clipping the "paper" gradient killed the
+    branch's ReLUs or made the loss NaN (docs/models.md, "The match gradient").
   """
-  values = jax.lax.stop_gradient(values)
+  _check_match_gradient(match_gradient)
+  if match_gradient == "stopped":
+    values = jax.lax.stop_gradient(values)
   delta = coords[1:, None, :, :, :] - coords[:-1, :, None, :, :]  # (T-1, Ka, Kb, C, 2)
   affinity = 1.0 / (jnp.abs(values[:-1, :, None, :] - values[1:, None, :, :]) + epsilon)
   weights = jax.nn.softmax(affinity, axis=2)  # (T-1, Ka, Kb, C)
@@ -157,7 +182,8 @@ def regional_weights(features: jax.Array, masks: jax.Array) -> jax.Array:
 
 
 def arese(features: jax.Array, split_logits: jax.Array, temperature: float = 0.1,
-          epsilon: float = 0.1, argmax_strategy: str = "jnp") -> AReSEOutput:
+          epsilon: float = 0.1, argmax_strategy: str = "jnp",
+          match_gradient: str = "stopped") -> AReSEOutput:
   """One AReSE set on one clip.
 
   Args:
@@ -167,15 +193,17 @@ def arese(features: jax.Array, split_logits: jax.Array, temperature: float = 0.1
     temperature: region-mask softness in pixels (0: hard regions).
     epsilon: the 0.1 of Eq. 9.
     argmax_strategy: how the regional argmax is computed (:func:`regional_argmax`).
+    match_gradient: ``"paper"`` or ``"stopped"`` (:func:`key_point_shifts`).
   Returns:
-    :class:`AReSEOutput`; ``rkps = sum_K W_R * S`` is ``(T-1, C, 2)`` (Eq. 12).
+    :class:`AReSEOutput`; ``rkps = sum_K W_R * S`` is ``(T-1, C, 2)`` (Eq. 12, summed over
+    the K regions: docs/models.md lists it among the choices where the paper is silent).
   """
   t, h, w, _ = features.shape
   splits_x = split_positions(split_logits[:, 0])
   splits_y = split_positions(split_logits[:, 1])
   masks = region_masks(splits_x, splits_y, h, w, temperature)
-  coords, values = key_points(features, masks, argmax_strategy)
-  shifts = key_point_shifts(coords, values, epsilon)
+  coords, values = key_points(features, masks, argmax_strategy, match_gradient)
+  shifts = key_point_shifts(coords, values, epsilon, match_gradient)
   weights = regional_weights(features, masks)
   rkps = jnp.sum(weights[..., None] * shifts, axis=1)
   return AReSEOutput(rkps, splits_x, splits_y, coords, values, shifts, weights)

@@ -10,13 +10,16 @@ that sees each frame alone) with and without KPSEM. The ``core`` suite is that c
 ``ablation`` adds the paper's ablations on C2D-KPSEM, where KPSEM is the only source of
 temporal information: K in {1, 4, 9, 16} regions (K = 1: a single key point per channel),
 G in {1, 2, 4, 8} AReSE sets, fixed instead of adaptive regions, the embedding width d_e,
-and the stage KPSEM reads.
+and the stage KPSEM reads. ``gradient`` compares KPSEM's match gradient, the paper's
+(PyTorch autograd's) and the stopped one, with and without gradient clipping, on the core
+contrast and on fixed vs adaptive regions.
 
 Each run is a ``trainer.train_and_evaluate`` workdir under ``DIR/runs/<name>_seed<s>``: an
 interrupted suite resumes (finished runs are kept, a cut run continues from its checkpoint).
-``DIR/results.md`` holds the table (mean and standard deviation over seeds of video top-1
-and of the reversal error, the share of test videos labelled as their time-reversed class,
-and each row's difference to its reference row), ``DIR/results.json`` every number,
+``DIR/results.md`` holds the table (mean and sample standard deviation over seeds of video
+top-1 and of the reversal error, the share of test videos labelled as their time-reversed
+class, and each row's difference to its reference row with Welch's t-test; a trend test
+over K and over G: :mod:`kpsem_jax.experiment_stats`), ``DIR/results.json`` every number,
 ``DIR/results.png`` a bar chart. ``--data``: synthetic_motion's ``translation`` config (the
 default; 8 directions) or ``default`` (with rotations and approach/recede, whose direction
 KPSEM's per-step features cannot carry: docs/experiments.md).
@@ -32,15 +35,18 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from data import atomic
+from kpsem_jax import experiment_stats as stats
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One model of a suite: its name, its group in the table, and its variant of
-  ``configs/synthetic_c2d.py`` (e.g. ``c2d_kpsem,k=9``)."""
+  """One model of a suite: its name, its group in the table, its variant of
+  ``configs/synthetic_c2d.py`` (e.g. ``c2d_kpsem,k=9``) and, where it is not the base
+  C2D-KPSEM, the name of the row it is compared with (``versus``)."""
   name: str
   group: str
   config: str
+  versus: Optional[str] = None
 
 
 BASE = Variant("C2D-KPSEM (K=4, G=4, d_e=8, res2)", "core", "c2d_kpsem")
@@ -61,15 +67,30 @@ SUITES: Dict[str, List[Variant]] = {
         Variant("KPSEM after res3", "position", "c2d_kpsem,at=res3"),
         Variant("KPSEM after res4", "position", "c2d_kpsem,at=res4"),
     ],
+    # Issue 30: Eq. 9's match weights differentiated as PyTorch's autograd does ("paper"),
+    # against the default "stopped" gradient, with and without the suite's clipping.
+    "gradient": CORE + [
+        Variant("C2D-KPSEM paper gradient", "match gradient", "c2d_kpsem,grad=paper"),
+        Variant("C2D-KPSEM paper gradient, no clipping", "match gradient",
+                "c2d_kpsem,grad=paper,clip=0", versus="C2D-KPSEM paper gradient"),
+        Variant("C2D-KPSEM stopped gradient, no clipping", "match gradient",
+                "c2d_kpsem,clip=0"),
+        Variant("fixed regions", "regions", "c2d_kpsem,fixed"),
+        Variant("fixed regions, paper gradient", "regions", "c2d_kpsem,fixed,grad=paper",
+                versus="C2D-KPSEM paper gradient"),
+    ],
 }
 # The base C2D-KPSEM is also the K=4, G=4, adaptive, d_e=8 and res2 point of each sweep; every
 # ablation row is compared with it, and it with C2D.
 
 
 def reference(variant: Variant) -> Optional[Variant]:
-  """The row a variant is compared with: C2D for the base C2D-KPSEM, the base for the rest."""
+  """The row a variant is compared with: C2D for the base C2D-KPSEM, its ``versus`` row,
+  else the base."""
   if variant == C2D:
     return None
+  if variant.versus:
+    return next(v for suite in SUITES.values() for v in suite if v.name == variant.versus)
   return C2D if variant == BASE else BASE
 
 
@@ -140,10 +161,23 @@ def run_one(variant: Variant, seed: int, steps: int, data_dir: str, workdir: str
   return result
 
 
+def sweep_setting(variant: Variant, key: str) -> Optional[int]:
+  """The K (``key="k"``) or G (``"g"``) of a variant in that sweep: its own option, or the
+  base's (K=4, G=4) for the base; None for a variant outside the sweep."""
+  if variant == BASE:
+    return 4
+  model, *options = variant.config.split(",")
+  opts = dict(o.split("=", 1) for o in options if "=" in o)
+  if model == "c2d_kpsem" and len(options) == 1 and key in opts:
+    return int(opts[key])
+  return None
+
+
 def summarize(results: Sequence[Dict], variants: Sequence[Variant]) -> List[Dict]:
-  """One row per variant with runs: mean and std over seeds, and the difference of mean
-  top-1 to its :func:`reference` row, ``beyond_spread`` when the two rows' mean ± std
-  intervals do not overlap (needs 2 seeds or more on both)."""
+  """One row per variant with runs: the number of seeds, mean and sample std (ddof=1) over
+  them, and against its :func:`reference` row the difference of mean top-1 and Welch's
+  t-test (``welch``: t, dof, two-sided p; None below two seeds on either side),
+  ``significant`` where p < 0.05."""
   rows = {}
   for v in variants:
     runs = [r for r in results if r["variant"] == v.name]
@@ -152,39 +186,70 @@ def summarize(results: Sequence[Dict], variants: Sequence[Variant]) -> List[Dict
     top1 = np.array([r["video_top1"] for r in runs])
     rev = np.array([r["reversal_error"] for r in runs])
     rows[v.name] = dict(variant=v.name, group=v.group, config=v.config, seeds=len(runs),
-                        top1_mean=float(top1.mean()), top1_std=float(top1.std()),
-                        reversal_mean=float(rev.mean()), reversal_std=float(rev.std()),
+                        top1_mean=float(top1.mean()), top1_std=stats.sample_std(top1),
+                        reversal_mean=float(rev.mean()), reversal_std=stats.sample_std(rev),
                         top1_per_seed=[float(x) for x in top1])
   for v in variants:
     ref = reference(v)
     if v.name not in rows or ref is None or ref.name not in rows:
       continue
     row, base = rows[v.name], rows[ref.name]
-    delta = row["top1_mean"] - base["top1_mean"]
-    row.update(reference=ref.name, delta=delta,
-               beyond_spread=bool(min(row["seeds"], base["seeds"]) >= 2 and
-                                  abs(delta) > row["top1_std"] + base["top1_std"]))
+    test = stats.welch(row["top1_per_seed"], base["top1_per_seed"])
+    row.update(reference=ref.name, delta=row["top1_mean"] - base["top1_mean"], welch=test,
+               significant=bool(test is not None and test["p"] < stats.SIGNIFICANCE))
   return list(rows.values())
 
 
-def markdown(rows: Sequence[Dict], steps: int, data: str = "translation") -> str:
+def trends(results: Sequence[Dict], variants: Sequence[Variant]) -> Dict[str, Dict]:
+  """Per sweep (``K`` regions, ``G`` sets) with runs at two settings or more: the trend of
+  top-1 over every run of the sweep (:func:`kpsem_jax.experiment_stats.trend`)."""
+  found = {}
+  for key, label in (("k", "K"), ("g", "G")):
+    points = [(sweep_setting(v, key), r["video_top1"]) for v in variants
+              for r in results if r["variant"] == v.name and sweep_setting(v, key)]
+    test = stats.trend([x for x, _ in points], [y for _, y in points]) if points else None
+    if test is not None:
+      found[label] = dict(test, settings=sorted({x for x, _ in points}))
+  return found
+
+
+def _short(name: str) -> str:
+  """How the table names a reference row."""
+  return {C2D.name: "C2D", BASE.name: "C2D-KPSEM"}.get(name, name)
+
+
+def _p(p: float) -> str:
+  return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def markdown(rows: Sequence[Dict], steps: int, data: str = "translation",
+             trend_tests: Optional[Dict[str, Dict]] = None) -> str:
   c = run_config(C2D, 0, steps, "", data)  # the clip and batch of every run
   lines = [f"{DATA[data]}, {c.clip.frames}x{c.clip.crop}x{c.clip.crop} clips, {steps} steps of "
-           f"{c.batch_size} clips; mean ± std "
-           "over the seeds listed per row. Δ: difference of mean top-1 to the reference row "
-           "(C2D for C2D-KPSEM, C2D-KPSEM for the ablations); * where the two rows' mean ± std "
-           "intervals do not overlap.", "",
-           "| model | video top-1 (%) | reversal error (%) | per seed (%) | Δ top-1 (points) |",
-           "|---|---|---|---|---|"]
+           f"{c.batch_size} clips; mean ± sample std (ddof=1) over the seeds of each row. Δ: "
+           "difference of mean top-1 to the reference row (C2D for C2D-KPSEM, C2D-KPSEM for "
+           "the ablations); p: Welch's two-sided t-test of the two rows' per-seed top-1 (two "
+           f"seeds or more on both), * where p < {stats.SIGNIFICANCE}.", "",
+           "| model | seeds | video top-1 (%) | reversal error (%) | per seed (%) | "
+           "Δ top-1 (points) | Welch t (dof), p |",
+           "|---|---|---|---|---|---|---|"]
   for r in rows:
     per_seed = ", ".join(f"{100 * x:.1f}" for x in r["top1_per_seed"])
-    delta = (f"{100 * r['delta']:+.1f}{' *' if r['beyond_spread'] else ''} vs "
-             f"{'C2D' if r['reference'] == C2D.name else 'C2D-KPSEM'}" if "delta" in r else "")
+    delta = (f"{100 * r['delta']:+.1f}{' *' if r['significant'] else ''} vs "
+             f"{_short(r['reference'])}" if "delta" in r else "")
+    test = r.get("welch")
+    welch_text = (f"{test['t']:.2f} ({test['dof']:.1f}), {_p(test['p'])}" if test else "")
     top1, reversal = f"{100 * r['top1_mean']:.1f}", f"{100 * r['reversal_mean']:.1f}"
     if r["seeds"] > 1:  # one seed has no spread
       top1 += f" ± {100 * r['top1_std']:.1f}"
       reversal += f" ± {100 * r['reversal_std']:.1f}"
-    lines.append(f"| {r['variant']} | {top1} | {reversal} | {per_seed} | {delta} |")
+    lines.append(f"| {r['variant']} | {r['seeds']} | {top1} | {reversal} | {per_seed} | "
+                 f"{delta} | {welch_text} |")
+  for label, t in (trend_tests or {}).items():
+    lines.append(f"\nTrend over {label} in {{{', '.join(map(str, t['settings']))}}} "
+                 f"(least squares of top-1 on log2 {label}, every run): "
+                 f"{100 * t['slope']:+.1f} points per doubling, t = {t['t']:.2f} "
+                 f"({t['dof']:.0f} dof, {t['runs']} runs), p = {_p(t['p'])}.")
   return "\n".join(lines) + "\n"
 
 
@@ -227,12 +292,16 @@ def bar_chart(rows: Sequence[Dict], path: str, data: str = "translation", steps:
 
 
 def _publish(workdir, suite, data, steps, seeds, results, variants):
-  """Writes ``results.json``, ``results.md`` and ``results.png``, each file whole."""
+  """Writes ``results.json``, ``results.md`` and ``results.png``, each file whole.
+  ``results.json``: ``seeds_requested`` (the suite's ``--seeds``), every run, the table
+  (each row with its own ``seeds``) and the trend tests."""
   rows = summarize(results, variants)
+  trend_tests = trends(results, variants)
   atomic.write_text(os.path.join(workdir, "results.json"), json.dumps(
-      dict(suite=suite, data=data, steps=steps, seeds=seeds, runs=results, table=rows),
-      indent=1))
-  atomic.write_text(os.path.join(workdir, "results.md"), markdown(rows, steps, data))
+      dict(suite=suite, data=data, steps=steps, seeds_requested=seeds, runs=results,
+           table=rows, trends=trend_tests), indent=1))
+  atomic.write_text(os.path.join(workdir, "results.md"),
+                    markdown(rows, steps, data, trend_tests))
   with atomic.replacing(os.path.join(workdir, "results.png"), suffix=".png") as tmp:
     bar_chart(rows, tmp, data, steps)
 

@@ -69,18 +69,24 @@ def clip_spec(clip, train: bool = False) -> ClipSpec:
                   num_crops=1 if train else int(get("eval_crops", 1)))
 
 
+def window_length(clip_frames: int, interval: int) -> int:
+  """Frames a clip spans, first to last sampled frame: ``(clip_frames - 1) * interval + 1``
+  (the original PyTorch-MFNet samplers' ``frame_range``)."""
+  return (clip_frames - 1) * interval + 1
+
+
 def clip_starts(num_frames: int, clip_frames: int, interval: int, num_clips: int) -> np.ndarray:
-  """Evenly spaced window starts covering the video (window = ``clip_frames * interval``)."""
-  span = clip_frames * interval
-  last = max(0, num_frames - span)
+  """Evenly spaced window starts covering the video (:func:`window_length`)."""
+  last = max(0, num_frames - window_length(clip_frames, interval))
   if num_clips == 1:
     return np.array([last // 2])
   return np.round(np.linspace(0, last, num_clips)).astype(int)
 
 
 def train_starts(num_frames: int, clip_frames: int, interval: int) -> int:
-  """How many window starts training draws from (uniformly): ``0 .. n - 1``."""
-  return max(1, num_frames - clip_frames * interval + 1)
+  """How many window starts training draws from (uniformly): ``0 .. n - 1``, every start
+  whose window (:func:`window_length`) ends inside the video; 1 for a shorter video."""
+  return max(1, num_frames - window_length(clip_frames, interval) + 1)
 
 
 def window_indices(num_frames: int, start: int, clip_frames: int, interval: int) -> np.ndarray:
@@ -90,6 +96,12 @@ def window_indices(num_frames: int, start: int, clip_frames: int, interval: int)
 
 def _version_key(version: str) -> Tuple[int, ...]:
   return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def older_version(folder: str, version: str) -> bool:
+  """Whether a prepared version ``folder`` (``.../<name>/<config>/<version>``) predates
+  ``version``."""
+  return _version_key(os.path.basename(folder)) < _version_key(version)
 
 
 def dataset_dir(data_dir: str, name: str, config: Optional[str] = None) -> str:

@@ -36,6 +36,9 @@ class KPSEM(nn.Module):
     reduction_channels: output channels of the (1, 3)/(1, 2) reduction convolutions.
     mask_temperature: region-mask softness in feature-map pixels (0: hard regions).
     shift_epsilon: the 0.1 of Eq. 9.
+    match_gradient: ``"paper"`` (Eq. 9's match weights pass their gradient, as PyTorch's
+      autograd gives the paper's method) or ``"stopped"`` (they do not);
+      :func:`kpsem_jax.arese.key_point_shifts`.
     conv_strategy: ``layers.conv``'s strategy for the reduction convolutions.
     argmax_strategy: AReSE's regional argmax (:func:`kpsem_jax.arese.regional_argmax`):
       ``jnp``, ``cpu_kernel``, or ``auto`` (the CPU kernel where
@@ -52,6 +55,7 @@ class KPSEM(nn.Module):
   reduction_channels: Sequence[int] = (96, 96)
   mask_temperature: float = 0.1
   shift_epsilon: float = 0.1
+  match_gradient: str = "stopped"
   fixed_regions_seed: int = 0
   conv_strategy: str = "auto"
   argmax_strategy: str = "auto"
@@ -85,8 +89,9 @@ class KPSEM(nn.Module):
     emb_b = self.param("embed_b", nn.initializers.zeros, (g, self.embed_dim))
 
     def one_set(set_logits, w, bias):
-      out = jax.vmap(arese_lib.arese, in_axes=(0, 0, None, None, None))(
-          f32, set_logits, self.mask_temperature, self.shift_epsilon, argmax_strategy)
+      out = jax.vmap(arese_lib.arese, in_axes=(0, 0, None, None, None, None))(
+          f32, set_logits, self.mask_temperature, self.shift_epsilon, argmax_strategy,
+          self.match_gradient)
       return out, out.rkps @ w + bias  # (B, T-1, C, d_e)
 
     outputs, embedded = jax.vmap(one_set)(logits, emb_w, emb_b)

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from kpsem_jax import layers
+from kpsem_jax import arese, layers
 from kpsem_jax.kpsem import KPSEM
 from kpsem_jax.mfnet3d import MFNet3D
 from kpsem_jax.resnet3d import ResNet3D
@@ -92,6 +92,10 @@ def create_model(backbone: str = "mfnet3d", num_classes: int = 400,
                      "backbone_kwargs")
   kpsem_kwargs = None
   if kpsem is not None:
+    gradient = dict(kpsem).get("match_gradient", "stopped")
+    if gradient not in arese.MATCH_GRADIENTS:
+      raise ValueError(f"unknown model.kpsem.match_gradient {gradient!r}; choose one of "
+                       f"{arese.MATCH_GRADIENTS}")
     argmax = {"auto": "auto", "onednn": "cpu_kernel"}.get(conv_strategy, "jnp")
     kpsem_kwargs = dict(dict(kpsem), conv_strategy=conv_strategy, argmax_strategy=argmax)
   return VideoClassifier(

@@ -34,6 +34,12 @@ def datasets():
   return sorted(BUILDERS)
 
 
+def builder_version(dataset: str) -> str:
+  """The version ``prepare`` builds of ``dataset`` (its TFDS builder's ``VERSION``)."""
+  from data import builder_class  # pylint: disable=import-outside-toplevel
+  return str(builder_class(dataset).VERSION)
+
+
 def _remove_interrupted_builds(data_dir: str, before: float, log) -> None:
   """Removes TFDS's ``incomplete.*`` folders beside a finished build that predate it (left
   by a killed build; a build still running elsewhere started later)."""

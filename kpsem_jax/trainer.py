@@ -71,10 +71,15 @@ class TrainState:
 
 
 def model_spec(config) -> Dict[str, Any]:
+  """``create_model``'s keyword arguments from a config. Fixed regions (``adaptive=False``)
+  are drawn from ``config.seed`` unless ``model.kpsem.fixed_regions_seed`` says otherwise,
+  so each training seed has its own fixed split."""
   m = config.model
+  kpsem = dict(m.kpsem) if m.use_kpsem else None
+  if kpsem is not None and not kpsem.get("adaptive", True):
+    kpsem.setdefault("fixed_regions_seed", int(config.seed))
   return dict(backbone=m.backbone, num_classes=config.dataset.num_classes,
-              backbone_kwargs=dict(m.backbone_kwargs),
-              kpsem=dict(m.kpsem) if m.use_kpsem else None, kpsem_at=m.kpsem_at)
+              backbone_kwargs=dict(m.backbone_kwargs), kpsem=kpsem, kpsem_at=m.kpsem_at)
 
 
 def lr_schedule(config) -> optax.Schedule:
@@ -269,7 +274,9 @@ class Trainer:
       raise TrainingError(f"config.dataset.name={d.name!r} is not a dataset this project "
                           f"builds; choose one of {', '.join(prepare_lib.datasets())}")
     try:
-      ip.dataset_dir(data_dir, d.name, d.config)
+      found = ip.dataset_dir(data_dir, d.name, d.config)
+      if d.auto_prepare and ip.older_version(found, prepare_lib.builder_version(d.name)):
+        raise ip.DataNotPreparedError(f"{found} is an older version")  # built anew below
     except ip.DataNotPreparedError:
       if not d.auto_prepare:
         raise

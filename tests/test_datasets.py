@@ -301,6 +301,36 @@ def test_synthetic_motion_is_deterministic_and_motion_defined(tmp_path):
         np.testing.assert_allclose(a[::-1], b, atol=1e-9)
 
 
+def test_the_background_drift_is_centred_so_a_reversed_clip_is_a_reversed_class_clip():
+  rng = np.random.default_rng(0)
+  for frames in (8, 15, 16):
+    for _ in range(50):
+      drift = rng.uniform(-0.02, 0.02, size=2) * 64  # render's draw
+      pad = int(np.ceil(np.abs(drift).max() * frames)) + 1
+      forward = synthetic.background_offsets(drift, frames, pad)
+      # Played backwards, the offsets are exactly those of the opposite drift: the clip is
+      # one its reversed class renders with the background drifting the other way.
+      np.testing.assert_array_equal(forward[::-1], synthetic.background_offsets(-drift, frames, pad))
+      assert forward.min() >= 0 and forward.max() <= 2 * pad  # inside the padded background
+      # Anchored at frame 0, as before 2.1.0, the reversal is off by the whole path.
+      anchored = pad + np.round(drift[None, :] * np.arange(frames)[:, None])
+      assert not np.array_equal(anchored[::-1], pad + np.round(-drift[None, :] *
+                                                               np.arange(frames)[:, None]))
+
+
+def test_training_builds_the_current_synthetic_version_beside_an_older_one(tmp_path):
+  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  data_dir = tmp_path / "tfds"
+  builder, _ = build("synthetic_motion", tmp_path, config="tiny")
+  old = os.path.join(os.path.dirname(builder.data_dir), "2.0.0")
+  os.rename(builder.data_dir, old)  # as prepared before the drift was centred
+  config = trainer.load_config("synthetic", "tiny")
+  config.dataset.data_dir = str(data_dir)
+  run = trainer.Trainer(config, str(tmp_path / "work"))
+  assert sorted(n for n in os.listdir(os.path.dirname(old)) if n[0] != ".") == ["2.0.0", "2.1.0"]
+  assert len(run.train_source) == 32  # read from the new build
+
+
 def test_synthetic_translation_moves_each_class_its_own_way_inside_the_frame():
   config = next(c for c in synthetic.Builder.BUILDER_CONFIGS if c.name == "translation")
   assert config.classes == synthetic.TRANSLATION_CLASSES and config.span == (0.5, 0.7)

@@ -8,8 +8,9 @@ import sys
 import numpy as np
 from PIL import Image
 import pytest
+from scipy import stats as scipy_stats
 
-from kpsem_jax import experiments, trainer
+from kpsem_jax import experiment_stats, experiments, trainer
 
 
 def test_reversal_error_counts_only_time_reversed_partners():
@@ -76,7 +77,7 @@ def test_the_suites_clips_and_their_time_reversals_show_the_same_frames():
   assert not reversal_safe("default")  # 16 frames: 0, 2, .., 14 reversed is 1, 3, .., 15
 
 
-def test_rows_are_compared_with_their_reference_and_the_seed_spread():
+def test_rows_are_compared_with_their_reference_by_welchs_test():
   def run(variant, top1):
     return dict(variant=variant.name, video_top1=top1, reversal_error=0.0)
 
@@ -88,15 +89,75 @@ def test_rows_are_compared_with_their_reference_and_the_seed_spread():
   assert "delta" not in rows["C2D"]
   base = rows[experiments.BASE.name]
   assert base["reference"] == "C2D" and base["delta"] == pytest.approx(0.50)
-  assert base["beyond_spread"]  # 0.50 > 0.016 + 0.016
+  assert base["top1_std"] == pytest.approx(0.02)  # sample std (ddof=1), not 0.0163
+  assert base["significant"] and base["welch"]["p"] < 1e-4
   k9_row = rows[k9.name]
-  assert k9_row["reference"] == experiments.BASE.name
-  assert k9_row["delta"] == pytest.approx(-0.04) and not k9_row["beyond_spread"]  # std 0.065
+  assert k9_row["reference"] == experiments.BASE.name and k9_row["seeds"] == 3
+  assert k9_row["delta"] == pytest.approx(-0.04) and not k9_row["significant"]
+  assert k9_row["welch"]["t"] == pytest.approx(-0.840, abs=1e-3)  # -0.04 / sqrt(0.0064/3 + 0.0004/3)
+  assert k9_row["welch"]["dof"] == pytest.approx(2.25, abs=0.01)
   one_seed = experiments.summarize(results[:1] + results[3:4], experiments.SUITES["core"])
-  assert not one_seed[1]["beyond_spread"]  # one seed has no spread to exceed
+  assert one_seed[1]["welch"] is None and not one_seed[1]["significant"]
   table = experiments.markdown(list(rows.values()), 600)
   assert "| +50.0 * vs C2D |" in table and "| -4.0 vs C2D-KPSEM |" in table
   assert "8x64x64 clips, 600 steps of 16 clips" in table  # from configs/synthetic_c2d.py
+
+
+def test_welch_and_trend_equal_scipys_reference_implementations():
+  rng = np.random.default_rng(0)
+  for n_a, n_b in ((3, 3), (2, 5), (6, 4)):
+    a, b = rng.normal(0.6, 0.05, n_a), rng.normal(0.55, 0.1, n_b)
+    got = experiment_stats.welch(a, b)
+    want = scipy_stats.ttest_ind(a, b, equal_var=False)
+    assert got["t"] == pytest.approx(want.statistic) and got["p"] == pytest.approx(want.pvalue)
+    # Welch-Satterthwaite degrees of freedom, written out
+    va, vb = np.var(a, ddof=1) / n_a, np.var(b, ddof=1) / n_b
+    assert got["dof"] == pytest.approx((va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)))
+  assert experiment_stats.welch([1.0, 1.0], [1.0, 1.0])["p"] == 1.0  # no spread, same mean
+  assert experiment_stats.welch([1.0, 1.0], [0.5, 0.5])["p"] == 0.0
+  assert experiment_stats.welch([1.0], [0.5, 0.6]) is None
+  assert experiment_stats.sample_std([0.90, 0.94, 0.92]) == pytest.approx(0.02)
+  settings = [1, 1, 2, 2, 4, 4, 8, 8]
+  top1 = [0.80, 0.82, 0.85, 0.83, 0.90, 0.88, 0.91, 0.95]
+  got = experiment_stats.trend(settings, top1)
+  want = scipy_stats.linregress(np.log2(settings), top1)
+  assert got["slope"] == pytest.approx(want.slope) and got["p"] == pytest.approx(want.pvalue)
+  assert got["t"] == pytest.approx(want.slope / want.stderr) and got["runs"] == 8
+  assert experiment_stats.trend([4, 4, 4], [0.1, 0.2, 0.3]) is None  # one setting
+
+
+def test_the_k_and_g_sweeps_get_a_trend_test_over_every_run():
+  variants = experiments.SUITES["ablation"]
+  by_name = {v.name: v for v in variants}
+  runs = []
+  for name, top1 in (("G=1 (one AReSE set)", 0.80), ("G=2", 0.84), (experiments.BASE.name, 0.88),
+                     ("G=8", 0.92), ("K=9", 0.5)):
+    for seed, jitter in enumerate((-0.01, 0.01)):
+      runs.append(dict(variant=by_name[name].name, video_top1=top1 + jitter, reversal_error=0))
+  found = experiments.trends(runs, variants)
+  assert found["G"]["settings"] == [1, 2, 4, 8] and found["G"]["runs"] == 8
+  assert found["G"]["slope"] == pytest.approx(0.04) and found["G"]["p"] < 1e-3
+  assert found["K"]["settings"] == [4, 9] and found["K"]["runs"] == 4  # base and K=9 only
+  table = experiments.markdown(experiments.summarize(runs, variants), 600, trend_tests=found)
+  assert "Trend over G in {1, 2, 4, 8}" in table and "+4.0 points per doubling" in table
+
+
+def test_fixed_regions_are_drawn_per_training_seed():
+  import jax  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.kpsem import KPSEM  # pylint: disable=import-outside-toplevel
+  fixed = next(v for v in experiments.SUITES["ablation"] if v.config == "c2d_kpsem,fixed")
+  splits = []
+  for seed in (0, 1, 1):
+    spec = trainer.model_spec(experiments.run_config(fixed, seed, 600, ""))
+    assert spec["kpsem"]["fixed_regions_seed"] == seed and not spec["kpsem"]["adaptive"]
+    module = KPSEM(**{k: v for k, v in spec["kpsem"].items()})
+    f = np.random.default_rng(0).normal(size=(1, 3, 8, 8, 4)).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(0), f)
+    _, state = module.apply(variables, f, mutable=["intermediates"])
+    splits.append(np.asarray(state["intermediates"]["arese"][0].splits_x))
+  assert not np.allclose(splits[0], splits[1]) and np.array_equal(splits[1], splits[2])
+  adaptive = trainer.model_spec(experiments.run_config(experiments.BASE, 3, 600, ""))
+  assert "fixed_regions_seed" not in adaptive["kpsem"]  # unchanged for adaptive models
 
 
 @pytest.mark.slow
@@ -124,12 +185,13 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
       accs.append(json.load(open(os.path.join(run_dir, "eval_test_step2.json")))["video_top1"])
     assert row["top1_per_seed"] == pytest.approx(accs)
     assert row["top1_mean"] == pytest.approx(np.mean(accs))
-    assert row["top1_std"] == pytest.approx(np.std(accs))
+    assert row["top1_std"] == pytest.approx(np.std(accs, ddof=1))
   table = open(os.path.join(workdir, "results.md")).read()
-  assert f"| C2D | {100 * rows[0]['top1_mean']:.1f} ± {100 * rows[0]['top1_std']:.1f} |" in table
+  assert (f"| C2D | 2 | {100 * rows[0]['top1_mean']:.1f} ± {100 * rows[0]['top1_std']:.1f} |"
+          in table)
   assert Image.open(os.path.join(workdir, "results.png")).size == (900, 30 + 2 * 30 + 30)
   saved = json.load(open(os.path.join(workdir, "results.json")))
-  assert len(saved["runs"]) == 4 and saved["table"] == rows
+  assert len(saved["runs"]) == 4 and saved["table"] == rows and saved["seeds_requested"] == 2
   assert [(r["variant"], r["config"], r["seed"]) for r in saved["runs"]] == [
       ("C2D", "c2d", 0), ("C2D", "c2d", 1), ("fixed regions", "c2d_kpsem,fixed", 0),
       ("fixed regions", "c2d_kpsem,fixed", 1)]
@@ -155,7 +217,7 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
   assert report[1] == rows[1]
   assert logged[-1].startswith("1 of 4 runs are not finished and not in the table")
   table = open(os.path.join(workdir, "results.md")).read()
-  assert f"| C2D | {100 * report[0]['top1_mean']:.1f} | " in table  # one seed: no ± spread
+  assert f"| C2D | 1 | {100 * report[0]['top1_mean']:.1f} | " in table  # one seed: no ±
   for data, steps in (("default", 2), ("translation", 3)):  # never mixed into the table
     with pytest.raises(experiments.WorkdirMismatch,
                        match=r"C2D_seed0/result.json: a finished run with --data=translation "

@@ -98,6 +98,31 @@ def test_short_videos_loop_and_windows_follow_the_interval():
   np.testing.assert_allclose(offsets, [0, 80, 40, 0, 80, 40], atol=6)
 
 
+def test_a_window_spans_frames_minus_one_intervals_plus_one_frame():
+  # 16 frames at interval 2 sample frames s, s+2, .., s+30: 31 frames, as PyTorch-MFNet's
+  # samplers' frame_range = (num - 1) * interval + 1.
+  assert ip.window_length(16, 2) == 31 and ip.window_length(8, 1) == 8
+  assert ip.train_starts(31, 16, 2) == 1  # exactly one window fits: frames 0 .. 30
+  assert ip.train_starts(32, 16, 2) == 2  # starts 0 and 1 (frames 1 .. 31)
+  assert ip.train_starts(20, 16, 2) == 1  # shorter: start 0, looped
+  assert list(ip.window_indices(32, 1, 16, 2)) == list(range(1, 32, 2))  # no wrap from 1
+  assert ip.clip_starts(41, 16, 2, 3).tolist() == [0, 5, 10]  # last start: 41 - 31
+  assert ip.clip_starts(41, 16, 2, 1).tolist() == [5]  # the centre window
+  # Every start training draws keeps the clip inside the video, and the last one is used.
+  first_means = []
+  for seed in range(200):
+    rec = record(list(range(0, 33 * 3, 3)), width=30)  # 33 square frames, frame i: +3 i;
+    # scaled to exactly the crop, so only the start changes a frame's mean
+    spec = ip.ClipSpec(frames=16, interval=2, crop=24, train_scale=(24, 24), aspect=(1, 1),
+                       flip=False)
+    clip = ip.train_clip(rec, spec, np.random.default_rng(seed))
+    offsets = np.round((clip.mean(axis=(1, 2, 3)) - clip[0].mean()) / 6).astype(int)
+    assert offsets.tolist() == list(range(16))  # consecutive sampled frames, no wrap
+    first_means.append(clip[0].mean())
+  starts = {int(np.round((m - min(first_means)) / 3)) for m in first_means}
+  assert starts == {0, 1, 2}  # 33 - 31 + 1 starts, the last one included
+
+
 def test_horizontal_flip_only_when_enabled():
   rec = record([0] * 8)
   for flip, expect_some in ((True, True), (False, False)):

@@ -1,6 +1,7 @@
 """KPSEM and MF-KPSEM in JAX against the independent PyTorch reference (kpsem_jax/testing/torch_kpsem.py)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -36,6 +37,71 @@ def test_kpsem_matches_the_pytorch_reference(regions, sets):
   assert got.shape == want.shape == (2, 4 * 3)
   assert np.abs(want).max() > 1e-3
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _relative_error(got, want):
+  return float(np.linalg.norm(np.asarray(got) - np.asarray(want)) /
+               max(np.linalg.norm(np.asarray(want)), 1e-30))
+
+
+@pytest.mark.parametrize("match_gradient", ["paper", "stopped"])
+def test_kpsem_gradients_match_pytorch_autograd(match_gradient):
+  """Every parameter's gradient and the input's, against PyTorch autograd on the same
+  weights: "paper" is autograd's derivative of the method (nothing detached but the argmax
+  indices), "stopped" the reference with the values detached in Eq. 9."""
+  rng = np.random.RandomState(7)
+  f = rng.randn(2, 5, 7, 6, 8).astype(np.float32)  # continuous values: no argmax ties
+  cotangent = rng.randn(2, 4 * 3).astype(np.float32)
+  module = KPSEM(num_regions=4, num_sets=3, embed_dim=6, mlp_hidden=5,
+                 reduction_channels=(4, 3), match_gradient=match_gradient,
+                 argmax_strategy="jnp", conv_strategy="xla")
+  params = jax.device_get(module.init(jax.random.PRNGKey(0), f)["params"])
+  params = dict(params, mlp_w2=rng.randn(*params["mlp_w2"].shape).astype(np.float32),
+                mlp_b2=rng.randn(*params["mlp_b2"].shape).astype(np.float32))
+
+  def loss(p, x):
+    return jnp.sum(module.apply({"params": p}, x) * cotangent)
+
+  grad_params, grad_input = jax.grad(loss, argnums=(0, 1))(params, f)
+  reference = TorchKPSEM(params, 4, match_gradient=match_gradient)
+  x = torch.from_numpy(f.transpose(0, 4, 1, 2, 3).copy()).requires_grad_()
+  (reference(x) * torch.from_numpy(cotangent)).sum().backward()
+  want = reference.parameter_grads()
+  flat_got = jax.tree_util.tree_leaves_with_path(jax.device_get(grad_params))
+  assert len(flat_got) == len(jax.tree_util.tree_leaves(want)) == 10
+  for path, got in flat_got:
+    expected = want
+    for key in path:
+      expected = expected[key.key]
+    assert np.abs(expected).max() > 0, path  # every parameter has a gradient here
+    assert _relative_error(got, expected) <= 1e-4, (path, _relative_error(got, expected))
+  input_grad = x.grad.numpy().transpose(0, 2, 3, 4, 1)
+  assert _relative_error(grad_input, input_grad) <= 1e-4, _relative_error(grad_input,
+                                                                          input_grad)
+
+
+def test_the_paper_gradient_reaches_the_input_and_the_split_mlp_through_the_matches():
+  """With the split MLP's last layer at zero (its initialisation), the "stopped" gradient
+  reaches the split MLP only through Eq. 11's regional weights, "paper" also through the
+  match weights: the two differ, and "paper"'s input gradient is the larger."""
+  rng = np.random.RandomState(3)
+  f = rng.randn(2, 5, 8, 8, 6).astype(np.float32)
+  cotangent = rng.randn(2, 4 * 3).astype(np.float32)
+  norms = {}
+  for mode in ("paper", "stopped"):
+    module = KPSEM(num_regions=4, num_sets=2, embed_dim=6, mlp_hidden=5,
+                   reduction_channels=(4, 3), match_gradient=mode)
+    params = module.init(jax.random.PRNGKey(0), f)["params"]
+    g_params, g_input = jax.grad(
+        lambda p, x, m=module: jnp.sum(m.apply({"params": p}, x) * cotangent),
+        argnums=(0, 1))(params, f)
+    norms[mode] = (float(jnp.linalg.norm(g_input)), np.asarray(g_params["mlp_w2"]))
+    np.testing.assert_allclose(module.apply({"params": params}, f),
+                               KPSEM(num_regions=4, num_sets=2, embed_dim=6, mlp_hidden=5,
+                                     reduction_channels=(4, 3)).apply({"params": params}, f),
+                               rtol=0, atol=0)  # the same forward in both modes
+  assert norms["paper"][0] > 2 * norms["stopped"][0]
+  assert not np.allclose(norms["paper"][1], norms["stopped"][1])
 
 
 def test_converted_mf_kpsem_matches_the_pytorch_mf_kpsem(tmp_path):

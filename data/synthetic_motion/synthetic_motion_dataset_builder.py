@@ -80,6 +80,16 @@ def _path(rng, classes, label, frames, size, span_range=(0.25, 0.45)):
   return x, y, radius
 
 
+def background_offsets(drift: np.ndarray, frames: int, pad: int) -> np.ndarray:
+  """``(frames, 2)`` top-left corners (y, x) of each frame's window into the background,
+  padded by ``pad``: the drift path centred on the clip's middle frame, so the offsets of
+  drift ``-d`` are exactly those of ``d`` in reverse order, and a clip played backwards is
+  exactly a clip of its time-reversed class (with the background drifting the other way,
+  as likely a draw)."""
+  t = np.arange(frames) - (frames - 1) / 2
+  return (pad + np.round(np.asarray(drift)[None, :] * t[:, None])).astype(int)
+
+
 def render(label: int, size: int, frames: int, rng: np.random.Generator,
            classes=CLASSES, span=(0.25, 0.45)) -> np.ndarray:
   """``(frames, size, size, 3)`` uint8 clip of class ``classes[label]``."""
@@ -93,8 +103,9 @@ def render(label: int, size: int, frames: int, rng: np.random.Generator,
   texture = np.where(stripes[..., None], colour, 0.05 * colour)  # high-contrast stripes
   x, y, radius = _path(rng, classes, label, frames, size, span)
   clip = np.empty((frames, size, size, 3), np.uint8)
+  offsets = background_offsets(drift, frames, pad)
   for i in range(frames):
-    oy, ox = (pad + np.round(drift * i)).astype(int)
+    oy, ox = offsets[i]
     frame = background[oy:oy + size, ox:ox + size]
     inside = 1.0 / (1.0 + np.exp(np.hypot(xx - x[i], yy - y[i]) - radius[i]))  # soft edge
     frame = frame * (1 - inside[..., None]) + texture * inside[..., None]
@@ -106,10 +117,12 @@ def render(label: int, size: int, frames: int, rng: np.random.Generator,
 class Builder(common.VideoDatasetBuilder):
   """Synthetic motion-defined action classes (no download)."""
 
-  VERSION = tfds.core.Version(common.LAYOUT_VERSION)
+  VERSION = tfds.core.Version("2.1.0")
   RELEASE_NOTES = dict(common.RELEASE_NOTES, **{
       "1.0.0": "First release (the translation config added later: the default config's "
-               "clips are unchanged)."})
+               "clips are unchanged).",
+      "2.1.0": "The background's drift path is centred on the middle frame (it started at "
+               "frame 0): a clip played backwards is exactly a clip of the reversed class."})
   BUILDER_CONFIGS = [
       SyntheticMotionConfig(name="default", description="8 classes, 64x64, 16 frames, 512/128"),
       # 15 frames: 8 at interval 2 take frames 0, 2, .., 14, a set that time reversal maps

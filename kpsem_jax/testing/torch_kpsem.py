@@ -32,13 +32,24 @@ def _intervals(n, splits, temperature):
 
 
 class KPSEM(nn.Module):
-  """``(B, C, T, H, W) -> (B, (T-1) * C_red)``; adaptive regions, soft masks."""
+  """``(B, C, T, H, W) -> (B, (T-1) * C_red)``; adaptive regions, soft masks.
 
-  def __init__(self, params, num_regions=4, temperature=0.1, epsilon=0.1):
+  ``match_gradient="paper"``: autograd differentiates everything but the argmax indices (the
+  paper's method as PyTorch trains it); ``"stopped"``: the key point values enter Eq. 9's
+  match weights detached, and the soft-mask penalty is detached. The centre MLP's and the
+  embedding's tensors are leaves with ``requires_grad``; ``parameter_grads()`` returns their
+  gradients and the reduction convolutions' in the JAX parameter layout.
+  """
+
+  def __init__(self, params, num_regions=4, temperature=0.1, epsilon=0.1,
+               match_gradient="paper"):
     super().__init__()
-    t = lambda a: torch.from_numpy(np.asarray(a, np.float32).copy())  # noqa: E731
+    t = lambda a: torch.from_numpy(np.asarray(a, np.float32).copy()).requires_grad_()  # noqa: E731
     self.k = int(round(num_regions ** 0.5))
     self.temperature, self.epsilon = temperature, epsilon
+    if match_gradient not in ("paper", "stopped"):
+      raise ValueError(f"match_gradient: 'paper' or 'stopped', not {match_gradient!r}")
+    self.match_gradient = match_gradient
     self.w1, self.b1 = t(params["mlp_w1"]), t(params["mlp_b1"])  # (G, C, hid), (G, hid)
     self.w2, self.b2 = t(params["mlp_w2"]), t(params["mlp_b2"])  # (G, hid, 2(k-1)), (G, 2(k-1))
     self.ew, self.eb = t(params["embed_w"]), t(params["embed_b"])  # (G, 2, d), (G, d)
@@ -67,13 +78,17 @@ class KPSEM(nn.Module):
         -1, b, t, k * k, h * w)  # (G, B, T, K, HW), row-major regions
 
     flat = f.reshape(1, b, t, 1, h * w, c)
-    span = (flat.amax(4) - flat.amin(4)).detach() + 1.0  # (1, B, T, 1, C)
+    span = flat.amax(4) - flat.amin(4) + 1.0  # (1, B, T, 1, C)
+    if self.match_gradient == "stopped":
+      span = span.detach()
     scored = flat - (1.0 - masks[..., None]) * span[:, :, :, :, None, :]  # (G, B, T, K, HW, C)
     idx = scored.argmax(4)  # (G, B, T, K, C); first maximum on ties, as jnp.argmax
     values = torch.gather(scored, 4, idx[:, :, :, :, None, :])[:, :, :, :, 0, :]
     coords = torch.stack([_pixel_coords(w)[idx % w], _pixel_coords(h)[idx // w]], -1)
 
     delta = coords[:, :, 1:, None] - coords[:, :, :-1, :, None]  # (G, B, T-1, Ka, Kb, C, 2)
+    if self.match_gradient == "stopped":
+      values = values.detach()
     affinity = 1.0 / ((values[:, :, :-1, :, None] - values[:, :, 1:, None]).abs() + self.epsilon)
     shifts = (torch.softmax(affinity, 4)[..., None] * delta).sum(4)  # (G, B, T-1, K, C, 2)
 
@@ -87,6 +102,16 @@ class KPSEM(nn.Module):
     for conv in self.reduce:
       out = torch.relu(conv(out))
     return out.mean(3).permute(0, 2, 1).reshape(b, -1)  # (B, (T-1) * C_red), time-major
+
+  def parameter_grads(self):
+    """Gradients after ``backward()``, named and shaped as the JAX ``kpsem`` parameters."""
+    grads = {name: getattr(self, attr).grad.numpy() for name, attr in (
+        ("mlp_w1", "w1"), ("mlp_b1", "b1"), ("mlp_w2", "w2"), ("mlp_b2", "b2"),
+        ("embed_w", "ew"), ("embed_b", "eb"))}
+    for i, conv in enumerate(self.reduce, 1):
+      grads[f"reduce{i}"] = {"kernel": conv.weight.grad.permute(2, 3, 1, 0).numpy(),
+                             "bias": conv.bias.grad.numpy()}
+    return grads
 
 
 class MF_KPSEM(MFNET_3D):
