@@ -9,8 +9,6 @@ strategy's largest relative difference from PyTorch's output. ``auto`` is not a 
 its own: it picks one of the others per layer (the header says which here).
 """
 
-import os
-import sys
 import time
 
 from absl import app, flags, logging
@@ -48,7 +46,6 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
   from kpsem_jax import cpu_kernels, layers  # pylint: disable=import-outside-toplevel

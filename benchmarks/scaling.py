@@ -22,13 +22,12 @@ partitioner, which gathers the batch for every grouped convolution (openxla/xla#
 
 import os
 import re
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # configs/*.py import configs.common
+
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "synthetic.py"),

@@ -30,7 +30,6 @@ Needs torch (``pip install torch==2.13.0``, the CPU build; a test-only dependenc
 """
 
 import os
-import sys
 import tempfile
 import time
 
@@ -46,7 +45,6 @@ flags.DEFINE_list("train_shape", ["8", "8", "112", "112"], "training batch, fram
 flags.DEFINE_bool("torch_compile", True, "also time torch.compile (inductor) of MFNet")
 flags.DEFINE_float("peak_gflops", 0.0, "the machine's float32 peak (0: from /proc/cpuinfo)")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 SETTLE_S = 0.5  # idle before each timed run: PyTorch's OpenMP threads spin for a while after
@@ -86,7 +84,6 @@ def machine_peak():
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  sys.path.insert(0, REPO)
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
   import jax  # pylint: disable=import-outside-toplevel

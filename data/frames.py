@@ -19,7 +19,7 @@ import collections
 import io
 import os
 import uuid
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
 from array_record.python import array_record_module
 import numpy as np

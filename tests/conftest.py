@@ -1,9 +1,4 @@
-import os
-import sys
-
 from kpsem_jax import jax_options
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 # The entry point's JAX options, as train.py and the CLIs set them: no YNNPACK fusions on
 # XLA:CPU, and classic threefry, whose random initialisers XLA:CPU compiles about 3x

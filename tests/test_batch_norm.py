@@ -13,37 +13,13 @@ import pytest
 
 from kpsem_jax import cpu_kernels, layers
 from kpsem_jax.testing import fake_devices
+from kpsem_jax.testing.batch_norm_reference import inputs, reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 requires_cpu_kernels = pytest.mark.skipif(
     not cpu_kernels.available(),
     reason=f"CPU kernels not built: {cpu_kernels.unavailable_reason()}")
 STRATEGIES = ["xla", pytest.param("onednn", marks=requires_cpu_kernels)]
-
-
-def inputs(shape=(3, 4, 5, 6, 24), seed=0):
-  rng = np.random.default_rng(seed)
-  c = shape[-1]
-  x = (rng.standard_normal(shape) * rng.uniform(0.5, 3, c) + rng.uniform(-2, 2, c))
-  scale, bias = rng.uniform(0.5, 1.5, c), rng.standard_normal(c)
-  w = rng.standard_normal(shape)  # the loss is sum(y * w)
-  return [np.asarray(a, np.float32) for a in (x, scale, bias, w)]
-
-
-def reference(x, scale, bias, w, relu, eps=layers.BN_EPSILON):
-  """float64 BatchNorm (+ ReLU) and the gradients of sum(y * w), written out."""
-  x, scale, bias, w = (np.asarray(a, np.float64) for a in (x, scale, bias, w))
-  rows = x.reshape(-1, x.shape[-1])
-  n = rows.shape[0]
-  mean, var = rows.mean(0), rows.var(0)
-  inv = 1 / np.sqrt(var + eps)
-  xhat = (x - mean) * inv
-  pre = xhat * scale + bias
-  y = np.maximum(pre, 0) if relu else pre
-  dz = w * (pre > 0) if relu else w
-  s1, s2 = dz.reshape(n, -1).sum(0), (dz * xhat).reshape(n, -1).sum(0)
-  dx = scale * inv * (dz - s1 / n - xhat * s2 / n)
-  return y, mean, var, dx, s2, s1
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -117,9 +93,8 @@ def test_batch_norm_module_equals_flax_batch_norm(strategy):
 
 SHARED_SCRIPT = r"""
 import json, sys
-sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 import jax, jax.numpy as jnp, numpy as np
-import test_batch_norm
+from kpsem_jax.testing import batch_norm_reference as test_batch_norm
 from kpsem_jax import layers
 assert jax.device_count() == 4, jax.devices()
 x, scale, bias, w = test_batch_norm.inputs((8, 2, 3, 4, 16), seed=4)

@@ -30,14 +30,14 @@ KERNELS_BUILT = cpu_kernels.available()  # read before any test hides them
 
 def without_cpu_kernels(monkeypatch):
   """``auto`` as on a machine where :mod:`kpsem_jax.cpu_kernels` cannot be built."""
-  monkeypatch.setattr(layers, "_cpu_kernels_built", lambda: False)
+  monkeypatch.setattr(layers.convolution, "_cpu_kernels_built", lambda: False)
 
 
 @pytest.fixture
 def auto_on_tiny_maps(monkeypatch):
   """``auto``'s pure-XLA CPU path (patches gradient), also on these tiny test maps."""
   without_cpu_kernels(monkeypatch)
-  monkeypatch.setattr(layers, "SMALL_CONV_MAX_ELEMENTS", 0)
+  monkeypatch.setattr(layers.convolution, "SMALL_CONV_MAX_ELEMENTS", 0)
 
 
 def naive_conv(x, kernel, strides, padding, groups):
@@ -185,9 +185,9 @@ def test_auto_is_onednn_both_ways_on_a_cpu():
 
 
 def test_onednn_strategy_without_the_extension_is_a_clear_error(monkeypatch):
-  monkeypatch.setattr(cpu_kernels._State, "library", None)
-  monkeypatch.setattr(cpu_kernels._State, "reason", "no C++ compiler found (set CXX ...)")
-  monkeypatch.setattr(layers, "SMALL_CONV_MAX_ELEMENTS", 65536)
+  monkeypatch.setattr(cpu_kernels.build._State, "library", None)
+  monkeypatch.setattr(cpu_kernels.build._State, "reason", "no C++ compiler found (set CXX ...)")
+  monkeypatch.setattr(layers.convolution, "SMALL_CONV_MAX_ELEMENTS", 65536)
   with pytest.raises(RuntimeError, match="oneDNN convolution is unavailable: no C\\+\\+ comp"):
     conv(np.zeros((1, 2, 4, 4, 2)), np.zeros((1, 1, 1, 2, 2)), (1, 1, 1), ((0, 0),) * 3,
          strategy="onednn")
@@ -199,15 +199,15 @@ def test_onednn_strategy_without_the_extension_is_a_clear_error(monkeypatch):
 
 def test_the_extension_is_built_in_the_cache_and_reused(tmp_path, monkeypatch):
   """A fresh cache gets one library under its final name; a second load compiles nothing."""
-  root, compiler = cpu_kernels._onednn_root(), native.compiler()
+  root, compiler = cpu_kernels.build._onednn_root(), native.compiler()
   if root is None or compiler is None:
     pytest.skip(f"oneDNN conv: {cpu_kernels.unavailable_reason()}")
   monkeypatch.setenv("KPSEM_JAX_CACHE", str(tmp_path))
-  path = cpu_kernels._build(compiler, root)
+  path = cpu_kernels.build._build(compiler, root)
   assert os.listdir(tmp_path) == [os.path.basename(path)]
   mtime = os.path.getmtime(path)
   monkeypatch.setattr(native.subprocess, "run", None)  # any compile would fail now
-  assert cpu_kernels._build(compiler, root) == path and os.path.getmtime(path) == mtime
+  assert cpu_kernels.build._build(compiler, root) == path and os.path.getmtime(path) == mtime
 
 
 def test_auto_strategy_by_platform_kernel_and_size():

@@ -13,33 +13,13 @@ torch = pytest.importorskip("torch")
 from kpsem_jax import checkpoint, convert, porting  # noqa: E402
 from kpsem_jax.inference import load_predictor
 from kpsem_jax.models import normalize  # noqa: E402
-from test_models import reference_state_dict  # noqa: E402
-from kpsem_jax.testing.torch_mfnet import MFNET_3D, randomize  # noqa: E402
+from kpsem_jax.testing import release_keys  # noqa: E402
+from kpsem_jax.testing.torch_mfnet import (  # noqa: E402
+    MFNET_3D, TINY, randomize, relative_error, save, torch_logits)
 
 torch.set_num_threads(2)
-TINY = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32), stage_depths=(1, 1, 2, 1), groups=4)
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "videos")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def save(state_dict, path, legacy=False, wrap=False, module_prefix=False, drop_counters=False):
-  sd = {k: v for k, v in state_dict.items()
-        if not (drop_counters and k.endswith("num_batches_tracked"))}
-  if module_prefix:
-    sd = {f"module.{k}": v for k, v in sd.items()}
-  obj = {"epoch": 10, "state_dict": sd} if wrap else sd
-  torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
-  return path
-
-
-def relative_error(jax_logits, torch_logits):
-  return float(np.abs(jax_logits - torch_logits).max() / np.abs(torch_logits).max())
-
-
-def torch_logits(net, clips_nthwc):
-  with torch.no_grad():
-    return net.eval()(torch.from_numpy(np.ascontiguousarray(
-        np.asarray(clips_nthwc).transpose(0, 4, 1, 2, 3)))).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +28,9 @@ def tiny_net():
 
 
 def test_reference_model_has_the_original_keys_and_shapes():
-  reference = reference_state_dict()
+  reference = release_keys.reference_state_dict()
+  if reference is None:
+    pytest.skip(f"{release_keys.REFERENCE} not found (../shared beside the repo)")
   ours = {k: tuple(v.shape) for k, v in MFNET_3D().state_dict().items()}
   assert ours == reference
   assert sum(p.numel() for p in MFNET_3D().parameters()) == 7_996_368
@@ -220,7 +202,7 @@ def test_predict_on_a_real_video_matches_pytorch(tiny_net, tmp_path):
     frames = [f.reformat(width=170, height=128, format="rgb24").to_ndarray()
               for f in container.decode(video=0)]
   assert len(frames) == 280
-  starts = np.round(np.linspace(0, 280 - 32, 2)).astype(int)
+  starts = np.round(np.linspace(0, 280 - 31, 2)).astype(int)  # a window spans 15 x 2 + 1
   clips = np.stack([np.stack(frames)[s + 2 * np.arange(16), 8:120, 29:141] for s in starts])
   probs = torch.softmax(torch.from_numpy(torch_logits(tiny_net, np.asarray(normalize(clips)))),
                         -1).mean(0).numpy()

@@ -8,7 +8,7 @@ import numpy as np
 
 from kpsem_jax import export
 from kpsem_jax.inference import load_predictor
-import tiny_models
+from kpsem_jax.testing import tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,7 +16,7 @@ import pytest
 
 from kpsem_jax import checkpoint, prepare, trainer
 from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
-import tiny_models
+from kpsem_jax.testing import tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

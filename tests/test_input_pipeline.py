@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 
-from data import frames as frames_lib
 from kpsem_jax import input_pipeline as ip
 from kpsem_jax import prepare as prepare_lib
 from kpsem_jax.testing import reference_clips

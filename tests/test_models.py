@@ -1,7 +1,5 @@
 """Backbones and the full classifier: shapes, parameter counts, names, gradients."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
@@ -12,9 +10,8 @@ from kpsem_jax import porting
 from kpsem_jax.kpsem import KPSEM
 from kpsem_jax.layers import conv
 from kpsem_jax.models import create_model
+from kpsem_jax.testing import release_keys
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",
-                         "mfnet3d_state_dict_400cls.txt")
 PAPER = (1, 16, 224, 224, 3)
 # Narrow MFNet that runs fast on a CPU: same code, fewer channels and units.
 TINY_MFNET = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32), stage_depths=(1, 1, 2, 1),
@@ -32,14 +29,9 @@ def count(tree):
 
 
 def reference_state_dict():
-  if not os.path.exists(REFERENCE):
-    pytest.skip(f"{REFERENCE} not found (the shared reference folder sits beside the repo)")
-  keys = {}
-  for line in open(REFERENCE):
-    if line.startswith("#") or not line.strip():
-      continue
-    name, shape, _ = line.rstrip("\n").split("\t")
-    keys[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+  keys = release_keys.reference_state_dict()
+  if keys is None:
+    pytest.skip(f"{release_keys.REFERENCE} not found (../shared beside the repo)")
   return keys
 
 

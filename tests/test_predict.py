@@ -15,7 +15,7 @@ from kpsem_jax import input_pipeline
 from kpsem_jax.testing import reference_clips
 from kpsem_jax.inference import load_predictor
 from kpsem_jax.models import normalize
-import tiny_models
+from kpsem_jax.testing import tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "..", "shared", "fixtures", "videos")

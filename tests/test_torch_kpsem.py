@@ -10,9 +10,9 @@ torch = pytest.importorskip("torch")
 from kpsem_jax import checkpoint, convert  # noqa: E402
 from kpsem_jax.inference import load_predictor  # noqa: E402
 from kpsem_jax.kpsem import KPSEM  # noqa: E402
-from test_convert import TINY, relative_error, save, torch_logits  # noqa: E402
 from kpsem_jax.testing.torch_kpsem import KPSEM as TorchKPSEM, MF_KPSEM  # noqa: E402
-from kpsem_jax.testing.torch_mfnet import MFNET_3D, randomize  # noqa: E402
+from kpsem_jax.testing.torch_mfnet import (  # noqa: E402
+    MFNET_3D, TINY, randomize, relative_error, save, torch_logits)
 
 torch.set_num_threads(2)
 

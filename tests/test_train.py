@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kpsem_jax import checkpoint, cpu_kernels, evaluation, trainer
-from kpsem_jax.testing import fake_devices
+from kpsem_jax.testing import fake_devices, tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,12 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 load_config = trainer.load_config
 
 
-def tiny_config(data_dir, steps=12):
-  """``configs/synthetic.py:tiny`` reading ``data_dir``, ``steps`` steps, evaluated at the end."""
-  c = load_config("synthetic", "tiny")
-  c.dataset.data_dir = str(data_dir)
-  c.num_train_steps = c.eval_every = int(steps)
-  return c
+tiny_config = tiny_models.train_config
 
 
 def read_metrics(workdir, prefix="train/loss"):
@@ -259,13 +254,12 @@ def test_paper_configs():
 SHARDED_SCRIPT = r"""
 import os, sys, json, re
 import jax, jax.numpy as jnp, numpy as np
-sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
-import test_train
+from kpsem_jax.testing import tiny_models
 from kpsem_jax import trainer
 from kpsem_jax import jax_options
 jax_options.configure()
 assert jax.device_count() == 8, jax.devices()
-config = test_train.tiny_config({data_dir!r})
+config = tiny_models.train_config({data_dir!r})
 rng = np.random.default_rng(0)
 # 2 micro-batches of 8 clips: gradient accumulation over the shards too.
 clips = rng.integers(0, 255, (2, 8, 8, 24, 24, 3), dtype=np.uint8)

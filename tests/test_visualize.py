@@ -13,7 +13,7 @@ import pytest
 from kpsem_jax import arese, visualize
 from kpsem_jax.inference import load_predictor
 from kpsem_jax.models import normalize
-import tiny_models
+from kpsem_jax.testing import tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIDEO = os.path.join(REPO, "..", "shared", "fixtures", "videos", "ucf101_style_BabyCrawling.avi")

@@ -13,7 +13,8 @@ per-channel sums in training, which XLA:CPU reduces at 2-9 GB/s), and :func:`max
 (``max_pool.cc``: XLA:CPU fused that gradient with its input's producers and recomputed them
 once per window offset).
 
-Where it cannot be built (no C++ compiler, no oneDNN, another platform) :func:`available`
+Building (``g++`` against oneDNN and jaxlib's headers, cached) is :mod:`.build`; this
+module holds the JAX wrappers of the ops. Where it cannot be built (no C++ compiler, no oneDNN, another platform) :func:`available`
 is False, :func:`unavailable_reason` says why, and ``layers.conv(strategy="auto")`` keeps
 to pure-XLA strategies. Environment:
 - ``KPSEM_JAX_ONEDNN=0``: do not build or use it;
@@ -22,100 +23,17 @@ to pure-XLA strategies. Environment:
 - ``CXX``: the C++ compiler (default ``g++``, then ``c++``).
 """
 
-import ctypes
 import functools
-import os
-import platform
-import sys
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data import native
+from kpsem_jax.cpu_kernels.build import available, require, unavailable_reason
 
-SOURCES = tuple(os.path.join(os.path.dirname(__file__), name) for name in
-                ("onednn_conv.cc", "regional_argmax.cc", "batch_norm.cc", "max_pool.cc"))
-_TARGETS = {"kpsem_onednn_conv_forward": "KpsemOnednnConvForward",
-            "kpsem_onednn_conv_input_grad": "KpsemOnednnConvBackwardInput",
-            "kpsem_onednn_conv_kernel_grad": "KpsemOnednnConvBackwardKernel",
-            "kpsem_regional_argmax": "KpsemRegionalArgmax",
-            "kpsem_batch_norm_sums": "KpsemBatchNormSums",
-            "kpsem_batch_norm_grad_sums": "KpsemBatchNormGradSums",
-            "kpsem_max_pool_grad": "KpsemMaxPoolGrad"}
-
-
-class _State:
-  library: Optional[ctypes.CDLL] = None
-  reason: Optional[str] = None  # why it is unavailable, once tried
-
-
-def _onednn_root() -> Optional[str]:
-  candidates = [os.environ.get("KPSEM_JAX_ONEDNN_ROOT"), sys.prefix, "/usr/local", "/usr"]
-  for root in filter(None, candidates):
-    if (os.path.exists(os.path.join(root, "include", "oneapi", "dnnl", "dnnl.hpp"))
-        and os.path.exists(os.path.join(root, "lib", "libdnnl.so"))):
-      return root
-  return None
-
-
-def _build(compiler: str, root: str) -> str:
-  """Compiles the extension once per source/jaxlib/oneDNN combination; returns its path."""
-  lib_dir = os.path.join(root, "lib")
-  # Portable x86-64 code (no -march=native: the cache may be shared between machines);
-  # no FMA contraction, so the argmax scores round exactly as XLA's do.
-  command = lambda out: [  # noqa: E731
-      compiler, "-O3", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w",
-      "-I" + jax.ffi.include_dir(), "-I" + os.path.join(root, "include"), *SOURCES, "-o", out,
-      "-L" + lib_dir, "-ldnnl", "-Wl,-rpath," + lib_dir]
-  return native.build_library("onednn_conv", SOURCES, command, key=jax.__version__)
-
-
-def _load() -> None:
-  if _State.library is not None or _State.reason is not None:
-    return
-  if os.environ.get("KPSEM_JAX_ONEDNN", "1") == "0":
-    _State.reason = "turned off by KPSEM_JAX_ONEDNN=0"
-    return
-  if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-    _State.reason = f"built only on x86-64 Linux, not {platform.system()} {platform.machine()}"
-    return
-  root, compiler = _onednn_root(), native.compiler()
-  if root is None:
-    _State.reason = ("oneDNN not found: install onednn-devel-cpu-gomp (requirements.txt) or "
-                     "set KPSEM_JAX_ONEDNN_ROOT")
-    return
-  if compiler is None:
-    _State.reason = "no C++ compiler found (set CXX or install g++)"
-    return
-  try:
-    library = ctypes.cdll.LoadLibrary(_build(compiler, root))
-  except (RuntimeError, OSError) as e:
-    _State.reason = str(e)
-    return
-  for name, symbol in _TARGETS.items():
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
-                                platform="cpu")
-  _State.library = library
-
-
-def available() -> bool:
-  """Whether the kernels are built and registered (builds them on first call)."""
-  _load()
-  return _State.library is not None
-
-
-def unavailable_reason() -> Optional[str]:
-  """Why :func:`available` is False (None when it is True)."""
-  _load()
-  return _State.reason
-
-
-def _require() -> None:
-  if not available():
-    raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
-
+__all__ = ["available", "unavailable_reason", "conv", "regional_argmax", "batch_norm_sums",
+           "batch_norm_grad_sums", "max_pool_grad", "shard_typed"]
 
 Padding = Tuple[Tuple[int, int], ...]
 
@@ -229,7 +147,7 @@ def regional_argmax(features: jax.Array, masks: jax.Array, penalty: jax.Array) -
   Raises:
     RuntimeError: when the extension is unavailable (the reason is in the message).
   """
-  _require()
+  require()
   features, masks, penalty = (jnp.asarray(a, jnp.float32) for a in (features, masks, penalty))
   (t, p, c), k = features.shape[-3:], masks.shape[-2]
   if masks.shape[-3:] != (t, k, p) or penalty.shape[-2:] != (t, c):
@@ -252,7 +170,7 @@ def batch_norm_sums(x: jax.Array) -> jax.Array:
   float32 (computed with float64 totals). Not differentiable: ``layers.batch_norm_train``
   gives the gradient.
   """
-  _require()
+  require()
   x = jnp.asarray(x, jnp.float32)
   out = jax.ffi.ffi_call("kpsem_batch_norm_sums",
                          jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32),
@@ -272,7 +190,7 @@ def batch_norm_grad_sums(x: jax.Array, dy: jax.Array, mean: jax.Array, a: jax.Ar
   Returns:
     ``(2, C)`` float32.
   """
-  _require()
+  require()
   x, dy = jnp.asarray(x, jnp.float32), jnp.asarray(dy, jnp.float32)
   coefs = jnp.stack([mean, a, bias]).astype(jnp.float32)
   out = jax.ffi.ffi_call("kpsem_batch_norm_grad_sums",
@@ -294,7 +212,7 @@ def max_pool_grad(dy: jax.Array, first: jax.Array, x_shape: Sequence[int], windo
     ``dx`` ``x_shape``, float32: each input gets the ``dy`` of the outputs whose first
     maximum it is.
   """
-  _require()
+  require()
   dy = jnp.asarray(dy, jnp.float32)
   out = jax.ffi.ffi_call("kpsem_max_pool_grad", jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32),
                          vmap_method="sequential")(

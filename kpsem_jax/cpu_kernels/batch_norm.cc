@@ -1,4 +1,4 @@
-// BatchNorm's per-channel sums in training (kpsem_jax/layers.py, batch_norm_train), as XLA
+// BatchNorm's per-channel sums in training (kpsem_jax/layers/normalization.py, batch_norm_train), as XLA
 // typed-FFI handlers. Channels-last: an array (..., C) is read as N = size / C rows of C.
 //
 //   KpsemBatchNormSums:     x -> sums (2, C): [sum x, sum x^2] over the rows
@@ -13,7 +13,7 @@
 // float64. The elementwise parts (normalise, ReLU, the input gradient) stay with XLA, which
 // fuses them with their neighbours.
 //
-// Built on first use by kpsem_jax/cpu_kernels/__init__.py.
+// Built on first use by kpsem_jax/cpu_kernels/build.py.
 
 #include <algorithm>
 #include <cstdint>

@@ -1,4 +1,4 @@
-// The gradient of 3-D max-pooling (kpsem_jax/layers.py, max_pool) as an XLA typed-FFI handler.
+// The gradient of 3-D max-pooling (kpsem_jax/layers/pooling.py, max_pool) as an XLA typed-FFI handler.
 //
 //   dy (B, D', H', W', C), first (B, D', H', W', C) int32 -> dx (B, D, H, W, C)
 //
@@ -9,7 +9,7 @@
 // XLA:CPU fused this gradient with the producers of dy and recomputed them once per window
 // offset: 12-14 ms of a narrow MFNet's training step on its stem map, about 1.4 ms here.
 //
-// Built on first use by kpsem_jax/cpu_kernels/__init__.py.
+// Built on first use by kpsem_jax/cpu_kernels/build.py.
 
 #include <algorithm>
 #include <cstdint>

@@ -7,7 +7,7 @@
 // directly: no reorder per call); oneDNN picks the kernel's layout, reordered per call.
 // Attributes: strides, pad_lo, pad_hi (3 each), groups. float32 only.
 //
-// Built on first use by kpsem_jax/cpu_kernels/__init__.py.
+// Built on first use by kpsem_jax/cpu_kernels/build.py.
 
 #include <cstdint>
 #include <cstdlib>

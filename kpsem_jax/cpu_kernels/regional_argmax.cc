@@ -9,7 +9,7 @@
 // with the C channels innermost, so it vectorises; OpenMP splits the (*L, T, K) rows. On
 // MFNet's conv4 map (G = 8, 8x14x14x384) it takes 2.5 ms where XLA's argmax takes 26 ms.
 //
-// Built on first use by kpsem_jax/cpu_kernels/__init__.py.
+// Built on first use by kpsem_jax/cpu_kernels/build.py.
 
 #include <cstdint>
 #include <limits>

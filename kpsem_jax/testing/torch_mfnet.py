@@ -7,6 +7,7 @@ can build narrow variants of the same network.
 
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -98,3 +99,27 @@ def randomize(model, seed=0):
         if module.bias is not None:
           module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=g))
   return model
+
+
+# A narrow MFNet that runs fast on a CPU: the converter and KPSEM parity tests' network.
+TINY = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32), stage_depths=(1, 1, 2, 1), groups=4)
+
+
+def save(state_dict, path, legacy=False, wrap=False, module_prefix=False, drop_counters=False):
+  sd = {k: v for k, v in state_dict.items()
+        if not (drop_counters and k.endswith("num_batches_tracked"))}
+  if module_prefix:
+    sd = {f"module.{k}": v for k, v in sd.items()}
+  obj = {"epoch": 10, "state_dict": sd} if wrap else sd
+  torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+  return path
+
+
+def relative_error(jax_logits, torch_logits):
+  return float(np.abs(jax_logits - torch_logits).max() / np.abs(torch_logits).max())
+
+
+def torch_logits(net, clips_nthwc):
+  with torch.no_grad():
+    return net.eval()(torch.from_numpy(np.ascontiguousarray(
+        np.asarray(clips_nthwc).transpose(0, 4, 1, 2, 3)))).numpy()

@@ -1,4 +1,4 @@
-"""Tiny random-weight checkpoints for the inference and visualisation tests."""
+"""Tiny random-weight checkpoints (inference, visualisation tests) and a tiny training config."""
 
 import jax
 import jax.numpy as jnp
@@ -28,3 +28,12 @@ def save_tiny_checkpoint(directory, kpsem=True, seed=0):
                                       config={"clip": dict(CLIP)})
   checkpoint.save_variables(str(directory), variables, metadata)
   return model, variables
+
+
+def train_config(data_dir, steps=12):
+  """``configs/synthetic.py:tiny`` reading ``data_dir``, ``steps`` steps, evaluated at the end."""
+  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  c = trainer.load_config("synthetic", "tiny")
+  c.dataset.data_dir = str(data_dir)
+  c.num_train_steps = c.eval_every = int(steps)
+  return c
