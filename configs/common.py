@@ -9,6 +9,41 @@ from the converted Kinetics-400 MFNet.
 import ml_collections
 
 
+def parse_arg(arg: str, where: str, **defaults) -> ml_collections.ConfigDict:
+  """A config's ``get_config(arg)`` options (big_vision's ``parse_arg`` idea).
+
+  ``arg`` is ``,``-separated ``name=value`` or bare ``name`` (a switch: True); each value is
+  cast to its default's type (``bool`` accepts true/false/1/0). ``defaults`` names every
+  option; an unknown option or a value of the wrong type is one ``ValueError`` naming
+  ``where`` (the config file) and the options.
+  """
+  options = ml_collections.ConfigDict(defaults)
+  choices = ", ".join(f"{k}=<{type(v).__name__}>" if not isinstance(v, bool) else k
+                      for k, v in defaults.items())
+  unknown = []
+  for token in filter(None, (t.strip() for t in arg.split(","))):
+    name, _, value = token.partition("=")
+    if name not in defaults:
+      unknown.append(name)
+      continue
+    kind = type(defaults[name])
+    try:
+      if kind is bool:
+        if value.lower() not in ("", "true", "1", "false", "0"):
+          raise ValueError(value)
+        options[name] = value.lower() in ("", "true", "1")
+      elif isinstance(defaults[name], tuple):
+        raise ValueError("tuples are set with --config.<field>")
+      else:
+        options[name] = kind(value)
+    except ValueError:
+      raise ValueError(f"{where}: {token!r}: expected {name}=<{kind.__name__}>") from None
+  if unknown:
+    raise ValueError(f"{where}: unknown option(s) {sorted(unknown)}; the options are "
+                     f"{choices}")
+  return options
+
+
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0

@@ -13,6 +13,7 @@ from configs import common
 def get_config(arg: str = ""):
   """The default; ``arg="tiny"``: the tests' variant, a few seconds a step on 2 CPU cores
   (the ``tiny`` dataset config: 32x32, 8 frames, 32 train / 16 test videos; 12 steps)."""
+  opts = common.parse_arg(arg, "configs/synthetic.py", tiny=False)
   c = common.base()
   c.dataset.name = "synthetic_motion"
   c.dataset.num_classes = 8
@@ -31,7 +32,7 @@ def get_config(arg: str = ""):
   c.log_every = 20
   c.eval_every = 300
   c.checkpoint_every = 100
-  if arg == "tiny":
+  if opts.tiny:
     c.dataset.config = "tiny"
     c.clip.update(dict(frames=8, crop=24, train_scale=(24, 28), eval_resize=26))
     c.model.backbone_kwargs = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32),
@@ -41,6 +42,4 @@ def get_config(arg: str = ""):
     c.optimizer.update(dict(lr=0.05, warmup_steps=0, decay_steps=()))
     c.update(dict(batch_size=8, eval_batch_size=8, num_train_steps=12, log_every=1,
                   eval_every=12, checkpoint_every=3, num_workers=0))  # no worker start-up
-  elif arg:
-    raise ValueError(f"configs/synthetic.py has no variant {arg!r} (variants: tiny)")
   return c

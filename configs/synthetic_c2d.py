@@ -21,40 +21,36 @@ reversed) at 64x64, so the object moves 4.6-6.4 input pixels between sampled fra
 of the steps) with the global gradient norm clipped at 1.
 """
 
-from configs import synthetic
+from configs import common, synthetic
 
 STAGES = ("res2", "res3", "res4", "res5")
 
 
 def get_config(arg: str = "c2d_kpsem"):
-  model, *options = arg.split(",")
+  model, _, options = arg.partition(",")
   if model not in ("c2d", "c2d_kpsem"):
     raise ValueError(f"configs/synthetic_c2d.py: unknown model {model!r}; choose c2d or "
                      "c2d_kpsem")
-  opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in options)
-  unknown = set(opts) - {"k", "g", "fixed", "de", "at", "steps", "data", "lr", "grad", "clip"}
-  if unknown:
-    raise ValueError(f"configs/synthetic_c2d.py: unknown option(s) {sorted(unknown)}; the "
-                     "options are k=<regions>, g=<sets>, fixed, de=<d_e>, at=<stage>, "
-                     "steps=<n>, data=<config>, lr=<lr>, grad=<paper|stopped>, "
-                     "clip=<norm, 0: none>")
-  if opts.get("at", "res2") not in STAGES:
-    raise ValueError(f"configs/synthetic_c2d.py: at={opts['at']!r} is not a stage; choose "
+  opts = common.parse_arg(options, "configs/synthetic_c2d.py", k=4, g=4, fixed=False, de=8,
+                          at="res2", steps=600, data="translation", lr=0.05, grad="stopped",
+                          clip=1.0)
+  if opts.at not in STAGES:
+    raise ValueError(f"configs/synthetic_c2d.py: at={opts.at!r} is not a stage; choose "
                      f"one of {', '.join(STAGES)}")
   c = synthetic.get_config()
-  c.dataset.config = opts.get("data", "translation")
+  c.dataset.config = opts.data
   c.clip.update(dict(frames=8, interval=2, crop=64, train_scale=(64, 72), aspect=(0.9, 1.1),
                      flip=False, eval_resize=64, eval_clips=1, eval_crops=1))
   c.model.backbone = "resnet3d"
   c.model.backbone_kwargs = dict(stage_depths=(1, 1, 1, 1), base_width=16, temporal_kernel=1)
   c.model.use_kpsem = model == "c2d_kpsem"
-  c.model.kpsem_at = opts.get("at", "res2")
-  c.model.kpsem = dict(num_regions=int(opts.get("k", 4)), num_sets=int(opts.get("g", 4)),
-                       embed_dim=int(opts.get("de", 8)), reduction_channels=(16, 16),
-                       adaptive="fixed" not in opts,
-                       match_gradient=opts.get("grad", "stopped"))
-  steps = int(opts.get("steps", 600))
-  c.optimizer.update(dict(lr=float(opts.get("lr", 0.05)), warmup_steps=max(1, steps // 20), clip_grad_norm=float(opts.get("clip", 1.0)),
+  c.model.kpsem_at = opts.at
+  c.model.kpsem = dict(num_regions=opts.k, num_sets=opts.g, embed_dim=opts.de,
+                       reduction_channels=(16, 16), adaptive=not opts.fixed,
+                       match_gradient=opts.grad)
+  steps = opts.steps
+  c.optimizer.update(dict(lr=opts.lr, warmup_steps=max(1, steps // 20),
+                          clip_grad_norm=opts.clip,
                           decay_steps=(int(steps * 0.8), int(steps * 0.93))))
   c.update(dict(batch_size=16, eval_batch_size=32, num_train_steps=steps,
                 log_every=max(1, steps // 20), eval_every=steps,

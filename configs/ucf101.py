@@ -12,6 +12,7 @@ def get_config(arg: str = ""):
   block per stage) from scratch on the same 16x224x224 clips, batch 8, one eval view per
   video: training that the input pipeline alone limits (benchmarks/loader_throughput.py
   --train_steps)."""
+  opts = common.parse_arg(arg, "configs/ucf101.py", tiny_model=False)
   c = common.base()
   c.dataset.name = "ucf101"
   c.dataset.config = "split1"
@@ -19,7 +20,7 @@ def get_config(arg: str = ""):
   c.dataset.eval_split = "test"
   c.init_from = "checkpoints/mf_kpsem_ucf101_init"
   c.batch_size = 80
-  if arg == "tiny_model":
+  if opts.tiny_model:
     c.model.backbone = "resnet3d"
     c.model.backbone_kwargs = dict(stage_depths=(1, 1, 1, 1), base_width=4, temporal_kernel=1)
     c.model.use_kpsem = False
@@ -27,6 +28,4 @@ def get_config(arg: str = ""):
     c.clip.update(dict(eval_clips=1, eval_crops=1))
     c.update(dict(batch_size=8, eval_batch_size=8, num_train_steps=60, log_every=10,
                   eval_every=10**9, checkpoint_every=10**9))
-  elif arg:
-    raise ValueError(f"configs/ucf101.py has no variant {arg!r} (variants: tiny_model)")
   return c

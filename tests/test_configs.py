@@ -1,0 +1,33 @@
+"""``configs/common.parse_arg``: the one parser of every config's ``get_config(arg)``."""
+
+import pytest
+
+from configs import common
+from kpsem_jax import trainer
+
+
+def test_parse_arg_casts_to_the_defaults_types_and_names_bad_options():
+  opts = common.parse_arg("k=9,fixed,lr=0.01,at=res3", "configs/x.py", k=4, fixed=False,
+                          lr=0.05, at="res2", steps=600)
+  assert (opts.k, opts.fixed, opts.lr, opts.at, opts.steps) == (9, True, 0.01, "res3", 600)
+  assert isinstance(opts.k, int) and isinstance(opts.lr, float)
+  assert common.parse_arg("fixed=false", "c", fixed=True).fixed is False
+  assert common.parse_arg("", "c", k=4).k == 4
+  with pytest.raises(ValueError, match=r"configs/x.py: unknown option\(s\) \['h'\]; the "
+                                       r"options are k=<int>, fixed$"):
+    common.parse_arg("k=2,h=3", "configs/x.py", k=4, fixed=False)
+  with pytest.raises(ValueError, match=r"configs/x.py: 'k=nine': expected k=<int>"):
+    common.parse_arg("k=nine", "configs/x.py", k=4)
+  with pytest.raises(ValueError, match=r"'fixed=maybe': expected fixed=<bool>"):
+    common.parse_arg("fixed=maybe", "configs/x.py", fixed=False)
+
+
+def test_every_config_with_variants_parses_them_through_parse_arg():
+  assert trainer.load_config("synthetic", "tiny").dataset.config == "tiny"
+  assert trainer.load_config("ucf101", "tiny_model").model.backbone == "resnet3d"
+  c = trainer.load_config("synthetic_c2d", "c2d_kpsem,grad=paper,clip=0,k=9")
+  assert (c.model.kpsem.match_gradient, c.optimizer.clip_grad_norm, c.model.kpsem.num_regions) == (
+      "paper", 0.0, 9)
+  for name, arg in (("synthetic", "tinyy"), ("ucf101", "tiny"), ("synthetic_c2d", "c2d,x=1")):
+    with pytest.raises(ValueError, match=rf"configs/{name}.py: unknown option"):
+      trainer.load_config(name, arg)
