@@ -126,8 +126,8 @@ def main(argv):
             f"{'vs N=1':>7s} {'batch colls':>11s} {'collectives':>11s} {'coll. MB':>9s} "
             f"{'grads+BN MB':>11s} {'ratio':>6s}")
   runs = [(s, False) for s in FLAGS.strategies] + ([("xla", True)] if FLAGS.baseline else [])
-  for strategy, baseline in runs:
-    model = trainer.create_model(**spec, conv_strategy=strategy,
+  for conv_strategy, baseline in runs:
+    model = trainer.create_model(**spec, conv_strategy=conv_strategy,
                                  batch_norm_axis=None if baseline else trainer.DATA_AXIS)
     variables = jax.device_get(jax.jit(model.init)(
         jax.random.PRNGKey(0), jnp.zeros((1, c.frames, c.crop, c.crop, 3))))
@@ -156,7 +156,7 @@ def main(argv):
           batch_colls += 1
       moved = sum(nbytes(arrays) for _, arrays in found)
       needed = grad_bytes + bn_bytes
-      name = f"jit {strategy}" if baseline else strategy
+      name = f"jit {conv_strategy}" if baseline else conv_strategy
       print(f"{name:9s} {n:2d} {FLAGS.per_device_batch * n * (1 if baseline else accum):12d} "
             f"{flops / 1e9:12.3f} {flops / base:7.3f} {batch_colls:11d} {len(found):11d} "
             f"{moved / 1e6:9.3f} {needed / 1e6:11.3f} "

@@ -131,9 +131,9 @@ def main(argv):
   print(f"MFNet forward: {flops_per_clip / 1e9:.2f} GFLOP per clip (XLA's count); machine "
         f"peak {peak:.0f} GFLOP/s ({how})")
 
-  def jax_forward(path, strategy):
+  def jax_forward(path, conv_strategy):
     variables, meta = checkpoint.load_variables(path)
-    model = create_model(**meta["model"], conv_strategy=strategy)
+    model = create_model(**meta["model"], conv_strategy=conv_strategy)
     fn = jax.jit(lambda v, x: model.apply(v, x))
     return lambda x: np.asarray(jax.block_until_ready(fn(variables, x)))
 

@@ -100,7 +100,8 @@ def regional_argmax(features: jax.Array, masks: jax.Array, penalty: jax.Array,
   MFNet's conv4 map with G=8 on a CPU). No gradient (indices).
   """
   if strategy not in ARGMAX_STRATEGIES:
-    raise ValueError(f"unknown argmax strategy {strategy!r}; choose one of {ARGMAX_STRATEGIES}")
+    raise ValueError(f"unknown argmax strategy {strategy!r}; choose one of "
+                     f"{ARGMAX_STRATEGIES}")
   features, masks, penalty = (jax.lax.stop_gradient(a) for a in (features, masks, penalty))
   if strategy == "cpu_kernel":
     return cpu_kernels.regional_argmax(features, masks, penalty)

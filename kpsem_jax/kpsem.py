@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from kpsem_jax import arese as arese_lib
-from kpsem_jax import jax_options, layers
+from kpsem_jax import layers
 from kpsem_jax.layers import Conv
 
 
@@ -42,8 +42,9 @@ class KPSEM(nn.Module):
     conv_strategy: ``layers.conv``'s strategy for the reduction convolutions.
     argmax_strategy: AReSE's regional argmax (:func:`kpsem_jax.arese.regional_argmax`):
       ``jnp``, ``cpu_kernel``, or ``auto`` (the CPU kernel where
-      ``layers.uses_cpu_kernels("auto")``); ``create_model`` derives it from the model's
-      convolution strategy.
+      ``layers.uses_cpu_kernels(conv_strategy)``); ``create_model`` derives it from the
+      model's resolved convolution strategy, and checks there (not at trace time) that a
+      one-set KPSEM runs with XLA:CPU's YNNPACK fusions off (``jax_options``).
   Intermediates (``mutable=["intermediates"]``): ``arese`` holds the
   :class:`~kpsem_jax.arese.AReSEOutput` of every set with leading ``(G, B)`` axes.
   """
@@ -64,12 +65,10 @@ class KPSEM(nn.Module):
   def __call__(self, features: jax.Array) -> jax.Array:
     b, t, _, _, c = features.shape
     argmax_strategy = self.argmax_strategy
-    if argmax_strategy == "auto":
-      argmax_strategy = "cpu_kernel" if layers.uses_cpu_kernels("auto") else "jnp"
+    if argmax_strategy == "auto":  # KPSEM built alone; create_model passes a concrete one
+      argmax_strategy = "cpu_kernel" if layers.uses_cpu_kernels(self.conv_strategy) else "jnp"
     if t < 2:
       raise ValueError(f"KPSEM needs at least 2 frames in its input feature map, got T={t}")
-    if self.num_sets == 1:
-      jax_options.require_ynn_fusions_off("KPSEM with one AReSE set (num_sets=1)")
     k = arese_lib.grid_size(self.num_regions)
     g, n_split = self.num_sets, k - 1
     f32 = features.astype(jnp.float32)
@@ -100,5 +99,5 @@ class KPSEM(nn.Module):
     h = h.astype(features.dtype)
     for i, channels in enumerate(self.reduction_channels):
       h = nn.relu(Conv(channels, (1, 3), (1, 2), padding=((0, 0), (1, 1)), use_bias=True,
-                       strategy=self.conv_strategy, name=f"reduce{i + 1}")(h))
+                       conv_strategy=self.conv_strategy, name=f"reduce{i + 1}")(h))
     return jnp.mean(h, axis=2).reshape(b, -1)  # (B, (T-1) * C_red)

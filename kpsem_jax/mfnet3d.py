@@ -25,15 +25,15 @@ class BNReLUConv(nn.Module):
   kernel_size: Sequence[int] = (1, 1, 1)
   strides: Sequence[int] = (1, 1, 1)
   groups: int = 1
-  strategy: str = "auto"  # layers.conv's strategy
-  bn_axis_name: Optional[str] = None  # layers.BatchNorm's axis_name
+  conv_strategy: str = "auto"  # layers.conv's strategy
+  batch_norm_axis: Optional[str] = None  # layers.BatchNorm's axis_name
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    h = BatchNorm(relu=True, axis_name=self.bn_axis_name, strategy=self.strategy,
+    h = BatchNorm(relu=True, batch_norm_axis=self.batch_norm_axis, conv_strategy=self.conv_strategy,
                   name="bn")(x, train)
     return Conv(self.features, self.kernel_size, self.strides, groups=self.groups,
-                strategy=self.strategy, name="conv")(h)
+                conv_strategy=self.conv_strategy, name="conv")(h)
 
 
 class MFUnit(nn.Module):
@@ -47,13 +47,13 @@ class MFUnit(nn.Module):
   strides: Sequence[int] = (1, 1, 1)
   first_block: bool = False
   conv_strategy: str = "auto"
-  bn_axis_name: Optional[str] = None
+  batch_norm_axis: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     in_channels = x.shape[-1]
-    layer = functools.partial(BNReLUConv, strategy=self.conv_strategy,
-                              bn_axis_name=self.bn_axis_name)
+    layer = functools.partial(BNReLUConv, conv_strategy=self.conv_strategy,
+                              batch_norm_axis=self.batch_norm_axis)
     h = layer(self.mid_channels // 4, name="conv_i1")(x, train)
     x_in = x + layer(in_channels, name="conv_i2")(h, train)
     h = layer(self.mid_channels, (3, 3, 3), self.strides, self.groups, name="conv_m1")(x_in, train)
@@ -79,21 +79,21 @@ class MFNet3D(nn.Module):
   stage_depths: Sequence[int] = (3, 4, 6, 3)
   groups: int = 16
   conv_strategy: str = "auto"  # layers.conv's strategy, for every convolution
-  bn_axis_name: Optional[str] = None  # layers.BatchNorm's axis_name, for every BatchNorm
+  batch_norm_axis: Optional[str] = None  # layers.BatchNorm's axis_name, for every BatchNorm
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
     out = {}
-    h = _Conv1(self.conv1_channels, self.conv_strategy, self.bn_axis_name, name="conv1")(x, train)
+    h = _Conv1(self.conv1_channels, self.conv_strategy, self.batch_norm_axis, name="conv1")(x, train)
     out["conv1"] = h
     h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)), self.conv_strategy)
     for i, (stage, channels, depth) in enumerate(
         zip(STAGES, self.stage_channels, self.stage_depths)):
       first_strides = (2, 1, 1) if i == 0 else (1, 2, 2)
       h = _Stage(channels, depth, self.groups, first_strides, self.conv_strategy,
-                 self.bn_axis_name, name=stage)(h, train)
+                 self.batch_norm_axis, name=stage)(h, train)
       out[stage] = h
-    h = _Tail(self.conv_strategy, self.bn_axis_name, name="tail")(h, train)
+    h = _Tail(self.conv_strategy, self.batch_norm_axis, name="tail")(h, train)
     out["last"] = h  # the final activation map (after the tail), globally pooled below
     out["pooled"] = jnp.mean(h, axis=(1, 2, 3))
     return out
@@ -102,13 +102,13 @@ class MFNet3D(nn.Module):
 class _Conv1(nn.Module):
   """``conv1``: Conv3d(3 -> C, k=(3,5,5), s=(1,2,2), pad=(1,2,2)) -> BN -> ReLU."""
   features: int
-  strategy: str = "auto"
-  bn_axis_name: Optional[str] = None
+  conv_strategy: str = "auto"
+  batch_norm_axis: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train):
-    h = Conv(self.features, (3, 5, 5), (1, 2, 2), strategy=self.strategy, name="conv")(x)
-    return BatchNorm(relu=True, axis_name=self.bn_axis_name, strategy=self.strategy,
+    h = Conv(self.features, (3, 5, 5), (1, 2, 2), conv_strategy=self.conv_strategy, name="conv")(x)
+    return BatchNorm(relu=True, batch_norm_axis=self.batch_norm_axis, conv_strategy=self.conv_strategy,
                      name="bn")(h, train)
 
 
@@ -119,24 +119,24 @@ class _Stage(nn.Module):
   groups: int
   first_strides: Sequence[int]
   conv_strategy: str = "auto"
-  bn_axis_name: Optional[str] = None
+  batch_norm_axis: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train):
     for b in range(self.depth):
       x = MFUnit(self.channels, self.channels, self.groups,
                  self.first_strides if b == 0 else (1, 1, 1), first_block=b == 0,
-                 conv_strategy=self.conv_strategy, bn_axis_name=self.bn_axis_name,
+                 conv_strategy=self.conv_strategy, batch_norm_axis=self.batch_norm_axis,
                  name=f"B{b + 1:02d}")(x, train)
     return x
 
 
 class _Tail(nn.Module):
   """``tail``: BN -> ReLU on the conv5 output."""
-  strategy: str = "auto"
-  bn_axis_name: Optional[str] = None
+  conv_strategy: str = "auto"
+  batch_norm_axis: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train):
-    return BatchNorm(relu=True, axis_name=self.bn_axis_name, strategy=self.strategy,
+    return BatchNorm(relu=True, batch_norm_axis=self.batch_norm_axis, conv_strategy=self.conv_strategy,
                      name="bn")(x, train)

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from kpsem_jax import arese, layers
+from kpsem_jax import arese, jax_options, layers
 from kpsem_jax.kpsem import KPSEM
 from kpsem_jax.mfnet3d import MFNet3D
 from kpsem_jax.resnet3d import ResNet3D
@@ -86,8 +86,10 @@ def create_model(backbone: str = "mfnet3d", num_classes: int = 400,
   if conv_strategy not in layers.STRATEGIES:
     raise ValueError(f"unknown conv_strategy {conv_strategy!r}; choose one of "
                      f"{layers.STRATEGIES}")
+  # Decided here, once: the layers see a concrete strategy (no backend query per call).
+  conv_strategy = layers.resolve_conv_strategy(conv_strategy)
   kwargs = dict(backbone_kwargs or {})
-  if "conv_strategy" in kwargs or "bn_axis_name" in kwargs:
+  if "conv_strategy" in kwargs or "batch_norm_axis" in kwargs:
     raise ValueError("pass conv_strategy and batch_norm_axis to create_model, not in "
                      "backbone_kwargs")
   kpsem_kwargs = None
@@ -96,11 +98,13 @@ def create_model(backbone: str = "mfnet3d", num_classes: int = 400,
     if gradient not in arese.MATCH_GRADIENTS:
       raise ValueError(f"unknown model.kpsem.match_gradient {gradient!r}; choose one of "
                        f"{arese.MATCH_GRADIENTS}")
-    argmax = {"auto": "auto", "onednn": "cpu_kernel"}.get(conv_strategy, "jnp")
+    if dict(kpsem).get("num_sets", 8) == 1:
+      jax_options.require_ynn_fusions_off("KPSEM with one AReSE set (num_sets=1)")
+    argmax = "cpu_kernel" if layers.uses_cpu_kernels(conv_strategy) else "jnp"
     kpsem_kwargs = dict(dict(kpsem), conv_strategy=conv_strategy, argmax_strategy=argmax)
   return VideoClassifier(
       backbone=BACKBONES[backbone](**kwargs, conv_strategy=conv_strategy,
-                                   bn_axis_name=batch_norm_axis),
+                                   batch_norm_axis=batch_norm_axis),
       num_classes=num_classes,
       kpsem=None if kpsem_kwargs is None else KPSEM(**kpsem_kwargs),
       kpsem_at=kpsem_at)

@@ -25,14 +25,14 @@ class ConvBNReLU(nn.Module):
   kernel_size: Sequence[int] = (1, 1, 1)
   strides: Sequence[int] = (1, 1, 1)
   relu: bool = True
-  strategy: str = "auto"  # layers.conv's strategy
-  bn_axis_name: Optional[str] = None  # layers.BatchNorm's axis_name
+  conv_strategy: str = "auto"  # layers.conv's strategy
+  batch_norm_axis: Optional[str] = None  # layers.BatchNorm's axis_name
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    h = Conv(self.features, self.kernel_size, self.strides, strategy=self.strategy,
+    h = Conv(self.features, self.kernel_size, self.strides, conv_strategy=self.conv_strategy,
              name="conv")(x)
-    return BatchNorm(relu=self.relu, axis_name=self.bn_axis_name, strategy=self.strategy,
+    return BatchNorm(relu=self.relu, batch_norm_axis=self.batch_norm_axis, conv_strategy=self.conv_strategy,
                      name="bn")(h, train)
 
 
@@ -42,14 +42,14 @@ class Bottleneck(nn.Module):
   spatial_stride: int = 1
   temporal_kernel: int = 1
   conv_strategy: str = "auto"
-  bn_axis_name: Optional[str] = None
+  batch_norm_axis: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out_channels = 4 * self.width
     strides = (1, self.spatial_stride, self.spatial_stride)
-    layer = functools.partial(ConvBNReLU, strategy=self.conv_strategy,
-                              bn_axis_name=self.bn_axis_name)
+    layer = functools.partial(ConvBNReLU, conv_strategy=self.conv_strategy,
+                              batch_norm_axis=self.batch_norm_axis)
     h = layer(self.width, (self.temporal_kernel, 1, 1), name="conv_a")(x, train)
     h = layer(self.width, (1, 3, 3), strides, name="conv_b")(h, train)
     h = layer(out_channels, relu=False, name="conv_c")(h, train)
@@ -68,19 +68,19 @@ class ResNet3D(nn.Module):
   base_width: int = 64
   temporal_kernel: int = 1
   conv_strategy: str = "auto"  # layers.conv's strategy, for every convolution
-  bn_axis_name: Optional[str] = None  # layers.BatchNorm's axis_name, for every BatchNorm
+  batch_norm_axis: Optional[str] = None  # layers.BatchNorm's axis_name, for every BatchNorm
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
     out = {}
-    h = ConvBNReLU(self.base_width, (1, 7, 7), (1, 2, 2), strategy=self.conv_strategy,
-                   bn_axis_name=self.bn_axis_name, name="stem")(x, train)
+    h = ConvBNReLU(self.base_width, (1, 7, 7), (1, 2, 2), conv_strategy=self.conv_strategy,
+                   batch_norm_axis=self.batch_norm_axis, name="stem")(x, train)
     out["stem"] = h
     h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)), self.conv_strategy)
     for i, (stage, depth) in enumerate(zip(STAGES, self.stage_depths)):
       for b in range(depth):
         h = Bottleneck(self.base_width * 2**i, 2 if (b == 0 and i > 0) else 1,
-                       self.temporal_kernel, self.conv_strategy, self.bn_axis_name,
+                       self.temporal_kernel, self.conv_strategy, self.batch_norm_axis,
                        name=f"{stage}_B{b + 1:02d}")(h, train)
       out[stage] = h
     out["last"] = h  # the final activation map, globally pooled below

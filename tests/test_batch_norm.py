@@ -22,13 +22,13 @@ requires_cpu_kernels = pytest.mark.skipif(
 STRATEGIES = ["xla", pytest.param("onednn", marks=requires_cpu_kernels)]
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("conv_strategy", STRATEGIES)
 @pytest.mark.parametrize("relu", [False, True])
-def test_batch_norm_train_equals_the_float64_reference(strategy, relu):
+def test_batch_norm_train_equals_the_float64_reference(conv_strategy, relu):
   x, scale, bias, w = inputs()
 
   def loss(x, scale, bias):
-    y, mean, var = layers.batch_norm_train(x, scale, bias, relu, strategy=strategy)
+    y, mean, var = layers.batch_norm_train(x, scale, bias, relu, conv_strategy=conv_strategy)
     return jnp.sum(y * w), (y, mean, var)
 
   (_, (y, mean, var)), grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(
@@ -58,11 +58,11 @@ def test_cpu_sums_equal_float64_sums():
                                atol=1e-4)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_batch_norm_module_equals_flax_batch_norm(strategy):
+@pytest.mark.parametrize("conv_strategy", STRATEGIES)
+def test_batch_norm_module_equals_flax_batch_norm(conv_strategy):
   """Variables, training output, running averages (PyTorch's momentum) and evaluation."""
   x, _, _, w = inputs((4, 3, 5, 5, 16), seed=2)
-  ours = layers.BatchNorm(relu=True, strategy=strategy)
+  ours = layers.BatchNorm(relu=True, conv_strategy=conv_strategy)
   flax = nn.BatchNorm(use_running_average=False, momentum=layers.BN_MOMENTUM,
                       epsilon=layers.BN_EPSILON)
   variables = ours.init(jax.random.PRNGKey(0), x, train=True)
@@ -106,8 +106,8 @@ for strategy in {strategies!r}:
     # Parameters per device, as in the train step: their gradients are this device's part.
     scale, bias = (jax.lax.pcast(a, "data", to="varying") for a in (scale, bias))
     def loss(x, scale, bias):
-      y, mean, var = layers.batch_norm_train(x, scale, bias, True, axis_name="data",
-                                             strategy=strategy)
+      y, mean, var = layers.batch_norm_train(x, scale, bias, True, batch_norm_axis="data",
+                                             conv_strategy=strategy)
       return jnp.sum(y * w), (y, mean, var)
     (_, (y, mean, var)), (dx, ds, db) = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(
         x, scale, bias)
@@ -129,5 +129,5 @@ def test_statistics_shared_over_devices_equal_the_global_batch():
                                 strategies=strategies)
   result = fake_devices.run_script(script, devices=4)
   assert sorted(result) == sorted(strategies)
-  for strategy, errors in result.items():
-    assert max(errors) < 2e-5, (strategy, errors)  # y, mean, var, dx, dscale, dbias
+  for conv_strategy, errors in result.items():
+    assert max(errors) < 2e-5, (conv_strategy, errors)  # y, mean, var, dx, dscale, dbias

@@ -59,22 +59,22 @@ def naive_conv(x, kernel, strides, padding, groups):
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_every_strategy_matches_the_naive_convolution_and_its_gradient(strategy, case,
+@pytest.mark.parametrize("conv_strategy", STRATEGIES)
+def test_every_strategy_matches_the_naive_convolution_and_its_gradient(conv_strategy, case,
                                                                       auto_on_tiny_maps):
-  if strategy == "onednn" and not KERNELS_BUILT:  # (the fixture hides them from auto only)
+  if conv_strategy == "onednn" and not KERNELS_BUILT:  # (the fixture hides them from auto only)
     pytest.skip(f"oneDNN conv: {cpu_kernels.unavailable_reason()}")
   shape, window, c_out, strides, padding, groups = CASES[case]
   rng = np.random.RandomState(case)
   x = rng.randn(*shape).astype(np.float32)
   kernel = rng.randn(*window, shape[-1] // groups, c_out).astype(np.float32)
-  y = conv(x, kernel, strides, padding, groups, strategy)
+  y = conv(x, kernel, strides, padding, groups, conv_strategy)
   np.testing.assert_allclose(y, naive_conv(x, kernel, strides, padding, groups),
                              rtol=1e-4, atol=1e-4)
   # Gradients against the plain XLA convolution's (itself checked above).
   cot = rng.randn(*y.shape).astype(np.float32)
   loss = lambda s: lambda a, b: jnp.sum(conv(a, b, strides, padding, groups, s) * cot)
-  got = jax.grad(loss(strategy), argnums=(0, 1))(x, kernel)
+  got = jax.grad(loss(conv_strategy), argnums=(0, 1))(x, kernel)
   want = jax.grad(loss("xla"), argnums=(0, 1))(x, kernel)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
@@ -83,7 +83,7 @@ def test_every_strategy_matches_the_naive_convolution_and_its_gradient(strategy,
 def test_unknown_strategy_is_a_clear_error():
   with pytest.raises(ValueError, match="unknown convolution strategy 'fast'"):
     conv(np.zeros((1, 2, 4, 4, 2)), np.zeros((1, 1, 1, 2, 2)), (1, 1, 1), ((0, 0),) * 3,
-         strategy="fast")
+         conv_strategy="fast")
 
 
 @pytest.mark.slow
@@ -93,17 +93,17 @@ def test_mfnet_gives_the_same_logits_and_gradients_under_every_strategy(auto_on_
   x = np.random.RandomState(0).randn(2, 4, 32, 32, 3).astype(np.float32)
   variables = create_model("mfnet3d", 5, kwargs).init(jax.random.PRNGKey(0), x)
   results = {}
-  for strategy in STRATEGIES:
-    if strategy == "onednn" and not KERNELS_BUILT:
+  for conv_strategy in STRATEGIES:
+    if conv_strategy == "onednn" and not KERNELS_BUILT:
       continue
-    model = create_model("mfnet3d", 5, kwargs, conv_strategy=strategy)
+    model = create_model("mfnet3d", 5, kwargs, conv_strategy=conv_strategy)
     loss = lambda p: jnp.sum(model.apply(dict(variables, params=p), x) ** 2)  # noqa: E731
-    results[strategy] = (model.apply(variables, x), jax.grad(loss)(variables["params"]))
+    results[conv_strategy] = (model.apply(variables, x), jax.grad(loss)(variables["params"]))
   ref_logits, ref_grads = results["xla"]
-  for strategy, (logits, grads) in results.items():
-    np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-5, err_msg=strategy)
+  for conv_strategy, (logits, grads) in results.items():
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-5, err_msg=conv_strategy)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
-      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=strategy)
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=conv_strategy)
 
 
 @pytest.mark.parametrize("channels, groups, xla_forward", [(8, 4, False), (20, 2, True),
@@ -190,7 +190,7 @@ def test_onednn_strategy_without_the_extension_is_a_clear_error(monkeypatch):
   monkeypatch.setattr(layers.convolution, "SMALL_CONV_MAX_ELEMENTS", 65536)
   with pytest.raises(RuntimeError, match="oneDNN convolution is unavailable: no C\\+\\+ comp"):
     conv(np.zeros((1, 2, 4, 4, 2)), np.zeros((1, 1, 1, 2, 2)), (1, 1, 1), ((0, 0),) * 3,
-         strategy="onednn")
+         conv_strategy="onednn")
   # ... and ``auto`` falls back to XLA (a small map: XLA both ways).
   jaxpr = str(jax.make_jaxpr(lambda a, b: conv(a, b, (1, 1, 1), ((0, 0),) * 3))(
       np.zeros((1, 2, 4, 4, 2)), np.zeros((1, 1, 1, 2, 2))))

@@ -10,6 +10,7 @@ import pytest
 
 from kpsem_jax import jax_options
 from kpsem_jax.kpsem import KPSEM
+from kpsem_jax.models import create_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,12 +44,16 @@ def test_configure_adds_the_flag_and_keeps_a_users_choice():
 def test_one_set_kpsem_without_the_flag_is_an_error_not_a_crash(monkeypatch):
   assert jax.default_backend() == "cpu"
   x = jnp.zeros((1, 3, 4, 4, 2))
-  KPSEM(num_sets=2, embed_dim=2, reduction_channels=(2,)).init(jax.random.PRNGKey(0), x)
+  kpsem = dict(embed_dim=2, reduction_channels=(2,))
+  create_model("resnet3d", 3, dict(stage_depths=(1, 1, 1, 1), base_width=2),
+               kpsem=dict(kpsem, num_sets=2), kpsem_at="res2")
   monkeypatch.setenv("XLA_FLAGS", "")
+  # Checked where the model is built (create_model), not while it is traced.
   with pytest.raises(RuntimeError, match="KPSEM with one AReSE set .* XLA_FLAGS contains "
                      "--xla_cpu_experimental_ynn_fusion_type="):
-    KPSEM(num_sets=1, embed_dim=2, reduction_channels=(2,)).init(jax.random.PRNGKey(0), x)
-  KPSEM(num_sets=2, embed_dim=2, reduction_channels=(2,)).init(jax.random.PRNGKey(0), x)
+    create_model("resnet3d", 3, dict(stage_depths=(1, 1, 1, 1), base_width=2),
+                 kpsem=dict(kpsem, num_sets=1), kpsem_at="res2")
+  KPSEM(num_sets=2, **kpsem).init(jax.random.PRNGKey(0), x)
   # Too late to set it now that JAX runs: configure says so instead of silently failing.
   with pytest.raises(RuntimeError, match="after JAX started its backends"):
     jax_options.configure()

@@ -235,7 +235,8 @@ def test_paper_configs():
                                ("mini_kinetics", 64, 200), ("something_v1", 64, 174)):
     c = load_config(name)
     assert (c.batch_size, c.dataset.num_classes) == (batch, classes), name
-    assert c.model.kpsem.to_dict() == dict(num_regions=4, num_sets=8, embed_dim=24, adaptive=True)
+    assert c.model.kpsem.to_dict() == dict(num_regions=4, num_sets=8, embed_dim=24, adaptive=True,
+                                           match_gradient="stopped")
     assert c.model.kpsem_at == "conv4" and c.clip.frames == 16 and c.clip.crop == 224
     o = c.optimizer
     assert (o.lr, o.momentum, o.weight_decay, o.pretrained_lr_mult) == (0.005, 0.9, 1e-4, 0.2)

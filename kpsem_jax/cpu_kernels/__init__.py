@@ -15,7 +15,7 @@ once per window offset).
 
 Building (``g++`` against oneDNN and jaxlib's headers, cached) is :mod:`.build`; this
 module holds the JAX wrappers of the ops. Where it cannot be built (no C++ compiler, no oneDNN, another platform) :func:`available`
-is False, :func:`unavailable_reason` says why, and ``layers.conv(strategy="auto")`` keeps
+is False, :func:`unavailable_reason` says why, and ``layers.conv(conv_strategy="auto")`` keeps
 to pure-XLA strategies. Environment:
 - ``KPSEM_JAX_ONEDNN=0``: do not build or use it;
 - ``KPSEM_JAX_ONEDNN_ROOT``: a oneDNN install (``include/``, ``lib/``) to use instead;

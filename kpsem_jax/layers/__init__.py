@@ -10,13 +10,15 @@ The maths is in the pure functions; the modules only hold parameters. Their publ
 imported here: ``layers.conv``, ``layers.BatchNorm``, ...
 """
 
-from kpsem_jax.layers.convolution import (  
-    PATCHES_FORWARD_MAX_GROUP_WIDTH, SMALL_CONV_MAX_ELEMENTS, STRATEGIES, Conv, Padding,
-    auto_strategy, conv, same_padding, uses_cpu_kernels)
-from kpsem_jax.layers.normalization import (  
+from kpsem_jax.layers.convolution import (
+    AUTO_ONEDNN, AUTO_XLA, PATCHES_FORWARD_MAX_GROUP_WIDTH, RESOLVED, SMALL_CONV_MAX_ELEMENTS,
+    STRATEGIES, Conv, Padding, auto_strategy, conv, resolve_conv_strategy, same_padding,
+    uses_cpu_kernels)
+from kpsem_jax.layers.normalization import (
     BN_EPSILON, BN_MOMENTUM, BatchNorm, batch_norm_eval, batch_norm_train)
-from kpsem_jax.layers.pooling import max_pool  
+from kpsem_jax.layers.pooling import max_pool
 
-__all__ = ["PATCHES_FORWARD_MAX_GROUP_WIDTH", "SMALL_CONV_MAX_ELEMENTS", "STRATEGIES", "Conv",
+__all__ = ["AUTO_ONEDNN", "AUTO_XLA", "RESOLVED", "resolve_conv_strategy",
+           "PATCHES_FORWARD_MAX_GROUP_WIDTH", "SMALL_CONV_MAX_ELEMENTS", "STRATEGIES", "Conv",
            "Padding", "auto_strategy", "conv", "same_padding", "uses_cpu_kernels", "BN_EPSILON",
            "BN_MOMENTUM", "BatchNorm", "batch_norm_eval", "batch_norm_train", "max_pool"]

@@ -100,7 +100,7 @@ _cpu_conv.defvjp(_auto_fwd, _auto_bwd)
 
 
 def auto_strategy(x: jax.Array, kernel: jax.Array, backend: str, cpu_kernels_built: bool) -> str:
-  """What ``strategy="auto"`` computes a convolution with: a pure function of its inputs.
+  """What ``conv_strategy="auto"`` computes a convolution with: a pure function of its inputs.
 
   ``xla`` on GPUs and TPUs (cuDNN's and TPU's convolutions are the fast ones there). On
   CPUs with :mod:`kpsem_jax.cpu_kernels` built: ``onednn``, except ``patches_grad`` for a
@@ -120,21 +120,42 @@ def auto_strategy(x: jax.Array, kernel: jax.Array, backend: str, cpu_kernels_bui
   return "patches_grad"
 
 
+# What ``auto`` is resolved to on a CPU: per convolution, by shape (:func:`auto_strategy`),
+# with or without the C++ kernels.
+AUTO_ONEDNN, AUTO_XLA = "auto_onednn", "auto_xla"
+RESOLVED = tuple(s for s in STRATEGIES if s != "auto") + (AUTO_ONEDNN, AUTO_XLA)
+
+
 def _cpu_kernels_built() -> bool:
-  return jax.default_backend() == "cpu" and cpu_kernels.available()
+  return cpu_kernels.available()
 
 
-def uses_cpu_kernels(strategy: str) -> bool:
-  """Whether a model built with convolution ``strategy`` runs :mod:`kpsem_jax.cpu_kernels`
-  (oneDNN and AReSE's regional argmax): ``onednn`` always, ``auto`` on CPUs where they are
-  built; every other strategy is pure XLA."""
-  if strategy == "onednn":
-    return True
-  return strategy == "auto" and _cpu_kernels_built()
+def resolve_conv_strategy(conv_strategy: str) -> str:
+  """A requested strategy made concrete, once, where the model is built (``create_model``):
+  ``auto`` becomes ``xla`` on GPUs and TPUs, ``auto_onednn`` on CPUs where
+  :mod:`kpsem_jax.cpu_kernels` builds, ``auto_xla`` on other CPUs; every other strategy is
+  already concrete. The one place that asks for the backend and builds the kernels; the
+  model's layers see only the result."""
+  if conv_strategy not in STRATEGIES + (AUTO_ONEDNN, AUTO_XLA):
+    raise ValueError(f"unknown convolution strategy {conv_strategy!r}; choose one of "
+                     f"{STRATEGIES}")
+  if conv_strategy != "auto":
+    return conv_strategy
+  if jax.default_backend() != "cpu":
+    return "xla"
+  return AUTO_ONEDNN if _cpu_kernels_built() else AUTO_XLA
+
+
+def uses_cpu_kernels(conv_strategy: str) -> bool:
+  """Whether a model built with ``conv_strategy`` runs :mod:`kpsem_jax.cpu_kernels` (oneDNN,
+  BatchNorm's sums, the max-pool gradient, AReSE's regional argmax): ``onednn`` and
+  ``auto_onednn``; every other strategy is pure XLA. ``auto`` is resolved first
+  (:func:`resolve_conv_strategy`)."""
+  return resolve_conv_strategy(conv_strategy) in ("onednn", AUTO_ONEDNN)
 
 
 def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding,
-         groups: int = 1, strategy: str = "auto") -> jax.Array:
+         groups: int = 1, conv_strategy: str = "auto") -> jax.Array:
   """N-d grouped convolution, channels-last, PyTorch's zero padding.
 
   Args:
@@ -143,7 +164,7 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
     strides: one stride per spatial axis.
     padding: one ``(low, high)`` pair per spatial axis.
     groups: feature groups; ``C_in`` and ``C_out`` must both divide by it.
-    strategy: how XLA computes it; every strategy gives the same values (to float32
+    conv_strategy: how XLA computes it; every strategy gives the same values (to float32
       rounding) and gradients. ``xla``: one grouped ``conv_general_dilated``;
       ``group_loop``: one dense convolution per group; ``patches``: im2col and a batched
       matmul; ``patches_grad``: the ``patches`` gradient (XLA:CPU's own convolution
@@ -151,23 +172,22 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
       the ``xla`` forward pass, or the ``patches`` one for groups of at most
       ``PATCHES_FORWARD_MAX_GROUP_WIDTH`` channels; ``onednn``: oneDNN's convolution
       through an XLA custom call, both passes (CPU only, :mod:`kpsem_jax.cpu_kernels`);
-      ``auto``: chosen per convolution by :func:`auto_strategy` (``xla`` on GPUs and
-      TPUs, ``onednn`` on CPUs where it is built).
+      ``auto``: :func:`resolve_conv_strategy` (``xla`` on GPUs and TPUs; on CPUs
+      ``auto_onednn`` or ``auto_xla``, chosen per convolution by :func:`auto_strategy`).
   Returns:
     ``(B, *out_spatial, C_out)``.
   """
-  if strategy not in STRATEGIES:
-    raise ValueError(f"unknown convolution strategy {strategy!r}; choose one of {STRATEGIES}")
+  conv_strategy = resolve_conv_strategy(conv_strategy)
   strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
-  if strategy == "auto":
-    strategy = auto_strategy(x, kernel, jax.default_backend(), _cpu_kernels_built())
-  if strategy == "patches_grad":
+  if conv_strategy in (AUTO_ONEDNN, AUTO_XLA):
+    conv_strategy = auto_strategy(x, kernel, "cpu", conv_strategy == AUTO_ONEDNN)
+  if conv_strategy == "patches_grad":
     return _cpu_conv(x, kernel.astype(x.dtype), strides, padding, groups)
-  if strategy == "onednn":
+  if conv_strategy == "onednn":
     return cpu_kernels.conv(x, kernel, strides, padding, groups)
-  if strategy == "xla":
+  if conv_strategy == "xla":
     return _xla_conv(x, kernel, strides, padding, groups)
-  if strategy == "group_loop":
+  if conv_strategy == "group_loop":
     return _group_loop_conv(x, kernel, strides, padding, groups)
   return _patches_conv(x, kernel, strides, padding, groups)
 
@@ -185,7 +205,7 @@ class Conv(nn.Module):
   padding: Padding = None  # None: PyTorch-style k // 2 on every axis.
   groups: int = 1
   use_bias: bool = False
-  strategy: str = "auto"  # see :func:`conv`
+  conv_strategy: str = "auto"  # see :func:`conv`; create_model passes a resolved one
   kernel_init: nn.initializers.Initializer = nn.initializers.variance_scaling(
       2.0, "fan_out", "normal")
 
@@ -199,7 +219,7 @@ class Conv(nn.Module):
     kernel = self.param("kernel", self.kernel_init,
                         (*self.kernel_size, in_features // self.groups, self.features))
     padding = same_padding(self.kernel_size) if self.padding is None else self.padding
-    y = conv(x, kernel, self.strides, padding, self.groups, self.strategy)
+    y = conv(x, kernel, self.strides, padding, self.groups, self.conv_strategy)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
     return y

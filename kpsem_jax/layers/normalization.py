@@ -38,11 +38,11 @@ def batch_norm_eval(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Ar
   return _normalize(x, mean, _centred_scale(mean, var, scale, epsilon), bias, relu)
 
 
-def _batch_statistics(sums, n, axis_name):
+def _batch_statistics(sums, n, batch_norm_axis):
   """Mean and biased variance from ``(2, C)`` sums of x and x**2 over ``n`` rows."""
   means = sums / n
-  if axis_name is not None:
-    means = jax.lax.pmean(means, axis_name)
+  if batch_norm_axis is not None:
+    means = jax.lax.pmean(means, batch_norm_axis)
   mean, mean_of_squares = means[0], means[1]
   return mean, jnp.maximum(0.0, mean_of_squares - mean * mean)
 
@@ -51,31 +51,31 @@ def _rows(x):
   return x.size // x.shape[-1]
 
 
-def _batch_norm_forward(x, sums, scale, bias, relu, epsilon, axis_name):
+def _batch_norm_forward(x, sums, scale, bias, relu, epsilon, batch_norm_axis):
   """``(y, mean, var)`` from the ``(2, C)`` sums of x and x**2 over this call's rows."""
-  mean, var = _batch_statistics(sums, _rows(x), axis_name)
+  mean, var = _batch_statistics(sums, _rows(x), batch_norm_axis)
   return _normalize(x, mean, _centred_scale(mean, var, scale, epsilon), bias, relu), mean, var
 
 
-def _batch_norm_train_xla(x, scale, bias, relu, epsilon, axis_name):
+def _batch_norm_train_xla(x, scale, bias, relu, epsilon, batch_norm_axis):
   x32 = x.astype(jnp.float32)
   axes = tuple(range(x.ndim - 1))
   sums = jnp.stack([jnp.sum(x32, axis=axes), jnp.sum(x32 * x32, axis=axes)])
-  return _batch_norm_forward(x, sums, scale, bias, relu, epsilon, axis_name)
+  return _batch_norm_forward(x, sums, scale, bias, relu, epsilon, batch_norm_axis)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _batch_norm_train_kernels(x, scale, bias, relu, epsilon, axis_name):
-  return _batch_norm_train_kernels_fwd(x, scale, bias, relu, epsilon, axis_name)[0]
+def _batch_norm_train_kernels(x, scale, bias, relu, epsilon, batch_norm_axis):
+  return _batch_norm_train_kernels_fwd(x, scale, bias, relu, epsilon, batch_norm_axis)[0]
 
 
-def _batch_norm_train_kernels_fwd(x, scale, bias, relu, epsilon, axis_name):
+def _batch_norm_train_kernels_fwd(x, scale, bias, relu, epsilon, batch_norm_axis):
   y, mean, var = _batch_norm_forward(x, cpu_kernels.batch_norm_sums(x), scale, bias, relu,
-                                     epsilon, axis_name)
+                                     epsilon, batch_norm_axis)
   return (y, mean, var), (x, mean, var, scale, bias)
 
 
-def _batch_norm_train_kernels_bwd(relu, epsilon, axis_name, residuals, cotangents):
+def _batch_norm_train_kernels_bwd(relu, epsilon, batch_norm_axis, residuals, cotangents):
   # y = (x - mean) * a + bias (then ReLU), a = scale * inv, inv = (var + eps)^-1/2, with
   # the statistics of all N rows (every device's). With dz the gradient before the ReLU,
   # S1 = sum dz and S2 = sum dz (x - mean) over all N rows:
@@ -88,8 +88,8 @@ def _batch_norm_train_kernels_bwd(relu, epsilon, axis_name, residuals, cotangent
   a = scale * inv
   local = cpu_kernels.batch_norm_grad_sums(x, dy, mean, a, bias, relu)
   total, n = local, _rows(x)
-  if axis_name is not None:
-    total, n = jax.lax.psum(local, axis_name), n * jax.lax.psum(1, axis_name)
+  if batch_norm_axis is not None:
+    total, n = jax.lax.psum(local, batch_norm_axis), n * jax.lax.psum(1, batch_norm_axis)
   s1, s2 = total[0] / n, total[1] / n
   open_ = ((x - mean) * a + bias > 0) if relu else True
   dz = jnp.where(open_, dy, 0)
@@ -103,8 +103,8 @@ _batch_norm_train_kernels.defvjp(_batch_norm_train_kernels_fwd, _batch_norm_trai
 
 
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, relu: bool = False,
-                     epsilon: float = BN_EPSILON, axis_name: Optional[str] = None,
-                     strategy: str = "auto") -> Tuple[jax.Array, jax.Array, jax.Array]:
+                     epsilon: float = BN_EPSILON, batch_norm_axis: Optional[str] = None,
+                     conv_strategy: str = "auto") -> Tuple[jax.Array, jax.Array, jax.Array]:
   """BatchNorm with the statistics of this batch, ReLU after it with ``relu``.
 
   Args:
@@ -122,8 +122,8 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, relu: bool
     ``(y, mean, var)``: ``y`` shaped as ``x``; the batch mean and biased variance ``(C,)``,
     without gradient (for the running averages).
   """
-  forward = _batch_norm_train_kernels if uses_cpu_kernels(strategy) else _batch_norm_train_xla
-  y, mean, var = forward(x, scale, bias, relu, epsilon, axis_name)
+  forward = _batch_norm_train_kernels if uses_cpu_kernels(conv_strategy) else _batch_norm_train_xla
+  y, mean, var = forward(x, scale, bias, relu, epsilon, batch_norm_axis)
   return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
 
 
@@ -139,8 +139,8 @@ class BatchNorm(nn.Module):
   one), as Flax does.
   """
   relu: bool = False
-  axis_name: Optional[str] = None
-  strategy: str = "auto"
+  batch_norm_axis: Optional[str] = None
+  conv_strategy: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -151,8 +151,8 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (c,))
     if not train:
       return batch_norm_eval(x, ra_mean.value, ra_var.value, scale, bias, self.relu)
-    y, mean, var = batch_norm_train(x, scale, bias, self.relu, BN_EPSILON, self.axis_name,
-                                    self.strategy)
+    y, mean, var = batch_norm_train(x, scale, bias, self.relu, BN_EPSILON, self.batch_norm_axis,
+                                    self.conv_strategy)
     if not self.is_initializing():
       ra_mean.value = BN_MOMENTUM * ra_mean.value + (1 - BN_MOMENTUM) * mean
       ra_var.value = BN_MOMENTUM * ra_var.value + (1 - BN_MOMENTUM) * var

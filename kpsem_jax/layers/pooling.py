@@ -25,7 +25,7 @@ def _window_values(x, window, strides, padding):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
-             padding: Padding, strategy: str = "auto") -> jax.Array:
+             padding: Padding, conv_strategy: str = "auto") -> jax.Array:
   """Max-pooling of ``(B, *spatial, C)`` over ``window`` with ``strides`` and ``padding``
   (one ``(low, high)`` pair per spatial axis, padded with ``-inf``): as ``flax.linen.max_pool``,
   gradient included (each output's gradient goes to its window's first maximum, in row-major
@@ -50,7 +50,7 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
   return functools.reduce(jnp.maximum, values)
 
 
-def _max_pool_fwd(x, window, strides, padding, strategy):
+def _max_pool_fwd(x, window, strides, padding, conv_strategy):
   values = _window_values(x, tuple(window), tuple(strides), tuple(map(tuple, padding)))
   y = functools.reduce(jnp.maximum, values)
   first = jnp.full(y.shape, len(values), jnp.int32)  # the first offset holding the maximum
@@ -59,10 +59,10 @@ def _max_pool_fwd(x, window, strides, padding, strategy):
   return y, (x, first)
 
 
-def _max_pool_bwd(window, strides, padding, strategy, residuals, dy):
+def _max_pool_bwd(window, strides, padding, conv_strategy, residuals, dy):
   x, first = residuals
   window, strides = tuple(window), tuple(strides)
-  if len(window) == 3 and uses_cpu_kernels(strategy):
+  if len(window) == 3 and uses_cpu_kernels(conv_strategy):
     dx = cpu_kernels.max_pool_grad(dy, first, x.shape, window, strides, [p[0] for p in padding])
     return (dx.astype(x.dtype),)
   offsets = list(itertools.product(*(range(k) for k in window)))
