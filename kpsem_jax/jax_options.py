@@ -47,6 +47,14 @@ def require_ynn_fusions_off(what: str) -> None:
         "or set the flag in the environment")
 
 
+def cpu_kernels_allowed() -> bool:
+  """Whether the environment allows :mod:`kpsem_jax.cpu_kernels` (``KPSEM_JAX_ONEDNN=0``
+  turns them off: every ``auto`` convolution then resolves to pure XLA). The environment
+  variables that change behaviour are read here; the build's own (compiler, oneDNN root,
+  cache folder) in ``cpu_kernels.build``."""
+  return os.environ.get("KPSEM_JAX_ONEDNN", "1") != "0"
+
+
 def _backends_started() -> bool:
   try:
     from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from kpsem_jax import jax_options
+from kpsem_jax import jax_options, layers
 from kpsem_jax.kpsem import KPSEM
 from kpsem_jax.models import create_model
 
@@ -75,3 +75,17 @@ def test_imports_go_one_way_data_never_reaches_into_the_package():
                        text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.split("\n")[:2] == ["[]", "[]"]
+
+
+def test_kpsem_jax_onednn_0_turns_the_kernels_off_and_auto_resolves_to_xla():
+  script = ("from kpsem_jax import cpu_kernels, jax_options, layers\n"
+            "print(jax_options.cpu_kernels_allowed(), cpu_kernels.available(),\n"
+            "      layers.resolve_conv_strategy('auto'), cpu_kernels.unavailable_reason())")
+  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, KPSEM_JAX_ONEDNN="0"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["False", "False", "auto_xla", "turned", "off", "by",
+                                "KPSEM_JAX_ONEDNN=0"]
+  assert layers.resolve_conv_strategy("onednn") == "onednn"  # a concrete one stays
+  with pytest.raises(ValueError, match="unknown convolution strategy 'fast'"):
+    layers.resolve_conv_strategy("fast")

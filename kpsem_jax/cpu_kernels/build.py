@@ -13,6 +13,7 @@ from typing import Optional
 import jax
 
 from data import native
+from kpsem_jax import jax_options
 
 SOURCES = tuple(os.path.join(os.path.dirname(__file__), name) for name in
                 ("onednn_conv.cc", "regional_argmax.cc", "batch_norm.cc", "max_pool.cc"))
@@ -54,7 +55,7 @@ def _build(compiler: str, root: str) -> str:
 def _load() -> None:
   if _State.library is not None or _State.reason is not None:
     return
-  if os.environ.get("KPSEM_JAX_ONEDNN", "1") == "0":
+  if not jax_options.cpu_kernels_allowed():
     _State.reason = "turned off by KPSEM_JAX_ONEDNN=0"
     return
   if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
