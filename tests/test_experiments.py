@@ -11,6 +11,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from kpsem_jax import experiment_stats, experiments, trainer
+from kpsem_jax import experiment_report as report
+from kpsem_jax import experiment_suite as suite_lib
 
 
 def test_reversal_error_counts_only_time_reversed_partners():
@@ -19,16 +21,16 @@ def test_reversal_error_counts_only_time_reversed_partners():
   confusion[1, 1] = 5
   confusion[2, 4] = 7  # move_down called rotate_clockwise: wrong, not reversed
   confusion[5, 4] = 1  # anticlockwise called clockwise: reversed
-  assert experiments.reversal_error(confusion) == pytest.approx(4 / 16)
+  assert report.reversal_error(confusion) == pytest.approx(4 / 16)
 
 
 def test_suite_variants_are_the_papers_ablations():
-  suite = experiments.SUITES["ablation"]
+  suite = suite_lib.SUITES["ablation"]
   names = [v.name for v in suite]
-  configs = {v.name: experiments.run_config(v, 0, 600, "/data").model for v in suite}
+  configs = {v.name: suite_lib.run_config(v, 0, 600, "/data").model for v in suite}
   assert len(names) == len(set(names)) == 13
-  assert experiments.SUITES["core"] == [experiments.C2D, experiments.BASE] == suite[:2]
-  c2d, base = configs["C2D"], configs[experiments.BASE.name]
+  assert suite_lib.SUITES["core"] == [suite_lib.C2D, suite_lib.BASE] == suite[:2]
+  c2d, base = configs["C2D"], configs[suite_lib.BASE.name]
   assert not c2d.use_kpsem and base.use_kpsem
   assert c2d.backbone_kwargs.temporal_kernel == 1  # time-blind
   default = dict(num_regions=4, num_sets=4, embed_dim=8, adaptive=True, kpsem_at="res2")
@@ -46,11 +48,11 @@ def test_suite_variants_are_the_papers_ablations():
   assert sweep("num_regions") == [1, 4, 9, 16] and sweep("num_sets") == [1, 2, 4, 8]
   assert sweep("adaptive") == [False, True] and sweep("embed_dim") == [4, 8, 16]
   assert sweep("kpsem_at") == ["res2", "res3", "res4"]
-  config = experiments.run_config(experiments.C2D, 1, 200, "/data")
+  config = suite_lib.run_config(suite_lib.C2D, 1, 200, "/data")
   assert (config.seed, config.num_train_steps, config.dataset.data_dir) == (1, 200, "/data")
   assert config.optimizer.lr == 0.05 and config.optimizer.clip_grad_norm == 1.0
   assert config.dataset.config == "translation"
-  assert experiments.run_config(experiments.C2D, 1, 200, "/data", "default").dataset.config == (
+  assert suite_lib.run_config(suite_lib.C2D, 1, 200, "/data", "default").dataset.config == (
       "default")
   with pytest.raises(ValueError, match="unknown option"):
     trainer.load_config("synthetic_c2d", "c2d_kpsem,h=3")
@@ -66,7 +68,7 @@ def test_the_suites_clips_and_their_time_reversals_show_the_same_frames():
   builder_configs = {c.name: c for c in synthetic.Builder.BUILDER_CONFIGS}
 
   def reversal_safe(data):
-    c = experiments.run_config(experiments.C2D, 0, 600, "/data", data)
+    c = suite_lib.run_config(suite_lib.C2D, 0, 600, "/data", data)
     n, frames, interval = builder_configs[c.dataset.config].frames, c.clip.frames, c.clip.interval
     starts = set(range(ip.train_starts(n, frames, interval)))  # training's
     starts |= set(ip.clip_starts(n, frames, interval, 1).tolist())  # evaluation's
@@ -81,24 +83,24 @@ def test_rows_are_compared_with_their_reference_by_welchs_test():
   def run(variant, top1):
     return dict(variant=variant.name, video_top1=top1, reversal_error=0.0)
 
-  k9 = experiments.SUITES["ablation"][3]
-  results = ([run(experiments.C2D, x) for x in (0.40, 0.44, 0.42)] +
-             [run(experiments.BASE, x) for x in (0.90, 0.94, 0.92)] +
+  k9 = suite_lib.SUITES["ablation"][3]
+  results = ([run(suite_lib.C2D, x) for x in (0.40, 0.44, 0.42)] +
+             [run(suite_lib.BASE, x) for x in (0.90, 0.94, 0.92)] +
              [run(k9, x) for x in (0.80, 0.96, 0.88)])
-  rows = {r["variant"]: r for r in experiments.summarize(results, experiments.SUITES["ablation"])}
+  rows = {r["variant"]: r for r in report.summarize(results, suite_lib.SUITES["ablation"])}
   assert "delta" not in rows["C2D"]
-  base = rows[experiments.BASE.name]
+  base = rows[suite_lib.BASE.name]
   assert base["reference"] == "C2D" and base["delta"] == pytest.approx(0.50)
   assert base["top1_std"] == pytest.approx(0.02)  # sample std (ddof=1), not 0.0163
   assert base["significant"] and base["welch"]["p"] < 1e-4
   k9_row = rows[k9.name]
-  assert k9_row["reference"] == experiments.BASE.name and k9_row["seeds"] == 3
+  assert k9_row["reference"] == suite_lib.BASE.name and k9_row["seeds"] == 3
   assert k9_row["delta"] == pytest.approx(-0.04) and not k9_row["significant"]
   assert k9_row["welch"]["t"] == pytest.approx(-0.840, abs=1e-3)  # -0.04 / sqrt(0.0064/3 + 0.0004/3)
   assert k9_row["welch"]["dof"] == pytest.approx(2.25, abs=0.01)
-  one_seed = experiments.summarize(results[:1] + results[3:4], experiments.SUITES["core"])
+  one_seed = report.summarize(results[:1] + results[3:4], suite_lib.SUITES["core"])
   assert one_seed[1]["welch"] is None and not one_seed[1]["significant"]
-  table = experiments.markdown(list(rows.values()), 600)
+  table = report.markdown(list(rows.values()), 600)
   assert "| +50.0 * vs C2D |" in table and "| -4.0 vs C2D-KPSEM |" in table
   assert "8x64x64 clips, 600 steps of 16 clips" in table  # from configs/synthetic_c2d.py
 
@@ -127,28 +129,28 @@ def test_welch_and_trend_equal_scipys_reference_implementations():
 
 
 def test_the_k_and_g_sweeps_get_a_trend_test_over_every_run():
-  variants = experiments.SUITES["ablation"]
+  variants = suite_lib.SUITES["ablation"]
   by_name = {v.name: v for v in variants}
   runs = []
-  for name, top1 in (("G=1 (one AReSE set)", 0.80), ("G=2", 0.84), (experiments.BASE.name, 0.88),
+  for name, top1 in (("G=1 (one AReSE set)", 0.80), ("G=2", 0.84), (suite_lib.BASE.name, 0.88),
                      ("G=8", 0.92), ("K=9", 0.5)):
     for seed, jitter in enumerate((-0.01, 0.01)):
       runs.append(dict(variant=by_name[name].name, video_top1=top1 + jitter, reversal_error=0))
-  found = experiments.trends(runs, variants)
+  found = report.trends(runs, variants)
   assert found["G"]["settings"] == [1, 2, 4, 8] and found["G"]["runs"] == 8
   assert found["G"]["slope"] == pytest.approx(0.04) and found["G"]["p"] < 1e-3
   assert found["K"]["settings"] == [4, 9] and found["K"]["runs"] == 4  # base and K=9 only
-  table = experiments.markdown(experiments.summarize(runs, variants), 600, trend_tests=found)
+  table = report.markdown(report.summarize(runs, variants), 600, trend_tests=found)
   assert "Trend over G in {1, 2, 4, 8}" in table and "+4.0 points per doubling" in table
 
 
 def test_fixed_regions_are_drawn_per_training_seed():
   import jax  # pylint: disable=import-outside-toplevel
   from kpsem_jax.kpsem import KPSEM  # pylint: disable=import-outside-toplevel
-  fixed = next(v for v in experiments.SUITES["ablation"] if v.config == "c2d_kpsem,fixed")
+  fixed = next(v for v in suite_lib.SUITES["ablation"] if v.config == "c2d_kpsem,fixed")
   splits = []
   for seed in (0, 1, 1):
-    spec = trainer.model_spec(experiments.run_config(fixed, seed, 600, ""))
+    spec = trainer.model_spec(suite_lib.run_config(fixed, seed, 600, ""))
     assert spec["kpsem"]["fixed_regions_seed"] == seed and not spec["kpsem"]["adaptive"]
     module = KPSEM(**{k: v for k, v in spec["kpsem"].items()})
     f = np.random.default_rng(0).normal(size=(1, 3, 8, 8, 4)).astype(np.float32)
@@ -156,13 +158,13 @@ def test_fixed_regions_are_drawn_per_training_seed():
     _, state = module.apply(variables, f, mutable=["intermediates"])
     splits.append(np.asarray(state["intermediates"]["arese"][0].splits_x))
   assert not np.allclose(splits[0], splits[1]) and np.array_equal(splits[1], splits[2])
-  adaptive = trainer.model_spec(experiments.run_config(experiments.BASE, 3, 600, ""))
+  adaptive = trainer.model_spec(suite_lib.run_config(suite_lib.BASE, 3, 600, ""))
   assert "fixed_regions_seed" not in adaptive["kpsem"]  # unchanged for adaptive models
 
 
 @pytest.mark.slow
 def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path, monkeypatch):
-  original = experiments.run_config
+  original = suite_lib.run_config
 
   def tiny(variant, seed, steps, data_dir, data):
     c = original(variant, seed, steps, data_dir, data)
@@ -172,7 +174,7 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
     c.batch_size, c.eval_batch_size = 8, 8
     return c
 
-  monkeypatch.setattr(experiments, "run_config", tiny)
+  monkeypatch.setattr(experiments, "run_config", tiny)  # what run_one calls
   only = ["C2D", "fixed regions"]
   data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "suite")
   rows = experiments.run_suite("ablation", workdir, seeds=2, steps=2, data_dir=data_dir,
@@ -181,7 +183,7 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
   for row in rows:
     accs = []
     for seed in (0, 1):
-      run_dir = os.path.join(workdir, "runs", f"{experiments.slug(row['variant'])}_seed{seed}")
+      run_dir = os.path.join(workdir, "runs", f"{suite_lib.slug(row['variant'])}_seed{seed}")
       accs.append(json.load(open(os.path.join(run_dir, "eval_test_step2.json")))["video_top1"])
     assert row["top1_per_seed"] == pytest.approx(accs)
     assert row["top1_mean"] == pytest.approx(np.mean(accs))
@@ -248,4 +250,4 @@ def test_quick_lists_the_core_contrast_only(tmp_path):
                         f"--workdir={tmp_path}"], cwd=repo, capture_output=True, text=True,
                        check=True).stdout
   assert [line.split(None, 1)[1] for line in out.splitlines()] == [
-      experiments.C2D.name, experiments.BASE.name]
+      suite_lib.C2D.name, suite_lib.BASE.name]

@@ -1,0 +1,98 @@
+"""The experiment suite's definition: its models (variants of ``configs/synthetic_c2d.py``),
+which row each is compared with, the data it runs on, and each run's config."""
+
+import dataclasses
+from typing import Dict, List, Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One model of a suite: its name, its group in the table, its variant of
+  ``configs/synthetic_c2d.py`` (e.g. ``c2d_kpsem,k=9``) and, where it is not the base
+  C2D-KPSEM, the name of the row it is compared with (``versus``)."""
+  name: str
+  group: str
+  config: str
+  versus: Optional[str] = None
+
+
+BASE = Variant("C2D-KPSEM (K=4, G=4, d_e=8, res2)", "core", "c2d_kpsem")
+C2D = Variant("C2D", "core", "c2d")
+CORE = [C2D, BASE]
+SUITES: Dict[str, List[Variant]] = {
+    "core": CORE,
+    "ablation": CORE + [
+        Variant("K=1 (single key point)", "regions K", "c2d_kpsem,k=1"),
+        Variant("K=9", "regions K", "c2d_kpsem,k=9"),
+        Variant("K=16", "regions K", "c2d_kpsem,k=16"),
+        Variant("G=1 (one AReSE set)", "sets G", "c2d_kpsem,g=1"),
+        Variant("G=2", "sets G", "c2d_kpsem,g=2"),
+        Variant("G=8", "sets G", "c2d_kpsem,g=8"),
+        Variant("fixed regions", "regions", "c2d_kpsem,fixed"),
+        Variant("d_e=4", "embedding d_e", "c2d_kpsem,de=4"),
+        Variant("d_e=16", "embedding d_e", "c2d_kpsem,de=16"),
+        Variant("KPSEM after res3", "position", "c2d_kpsem,at=res3"),
+        Variant("KPSEM after res4", "position", "c2d_kpsem,at=res4"),
+    ],
+    # Issue 30: Eq. 9's match weights differentiated as PyTorch's autograd does ("paper"),
+    # against the default "stopped" gradient, with and without the suite's clipping.
+    "gradient": CORE + [
+        Variant("C2D-KPSEM paper gradient", "match gradient", "c2d_kpsem,grad=paper"),
+        Variant("C2D-KPSEM paper gradient, no clipping", "match gradient",
+                "c2d_kpsem,grad=paper,clip=0", versus="C2D-KPSEM paper gradient"),
+        Variant("C2D-KPSEM stopped gradient, no clipping", "match gradient",
+                "c2d_kpsem,clip=0"),
+        Variant("fixed regions", "regions", "c2d_kpsem,fixed"),
+        Variant("fixed regions, paper gradient", "regions", "c2d_kpsem,fixed,grad=paper",
+                versus="C2D-KPSEM paper gradient"),
+    ],
+}
+# The base C2D-KPSEM is also the K=4, G=4, adaptive, d_e=8 and res2 point of each sweep; every
+# ablation row is compared with it, and it with C2D.
+
+
+def reference(variant: Variant) -> Optional[Variant]:
+  """The row a variant is compared with: C2D for the base C2D-KPSEM, its ``versus`` row,
+  else the base."""
+  if variant == C2D:
+    return None
+  if variant.versus:
+    return next(v for suite in SUITES.values() for v in suite if v.name == variant.versus)
+  return C2D if variant == BASE else BASE
+
+
+DATA = {  # synthetic_motion's configs the suite runs on, and how the table describes them
+    "translation": "synthetic_motion translation (translations in 8 directions, in "
+                   "time-reversed pairs; chance 12.5%, a frame-order-blind model tops out at "
+                   "50%)",
+    # 16 frames: a clip and its reversal are sampled at different moments (docs/experiments.md)
+    "default": "synthetic_motion default (right/left, down/up, clockwise/anticlockwise, "
+               "approach/recede, in time-reversed pairs; chance 12.5%)",
+}
+
+
+def run_config(variant: Variant, seed: int, steps: int, data_dir: str,
+               data: str = "translation"):
+  """``configs/synthetic_c2d.py:<variant.config>,steps=<steps>,data=<data>`` with ``seed``
+  and ``data_dir``."""
+  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  c = trainer.load_config("synthetic_c2d", f"{variant.config},steps={steps},data={data}")
+  c.seed = seed
+  c.dataset.data_dir = data_dir
+  return c
+
+
+def slug(name: str) -> str:
+  return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_").replace("__", "_")
+
+
+def sweep_setting(variant: Variant, key: str) -> Optional[int]:
+  """The K (``key="k"``) or G (``"g"``) of a variant in that sweep: its own option, or the
+  base's (K=4, G=4) for the base; None for a variant outside the sweep."""
+  if variant == BASE:
+    return 4
+  model, *options = variant.config.split(",")
+  opts = dict(o.split("=", 1) for o in options if "=" in o)
+  if model == "c2d_kpsem" and len(options) == 1 and key in opts:
+    return int(opts[key])
+  return None
