@@ -30,7 +30,6 @@ import os
 import time
 from typing import Any, Dict, Optional, Tuple
 
-import flax
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -46,7 +45,10 @@ from kpsem_jax import input_pipeline as ip
 from kpsem_jax import metric_log
 from kpsem_jax import preemption
 from kpsem_jax import prepare as prepare_lib
-from kpsem_jax.models import create_model, normalize
+from kpsem_jax.models import create_model
+from kpsem_jax.optimizer import create_optimizer, lr_schedule
+from kpsem_jax.train_step import (DATA_AXIS, TrainState, cross_entropy, data_mesh,
+                                  make_eval_forward, make_train_step)
 from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
 
 
@@ -58,16 +60,15 @@ def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
+# The step and the optimizer live in train_step.py and optimizer.py; their names stay
+# reachable here (trainer.make_train_step, ...), as before.
+__all__ = ["DATA_AXIS", "TrainState", "TrainingError", "Trainer", "create_optimizer",
+           "cross_entropy", "data_mesh", "evaluate_workdir", "load_config", "lr_schedule",
+           "make_eval_forward", "make_train_step", "model_spec", "train_and_evaluate"]
+
+
 class TrainingError(RuntimeError):
   """A run that cannot go on (divergence, bad batch geometry); the message says why."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
 
 
 def model_spec(config) -> Dict[str, Any]:
@@ -80,120 +81,6 @@ def model_spec(config) -> Dict[str, Any]:
     kpsem.setdefault("fixed_regions_seed", int(config.seed))
   return dict(backbone=m.backbone, num_classes=config.dataset.num_classes,
               backbone_kwargs=dict(m.backbone_kwargs), kpsem=kpsem, kpsem_at=m.kpsem_at)
-
-
-def lr_schedule(config) -> optax.Schedule:
-  """Halved for the first ``warmup_steps`` (MFNet's protocol), then step decay."""
-  o = config.optimizer
-  boundaries = {int(o.warmup_steps): 2.0} if o.warmup_steps else {}
-  for b in o.decay_steps:
-    boundaries[int(b)] = boundaries.get(int(b), 1.0) * o.decay_factor
-  return optax.piecewise_constant_schedule(o.lr * (0.5 if o.warmup_steps else 1.0), boundaries)
-
-
-def create_optimizer(config, pretrained: Optional[Any] = None,
-                     schedule: Optional[optax.Schedule] = None) -> optax.GradientTransformation:
-  """SGD (Nesterov) momentum with weight decay; pretrained leaves at ``pretrained_lr_mult``;
-  ``schedule`` defaults to :func:`lr_schedule`. ``optimizer.clip_grad_norm`` > 0 first scales
-  the whole gradient down to that global norm (0: no clipping)."""
-  o = config.optimizer
-  schedule = schedule or lr_schedule(config)
-
-  def sgd(mult):
-    return optax.chain(optax.add_decayed_weights(o.weight_decay),
-                       optax.sgd(lambda s: schedule(s) * mult, momentum=o.momentum,
-                                 nesterov=o.nesterov))
-
-  if pretrained is None:
-    tx = sgd(1.0)
-  else:
-    labels = jax.tree.map(lambda p: "pretrained" if p else "new", pretrained)
-    tx = optax.multi_transform({"pretrained": sgd(o.pretrained_lr_mult), "new": sgd(1.0)},
-                               labels)
-  clip = float(o.get("clip_grad_norm", 0.0) or 0.0)
-  return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
-
-
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-DATA_AXIS = "data"  # the mesh axis the batch is split over
-
-
-def data_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D mesh named ``DATA_AXIS`` over ``devices`` (default: every device of every process)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def make_train_step(model, tx, schedule, compute_dtype, mesh: jax.sharding.Mesh):
-  """The jitted train step ``(state, clips, labels) -> (state, metrics)``, state donated.
-
-  ``clips`` ``(A, b, T, H, W, 3)`` uint8 and ``labels`` ``(A, b)``: ``A`` micro-batches of
-  the global batch, each split over ``mesh``'s ``data`` axis. Under ``jax.shard_map`` every
-  device runs forward and backward on its own shard only (whatever the convolution
-  strategy: XLA's partitioner would gather a sharded batch for a grouped convolution and
-  recompute it everywhere); BatchNorm statistics are those of the global micro-batch when
-  ``model`` was built with ``batch_norm_axis=DATA_AXIS`` (``lax.pmean`` of the means and
-  means of squares). Each device sums its micro-batch gradients, one ``psum`` adds them up
-  over devices, and the replicated parameters and optimizer state are updated once, alike
-  on every device. Metrics: loss and accuracy of the global batch, the step's lr.
-  """
-  devices = mesh.shape[DATA_AXIS]
-
-  def local_step(state: TrainState, clips, labels):
-    # Gradients with respect to a per-device copy of the parameters: each device keeps
-    # its own sum over its micro-batches, added over devices once, after the scan.
-    params = jax.lax.pcast(state.params, DATA_AXIS, to="varying")
-
-    def micro_step(carry, batch):
-      grads, batch_stats, loss_sum, correct = carry
-      x, y = batch
-      x = normalize(x).astype(compute_dtype)
-
-      def loss_fn(p):
-        logits, new = model.apply({"params": p, "batch_stats": batch_stats}, x,
-                                  train=True, mutable=["batch_stats"])
-        logits = logits.astype(jnp.float32)
-        # This device's share of the global micro-batch's mean loss.
-        return cross_entropy(logits, y) / devices, (new["batch_stats"], logits)
-
-      (loss, (batch_stats, logits)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      grads = jax.tree.map(jnp.add, grads, g)
-      correct = correct + jnp.sum(jnp.argmax(logits, -1) == y)
-      return (grads, batch_stats, loss_sum + loss, correct), None
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    init = (zeros, state.batch_stats, jax.lax.pcast(jnp.float32(0), DATA_AXIS, to="varying"),
-            jax.lax.pcast(jnp.int32(0), DATA_AXIS, to="varying"))
-    (grads, batch_stats, loss, correct), _ = jax.lax.scan(micro_step, init, (clips, labels))
-    accum = clips.shape[0]
-    grads = jax.tree.map(lambda g: g / accum, jax.lax.psum(grads, DATA_AXIS))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": jax.lax.psum(loss, DATA_AXIS) / accum,
-               "accuracy": jax.lax.psum(correct, DATA_AXIS) / (labels.size * devices),
-               "lr": schedule(state.step)}
-    return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
-
-  batch = jax.P(None, DATA_AXIS)
-  step = jax.shard_map(local_step, mesh=mesh, in_specs=(jax.P(), batch, batch),
-                       out_specs=(jax.P(), jax.P()))
-  return jax.jit(step, donate_argnums=(0,))
-
-
-def make_eval_forward(model, compute_dtype, mesh: jax.sharding.Mesh):
-  """The jitted eval forward ``(variables, clips (B, T, H, W, 3) uint8) -> (B, classes)``.
-
-  Each device computes the float32 logits of its own shard of the batch (``shard_map``
-  over the ``data`` axis); the logits come back replicated on every device.
-  """
-  forward = jax.shard_map(
-      lambda v, x: model.apply(v, normalize(x).astype(compute_dtype)).astype(jnp.float32),
-      mesh=mesh, in_specs=(jax.P(), jax.P(DATA_AXIS)), out_specs=jax.P(DATA_AXIS))
-  return jax.jit(forward, out_shardings=jax.NamedSharding(mesh, jax.P()))
 
 
 # Config fields that must be at least this (checked before anything runs).

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from kpsem_jax import checkpoint, cpu_kernels, evaluation, trainer
+from kpsem_jax.models import normalize
 from kpsem_jax.testing import fake_devices, tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -370,7 +371,7 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(straight_run):
   def grads(params, clip, label, batch_stats, noise=0.0):
     def loss(p):
       logits, upd = reference.apply({"params": p, "batch_stats": batch_stats},
-                                    trainer.normalize(clip) + noise, train=True,
+                                    normalize(clip) + noise, train=True,
                                     mutable=["batch_stats"])
       return trainer.cross_entropy(logits, label), upd["batch_stats"]
     return jax.grad(loss, has_aux=True)(params)
