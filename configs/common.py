@@ -59,6 +59,9 @@ def base() -> ml_collections.ConfigDict:
       # autograd gives the paper's method) or "stopped" (docs/models.md, "The match gradient")
       kpsem=dict(num_regions=4, num_sets=8, embed_dim=24, adaptive=True,
                  match_gradient="stopped"), kpsem_at="conv4",
+      # the classifier's backbone feature: "mean" (global average) or "ordered" (per-frame
+      # averages concatenated in time order; models.VideoClassifier)
+      readout="mean",
       # How convolutions are computed (layers.STRATEGIES): "auto" is XLA's on GPUs/TPUs and
       # oneDNN's on CPUs where kpsem_jax.cpu_kernels builds; a pure-XLA strategy ("xla",
       # "patches_grad") also keeps AReSE's argmax to jnp.

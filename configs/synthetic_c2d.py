@@ -9,7 +9,9 @@
 ``,steps=<n>``, ``,lr=<lr>``, ``,data=<synthetic_motion config>`` (``translation``, the
 default, or ``default``: the mixed set with rotations and approach/recede),
 ``,grad=<paper|stopped>`` (KPSEM's ``match_gradient``, default ``stopped``) and
-``,clip=<norm>`` (the gradient-norm clipping, default 1; 0: none). Every variant of
+``,clip=<norm>`` (the gradient-norm clipping, default 1; 0: none) and ``,readout=ordered``
+(the classifier reads the per-frame features in time order instead of their mean: a
+frame-order-aware control). Every variant of
 ``python -m kpsem_jax.experiments`` is one of these.
 
 C2D is a 2-D ResNet (every kernel 1xkxk, one bottleneck per stage, width 16) that sees each
@@ -33,7 +35,7 @@ def get_config(arg: str = "c2d_kpsem"):
                      "c2d_kpsem")
   opts = common.parse_arg(options, "configs/synthetic_c2d.py", k=4, g=4, fixed=False, de=8,
                           at="res2", steps=600, data="translation", lr=0.05, grad="stopped",
-                          clip=1.0)
+                          clip=1.0, readout="mean")
   if opts.at not in STAGES:
     raise ValueError(f"configs/synthetic_c2d.py: at={opts.at!r} is not a stage; choose "
                      f"one of {', '.join(STAGES)}")
@@ -44,6 +46,7 @@ def get_config(arg: str = "c2d_kpsem"):
   c.model.backbone = "resnet3d"
   c.model.backbone_kwargs = dict(stage_depths=(1, 1, 1, 1), base_width=16, temporal_kernel=1)
   c.model.use_kpsem = model == "c2d_kpsem"
+  c.model.readout = opts.readout
   c.model.kpsem_at = opts.at
   c.model.kpsem = dict(num_regions=opts.k, num_sets=opts.g, embed_dim=opts.de,
                        reduction_channels=(16, 16), adaptive=not opts.fixed,

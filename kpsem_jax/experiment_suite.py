@@ -46,6 +46,11 @@ SUITES: Dict[str, List[Variant]] = {
         Variant("fixed regions, paper gradient", "regions", "c2d_kpsem,fixed,grad=paper",
                 versus="C2D-KPSEM paper gradient"),
     ],
+    # Issue 30's control: a time-ordered readout of the C2D's per-frame features, no KPSEM
+    # (any readout that keeps frame order should pass the 50% order-blind ceiling too).
+    "controls": CORE + [
+        Variant("C2D ordered readout", "controls", "c2d,readout=ordered", versus="C2D"),
+    ],
 }
 # The base C2D-KPSEM is also the K=4, G=4, adaptive, d_e=8 and res2 point of each sweep; every
 # ablation row is compared with it, and it with C2D.

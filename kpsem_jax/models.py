@@ -30,12 +30,21 @@ def normalize(clips) -> jax.Array:
   return (jax.numpy.asarray(clips, jax.numpy.float32) / 255.0 - MEAN) / STD
 
 
+READOUTS = ("mean", "ordered")
+
+
 class VideoClassifier(nn.Module):
-  """``(B, T, H, W, 3)`` normalised clips -> ``(B, num_classes)`` logits."""
+  """``(B, T, H, W, 3)`` normalised clips -> ``(B, num_classes)`` logits.
+
+  ``readout``: the backbone feature the classifier reads: ``mean``, the globally averaged
+  last map (the backbones' own); ``ordered``, the last map averaged over space only and its
+  T' frames concatenated in time order (``(B, T' * C)``), a frame-order-aware readout (the
+  control beside KPSEM, issue 30)."""
   backbone: nn.Module
   num_classes: int
   kpsem: Optional[KPSEM] = None
   kpsem_at: str = "conv4"
+  readout: str = "mean"
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     return self.classify(self.features(x, train))
@@ -50,6 +59,10 @@ class VideoClassifier(nn.Module):
 
   def combine(self, stages) -> jax.Array:
     """``V_out`` from the backbone's stage outputs: pooled feature [+ KPSEM on ``kpsem_at``]."""
+    if self.readout == "ordered":
+      last = stages["last"]  # (B, T', H', W', C)
+      pooled = jax.numpy.mean(last, axis=(2, 3)).reshape(last.shape[0], -1)
+      stages = dict(stages, pooled=pooled)
     if self.kpsem is None:
       return stages["pooled"]
     if self.kpsem_at not in stages:
@@ -67,7 +80,7 @@ def create_model(backbone: str = "mfnet3d", num_classes: int = 400,
                  backbone_kwargs: Optional[Mapping[str, Any]] = None,
                  kpsem: Optional[Mapping[str, Any]] = None,
                  kpsem_at: str = "conv4", conv_strategy: str = "auto",
-                 batch_norm_axis: Optional[str] = None) -> VideoClassifier:
+                 batch_norm_axis: Optional[str] = None, readout: str = "mean") -> VideoClassifier:
   """Builds a classifier; ``kpsem=None`` is the plain backbone, a dict KPSEM's settings.
 
   ``create_model("mfnet3d", 400)`` is the original MFNet-3D (7,996,368 parameters);
@@ -86,6 +99,8 @@ def create_model(backbone: str = "mfnet3d", num_classes: int = 400,
   if conv_strategy not in layers.STRATEGIES:
     raise ValueError(f"unknown conv_strategy {conv_strategy!r}; choose one of "
                      f"{layers.STRATEGIES}")
+  if readout not in READOUTS:
+    raise ValueError(f"unknown readout {readout!r}; choose one of {READOUTS}")
   # Decided here, once: the layers see a concrete strategy (no backend query per call).
   conv_strategy = layers.resolve_conv_strategy(conv_strategy)
   kwargs = dict(backbone_kwargs or {})
@@ -107,4 +122,4 @@ def create_model(backbone: str = "mfnet3d", num_classes: int = 400,
                                    batch_norm_axis=batch_norm_axis),
       num_classes=num_classes,
       kpsem=None if kpsem_kwargs is None else KPSEM(**kpsem_kwargs),
-      kpsem_at=kpsem_at)
+      kpsem_at=kpsem_at, readout=readout)

@@ -79,8 +79,11 @@ def model_spec(config) -> Dict[str, Any]:
   kpsem = dict(m.kpsem) if m.use_kpsem else None
   if kpsem is not None and not kpsem.get("adaptive", True):
     kpsem.setdefault("fixed_regions_seed", int(config.seed))
-  return dict(backbone=m.backbone, num_classes=config.dataset.num_classes,
+  spec = dict(backbone=m.backbone, num_classes=config.dataset.num_classes,
               backbone_kwargs=dict(m.backbone_kwargs), kpsem=kpsem, kpsem_at=m.kpsem_at)
+  if m.get("readout", "mean") != "mean":  # absent from the metadata of mean-readout models
+    spec["readout"] = m.readout
+  return spec
 
 
 # Config fields that must be at least this (checked before anything runs).

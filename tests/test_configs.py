@@ -31,3 +31,11 @@ def test_every_config_with_variants_parses_them_through_parse_arg():
   for name, arg in (("synthetic", "tinyy"), ("ucf101", "tiny"), ("synthetic_c2d", "c2d,x=1")):
     with pytest.raises(ValueError, match=rf"configs/{name}.py: unknown option"):
       trainer.load_config(name, arg)
+
+
+def test_the_readout_reaches_the_model_spec_only_when_it_is_not_the_mean():
+  ordered = trainer.load_config("synthetic_c2d", "c2d,readout=ordered")
+  assert trainer.model_spec(ordered)["readout"] == "ordered" and not ordered.model.use_kpsem
+  # A mean-readout model's spec (and so its checkpoints' metadata) is as before.
+  assert "readout" not in trainer.model_spec(trainer.load_config("synthetic_c2d", "c2d"))
+  assert "readout" not in trainer.model_spec(trainer.load_config("hmdb51"))

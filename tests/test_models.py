@@ -185,3 +185,29 @@ def test_batch_norm_running_statistics_follow_pytorch_momentum(tiny):
   expected = 0.1 * jnp.mean(pre_bn, axis=(0, 1, 2, 3))
   np.testing.assert_allclose(updated["batch_stats"]["backbone"]["conv1"]["bn"]["mean"], expected,
                              rtol=1e-4, atol=1e-5)
+
+
+def test_the_ordered_readout_sees_frame_order_where_the_mean_readout_cannot():
+  """C2D (every kernel 1xkxk) with the mean readout is blind to frame order; the ordered
+  readout (per-frame features concatenated in time order) is not, and its classifier reads
+  T' x C features."""
+  kwargs = dict(stage_depths=(1, 1, 1, 1), base_width=4, temporal_kernel=1)
+  x = np.random.RandomState(0).randn(2, 4, 32, 32, 3).astype(np.float32)
+  reversed_x = x[:, ::-1]
+  logits = {}
+  for readout in ("mean", "ordered"):
+    model = create_model("resnet3d", 5, kwargs, readout=readout, conv_strategy="xla")
+    variables = model.init(jax.random.PRNGKey(0), x)
+    features = model.apply(variables, x, method=model.features)
+    stages = model.apply(variables, x, method=model.stages)
+    t_out, c_out = stages["last"].shape[1], stages["last"].shape[-1]
+    assert features.shape == ((2, t_out * c_out) if readout == "ordered" else (2, c_out))
+    np.testing.assert_allclose(  # frame t's block is frame t's spatial mean
+        features.reshape(2, -1, c_out) if readout == "ordered" else features,
+        jnp.mean(stages["last"], axis=(2, 3)) if readout == "ordered"
+        else jnp.mean(stages["last"], axis=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+    logits[readout] = (model.apply(variables, x), model.apply(variables, reversed_x))
+  np.testing.assert_allclose(*logits["mean"], rtol=1e-5, atol=1e-6)  # order-blind
+  assert np.abs(logits["ordered"][0] - logits["ordered"][1]).max() > 1e-3  # order-aware
+  with pytest.raises(ValueError, match="unknown readout 'max'"):
+    create_model("resnet3d", 5, kwargs, readout="max")
