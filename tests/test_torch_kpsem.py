@@ -62,7 +62,7 @@ def test_kpsem_gradients_match_pytorch_autograd(match_gradient):
   def loss(p, x):
     return jnp.sum(module.apply({"params": p}, x) * cotangent)
 
-  grad_params, grad_input = jax.grad(loss, argnums=(0, 1))(params, f)
+  grad_params, grad_input = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, f)
   reference = TorchKPSEM(params, 4, match_gradient=match_gradient)
   x = torch.from_numpy(f.transpose(0, 4, 1, 2, 3).copy()).requires_grad_()
   (reference(x) * torch.from_numpy(cotangent)).sum().backward()
@@ -92,9 +92,9 @@ def test_the_paper_gradient_reaches_the_input_and_the_split_mlp_through_the_matc
     module = KPSEM(num_regions=4, num_sets=2, embed_dim=6, mlp_hidden=5,
                    reduction_channels=(4, 3), match_gradient=mode)
     params = module.init(jax.random.PRNGKey(0), f)["params"]
-    g_params, g_input = jax.grad(
+    g_params, g_input = jax.jit(jax.grad(
         lambda p, x, m=module: jnp.sum(m.apply({"params": p}, x) * cotangent),
-        argnums=(0, 1))(params, f)
+        argnums=(0, 1)))(params, f)
     norms[mode] = (float(jnp.linalg.norm(g_input)), np.asarray(g_params["mlp_w2"]))
     np.testing.assert_allclose(module.apply({"params": params}, f),
                                KPSEM(num_regions=4, num_sets=2, embed_dim=6, mlp_hidden=5,
