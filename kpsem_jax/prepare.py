@@ -68,7 +68,6 @@ def _pipeline_options(beam_options: str):
   logging.disable(logging.WARNING)  # Beam's import warns about optional GCP clients
   try:
     from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
-    from data import beam_build  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
     raise ValueError("--beam_options needs Apache Beam: pip install -r requirements-beam.txt "
                      "(or pip install -e .[beam])") from None

@@ -3,7 +3,6 @@ statistics equal a float64 reference and Flax's ``BatchNorm``, with the C++ sums
 (``cpu_kernels.batch_norm_sums``, ``batch_norm_grad_sums``) and with XLA's, on one device
 and with statistics shared over devices."""
 
-import os
 
 import flax.linen as nn
 import jax
@@ -15,7 +14,6 @@ from kpsem_jax import cpu_kernels, layers
 from kpsem_jax.testing import fake_devices
 from kpsem_jax.testing.batch_norm_reference import inputs, reference
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 requires_cpu_kernels = pytest.mark.skipif(
     not cpu_kernels.available(),
     reason=f"CPU kernels not built: {cpu_kernels.unavailable_reason()}")
@@ -125,8 +123,7 @@ def test_statistics_shared_over_devices_equal_the_global_batch():
   """``axis_name`` under ``shard_map`` on 4 devices: the values and gradients of BatchNorm
   over the whole batch (SyncBatchNorm), with both kinds of sums."""
   strategies = ["xla"] + (["onednn"] if cpu_kernels.available() else [])
-  script = SHARED_SCRIPT.format(repo=REPO, tests=os.path.dirname(__file__),
-                                strategies=strategies)
+  script = SHARED_SCRIPT.format(strategies=strategies)
   result = fake_devices.run_script(script, devices=4)
   assert sorted(result) == sorted(strategies)
   for conv_strategy, errors in result.items():

@@ -319,8 +319,7 @@ def test_sharded_step_over_8_devices_computes_shards_and_equals_one_device(tmp_p
                                                                           straight_run):
   """``shard_map``: no all-gather of activations, the same step as on one device."""
   config, _, _, _ = straight_run  # its tiny dataset is already prepared
-  script = SHARDED_SCRIPT.format(repo=REPO, tests=os.path.dirname(__file__),
-                                 data_dir=config.dataset.data_dir, workdir=str(tmp_path))
+  script = SHARDED_SCRIPT.format(data_dir=config.dataset.data_dir, workdir=str(tmp_path))
   result = fake_devices.run_script(script, devices=8, timeout=900)
   kernels = cpu_kernels.available()
   for run in result["results"]:
