@@ -16,6 +16,22 @@ class Variant:
   versus: Optional[str] = None
 
 
+LEARNING_RATES = ("0.01", "0.02", "0.1", "0.2")
+
+
+def lr_rows(lr: str) -> List[Variant]:
+  """At learning rate ``lr``: C2D and C2D-KPSEM with the suite's clipping and without; each
+  C2D is compared with the suite's C2D (lr 0.05), each C2D-KPSEM with the C2D beside it."""
+  c2d, c2d_free = f"C2D, lr {lr}", f"C2D, lr {lr}, no clipping"
+  return [
+      Variant(c2d, "learning rate", f"c2d,lr={lr}", versus="C2D"),
+      Variant(f"C2D-KPSEM, lr {lr}", "learning rate", f"c2d_kpsem,lr={lr}", versus=c2d),
+      Variant(c2d_free, "learning rate", f"c2d,lr={lr},clip=0", versus=c2d),
+      Variant(f"C2D-KPSEM, lr {lr}, no clipping", "learning rate",
+              f"c2d_kpsem,lr={lr},clip=0", versus=c2d_free),
+  ]
+
+
 BASE = Variant("C2D-KPSEM (K=4, G=4, d_e=8, res2)", "core", "c2d_kpsem")
 C2D = Variant("C2D", "core", "c2d")
 CORE = [C2D, BASE]
@@ -51,6 +67,9 @@ SUITES: Dict[str, List[Variant]] = {
     "controls": CORE + [
         Variant("C2D ordered readout", "controls", "c2d,readout=ordered", versus="C2D"),
     ],
+    # Issue 30: the C2D's learning-rate sweep (the suite's lr is 0.05), and the core contrast
+    # at other learning rates, with the suite's clipping and without (``lr_rows``).
+    "lr": CORE + [row for lr in LEARNING_RATES for row in lr_rows(lr)],
 }
 # The base C2D-KPSEM is also the K=4, G=4, adaptive, d_e=8 and res2 point of each sweep; every
 # ablation row is compared with it, and it with C2D.
