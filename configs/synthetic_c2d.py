@@ -3,9 +3,13 @@
     python train.py --config=configs/synthetic_c2d.py --workdir=workdirs/c2d_kpsem
     python train.py --config=configs/synthetic_c2d.py:c2d_kpsem,k=9 --workdir=workdirs/c2d_k9
 
-``arg``: a model, ``c2d`` or ``c2d_kpsem`` (the default), then any of ``,k=<K>`` (regions),
-``,g=<G>`` (AReSE sets), ``,fixed`` (fixed instead of adaptive regions), ``,de=<d_e>``
-(embedding width), ``,at=<stage>`` (where KPSEM reads: ``res2`` .. ``res5``),
+``arg``: a model, ``c2d`` or ``c2d_kpsem`` (the default), or an order-aware backbone with
+and without KPSEM: ``r3d``/``r3d_kpsem`` (the same ResNet, its first convolution in each
+block inflated to 3x1x1) or ``mfnet``/``mf_kpsem`` (MFNet-3D, one unit per stage, widths
+32-64-64-128, 8 groups; KPSEM after ``conv2``, its 16x16 map); then any of ``,k=<K>``
+(regions), ``,g=<G>`` (AReSE sets), ``,fixed`` (fixed instead of adaptive regions),
+``,de=<d_e>`` (embedding width), ``,at=<stage>`` (where KPSEM reads: ``res2`` .. ``res5``,
+or ``conv2`` .. ``conv5`` for MFNet),
 ``,steps=<n>``, ``,lr=<lr>``, ``,data=<synthetic_motion config>`` (``translation``, the
 default, or ``default``: the mixed set with rotations and approach/recede),
 ``,grad=<paper|stopped>`` (KPSEM's ``match_gradient``, default ``stopped``) and
@@ -26,26 +30,42 @@ of the steps) with the global gradient norm clipped at 1.
 from configs import common, synthetic
 
 STAGES = ("res2", "res3", "res4", "res5")
+MFNET_STAGES = ("conv2", "conv3", "conv4", "conv5")
+
+
+# Each model's backbone and the stage KPSEM reads by default: the stride-4 16x16 map.
+BACKBONES = {
+    "c2d": ("resnet3d", dict(stage_depths=(1, 1, 1, 1), base_width=16, temporal_kernel=1),
+            "res2"),
+    "r3d": ("resnet3d", dict(stage_depths=(1, 1, 1, 1), base_width=16, temporal_kernel=3),
+            "res2"),
+    "mfnet": ("mfnet3d", dict(conv1_channels=16, stage_channels=(32, 64, 64, 128),
+                              stage_depths=(1, 1, 1, 1), groups=8), "conv2"),
+}
+MODELS = {"c2d": "c2d", "c2d_kpsem": "c2d", "r3d": "r3d", "r3d_kpsem": "r3d",
+          "mfnet": "mfnet", "mf_kpsem": "mfnet"}
 
 
 def get_config(arg: str = "c2d_kpsem"):
   model, _, options = arg.partition(",")
-  if model not in ("c2d", "c2d_kpsem"):
-    raise ValueError(f"configs/synthetic_c2d.py: unknown model {model!r}; choose c2d or "
-                     "c2d_kpsem")
+  if model not in MODELS:
+    raise ValueError(f"configs/synthetic_c2d.py: unknown model {model!r}; choose one of "
+                     f"{', '.join(MODELS)}")
+  backbone, backbone_kwargs, default_at = BACKBONES[MODELS[model]]
   opts = common.parse_arg(options, "configs/synthetic_c2d.py", k=4, g=4, fixed=False, de=8,
-                          at="res2", steps=600, data="translation", lr=0.05, grad="stopped",
+                          at=default_at, steps=600, data="translation", lr=0.05, grad="stopped",
                           clip=1.0, readout="mean")
-  if opts.at not in STAGES:
-    raise ValueError(f"configs/synthetic_c2d.py: at={opts.at!r} is not a stage; choose "
-                     f"one of {', '.join(STAGES)}")
+  stages = MFNET_STAGES if backbone == "mfnet3d" else STAGES
+  if opts.at not in stages:
+    raise ValueError(f"configs/synthetic_c2d.py: at={opts.at!r} is not a stage of {model}; "
+                     f"choose one of {', '.join(stages)}")
   c = synthetic.get_config()
   c.dataset.config = opts.data
   c.clip.update(dict(frames=8, interval=2, crop=64, train_scale=(64, 72), aspect=(0.9, 1.1),
                      flip=False, eval_resize=64, eval_clips=1, eval_crops=1))
-  c.model.backbone = "resnet3d"
-  c.model.backbone_kwargs = dict(stage_depths=(1, 1, 1, 1), base_width=16, temporal_kernel=1)
-  c.model.use_kpsem = model == "c2d_kpsem"
+  c.model.backbone = backbone
+  c.model.backbone_kwargs = dict(backbone_kwargs)
+  c.model.use_kpsem = model.endswith("kpsem")
   c.model.readout = opts.readout
   c.model.kpsem_at = opts.at
   c.model.kpsem = dict(num_regions=opts.k, num_sets=opts.g, embed_dim=opts.de,

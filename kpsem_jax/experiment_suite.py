@@ -67,6 +67,14 @@ SUITES: Dict[str, List[Variant]] = {
     "controls": CORE + [
         Variant("C2D ordered readout", "controls", "c2d,readout=ordered", versus="C2D"),
     ],
+    # Issue 30: the paper's main contrast, KPSEM on order-aware backbones (3-D ResNet with
+    # 3x1x1 kernels, MFNet-3D), with the C2D rows for scale.
+    "backbones": CORE + [
+        Variant("R3D (3x1x1)", "order-aware backbones", "r3d", versus="C2D"),
+        Variant("R3D-KPSEM", "order-aware backbones", "r3d_kpsem", versus="R3D (3x1x1)"),
+        Variant("MFNet", "order-aware backbones", "mfnet", versus="C2D"),
+        Variant("MF-KPSEM", "order-aware backbones", "mf_kpsem", versus="MFNet"),
+    ],
     # Issue 30: the C2D's learning-rate sweep (the suite's lr is 0.05), and the core contrast
     # at other learning rates, with the suite's clipping and without (``lr_rows``).
     "lr": CORE + [row for lr in LEARNING_RATES for row in lr_rows(lr)],
@@ -89,6 +97,9 @@ DATA = {  # synthetic_motion's configs the suite runs on, and how the table desc
     "translation": "synthetic_motion translation (translations in 8 directions, in "
                    "time-reversed pairs; chance 12.5%, a frame-order-blind model tops out at "
                    "50%)",
+    "translation_hard": "synthetic_motion translation_hard (the translation set with a "
+                        "smaller object and 3x the camera motion; chance 12.5%, a "
+                        "frame-order-blind model tops out at 50%)",
     # 16 frames: a clip and its reversal are sampled at different moments (docs/experiments.md)
     "default": "synthetic_motion default (right/left, down/up, clockwise/anticlockwise, "
                "approach/recede, in time-reversed pairs; chance 12.5%)",

@@ -12,7 +12,9 @@ temporal information: K in {1, 4, 9, 16} regions (K = 1: a single key point per 
 G in {1, 2, 4, 8} AReSE sets, fixed instead of adaptive regions, the embedding width d_e,
 and the stage KPSEM reads. ``gradient`` compares KPSEM's match gradient, the paper's
 (PyTorch autograd's) and the stopped one, with and without gradient clipping, on the core
-contrast and on fixed vs adaptive regions.
+contrast and on fixed vs adaptive regions; ``controls`` a time-ordered readout of the C2D;
+``lr`` the C2D's learning-rate sweep and the core contrast at other learning rates, with and
+without clipping; ``backbones`` KPSEM on order-aware backbones (R3D, MFNet-3D).
 
 Each run is a ``trainer.train_and_evaluate`` workdir under ``DIR/runs/<name>_seed<s>``: an
 interrupted suite resumes (finished runs are kept, a cut run continues from its checkpoint).
@@ -21,8 +23,9 @@ top-1 and of the reversal error, the share of test videos labelled as their time
 class, and each row's difference to its reference row with Welch's t-test; a trend test
 over K and over G: :mod:`kpsem_jax.experiment_stats`), ``DIR/results.json`` every number,
 ``DIR/results.png`` a bar chart. ``--data``: synthetic_motion's ``translation`` config (the
-default; 8 directions) or ``default`` (with rotations and approach/recede, whose direction
-KPSEM's per-step features cannot carry: docs/experiments.md).
+default; 8 directions), ``translation_hard`` (a smaller object, 3x the camera motion) or
+``default`` (with rotations and approach/recede, whose direction KPSEM's per-step features
+cannot carry: docs/experiments.md).
 """
 
 import json

@@ -39,3 +39,37 @@ def test_the_readout_reaches_the_model_spec_only_when_it_is_not_the_mean():
   # A mean-readout model's spec (and so its checkpoints' metadata) is as before.
   assert "readout" not in trainer.model_spec(trainer.load_config("synthetic_c2d", "c2d"))
   assert "readout" not in trainer.model_spec(trainer.load_config("hmdb51"))
+
+
+def test_the_order_aware_backbones_differ_from_the_c2d_only_where_they_see_time():
+  import jax  # pylint: disable=import-outside-toplevel
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
+
+  def shapes(arg):
+    c = trainer.load_config("synthetic_c2d", arg)
+    model = trainer.create_model(**trainer.model_spec(c))
+    x = jax.ShapeDtypeStruct((1, 8, 64, 64, 3), "float32")
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros(x.shape)))
+    return c, {"/".join(k): v.shape for k, v in
+               traverse_util.flatten_dict(params["params"]).items()}
+
+  c2d, c2d_shapes = shapes("c2d")
+  r3d, r3d_shapes = shapes("r3d")
+  assert c2d_shapes.keys() == r3d_shapes.keys()
+  differ = sorted(k for k in c2d_shapes if c2d_shapes[k] != r3d_shapes[k])
+  # Each block's first convolution: 1x1x1 in the C2D, 3x1x1 in the R3D; nothing else.
+  assert differ == [f"backbone/{s}_B01/conv_a/conv/kernel"
+                    for s in ("res2", "res3", "res4", "res5")]
+  assert all(c2d_shapes[k][0] == 1 and r3d_shapes[k][0] == 3 for k in differ)
+  assert not r3d.model.use_kpsem
+  assert trainer.load_config("synthetic_c2d", "r3d_kpsem").model.use_kpsem
+  assert r3d.model.kpsem_at == c2d.model.kpsem_at == "res2"
+  mf, mf_shapes = shapes("mf_kpsem")
+  assert mf.model.backbone == "mfnet3d" and mf.model.kpsem_at == "conv2" and mf.model.use_kpsem
+  assert any(k.startswith("kpsem/") for k in mf_shapes) and not any(
+      k.startswith("kpsem/") for k in shapes("mfnet")[1])
+  assert trainer.load_config("synthetic_c2d", "mf_kpsem,at=conv3").model.kpsem_at == "conv3"
+  with pytest.raises(ValueError, match="at='conv3' is not a stage of r3d_kpsem"):
+    trainer.load_config("synthetic_c2d", "r3d_kpsem,at=conv3")
+  with pytest.raises(ValueError, match="unknown model 'i3d'; choose one of c2d, c2d_kpsem"):
+    trainer.load_config("synthetic_c2d", "i3d")

@@ -98,7 +98,9 @@ def test_mfnet_gives_the_same_logits_and_gradients_under_every_strategy(auto_on_
       continue
     model = create_model("mfnet3d", 5, kwargs, conv_strategy=conv_strategy)
     loss = lambda p: jnp.sum(model.apply(dict(variables, params=p), x) ** 2)  # noqa: E731
-    results[conv_strategy] = (model.apply(variables, x), jax.grad(loss)(variables["params"]))
+    # Compiled: op by op, the gradient of every strategy took over a minute in all.
+    results[conv_strategy] = (jax.jit(model.apply)(variables, x),
+                              jax.jit(jax.grad(loss))(variables["params"]))
   ref_logits, ref_grads = results["xla"]
   for conv_strategy, (logits, grads) in results.items():
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-5, err_msg=conv_strategy)

@@ -349,6 +349,33 @@ def test_synthetic_translation_moves_each_class_its_own_way_inside_the_frame():
       assert (y - radius >= 0).all() and (y + radius <= 64).all()
 
 
+def test_the_hard_translation_set_has_a_smaller_object_and_faster_camera_motion():
+  configs = {c.name: c for c in synthetic.Builder.BUILDER_CONFIGS}
+  easy, hard = configs["translation"], configs["translation_hard"]
+  assert (easy.drift, easy.radius) == (0.02, (10, 7))  # the defaults: translation unchanged
+  assert (hard.drift, hard.radius) == (0.06, (16, 12))
+  assert (hard.classes, hard.span, hard.frames) == (easy.classes, easy.span, easy.frames)
+  # The defaults draw exactly the clips the configs without these fields drew.
+  np.testing.assert_array_equal(
+      synthetic.render(2, 64, 15, np.random.default_rng(3), easy.classes, easy.span),
+      synthetic.render(2, 64, 15, np.random.default_rng(3), easy.classes, easy.span, 0.02,
+                       (10, 7)))
+  for draw in range(20):
+    x, y, radius = synthetic._path(np.random.default_rng(draw), hard.classes, 0, 15, 64,
+                                   hard.span, hard.radius)
+    assert 64 / 16 <= radius[0] <= 64 / 12
+    backward = synthetic._path(np.random.default_rng(draw), hard.classes, 1, 15, 64,
+                               hard.span, hard.radius)
+    for a, b in zip((x, y, radius), backward):
+      np.testing.assert_allclose(a[::-1], b, atol=1e-9)
+  # The camera: consecutive frames differ far more under the hard set's drift than with none.
+  def change(drift):
+    clips = [synthetic.render(0, 64, 15, np.random.default_rng(d), hard.classes, hard.span,
+                              drift, hard.radius).astype(float) for d in range(4)]
+    return np.mean([np.abs(np.diff(c, axis=0)).mean() for c in clips])
+  assert change(0.06) > 3 * change(0.0)
+
+
 def test_interrupted_build_reruns_to_completion(tmp_path, monkeypatch):
   calls = {"n": 0}
   original = synthetic.render

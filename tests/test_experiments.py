@@ -60,6 +60,28 @@ def test_suite_variants_are_the_papers_ablations():
     trainer.load_config("synthetic_c2d", "c2d_kpsem,at=conv4")
 
 
+def test_the_learning_rate_and_backbone_rows_differ_from_their_reference_in_one_setting():
+  def settings(v):
+    c = suite_lib.run_config(v, 0, 600, "/data")
+    return dict(lr=c.optimizer.lr, clip=c.optimizer.clip_grad_norm, kpsem=c.model.use_kpsem,
+                backbone=(c.model.backbone, c.model.backbone_kwargs.to_dict()))
+
+  configs = {}  # a row's name is its run directory: one config per name over all suites
+  for v in (v for suite in suite_lib.SUITES.values() for v in suite):
+    assert configs.setdefault(v.name, v.config) == v.config, v.name
+  for suite, count in (("lr", 2 + 4 * 4), ("backbones", 6)):
+    rows = suite_lib.SUITES[suite]
+    assert len(rows) == count
+    for v in rows[2:]:
+      got, want = settings(v), settings(suite_lib.reference(v))
+      assert sum(got[k] != want[k] for k in got) == 1, v.name
+  lr = {v.name: settings(v) for v in suite_lib.SUITES["lr"]}
+  assert lr["C2D-KPSEM, lr 0.1, no clipping"] == dict(lr["C2D, lr 0.1"], kpsem=True, clip=0.0)
+  assert suite_lib.reference(suite_lib.SUITES["lr"][5]).name == "C2D, lr 0.01, no clipping"
+  backbones = [v.name for v in suite_lib.SUITES["backbones"][2:]]
+  assert [n.split(" ")[0] for n in backbones] == ["R3D", "R3D-KPSEM", "MFNet", "MF-KPSEM"]
+
+
 def test_the_suites_clips_and_their_time_reversals_show_the_same_frames():
   """C2D averages its frames' features, so it can tell a clip from its time reversal (the
   paired class) only if the two are sampled at different moments of the motion."""
@@ -75,7 +97,7 @@ def test_the_suites_clips_and_their_time_reversals_show_the_same_frames():
     shown = [set(ip.window_indices(n, s, frames, interval).tolist()) for s in starts]
     return all(s == {n - 1 - i for i in s} for s in shown)
 
-  assert reversal_safe("translation")
+  assert reversal_safe("translation") and reversal_safe("translation_hard")
   assert not reversal_safe("default")  # 16 frames: 0, 2, .., 14 reversed is 1, 3, .., 15
 
 

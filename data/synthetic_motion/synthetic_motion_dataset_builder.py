@@ -37,6 +37,8 @@ class SyntheticMotionConfig(tfds.core.BuilderConfig):
   seed: int = 0
   classes: tuple = CLASSES  # in time-reversed pairs (2k, 2k+1)
   span: tuple = (0.25, 0.45)  # a translation's whole-clip displacement, in frame sizes
+  drift: float = 0.02  # the background's largest motion a frame along each axis, in frame sizes
+  radius: tuple = (10, 7)  # the object's radius: between size / radius[0] and size / radius[1]
 
 
 def _texture(rng, height, width, channels=3):
@@ -50,11 +52,11 @@ def _texture(rng, height, width, channels=3):
   return field
 
 
-def _path(rng, classes, label, frames, size, span_range=(0.25, 0.45)):
+def _path(rng, classes, label, frames, size, span_range=(0.25, 0.45), radius_range=(10, 7)):
   """Per-frame object centre (x, y) and radius of class ``classes[label]``. For the same
   draws, the path of class 2k+1 is exactly the time reversal of the path of class 2k."""
   t = np.arange(frames, dtype=np.float64)
-  radius = np.full(frames, rng.uniform(size / 10, size / 7))
+  radius = np.full(frames, rng.uniform(size / radius_range[0], size / radius_range[1]))
   motion, reverse = classes[label - label % 2], label % 2
   if motion in _DIRECTIONS:  # translation: a path centred anywhere it fits
     span = rng.uniform(*span_range) * size  # whole-clip displacement, any frame count
@@ -91,9 +93,9 @@ def background_offsets(drift: np.ndarray, frames: int, pad: int) -> np.ndarray:
 
 
 def render(label: int, size: int, frames: int, rng: np.random.Generator,
-           classes=CLASSES, span=(0.25, 0.45)) -> np.ndarray:
+           classes=CLASSES, span=(0.25, 0.45), drift=0.02, radius=(10, 7)) -> np.ndarray:
   """``(frames, size, size, 3)`` uint8 clip of class ``classes[label]``."""
-  drift = rng.uniform(-0.02, 0.02, size=2) * size  # background motion, class-independent
+  drift = rng.uniform(-drift, drift, size=2) * size  # background motion, class-independent
   pad = int(np.ceil(np.abs(drift).max() * frames)) + 1
   background = 0.2 + 0.5 * _texture(rng, size + 2 * pad, size + 2 * pad)  # muted clutter
   angle = rng.uniform(0, np.pi)
@@ -101,7 +103,7 @@ def render(label: int, size: int, frames: int, rng: np.random.Generator,
   stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * rng.uniform(0.8, 1.6)) > 0
   colour = rng.uniform(0.6, 1.0, size=3)
   texture = np.where(stripes[..., None], colour, 0.05 * colour)  # high-contrast stripes
-  x, y, radius = _path(rng, classes, label, frames, size, span)
+  x, y, radius = _path(rng, classes, label, frames, size, span, radius)
   clip = np.empty((frames, size, size, 3), np.uint8)
   offsets = background_offsets(drift, frames, pad)
   for i in range(frames):
@@ -131,6 +133,14 @@ class Builder(common.VideoDatasetBuilder):
                             description="8 translation directions, 64x64, 15 frames, 2048/128",
                             classes=TRANSLATION_CLASSES, span=(0.5, 0.7), frames=15,
                             train_per_class=256),
+      # The same directions, a smaller object (radius 4-5.3 px) over a background whose
+      # drift (camera motion) is 3x larger, up to 3.8 px a frame along each axis, as fast as
+      # the object's own motion: order-aware backbones do not saturate (docs/experiments.md).
+      SyntheticMotionConfig(name="translation_hard",
+                            description="translation, a smaller object, 3x the camera "
+                                        "motion, 64x64, 15 frames, 2048/128",
+                            classes=TRANSLATION_CLASSES, span=(0.5, 0.7), frames=15,
+                            train_per_class=256, drift=0.06, radius=(16, 12)),
       SyntheticMotionConfig(name="tiny", description="for tests: 32x32, 8 frames, 32/16",
                             size=32, frames=8, train_per_class=4, test_per_class=2),
   ]
@@ -148,15 +158,17 @@ class Builder(common.VideoDatasetBuilder):
   def _generate_examples(self, split_id, per_class, split):
     c = self.builder_config
     make = functools.partial(_example, seed=c.seed, split_id=split_id, size=c.size,
-                             frames=c.frames, classes=c.classes, span=c.span)
+                             frames=c.frames, classes=c.classes, span=c.span, drift=c.drift,
+                             radius=c.radius)
     return self.examples(split, [(f"{split_id}_{i:06d}", i)
                                  for i in range(per_class * len(c.classes))], make)
 
 
-def _example(i, seed, split_id, size, frames, classes, span) -> dict:
+def _example(i, seed, split_id, size, frames, classes, span, drift, radius) -> dict:
   """Video ``i`` of a split, rendered and JPEG-encoded (run in ``prepare``'s workers)."""
   label = i % len(classes)
-  clip = render(label, size, frames, np.random.default_rng([seed, split_id, i]), classes, span)
+  clip = render(label, size, frames, np.random.default_rng([seed, split_id, i]), classes, span,
+                drift, radius)
   return dict(frames=common.encode_frames(clip), label=label,
               video_id=f"synthetic_{split_id}_{i:06d}", fps=25.0, height=size, width=size,
               num_frames=frames)
