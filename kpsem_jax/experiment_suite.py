@@ -61,6 +61,9 @@ SUITES: Dict[str, List[Variant]] = {
         Variant("fixed regions", "regions", "c2d_kpsem,fixed"),
         Variant("fixed regions, paper gradient", "regions", "c2d_kpsem,fixed,grad=paper",
                 versus="C2D-KPSEM paper gradient"),
+        Variant("fixed regions, paper gradient, no clipping", "regions",
+                "c2d_kpsem,fixed,grad=paper,clip=0",
+                versus="C2D-KPSEM paper gradient, no clipping"),
     ],
     # Issue 30's control: a time-ordered readout of the C2D's per-frame features, no KPSEM
     # (any readout that keeps frame order should pass the 50% order-blind ceiling too).
