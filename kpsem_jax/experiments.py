@@ -139,8 +139,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   suite, seeds = ("core", 1) if FLAGS.quick else (FLAGS.suite, FLAGS.seeds)
   if FLAGS.list:
+    width = max(len(v.group) for v in SUITES[suite])
     for v in SUITES[suite]:
-      print(f"{v.group:10s} {v.name}")
+      print(f"{v.group:{width}s}  {v.name}")
     return 0
   unknown = set(FLAGS.only) - {v.name for v in SUITES[suite]}
   if unknown:
