@@ -29,18 +29,16 @@ of the steps) with the global gradient norm clipped at 1.
 
 from configs import common, synthetic
 
-STAGES = ("res2", "res3", "res4", "res5")
-MFNET_STAGES = ("conv2", "conv3", "conv4", "conv5")
-
-
-# Each model's backbone and the stage KPSEM reads by default: the stride-4 16x16 map.
+# Each model's backbone and the stages KPSEM can read, the first its default: the stride-4
+# 16x16 map.
 BACKBONES = {
     "c2d": ("resnet3d", dict(stage_depths=(1, 1, 1, 1), base_width=16, temporal_kernel=1),
-            "res2"),
+            ("res2", "res3", "res4", "res5")),
     "r3d": ("resnet3d", dict(stage_depths=(1, 1, 1, 1), base_width=16, temporal_kernel=3),
-            "res2"),
+            ("res2", "res3", "res4", "res5")),
     "mfnet": ("mfnet3d", dict(conv1_channels=16, stage_channels=(32, 64, 64, 128),
-                              stage_depths=(1, 1, 1, 1), groups=8), "conv2"),
+                              stage_depths=(1, 1, 1, 1), groups=8),
+              ("conv2", "conv3", "conv4", "conv5")),
 }
 MODELS = {"c2d": "c2d", "c2d_kpsem": "c2d", "r3d": "r3d", "r3d_kpsem": "r3d",
           "mfnet": "mfnet", "mf_kpsem": "mfnet"}
@@ -51,11 +49,10 @@ def get_config(arg: str = "c2d_kpsem"):
   if model not in MODELS:
     raise ValueError(f"configs/synthetic_c2d.py: unknown model {model!r}; choose one of "
                      f"{', '.join(MODELS)}")
-  backbone, backbone_kwargs, default_at = BACKBONES[MODELS[model]]
+  backbone, backbone_kwargs, stages = BACKBONES[MODELS[model]]
   opts = common.parse_arg(options, "configs/synthetic_c2d.py", k=4, g=4, fixed=False, de=8,
-                          at=default_at, steps=600, data="translation", lr=0.05, grad="stopped",
+                          at=stages[0], steps=600, data="translation", lr=0.05, grad="stopped",
                           clip=1.0, readout="mean")
-  stages = MFNET_STAGES if backbone == "mfnet3d" else STAGES
   if opts.at not in stages:
     raise ValueError(f"configs/synthetic_c2d.py: at={opts.at!r} is not a stage of {model}; "
                      f"choose one of {', '.join(stages)}")
