@@ -55,10 +55,11 @@ def base() -> ml_collections.ConfigDict:
       eval_resize=256, eval_clips=10, eval_crops=3))
   c.model = ml_collections.ConfigDict(dict(
       backbone="mfnet3d", backbone_kwargs={}, use_kpsem=True,
-      # match_gradient: "paper" (Eq. 9's match weights pass their gradient, as PyTorch's
-      # autograd gives the paper's method) or "stopped" (docs/models.md, "The match gradient")
+      # match_gradient: where Eq. 9's match weights pass their gradient: "splits" (to the
+      # split lines only), "paper" (everywhere) or "stopped" (nowhere); docs/models.md,
+      # "The match gradient"
       kpsem=dict(num_regions=4, num_sets=8, embed_dim=24, adaptive=True,
-                 match_gradient="stopped"), kpsem_at="conv4",
+                 match_gradient="splits"), kpsem_at="conv4",
       # the classifier's backbone feature: "mean" (global average) or "ordered" (per-frame
       # averages concatenated in time order; models.VideoClassifier)
       readout="mean",
@@ -72,8 +73,11 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       lr=0.005, momentum=0.9, nesterov=True, weight_decay=1e-4, warmup_steps=100,
       decay_steps=(2000, 3200), decay_factor=0.1, pretrained_lr_mult=0.2,
-      # > 0: the global gradient norm is clipped to this before the update (0: off).
-      clip_grad_norm=0.0))
+      # > 0: the KPSEM branch's gradient (its parameters alone) is clipped to this norm
+      # before the update (0: off); then, > 0: the whole gradient's global norm (0: off).
+      kpsem_clip_grad_norm=1.0, clip_grad_norm=0.0,
+      # KPSEM's split MLPs (kpsem/mlp_*) learn at this times the lr.
+      split_mlp_lr_mult=0.1))
   c.batch_size = 64  # global, over all devices and grad_accum_steps
   c.grad_accum_steps = 1
   c.eval_batch_size = 32

@@ -12,8 +12,12 @@ block inflated to 3x1x1) or ``mfnet``/``mf_kpsem`` (MFNet-3D, one unit per stage
 or ``conv2`` .. ``conv5`` for MFNet),
 ``,steps=<n>``, ``,lr=<lr>``, ``,data=<synthetic_motion config>`` (``translation``, the
 default, or ``default``: the mixed set with rotations and approach/recede),
-``,grad=<paper|stopped>`` (KPSEM's ``match_gradient``, default ``stopped``) and
-``,clip=<norm>`` (the gradient-norm clipping, default 1; 0: none) and ``,readout=ordered``
+``,grad=<splits|paper|stopped>`` (KPSEM's ``match_gradient``, default ``splits``),
+``,clip=<norm>`` (the global gradient-norm clipping, default 1; 0: none), ``,bclip=<norm>``
+(the KPSEM branch's own gradient clipping, default 1; 0: none), ``,mlplr=<mult>`` (the split
+MLPs' lr multiplier, default 0.1), ``,sum=<bool>`` (Eq. 12 summed over the K regions, the
+default, or kept per region), ``,order=sorted`` (the frame-order control: AReSE sees the
+feature frames sorted by their mean) and ``,readout=ordered``
 (the classifier reads the per-frame features in time order instead of their mean: a
 frame-order-aware control). Every variant of
 ``python -m kpsem_jax.experiments`` is one of these.
@@ -51,8 +55,9 @@ def get_config(arg: str = "c2d_kpsem"):
                      f"{', '.join(MODELS)}")
   backbone, backbone_kwargs, stages = BACKBONES[MODELS[model]]
   opts = common.parse_arg(options, "configs/synthetic_c2d.py", k=4, g=4, fixed=False, de=8,
-                          at=stages[0], steps=600, data="translation", lr=0.05, grad="stopped",
-                          clip=1.0, readout="mean")
+                          at=stages[0], steps=600, data="translation", lr=0.05, grad="splits",
+                          clip=1.0, bclip=1.0, mlplr=0.1, sum=True, order="time",
+                          readout="mean")
   if opts.at not in stages:
     raise ValueError(f"configs/synthetic_c2d.py: at={opts.at!r} is not a stage of {model}; "
                      f"choose one of {', '.join(stages)}")
@@ -67,10 +72,12 @@ def get_config(arg: str = "c2d_kpsem"):
   c.model.kpsem_at = opts.at
   c.model.kpsem = dict(num_regions=opts.k, num_sets=opts.g, embed_dim=opts.de,
                        reduction_channels=(16, 16), adaptive=not opts.fixed,
-                       match_gradient=opts.grad)
+                       match_gradient=opts.grad, sum_regions=opts.sum,
+                       frame_order=opts.order)
   steps = opts.steps
   c.optimizer.update(dict(lr=opts.lr, warmup_steps=max(1, steps // 20),
-                          clip_grad_norm=opts.clip,
+                          clip_grad_norm=opts.clip, kpsem_clip_grad_norm=opts.bclip,
+                          split_mlp_lr_mult=opts.mlplr,
                           decay_steps=(int(steps * 0.8), int(steps * 0.93))))
   c.update(dict(batch_size=16, eval_batch_size=32, num_train_steps=steps,
                 log_every=max(1, steps // 20), eval_every=steps,

@@ -17,9 +17,11 @@ Where the paper is silent (docs/models.md, "Choices where the paper is silent"):
   argmax of ``F - (1 - M_r) * (range(F) + 1)``, which is the paper's hard regional
   argmax/max as the temperature goes to 0 (``temperature=0`` is exactly hard), while
   ``V`` and the regional means stay differentiable in the split positions;
-- ``match_gradient``: whether Eq. 9's match weights pass their gradient (``"paper"``,
-  PyTorch autograd's derivative of the method) or not (``"stopped"``); with "stopped" the
-  split MLP learns only through Eq. 11's regional weights (:func:`key_point_shifts`).
+- ``match_gradient``: where Eq. 9's match weights pass their gradient: everywhere
+  (``"paper"``: the derivative of this soft-mask forward, as autograd gives it), to the split
+  lines only (``"splits"``, the default: the split MLP gets the same gradient as with
+  "paper", the backbone none of Eq. 9's spikes), or nowhere (``"stopped"``: the split MLP
+  learns only through Eq. 11's regional weights); :func:`key_point_shifts`.
 """
 
 from typing import NamedTuple
@@ -32,7 +34,8 @@ from kpsem_jax import cpu_kernels
 
 class AReSEOutput(NamedTuple):
   """What one AReSE set extracts from one clip (T frames, K regions, C channels)."""
-  rkps: jax.Array  # (T-1, C, 2) regional key point shifts summed over regions.
+  rkps: jax.Array  # (T-1, C, 2) regional key point shifts summed over regions
+  #                 ((T-1, K, C, 2) kept per region: arese(..., sum_regions=False)).
   splits_x: jax.Array  # (T, k-1) vertical split lines (x positions).
   splits_y: jax.Array  # (T, k-1) horizontal split lines (y positions).
   coords: jax.Array  # (T, K, C, 2) key point (x, y) per region and channel.
@@ -109,7 +112,7 @@ def regional_argmax(features: jax.Array, masks: jax.Array, penalty: jax.Array,
   return jnp.argmax(scores, axis=2)
 
 
-MATCH_GRADIENTS = ("paper", "stopped")
+MATCH_GRADIENTS = ("paper", "splits", "stopped")
 
 
 def _check_match_gradient(match_gradient: str) -> None:
@@ -119,7 +122,7 @@ def _check_match_gradient(match_gradient: str) -> None:
 
 
 def key_points(features: jax.Array, masks: jax.Array, argmax_strategy: str = "jnp",
-               match_gradient: str = "stopped"):
+               match_gradient: str = "splits"):
   """Per region and channel key point (Eq. 6-7).
 
   Args:
@@ -128,8 +131,9 @@ def key_points(features: jax.Array, masks: jax.Array, argmax_strategy: str = "jn
     argmax_strategy: see :func:`regional_argmax`.
     match_gradient: ``"paper"``: ``values`` carry the true derivative of the forward pass
       (into the features at the argmax, the masks there, and the soft-mask penalty
-      ``range(F) + 1``); ``"stopped"``: the penalty is a constant (the values' gradient is
-      stopped in :func:`key_point_shifts` anyway).
+      ``range(F) + 1``); ``"splits"``: into the masks only (the features and the penalty
+      enter as constants); ``"stopped"``: the penalty is a constant (the values' gradient
+      is stopped in :func:`key_point_shifts` anyway).
   Returns:
     coords ``(T, K, C, 2)`` as normalised (x, y), and values ``(T, K, C)``.
   """
@@ -138,10 +142,12 @@ def key_points(features: jax.Array, masks: jax.Array, argmax_strategy: str = "jn
   flat = features.reshape(t, h * w, c)
   m = masks.reshape(t, -1, h * w)
   penalty = jnp.max(flat, axis=1) - jnp.min(flat, axis=1) + 1.0  # (T, C)
-  if match_gradient == "stopped":
+  if match_gradient != "paper":
     penalty = jax.lax.stop_gradient(penalty)
   idx = regional_argmax(flat, m, penalty, argmax_strategy)  # (T, K, C)
   f_at = jnp.take_along_axis(flat[:, None], idx[:, :, None, :], axis=2)[:, :, 0, :]
+  if match_gradient == "splits":
+    f_at = jax.lax.stop_gradient(f_at)
   m_at = jnp.take_along_axis(m, idx, axis=2)
   values = f_at - (1.0 - m_at) * penalty[:, None, :]
   coords = jnp.stack([pixel_coords(w)[idx % w], pixel_coords(h)[idx // w]], axis=-1)
@@ -149,7 +155,7 @@ def key_points(features: jax.Array, masks: jax.Array, argmax_strategy: str = "jn
 
 
 def key_point_shifts(coords: jax.Array, values: jax.Array, epsilon: float = 0.1,
-                     match_gradient: str = "stopped") -> jax.Array:
+                     match_gradient: str = "splits") -> jax.Array:
   """Key point shifts ``S`` ``(T-1, K, C, 2)`` (Eq. 8-10).
 
   ``Delta[i, a, b] = I[i+1, b] - I[i, a]`` weighted by
@@ -160,10 +166,13 @@ def key_point_shifts(coords: jax.Array, values: jax.Array, epsilon: float = 0.1,
     paper's method: the only gradient the shifts pass to the backbone and to the split
     lines (the argmax coordinates themselves have none). ``d/dV 1 / (|dV| + 0.1)`` is up to
     ``1 / 0.1**2 = 100``, so this path's gradient arrives in spikes at the argmax pixels.
+  - ``"splits"``: as "paper", but :func:`key_points` gave ``values`` a gradient into the
+    region masks only, so the shifts pass Eq. 9's gradient to the split lines (the same
+    as "paper" gives them) and none to the backbone's features.
   - ``"stopped"``: ``values`` enter with their gradient stopped; the shifts pass no
     gradient at all, and the split lines learn only through Eq. 11's regional weights.
-    Under SGD at lr 0.05 without gradient clipping the "paper" gradient killed the
-    branch's ReLUs or made the loss NaN (docs/models.md, "The match gradient").
+  Under SGD at lr 0.05 without gradient clipping the "paper" gradient killed the branch's
+  ReLUs or made the loss NaN (docs/models.md, "The match gradient").
   """
   _check_match_gradient(match_gradient)
   if match_gradient == "stopped":
@@ -184,7 +193,7 @@ def regional_weights(features: jax.Array, masks: jax.Array) -> jax.Array:
 
 def arese(features: jax.Array, split_logits: jax.Array, temperature: float = 0.1,
           epsilon: float = 0.1, argmax_strategy: str = "jnp",
-          match_gradient: str = "stopped") -> AReSEOutput:
+          match_gradient: str = "splits", sum_regions: bool = True) -> AReSEOutput:
   """One AReSE set on one clip.
 
   Args:
@@ -194,10 +203,12 @@ def arese(features: jax.Array, split_logits: jax.Array, temperature: float = 0.1
     temperature: region-mask softness in pixels (0: hard regions).
     epsilon: the 0.1 of Eq. 9.
     argmax_strategy: how the regional argmax is computed (:func:`regional_argmax`).
-    match_gradient: ``"paper"`` or ``"stopped"`` (:func:`key_point_shifts`).
+    match_gradient: ``"paper"``, ``"splits"`` or ``"stopped"`` (:func:`key_point_shifts`).
+    sum_regions: Eq. 12's ``W_R * S`` summed over the K regions (True) or kept per region.
   Returns:
     :class:`AReSEOutput`; ``rkps = sum_K W_R * S`` is ``(T-1, C, 2)`` (Eq. 12, summed over
-    the K regions: docs/models.md lists it among the choices where the paper is silent).
+    the K regions: docs/models.md lists it among the choices where the paper is silent), or
+    ``W_R * S`` ``(T-1, K, C, 2)`` with ``sum_regions=False``.
   """
   t, h, w, _ = features.shape
   splits_x = split_positions(split_logits[:, 0])
@@ -206,7 +217,9 @@ def arese(features: jax.Array, split_logits: jax.Array, temperature: float = 0.1
   coords, values = key_points(features, masks, argmax_strategy, match_gradient)
   shifts = key_point_shifts(coords, values, epsilon, match_gradient)
   weights = regional_weights(features, masks)
-  rkps = jnp.sum(weights[..., None] * shifts, axis=1)
+  rkps = weights[..., None] * shifts
+  if sum_regions:
+    rkps = jnp.sum(rkps, axis=1)
   return AReSEOutput(rkps, splits_x, splits_y, coords, values, shifts, weights)
 
 

@@ -61,3 +61,63 @@ def trend(settings: Sequence[float], top1: Sequence[float]) -> Optional[Dict[str
   t = slope / se
   return dict(slope=slope, t=float(t), dof=float(dof), p=float(2 * stats.t.sf(abs(t), dof)),
               runs=len(x))
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> Optional[Dict[str, float]]:
+  """Paired t-test of ``a - b`` (seed for seed): ``{"mean", "sd", "t", "dof", "p", "low",
+  "high"}`` with the 95% interval of the mean difference ``[low, high]``; None with fewer
+  than two pairs. Differences without spread: ``p`` 1 for a zero mean, else 0."""
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  if len(d) < 2:
+    return None
+  dof = len(d) - 1
+  mean, sd = float(d.mean()), float(d.std(ddof=1))
+  if sd == 0:
+    same = math.isclose(mean, 0.0, abs_tol=1e-12)
+    return dict(mean=mean, sd=0.0, t=0.0 if same else math.copysign(math.inf, mean),
+                dof=float(dof), p=1.0 if same else 0.0, low=mean, high=mean)
+  se = sd / math.sqrt(len(d))
+  t = mean / se
+  half = float(stats.t.ppf(0.975, dof)) * se
+  return dict(mean=mean, sd=sd, t=float(t), dof=float(dof), p=float(2 * stats.t.sf(abs(t), dof)),
+              low=mean - half, high=mean + half)
+
+
+def holm(p_values: Sequence[float]) -> list:
+  """Holm-Bonferroni adjusted p-values, in the order given (each at most 1)."""
+  p = np.asarray(p_values, np.float64)
+  order = np.argsort(p, kind="stable")
+  adjusted = np.empty_like(p)
+  running = 0.0
+  for rank, i in enumerate(order):
+    running = max(running, (len(p) - rank) * p[i])
+    adjusted[i] = min(1.0, running)
+  return [float(x) for x in adjusted]
+
+
+def minimum_detectable_difference(sd: float, pairs: int, power: float = 0.8,
+                                  alpha: float = SIGNIFICANCE) -> float:
+  """The smallest true mean difference a two-sided paired t-test at ``alpha`` detects with
+  ``power``, for ``pairs`` pairs whose differences have standard deviation ``sd`` (the
+  noncentral t, solved for the noncentrality)."""
+  from scipy import optimize  # pylint: disable=import-outside-toplevel
+  dof = pairs - 1
+  critical = stats.t.ppf(1 - alpha / 2, dof)
+
+  def shortfall(delta):
+    nc = delta / (sd / math.sqrt(pairs))
+    lower = np.nan_to_num(stats.nct.cdf(-critical, dof, nc))  # NaN where it underflows
+    return stats.nct.sf(critical, dof, nc) + lower - power
+
+  se = sd / math.sqrt(pairs)
+  return float(optimize.brentq(shortfall, 1e-9 * se, 60.0 * se))
+
+
+def pairs_needed(sd: float, difference: float, power: float = 0.8,
+                 alpha: float = SIGNIFICANCE, most: int = 200) -> int:
+  """The fewest pairs (2 or more) whose :func:`minimum_detectable_difference` is at most
+  ``difference``; ``most`` if none up to it is."""
+  for n in range(2, most + 1):
+    if minimum_detectable_difference(sd, n, power, alpha) <= difference:
+      return n
+  return most

@@ -63,7 +63,7 @@ SUITES: Dict[str, List[Variant]] = {
         Variant("C2D-KPSEM paper gradient, no clipping", "match gradient",
                 "c2d_kpsem,grad=paper,clip=0", versus="C2D-KPSEM paper gradient"),
         Variant("C2D-KPSEM stopped gradient, no clipping", "match gradient",
-                "c2d_kpsem,clip=0"),
+                "c2d_kpsem,grad=stopped,bclip=0,clip=0"),
         Variant("fixed regions", "regions", "c2d_kpsem,fixed"),
         Variant("fixed regions, paper gradient", "regions", "c2d_kpsem,fixed,grad=paper",
                 versus="C2D-KPSEM paper gradient"),
@@ -88,6 +88,13 @@ SUITES: Dict[str, List[Variant]] = {
     # rates, with the suite's clipping and without.
     "lr": CORE + [c2d_at(lr) for lr in SWEPT_LRS] + [
         row for lr in CONTRAST_LRS for row in contrast_at(lr)],
+    # Issue 36: the default (the "splits" match gradient, the branch clip) at lr 0.01, 0.05
+    # and 0.1, with the suite's global clipping and without it (the dataset configs' recipe).
+    "default": CORE + [c2d_at(lr) for lr in CONTRAST_LRS] + [
+        row for lr in CONTRAST_LRS for row in contrast_at(lr)] + [
+            Variant("C2D, lr 0.05, no clipping", "learning rate", "c2d,clip=0", versus="C2D"),
+            Variant("C2D-KPSEM, lr 0.05, no clipping", "learning rate", "c2d_kpsem,clip=0",
+                    versus="C2D, lr 0.05, no clipping")],
 }
 # The base C2D-KPSEM is also the K=4, G=4, adaptive, d_e=8 and res2 point of each sweep; every
 # ablation row is compared with it, and it with C2D.

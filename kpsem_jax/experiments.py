@@ -62,7 +62,8 @@ def run_one(variant: Variant, seed: int, steps: int, data_dir: str, workdir: str
                             "another --workdir, or the same flags to resume this suite")
     return result
   start = time.perf_counter()
-  final = trainer.train_and_evaluate(run_config(variant, seed, steps, data_dir, data), workdir)
+  config = run_config(variant, seed, steps, data_dir, data)
+  final = trainer.train_and_evaluate(config, workdir)
   confusion = np.asarray(final["confusion"])
   result = dict(variant=variant.name, group=variant.group, config=variant.config, seed=seed,
                 data=data, steps=steps,
@@ -70,8 +71,24 @@ def run_one(variant: Variant, seed: int, steps: int, data_dir: str, workdir: str
                 reversal_error=report.reversal_error(confusion),
                 num_videos=int(final["num_videos"]), seconds=time.perf_counter() - start,
                 confusion=confusion.astype(int).tolist())
+  if config.model.use_kpsem and config.model.kpsem.get("adaptive", True):
+    result["split_movement"] = split_lines_moved(workdir, config)
   atomic.write_text(result_path, json.dumps(result, indent=1))
   return result
+
+
+def split_lines_moved(workdir: str, config, videos: int = 128) -> Dict[str, float]:
+  """:func:`kpsem_jax.split_movement.movement` of a trained run's split lines on its first
+  ``videos`` evaluation videos (one centre view each), in feature-map pixels."""
+  from kpsem_jax import inference, input_pipeline, split_movement  # pylint: disable=import-outside-toplevel
+  predictor = inference.load_predictor(workdir, prefer_best=False)
+  d = config.dataset
+  source, _ = input_pipeline.load_source(d.data_dir, d.name, d.config, d.eval_split)
+  spec = predictor.with_spec(num_clips=1, num_crops=1)
+  clips = np.stack([input_pipeline.eval_views(source[i], spec)[0]
+                    for i in range(min(videos, len(source)))])
+  return split_movement.of_model(predictor.model, predictor.variables,
+                                 inference.normalize(clips))
 
 
 def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 600,

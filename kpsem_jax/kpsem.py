@@ -18,6 +18,13 @@ from kpsem_jax import layers
 from kpsem_jax.layers import Conv
 
 
+def sort_frames(features: jax.Array) -> jax.Array:
+  """``(B, T, H, W, C)`` with each clip's T frames sorted by their mean value: an order that
+  is the same for a clip and its time reversal (frames of equal means keep time order)."""
+  order = jnp.argsort(jnp.mean(features, axis=(2, 3, 4)), axis=1, stable=True)
+  return jnp.take_along_axis(features, order[:, :, None, None, None], axis=1)
+
+
 def _stacked(init):
   """An initializer for a ``(G, fan_in, fan_out)`` stack of independent matrices."""
   return init(in_axis=-2, out_axis=-1, batch_axis=(0,))
@@ -36,9 +43,14 @@ class KPSEM(nn.Module):
     reduction_channels: output channels of the (1, 3)/(1, 2) reduction convolutions.
     mask_temperature: region-mask softness in feature-map pixels (0: hard regions).
     shift_epsilon: the 0.1 of Eq. 9.
-    match_gradient: ``"paper"`` (Eq. 9's match weights pass their gradient, as PyTorch's
-      autograd gives the paper's method) or ``"stopped"`` (they do not);
-      :func:`kpsem_jax.arese.key_point_shifts`.
+    match_gradient: where Eq. 9's match weights pass their gradient: ``"paper"`` (everywhere:
+      the derivative of our soft-mask forward), ``"splits"`` (to the split lines only, the
+      default) or ``"stopped"`` (nowhere); :func:`kpsem_jax.arese.key_point_shifts`.
+    sum_regions: Eq. 12's regional key point shifts summed over the K regions (the default),
+      or kept per region (K x C channels into the embedding and reduction).
+    frame_order: ``"time"`` (the clip's order) or ``"sorted"`` (a control: AReSE sees each
+      clip's feature frames sorted by their mean activation, an order that time reversal
+      does not change, so KPSEM cannot tell a clip from its reversal; same parameters).
     conv_strategy: ``layers.conv``'s strategy for the reduction convolutions.
     argmax_strategy: AReSE's regional argmax (:func:`kpsem_jax.arese.regional_argmax`):
       ``jnp``, ``cpu_kernel``, or ``auto`` (the CPU kernel where
@@ -56,7 +68,9 @@ class KPSEM(nn.Module):
   reduction_channels: Sequence[int] = (96, 96)
   mask_temperature: float = 0.1
   shift_epsilon: float = 0.1
-  match_gradient: str = "stopped"
+  match_gradient: str = "splits"
+  sum_regions: bool = True
+  frame_order: str = "time"
   fixed_regions_seed: int = 0
   conv_strategy: str = "auto"
   argmax_strategy: str = "auto"
@@ -72,6 +86,10 @@ class KPSEM(nn.Module):
     k = arese_lib.grid_size(self.num_regions)
     g, n_split = self.num_sets, k - 1
     f32 = features.astype(jnp.float32)
+    if self.frame_order == "sorted":
+      f32 = sort_frames(f32)
+    elif self.frame_order != "time":
+      raise ValueError(f"unknown frame_order {self.frame_order!r}; choose 'time' or 'sorted'")
 
     if self.adaptive and n_split:
       mlp = (self.param("mlp_w1", _stacked(nn.initializers.lecun_normal), (g, c, self.mlp_hidden)),
@@ -88,10 +106,11 @@ class KPSEM(nn.Module):
     emb_b = self.param("embed_b", nn.initializers.zeros, (g, self.embed_dim))
 
     def one_set(set_logits, w, bias):
-      out = jax.vmap(arese_lib.arese, in_axes=(0, 0, None, None, None, None))(
+      out = jax.vmap(arese_lib.arese, in_axes=(0, 0, None, None, None, None, None))(
           f32, set_logits, self.mask_temperature, self.shift_epsilon, argmax_strategy,
-          self.match_gradient)
-      return out, out.rkps @ w + bias  # (B, T-1, C, d_e)
+          self.match_gradient, self.sum_regions)
+      rkps = out.rkps.reshape(b, t - 1, -1, 2)  # per region: K x C channels
+      return out, rkps @ w + bias  # (B, T-1, C or K*C, d_e)
 
     outputs, embedded = jax.vmap(one_set)(logits, emb_w, emb_b)
     self.sow("intermediates", "arese", outputs)

@@ -109,7 +109,7 @@ def create_model(backbone: str = "mfnet3d", num_classes: int = 400,
                      "backbone_kwargs")
   kpsem_kwargs = None
   if kpsem is not None:
-    gradient = dict(kpsem).get("match_gradient", "stopped")
+    gradient = dict(kpsem).get("match_gradient", "splits")
     if gradient not in arese.MATCH_GRADIENTS:
       raise ValueError(f"unknown model.kpsem.match_gradient {gradient!r}; choose one of "
                        f"{arese.MATCH_GRADIENTS}")

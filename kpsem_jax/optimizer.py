@@ -1,6 +1,6 @@
 """The optimizer of every config: MFNet's SGD protocol (Nesterov momentum, weight decay,
-halved warm-up lr, step decay), pretrained layers at a lower lr, optional global-norm
-clipping."""
+halved warm-up lr, step decay), pretrained layers at a lower lr, optional clipping of the
+KPSEM branch's gradient and of the whole gradient."""
 
 from typing import Any, Optional
 
@@ -19,9 +19,11 @@ def lr_schedule(config) -> optax.Schedule:
 
 def create_optimizer(config, pretrained: Optional[Any] = None,
                      schedule: Optional[optax.Schedule] = None) -> optax.GradientTransformation:
-  """SGD (Nesterov) momentum with weight decay; pretrained leaves at ``pretrained_lr_mult``;
-  ``schedule`` defaults to :func:`lr_schedule`. ``optimizer.clip_grad_norm`` > 0 first scales
-  the whole gradient down to that global norm (0: no clipping)."""
+  """SGD (Nesterov) momentum with weight decay; pretrained leaves at ``pretrained_lr_mult``,
+  KPSEM's split MLPs at ``split_mlp_lr_mult`` (default 1) times the lr; ``schedule``
+  defaults to :func:`lr_schedule`. ``optimizer.kpsem_clip_grad_norm`` > 0 first scales the gradient of the KPSEM branch's parameters (the ``kpsem`` subtree) down to that
+  norm, the rest untouched; ``optimizer.clip_grad_norm`` > 0 then scales the whole
+  gradient down to that global norm (0: no clipping)."""
   o = config.optimizer
   schedule = schedule or lr_schedule(config)
 
@@ -30,11 +32,38 @@ def create_optimizer(config, pretrained: Optional[Any] = None,
                        optax.sgd(lambda s: schedule(s) * mult, momentum=o.momentum,
                                  nesterov=o.nesterov))
 
-  if pretrained is None:
+  split_mult = float(o.get("split_mlp_lr_mult", 1.0))
+
+  def labels(params):
+    tree = jax.tree_util.tree_map_with_path(
+        lambda path, _: "split_mlp" if split_mult != 1.0 and is_split_mlp(path) else "new",
+        params)
+    if pretrained is not None:
+      tree = jax.tree.map(lambda label, p: "pretrained" if p else label, tree, pretrained)
+    return tree
+
+  if pretrained is None and split_mult == 1.0:
     tx = sgd(1.0)
   else:
-    labels = jax.tree.map(lambda p: "pretrained" if p else "new", pretrained)
-    tx = optax.multi_transform({"pretrained": sgd(o.pretrained_lr_mult), "new": sgd(1.0)},
-                               labels)
+    tx = optax.multi_transform({"pretrained": sgd(o.pretrained_lr_mult), "new": sgd(1.0),
+                                "split_mlp": sgd(split_mult)}, labels)
+  clips = []
+  branch_clip = float(o.get("kpsem_clip_grad_norm", 0.0) or 0.0)
+  if branch_clip > 0:
+    clips.append(optax.masked(optax.clip_by_global_norm(branch_clip), kpsem_mask))
   clip = float(o.get("clip_grad_norm", 0.0) or 0.0)
-  return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
+  if clip > 0:
+    clips.append(optax.clip_by_global_norm(clip))
+  return optax.chain(*clips, tx) if clips else tx
+
+
+def is_split_mlp(path) -> bool:
+  """Whether a parameter path is one of KPSEM's split MLPs (``kpsem/mlp_*``)."""
+  names = [getattr(k, "key", str(k)) for k in path]
+  return len(names) == 2 and names[0] == "kpsem" and names[1].startswith("mlp_")
+
+
+def kpsem_mask(params) -> Any:
+  """True on the leaves of the KPSEM branch (the top-level ``kpsem`` subtree), else False."""
+  return {name: jax.tree.map(lambda _, on=(name == "kpsem"): on, subtree)
+          for name, subtree in params.items()}

@@ -311,3 +311,46 @@ def test_kpsem_output_at_each_step_depends_on_its_two_frames_only():
     moved = np.flatnonzero(np.abs(np.asarray(out - base)).max(axis=1) > 1e-6)
     touching = [s for s in (frame - 1, frame) if 0 <= s < t - 1]
     assert set(moved) <= set(touching) and len(moved) > 0, (frame, moved)
+
+
+def logits_for(splits_x, splits_y):
+  """Split logits ``(T, 2, k-1)`` that :func:`A.split_positions` maps to the given lines."""
+  def one(lines):
+    edges = np.concatenate([[-1.0], lines, [1.0]])
+    widths = np.diff(edges)
+    return np.log(widths[1:] / widths[0])
+  return np.stack([np.stack([one(x), one(y)]) for x, y in zip(splits_x, splits_y)])
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_soft_mask_module_converges_to_the_papers_hard_equations(k):
+  """The printed Eq. 6-12 (hard regions, V = F at the key point; testing/paper_arese.py)
+  against our soft-mask forward: equal at temperature 0 and 0.01 px, and the departure at
+  the default 0.1 px shrinks as the temperature goes to 0."""
+  from kpsem_jax.testing.paper_arese import paper_arese  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(k)
+  t, h, w, c = 3, 7, 9, 4
+  f = np.maximum(rng.normal(size=(t, h, w, c)), 0.0).astype(np.float32)  # post-ReLU, ties
+  # Lines between pixel centres (at least a quarter pixel from any), off-centre, moving from
+  # frame to frame, every region non-empty.
+  def lines(n):
+    boundaries = np.sort(rng.choice(np.arange(2, n - 1), size=(k - 1,), replace=False))
+    return -1.0 + (2.0 * boundaries + rng.uniform(-0.5, 0.5, k - 1)) / n
+  splits_x = np.stack([lines(w) for _ in range(t)])
+  splits_y = np.stack([lines(h) for _ in range(t)])
+  ref = paper_arese(f, splits_x, splits_y)
+  logits = jnp.asarray(logits_for(splits_x, splits_y), jnp.float32)
+  errors = {}
+  for temperature in (0.0, 0.01, 0.03, 0.1):
+    out = jax.jit(A.arese, static_argnums=(2,))(jnp.asarray(f), logits, temperature)
+    np.testing.assert_allclose(out.splits_x, splits_x, atol=1e-6)
+    errors[temperature] = max(
+        float(np.abs(np.asarray(out.rkps) - ref["rkps_per_region"].sum(axis=1)).max()),
+        float(np.abs(np.asarray(out.values) - ref["values"]).max()),
+        float(np.abs(np.asarray(out.region_weights) - ref["region_weights"]).max()))
+    if temperature <= 0.01:
+      for name in ("coords", "values", "shifts", "region_weights"):
+        np.testing.assert_allclose(getattr(out, name), ref[name], atol=1e-5, err_msg=name)
+      np.testing.assert_allclose(out.rkps, ref["rkps_per_region"].sum(axis=1), atol=1e-5)
+  assert errors[0.1] > errors[0.03] > errors[0.01]
+  assert errors[0.01] < 1e-5 < errors[0.1]
