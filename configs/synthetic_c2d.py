@@ -6,7 +6,9 @@
 ``arg``: a model, ``c2d`` or ``c2d_kpsem`` (the default), or an order-aware backbone with
 and without KPSEM: ``r3d``/``r3d_kpsem`` (the same ResNet, its first convolution in each
 block inflated to 3x1x1) or ``mfnet``/``mf_kpsem`` (MFNet-3D, one unit per stage, widths
-32-64-64-128, 8 groups; KPSEM after ``conv2``, its 16x16 map); then any of ``,k=<K>``
+32-64-64-128, 8 groups; KPSEM after ``conv2``, its 16x16 map), or ``mfnet_s8``/``mf_s8_kpsem``
+(that MFNet without the stem's max-pool, KPSEM after ``conv4``, 8x8: issue 36's MFNet
+contrast); then any of ``,k=<K>``
 (regions), ``,g=<G>`` (AReSE sets), ``,fixed`` (fixed instead of adaptive regions),
 ``,de=<d_e>`` (embedding width), ``,at=<stage>`` (where KPSEM reads: ``res2`` .. ``res5``,
 or ``conv2`` .. ``conv5`` for MFNet),
@@ -43,9 +45,15 @@ BACKBONES = {
     "mfnet": ("mfnet3d", dict(conv1_channels=16, stage_channels=(32, 64, 64, 128),
                               stage_depths=(1, 1, 1, 1), groups=8),
               ("conv2", "conv3", "conv4", "conv5")),
+    # Issue 36's MFNet contrast: the same MFNet without the stem's max-pool, so that conv4
+    # (the paper's place for KPSEM, its default here) is 8x8 at 64x64.
+    "mfnet_s8": ("mfnet3d", dict(conv1_channels=16, stage_channels=(32, 64, 64, 128),
+                                 stage_depths=(1, 1, 1, 1), groups=8, stem_pool=False),
+                 ("conv4", "conv2", "conv3", "conv5")),
 }
 MODELS = {"c2d": "c2d", "c2d_kpsem": "c2d", "r3d": "r3d", "r3d_kpsem": "r3d",
-          "mfnet": "mfnet", "mf_kpsem": "mfnet"}
+          "mfnet": "mfnet", "mf_kpsem": "mfnet", "mfnet_s8": "mfnet_s8",
+          "mf_s8_kpsem": "mfnet_s8"}
 
 
 def get_config(arg: str = "c2d_kpsem"):

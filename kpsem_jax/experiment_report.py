@@ -20,11 +20,15 @@ def reversal_error(confusion: np.ndarray) -> float:
   return float(swapped / max(confusion.sum(), 1))
 
 
-def summarize(results: Sequence[Dict], variants: Sequence[Variant]) -> List[Dict]:
+def summarize(results: Sequence[Dict], variants: Sequence[Variant],
+              paired: bool = False) -> List[Dict]:
   """One row per variant with runs: the number of seeds, mean and sample std (ddof=1) over
-  them, and against its :func:`reference` row the difference of mean top-1 and Welch's
-  t-test (``welch``: t, dof, two-sided p; None below two seeds on either side),
-  ``significant`` where p < 0.05."""
+  them, and against its :func:`reference` row the difference of mean top-1 and a test:
+  Welch's t-test (``test["name"] == "Welch"``: t, dof, two-sided p; None below two seeds
+  on either side), or with ``paired`` the paired t-test over the seeds both rows have
+  (``"paired t"``: also the mean paired difference and its 95% interval). ``p_holm``: the
+  Holm-corrected p over every test of the table; ``significant`` where it is below 0.05.
+  Rows with split lines (``split_movement`` in their runs) get their means."""
   rows = {}
   for v in variants:
     runs = [r for r in results if r["variant"] == v.name]
@@ -35,15 +39,35 @@ def summarize(results: Sequence[Dict], variants: Sequence[Variant]) -> List[Dict
     rows[v.name] = dict(variant=v.name, group=v.group, config=v.config, seeds=len(runs),
                         top1_mean=float(top1.mean()), top1_std=stats.sample_std(top1),
                         reversal_mean=float(rev.mean()), reversal_std=stats.sample_std(rev),
-                        top1_per_seed=[float(x) for x in top1])
+                        top1_per_seed=[float(x) for x in top1],
+                        seed_list=[int(r.get("seed", i)) for i, r in enumerate(runs)])
+    moved = [r["split_movement"] for r in runs if "split_movement" in r]
+    if moved:
+      rows[v.name]["split_movement"] = {k: float(np.mean([m[k] for m in moved]))
+                                        for k in moved[0]}
   for v in variants:
     ref = reference(v)
     if v.name not in rows or ref is None or ref.name not in rows:
       continue
     row, base = rows[v.name], rows[ref.name]
-    test = stats.welch(row["top1_per_seed"], base["top1_per_seed"])
-    row.update(reference=ref.name, delta=row["top1_mean"] - base["top1_mean"], welch=test,
-               significant=bool(test is not None and test["p"] < stats.SIGNIFICANCE))
+    if paired:
+      mine = dict(zip(row["seed_list"], row["top1_per_seed"]))
+      theirs = dict(zip(base["seed_list"], base["top1_per_seed"]))
+      common = sorted(set(mine) & set(theirs))
+      test = stats.paired([mine[s] for s in common], [theirs[s] for s in common])
+      if test is not None:
+        test = dict(test, name="paired t", pairs=len(common))
+    else:
+      test = stats.welch(row["top1_per_seed"], base["top1_per_seed"])
+      if test is not None:
+        test = dict(test, name="Welch")
+    row.update(reference=ref.name, delta=row["top1_mean"] - base["top1_mean"], test=test)
+  tested = [r for r in rows.values() if r.get("test")]
+  for r, p in zip(tested, stats.holm([r["test"]["p"] for r in tested])):
+    r["p_holm"] = p
+  for r in rows.values():
+    if "delta" in r:
+      r["significant"] = bool(r.get("p_holm", 1.0) < stats.SIGNIFICANCE)
   return list(rows.values())
 
 
@@ -71,27 +95,43 @@ def _p(p: float) -> str:
 
 def markdown(rows: Sequence[Dict], steps: int, data: str = "translation",
              trend_tests: Optional[Dict[str, Dict]] = None) -> str:
-  c = run_config(C2D, 0, steps, "", data)  # the clip and batch of every run
-  lines = [f"{DATA[data]}, {c.clip.frames}x{c.clip.crop}x{c.clip.crop} clips, {steps} steps of "
-           f"{c.batch_size} clips; mean ± sample std (ddof=1) over the seeds of each row. Δ: "
-           "difference of mean top-1 to the reference row (C2D for C2D-KPSEM, C2D-KPSEM for "
-           "the ablations); p: Welch's two-sided t-test of the two rows' per-seed top-1 (two "
-           f"seeds or more on both), * where p < {stats.SIGNIFICANCE}.", "",
+  c = run_config(C2D, 0, steps, "", data)  # the clip and batch of every C2D run
+  moved = any("split_movement" in r for r in rows)
+  lines = [f"{DATA[data]}, {c.clip.frames}x{c.clip.crop}x{c.clip.crop} clips, {steps} steps "
+           f"of {c.batch_size} clips; mean ± sample std "
+           "(ddof=1) over the seeds of each row. Δ: difference of mean top-1 to the row "
+           "named; test: Welch's two-sided t-test of the two rows' per-seed top-1, or the "
+           "paired t-test seed for seed (with the mean paired difference and its 95% "
+           "interval), p and the Holm-corrected p over every test of the table; * where "
+           f"the corrected p < {stats.SIGNIFICANCE}."
+           + (" Split lines: mean distance of the adaptive split lines from their start, "
+              "and their standard deviation across videos, in feature-map pixels (128 test "
+              "videos a run)." if moved else ""), "",
            "| model | seeds | video top-1 (%) | reversal error (%) | per seed (%) | "
-           "Δ top-1 (points) | Welch t (dof), p |",
-           "|---|---|---|---|---|---|---|"]
+           "Δ top-1 (points) | test | p (Holm) |" + (" split lines moved / across videos "
+                                                      "(px) |" if moved else ""),
+           "|---|---|---|---|---|---|---|---|" + ("---|" if moved else "")]
   for r in rows:
     per_seed = ", ".join(f"{100 * x:.1f}" for x in r["top1_per_seed"])
     delta = (f"{100 * r['delta']:+.1f}{' *' if r['significant'] else ''} vs "
              f"{_short(r['reference'])}" if "delta" in r else "")
-    test = r.get("welch")
-    welch_text = (f"{test['t']:.2f} ({test['dof']:.1f}), {_p(test['p'])}" if test else "")
+    test, test_text, p_text = r.get("test"), "", ""
+    if test:
+      test_text = f"{test['name']} t = {test['t']:.2f} ({test['dof']:.1f} dof)"
+      if test["name"] == "paired t":
+        test_text += (f", {test['pairs']} pairs, Δ {100 * test['mean']:+.1f} "
+                      f"[{100 * test['low']:+.1f}, {100 * test['high']:+.1f}]")
+      p_text = f"{_p(test['p'])} ({_p(r['p_holm'])})"
     top1, reversal = f"{100 * r['top1_mean']:.1f}", f"{100 * r['reversal_mean']:.1f}"
     if r["seeds"] > 1:  # one seed has no spread
       top1 += f" ± {100 * r['top1_std']:.1f}"
       reversal += f" ± {100 * r['reversal_std']:.1f}"
-    lines.append(f"| {r['variant']} | {r['seeds']} | {top1} | {reversal} | {per_seed} | "
-                 f"{delta} | {welch_text} |")
+    line = (f"| {r['variant']} | {r['seeds']} | {top1} | {reversal} | {per_seed} | {delta} | "
+            f"{test_text} | {p_text} |")
+    if moved:
+      m = r.get("split_movement")
+      line += f" {m['from_start']:.2f} / {m['across_videos']:.2f} |" if m else " |"
+    lines.append(line)
   for label, t in (trend_tests or {}).items():
     lines.append(f"\nTrend over {label} in {{{', '.join(map(str, t['settings']))}}} "
                  f"(least squares of top-1 on log2 {label}, every run): "
@@ -138,15 +178,15 @@ def bar_chart(rows: Sequence[Dict], path: str, data: str = "translation", steps:
   image.save(path)
 
 
-def publish(workdir, suite, data, steps, seeds, results, variants):
+def publish(workdir, suite, data, steps, seeds, results, variants, paired=False):
   """Writes ``results.json``, ``results.md`` and ``results.png``, each file whole.
-  ``results.json``: ``seeds_requested`` (the suite's ``--seeds``), every run, the table
-  (each row with its own ``seeds``) and the trend tests."""
-  rows = summarize(results, variants)
+  ``results.json``: ``seeds_requested`` (the suite's ``--seeds``), ``paired``, every run,
+  the table (each row with its own ``seeds``) and the trend tests."""
+  rows = summarize(results, variants, paired)
   trend_tests = trends(results, variants)
   atomic.write_text(os.path.join(workdir, "results.json"), json.dumps(
-      dict(suite=suite, data=data, steps=steps, seeds_requested=seeds, runs=results,
-           table=rows, trends=trend_tests), indent=1))
+      dict(suite=suite, data=data, steps=steps, seeds_requested=seeds, paired=paired,
+           runs=results, table=rows, trends=trend_tests), indent=1))
   atomic.write_text(os.path.join(workdir, "results.md"),
                     markdown(rows, steps, data, trend_tests))
   with atomic.replacing(os.path.join(workdir, "results.png"), suffix=".png") as tmp:

@@ -14,6 +14,7 @@ class Variant:
   group: str
   config: str
   versus: Optional[str] = None
+  root: bool = False  # compared with no row (the C2D, a suite's plain backbone)
 
 
 SWEPT_LRS = ("0.01", "0.02", "0.1", "0.2")  # the C2D's sweep (the suite's lr is 0.05)
@@ -96,6 +97,26 @@ SUITES: Dict[str, List[Variant]] = {
             Variant("C2D-KPSEM, lr 0.05, no clipping", "learning rate", "c2d_kpsem,clip=0",
                     versus="C2D, lr 0.05, no clipping")],
 }
+# Issue 36: MFNet vs MF-KPSEM with KPSEM after conv4 (8x8 without the stem's max-pool), G=8
+# as the paper, on a key_object set calibrated on MFNet alone; paired seeds (same
+# initialisation of the shared parts, same batches).
+MFNET = Variant("MFNet (8x8 conv4)", "MFNet contrast", "mfnet_s8", root=True)
+MF_KPSEM = Variant("MF-KPSEM (conv4, G=8)", "MFNet contrast", "mf_s8_kpsem,g=8",
+                   versus=MFNET.name)
+SUITES.update({
+    "calibration": [MFNET],
+    "mfnet": [MFNET, MF_KPSEM,
+              Variant("MF-KPSEM, frames sorted (control)", "MFNet contrast",
+                      "mf_s8_kpsem,g=8,order=sorted", versus=MF_KPSEM.name)],
+    # The paper's Table 2 a-c on MF-KPSEM, and Eq. 12 kept per region (the paper is silent).
+    "mfnet_ablation": [MF_KPSEM] + [
+        Variant(name, "MF-KPSEM ablations", f"mf_s8_kpsem,g=8,{option}", versus=MF_KPSEM.name)
+        for name, option in (("MF-KPSEM, K=1", "k=1"), ("MF-KPSEM, fixed regions", "fixed"),
+                             ("MF-KPSEM, G=1", "g=1"),
+                             ("MF-KPSEM, Eq. 12 per region", "sum=false"))],
+})
+PAIRED = frozenset({"calibration", "mfnet", "mfnet_ablation"})  # seed-for-seed comparisons
+
 # The base C2D-KPSEM is also the K=4, G=4, adaptive, d_e=8 and res2 point of each sweep; every
 # ablation row is compared with it, and it with C2D.
 
@@ -103,7 +124,7 @@ SUITES: Dict[str, List[Variant]] = {
 def reference(variant: Variant) -> Optional[Variant]:
   """The row a variant is compared with: C2D for the base C2D-KPSEM, its ``versus`` row,
   else the base."""
-  if variant == C2D:
+  if variant == C2D or variant.root:
     return None
   if variant.versus:
     return next(v for suite in SUITES.values() for v in suite if v.name == variant.versus)
@@ -117,6 +138,10 @@ DATA = {  # synthetic_motion's configs the suite runs on, and how the table desc
     "translation_hard": "synthetic_motion translation_hard (the translation set with a "
                         "smaller object and 3x the camera motion; chance 12.5%, a "
                         "frame-order-blind model tops out at 50%)",
+    **{f"key_object_{n}": f"synthetic_motion key_object_{n} (a small striped key object "
+                          f"among {n} plain distractors of its size, 8 directions in "
+                          "time-reversed pairs; chance 12.5%, a frame-order-blind model tops "
+                          "out at 50%; 1024 test videos)" for n in (2, 4, 8)},
     # 16 frames: a clip and its reversal are sampled at different moments (docs/experiments.md)
     "default": "synthetic_motion default (right/left, down/up, clockwise/anticlockwise, "
                "approach/recede, in time-reversed pairs; chance 12.5%)",

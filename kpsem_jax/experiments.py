@@ -38,7 +38,7 @@ import numpy as np
 
 from data import atomic
 from kpsem_jax import experiment_report as report
-from kpsem_jax.experiment_suite import DATA, SUITES, Variant, run_config, slug
+from kpsem_jax.experiment_suite import DATA, PAIRED, SUITES, Variant, run_config, slug
 
 
 class WorkdirMismatch(ValueError):
@@ -106,6 +106,9 @@ def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 600,
     os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
   results, missing = [], 0
   todo = [(v, s) for v in variants for s in range(seeds)]  # whole rows first
+  paired = suite in PAIRED
+  if train:
+    log(time_left(todo, workdir))
   for i, (v, seed) in enumerate(todo, 1):
     run_dir = os.path.join(workdir, "runs", f"{slug(v.name)}_seed{seed}")
     if not train and not os.path.exists(os.path.join(run_dir, "result.json")):
@@ -117,13 +120,35 @@ def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 600,
         f"{100 * r['reversal_error']:.1f}% ({r['seconds']:.0f} s)")
     results.append(r)
     if train:  # rewritten after every run, so a long suite shows where it stands
-      report.publish(workdir, suite, data, steps, seeds, results, variants)
+      report.publish(workdir, suite, data, steps, seeds, results, variants, paired)
   if not train and results:
-    report.publish(workdir, suite, data, steps, seeds, results, variants)
+    report.publish(workdir, suite, data, steps, seeds, results, variants, paired)
   if missing:
     log(f"{missing} of {len(todo)} runs are not finished and not in the table; run without "
         "--report_only to train them")
-  return report.summarize(results, variants)
+  return report.summarize(results, variants, paired)
+
+
+def time_left(todo, workdir: str) -> str:
+  """One line: how many of ``todo``'s (variant, seed) runs are finished in ``workdir`` and
+  about how long the rest take, from the finished runs' times (the same variant's where it
+  has some, else all of them)."""
+  done, left = {}, []
+  for v, seed in todo:
+    path = os.path.join(workdir, "runs", f"{slug(v.name)}_seed{seed}", "result.json")
+    if os.path.exists(path):
+      done.setdefault(v.name, []).append(json.load(open(path))["seconds"])
+    else:
+      left.append(v)
+  if not left:
+    return f"all {len(todo)} runs are finished; writing the table"
+  every = [t for times in done.values() for t in times]
+  if not every:
+    return (f"{len(left)} of {len(todo)} runs to train; the time left is estimated after "
+            "the first one")
+  seconds = sum(np.mean(done.get(v.name, every)) for v in left)
+  return (f"{len(left)} of {len(todo)} runs to train, about {seconds / 60:.0f} min on this "
+          f"machine (from the {len(every)} finished runs' times)")
 
 
 def define_flags():

@@ -116,14 +116,14 @@ def test_rows_are_compared_with_their_reference_by_welchs_test():
   base = rows[suite_lib.BASE.name]
   assert base["reference"] == "C2D" and base["delta"] == pytest.approx(0.50)
   assert base["top1_std"] == pytest.approx(0.02)  # sample std (ddof=1), not 0.0163
-  assert base["significant"] and base["welch"]["p"] < 1e-4
+  assert base["significant"] and base["test"]["p"] < 1e-4 and base["test"]["name"] == "Welch"
   k9_row = rows[k9.name]
   assert k9_row["reference"] == suite_lib.BASE.name and k9_row["seeds"] == 3
   assert k9_row["delta"] == pytest.approx(-0.04) and not k9_row["significant"]
-  assert k9_row["welch"]["t"] == pytest.approx(-0.840, abs=1e-3)  # -0.04 / sqrt(0.0064/3 + 0.0004/3)
-  assert k9_row["welch"]["dof"] == pytest.approx(2.25, abs=0.01)
+  assert k9_row["test"]["t"] == pytest.approx(-0.840, abs=1e-3)  # -0.04 / sqrt(0.0064/3 + 0.0004/3)
+  assert k9_row["test"]["dof"] == pytest.approx(2.25, abs=0.01)
   one_seed = report.summarize(results[:1] + results[3:4], suite_lib.SUITES["core"])
-  assert one_seed[1]["welch"] is None and not one_seed[1]["significant"]
+  assert one_seed[1]["test"] is None and not one_seed[1]["significant"]
   table = report.markdown(list(rows.values()), 600)
   assert "| +50.0 * vs C2D |" in table and "| -4.0 vs C2D-KPSEM |" in table
   assert "8x64x64 clips, 600 steps of 16 clips" in table  # from configs/synthetic_c2d.py

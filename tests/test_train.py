@@ -237,10 +237,12 @@ def test_paper_configs():
     c = load_config(name)
     assert (c.batch_size, c.dataset.num_classes) == (batch, classes), name
     assert c.model.kpsem.to_dict() == dict(num_regions=4, num_sets=8, embed_dim=24, adaptive=True,
-                                           match_gradient="stopped")
+                                           match_gradient="splits")
     assert c.model.kpsem_at == "conv4" and c.clip.frames == 16 and c.clip.crop == 224
     o = c.optimizer
     assert (o.lr, o.momentum, o.weight_decay, o.pretrained_lr_mult) == (0.005, 0.9, 1e-4, 0.2)
+    # issue 36: the default gradient's stabilisers are part of every dataset config
+    assert (o.kpsem_clip_grad_norm, o.split_mlp_lr_mult, o.clip_grad_norm) == (1.0, 0.1, 0.0)
     assert c.init_from
   kinetics = load_config("kinetics400")  # the pretraining of the released MFNet
   assert (kinetics.dataset.name, kinetics.dataset.num_classes) == ("kinetics400", 400)
@@ -489,3 +491,25 @@ def test_clip_grad_norm_scales_the_whole_gradient_down_to_the_norm():
   tx = trainer.create_optimizer(config)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["b"], [0, -4.0, 0, 0], rtol=1e-6)
+
+
+def test_the_kpsem_branch_clip_and_the_split_mlp_lr_touch_only_their_parameters():
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  config = load_config("synthetic")
+  config.optimizer.update(dict(lr=1.0, momentum=0.0, weight_decay=0.0, warmup_steps=0,
+                               decay_steps=(), clip_grad_norm=0.0, kpsem_clip_grad_norm=1.0,
+                               split_mlp_lr_mult=0.1))
+  params = {"backbone": {"w": jnp.zeros(2)},
+            "kpsem": {"mlp_w2": jnp.zeros(2), "embed_w": jnp.zeros(2)}}
+  grads = {"backbone": {"w": jnp.array([30.0, 40.0])},  # norm 50: not the branch's, kept
+           "kpsem": {"mlp_w2": jnp.array([3.0, 0.0]), "embed_w": jnp.array([0.0, 4.0])}}
+  tx = trainer.create_optimizer(config)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["backbone"]["w"], [-30.0, -40.0], rtol=1e-6)
+  # the branch's norm 5 scaled to 1; the split MLP then at 0.1x the lr
+  np.testing.assert_allclose(updates["kpsem"]["embed_w"], [0.0, -0.8], rtol=1e-6)
+  np.testing.assert_allclose(updates["kpsem"]["mlp_w2"], [-0.06, 0.0], rtol=1e-6)
+  config.optimizer.update(dict(kpsem_clip_grad_norm=0.0, split_mlp_lr_mult=1.0))
+  tx = trainer.create_optimizer(config)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["kpsem"]["mlp_w2"], [-3.0, 0.0], rtol=1e-6)

@@ -6,7 +6,9 @@ distribution, so every single frame, and every frame-order-blind summary of a cl
 no information about the label: only the order of frames does. Deterministic from the
 config's seed. Configs: ``default`` (right/left, down/up, clockwise/anticlockwise,
 approach/recede), ``translation`` (translations in 8 directions: right/left, down/up and the
-two diagonals), ``tiny`` (``default``'s classes, small, for tests).
+two diagonals), ``translation_hard``, ``key_object_<n>`` (a small striped key object among
+``n`` plain distractors of its size, each moving in a random direction of its own, over a
+slow background; 1024 test videos), ``tiny`` (``default``'s classes, small, for tests).
 """
 
 import dataclasses
@@ -39,6 +41,7 @@ class SyntheticMotionConfig(tfds.core.BuilderConfig):
   span: tuple = (0.25, 0.45)  # a translation's whole-clip displacement, in frame sizes
   drift: float = 0.02  # the background's largest motion a frame along each axis, in frame sizes
   radius: tuple = (10, 7)  # the object's radius: between size / radius[0] and size / radius[1]
+  distractors: int = 0  # plain discs of the object's size, each on a random straight path
 
 
 def _texture(rng, height, width, channels=3):
@@ -92,9 +95,25 @@ def background_offsets(drift: np.ndarray, frames: int, pad: int) -> np.ndarray:
   return (pad + np.round(np.asarray(drift)[None, :] * t[:, None])).astype(int)
 
 
+def _distractor_paths(rng, count, frames, size, radius, span_range):
+  """``count`` straight paths ``(x, y)`` of ``(frames,)`` each, in uniformly random
+  directions (so a path's time reversal is as likely a draw), as long as the object's."""
+  paths = []
+  t = np.arange(frames, dtype=np.float64) / (frames - 1) - 0.5
+  for _ in range(count):
+    angle = rng.uniform(0, 2 * np.pi)
+    span = rng.uniform(*span_range) * size
+    centre = rng.uniform(radius + span / 2, size - radius - span / 2, size=2)
+    paths.append((centre[0] + t * span * np.cos(angle), centre[1] + t * span * np.sin(angle)))
+  return paths
+
+
 def render(label: int, size: int, frames: int, rng: np.random.Generator,
-           classes=CLASSES, span=(0.25, 0.45), drift=0.02, radius=(10, 7)) -> np.ndarray:
-  """``(frames, size, size, 3)`` uint8 clip of class ``classes[label]``."""
+           classes=CLASSES, span=(0.25, 0.45), drift=0.02, radius=(10, 7),
+           distractors: int = 0) -> np.ndarray:
+  """``(frames, size, size, 3)`` uint8 clip of class ``classes[label]``; with
+  ``distractors``, that many plain discs of the object's size cross the frame too (drawn
+  after every other draw, so the clips without them are unchanged)."""
   drift = rng.uniform(-drift, drift, size=2) * size  # background motion, class-independent
   pad = int(np.ceil(np.abs(drift).max() * frames)) + 1
   background = 0.2 + 0.5 * _texture(rng, size + 2 * pad, size + 2 * pad)  # muted clutter
@@ -106,9 +125,14 @@ def render(label: int, size: int, frames: int, rng: np.random.Generator,
   x, y, radius = _path(rng, classes, label, frames, size, span, radius)
   clip = np.empty((frames, size, size, 3), np.uint8)
   offsets = background_offsets(drift, frames, pad)
+  others = [(path, rng.uniform(0.3, 1.0, size=3))
+            for path in _distractor_paths(rng, distractors, frames, size, radius[0], span)]
   for i in range(frames):
     oy, ox = offsets[i]
     frame = background[oy:oy + size, ox:ox + size]
+    for (px, py), colour in others:  # plain discs, under the key object
+      disc = 1.0 / (1.0 + np.exp(np.hypot(xx - px[i], yy - py[i]) - radius[i]))
+      frame = frame * (1 - disc[..., None]) + colour * disc[..., None]
     inside = 1.0 / (1.0 + np.exp(np.hypot(xx - x[i], yy - y[i]) - radius[i]))  # soft edge
     frame = frame * (1 - inside[..., None]) + texture * inside[..., None]
     frame = frame + rng.normal(0, 0.02, frame.shape)
@@ -141,6 +165,16 @@ class Builder(common.VideoDatasetBuilder):
                                         "motion, 64x64, 15 frames, 2048/128",
                             classes=TRANSLATION_CLASSES, span=(0.5, 0.7), frames=15,
                             train_per_class=256, drift=0.06, radius=(16, 12)),
+      # Issue 36's set for MFNet vs MF-KPSEM: a small striped key object (radius 4-5.3 px)
+      # crossing half to 0.7 of the frame (2.3-3.2 px a frame) among n plain distractors of
+      # its size on random straight paths, over a slow background (0.32 px a frame at most);
+      # 1024 test videos. n is calibrated on MFNet alone (docs/experiments.md).
+      *[SyntheticMotionConfig(name=f"key_object_{n}",
+                              description=f"a small key object among {n} distractors, "
+                                          "8 directions, 64x64, 15 frames, 2048/1024",
+                              classes=TRANSLATION_CLASSES, span=(0.5, 0.7), frames=15,
+                              train_per_class=256, test_per_class=128, drift=0.005,
+                              radius=(16, 12), distractors=n) for n in (2, 4, 8)],
       SyntheticMotionConfig(name="tiny", description="for tests: 32x32, 8 frames, 32/16",
                             size=32, frames=8, train_per_class=4, test_per_class=2),
   ]
@@ -159,16 +193,17 @@ class Builder(common.VideoDatasetBuilder):
     c = self.builder_config
     make = functools.partial(_example, seed=c.seed, split_id=split_id, size=c.size,
                              frames=c.frames, classes=c.classes, span=c.span, drift=c.drift,
-                             radius=c.radius)
+                             radius=c.radius, distractors=c.distractors)
     return self.examples(split, [(f"{split_id}_{i:06d}", i)
                                  for i in range(per_class * len(c.classes))], make)
 
 
-def _example(i, seed, split_id, size, frames, classes, span, drift, radius) -> dict:
+def _example(i, seed, split_id, size, frames, classes, span, drift, radius,
+             distractors=0) -> dict:
   """Video ``i`` of a split, rendered and JPEG-encoded (run in ``prepare``'s workers)."""
   label = i % len(classes)
   clip = render(label, size, frames, np.random.default_rng([seed, split_id, i]), classes, span,
-                drift, radius)
+                drift, radius, distractors)
   return dict(frames=common.encode_frames(clip), label=label,
               video_id=f"synthetic_{split_id}_{i:06d}", fps=25.0, height=size, width=size,
               num_frames=frames)

@@ -34,21 +34,22 @@ def _intervals(n, splits, temperature):
 class KPSEM(nn.Module):
   """``(B, C, T, H, W) -> (B, (T-1) * C_red)``; adaptive regions, soft masks.
 
-  ``match_gradient="paper"``: autograd differentiates everything but the argmax indices (the
-  paper's method as PyTorch trains it); ``"stopped"``: the key point values enter Eq. 9's
-  match weights detached, and the soft-mask penalty is detached. The centre MLP's and the
+  ``match_gradient="paper"``: autograd differentiates everything but the argmax indices
+  (our soft-mask forward as PyTorch would train it); ``"splits"``: the features and the
+  soft-mask penalty enter the key point scores detached, the masks do not; ``"stopped"``:
+  the key point values enter Eq. 9's match weights detached, and the penalty is detached. The centre MLP's and the
   embedding's tensors are leaves with ``requires_grad``; ``parameter_grads()`` returns their
   gradients and the reduction convolutions' in the JAX parameter layout.
   """
 
   def __init__(self, params, num_regions=4, temperature=0.1, epsilon=0.1,
-               match_gradient="paper"):
+               match_gradient="paper"):  # the module's default is "splits"
     super().__init__()
     t = lambda a: torch.from_numpy(np.asarray(a, np.float32).copy()).requires_grad_()  # noqa: E731
     self.k = int(round(num_regions ** 0.5))
     self.temperature, self.epsilon = temperature, epsilon
-    if match_gradient not in ("paper", "stopped"):
-      raise ValueError(f"match_gradient: 'paper' or 'stopped', not {match_gradient!r}")
+    if match_gradient not in ("paper", "splits", "stopped"):
+      raise ValueError(f"match_gradient: 'paper', 'splits' or 'stopped', not {match_gradient!r}")
     self.match_gradient = match_gradient
     self.w1, self.b1 = t(params["mlp_w1"]), t(params["mlp_b1"])  # (G, C, hid), (G, hid)
     self.w2, self.b2 = t(params["mlp_w2"]), t(params["mlp_b2"])  # (G, hid, 2(k-1)), (G, 2(k-1))
@@ -79,9 +80,10 @@ class KPSEM(nn.Module):
 
     flat = f.reshape(1, b, t, 1, h * w, c)
     span = flat.amax(4) - flat.amin(4) + 1.0  # (1, B, T, 1, C)
-    if self.match_gradient == "stopped":
+    if self.match_gradient != "paper":
       span = span.detach()
-    scored = flat - (1.0 - masks[..., None]) * span[:, :, :, :, None, :]  # (G, B, T, K, HW, C)
+    scored_features = flat.detach() if self.match_gradient == "splits" else flat
+    scored = scored_features - (1.0 - masks[..., None]) * span[:, :, :, :, None, :]  # (G, B, T, K, HW, C)
     idx = scored.argmax(4)  # (G, B, T, K, C); first maximum on ties, as jnp.argmax
     values = torch.gather(scored, 4, idx[:, :, :, :, None, :])[:, :, :, :, 0, :]
     coords = torch.stack([_pixel_coords(w)[idx % w], _pixel_coords(h)[idx // w]], -1)
