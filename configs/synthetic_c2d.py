@@ -4,8 +4,8 @@
     python train.py --config=configs/synthetic_c2d.py:c2d_kpsem,k=9 --workdir=workdirs/c2d_k9
 
 ``arg``: a model, ``c2d`` or ``c2d_kpsem`` (the default), or an order-aware backbone with
-and without KPSEM: ``r3d``/``r3d_kpsem`` (the same ResNet, its first convolution in each
-block inflated to 3x1x1) or ``mfnet``/``mf_kpsem`` (MFNet-3D, one unit per stage, widths
+and without KPSEM: ``inflated``/``inflated_kpsem`` (the same ResNet, its first convolution
+in each block inflated to 3x1x1) or ``mfnet``/``mf_kpsem`` (MFNet-3D, one unit per stage, widths
 32-64-64-128, 8 groups; KPSEM after ``conv2``, its 16x16 map), or ``mfnet_s8``/``mf_s8_kpsem``
 (that MFNet without the stem's max-pool, KPSEM after ``conv4``, 8x8: issue 36's MFNet
 contrast); then any of ``,k=<K>``
@@ -25,7 +25,9 @@ frame-order-aware control). Every variant of
 ``python -m kpsem_jax.experiments`` is one of these.
 
 C2D is a 2-D ResNet (every kernel 1xkxk, one bottleneck per stage, width 16) that sees each
-frame alone; only KPSEM can tell a motion from its time reversal. Data: the ``translation``
+frame alone, as the paper's R3D does ("implemented as 1xkxk kernels", section 4.4), so
+C2D -> C2D-KPSEM is the analogue of the paper's R3D -> R3D-KPSEM (Table 2d); only KPSEM can
+tell a motion from its time reversal. Data: the ``translation``
 config, 2048 training videos of 15 frames, an object crossing half to 0.7 of the frame in
 one of 8 directions. Clips: 8 frames at interval 2 (frames 0, 2, .., 14, the same set
 reversed) at 64x64, so the object moves 4.6-6.4 input pixels between sampled frames,
@@ -40,7 +42,7 @@ from configs import common, synthetic
 BACKBONES = {
     "c2d": ("resnet3d", dict(stage_depths=(1, 1, 1, 1), base_width=16, temporal_kernel=1),
             ("res2", "res3", "res4", "res5")),
-    "r3d": ("resnet3d", dict(stage_depths=(1, 1, 1, 1), base_width=16, temporal_kernel=3),
+    "inflated": ("resnet3d", dict(stage_depths=(1, 1, 1, 1), base_width=16, temporal_kernel=3),
             ("res2", "res3", "res4", "res5")),
     "mfnet": ("mfnet3d", dict(conv1_channels=16, stage_channels=(32, 64, 64, 128),
                               stage_depths=(1, 1, 1, 1), groups=8),
@@ -51,7 +53,8 @@ BACKBONES = {
                                  stage_depths=(1, 1, 1, 1), groups=8, stem_pool=False),
                  ("conv4", "conv2", "conv3", "conv5")),
 }
-MODELS = {"c2d": "c2d", "c2d_kpsem": "c2d", "r3d": "r3d", "r3d_kpsem": "r3d",
+MODELS = {"c2d": "c2d", "c2d_kpsem": "c2d", "inflated": "inflated",
+          "inflated_kpsem": "inflated",
           "mfnet": "mfnet", "mf_kpsem": "mfnet", "mfnet_s8": "mfnet_s8",
           "mf_s8_kpsem": "mfnet_s8"}
 

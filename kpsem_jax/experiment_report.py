@@ -21,7 +21,8 @@ def reversal_error(confusion: np.ndarray) -> float:
 
 
 def summarize(results: Sequence[Dict], variants: Sequence[Variant],
-              paired: bool = False) -> List[Dict]:
+              paired: bool = False, trend_tests: Optional[Dict[str, Dict]] = None
+              ) -> List[Dict]:
   """One row per variant with runs: the number of seeds, mean and sample std (ddof=1) over
   them, and against its :func:`reference` row the difference of mean top-1 and a test:
   Welch's t-test (``test["name"] == "Welch"``: t, dof, two-sided p; None below two seeds
@@ -46,10 +47,10 @@ def summarize(results: Sequence[Dict], variants: Sequence[Variant],
       rows[v.name]["split_movement"] = {k: float(np.mean([m[k] for m in moved]))
                                         for k in moved[0]}
   for v in variants:
-    ref = reference(v)
-    if v.name not in rows or ref is None or ref.name not in rows:
+    ref = _reference_name(v)
+    if v.name not in rows or ref is None or ref not in rows:
       continue
-    row, base = rows[v.name], rows[ref.name]
+    row, base = rows[v.name], rows[ref]
     if paired:
       mine = dict(zip(row["seed_list"], row["top1_per_seed"]))
       theirs = dict(zip(base["seed_list"], base["top1_per_seed"]))
@@ -61,14 +62,29 @@ def summarize(results: Sequence[Dict], variants: Sequence[Variant],
       test = stats.welch(row["top1_per_seed"], base["top1_per_seed"])
       if test is not None:
         test = dict(test, name="Welch")
-    row.update(reference=ref.name, delta=row["top1_mean"] - base["top1_mean"], test=test)
+    row.update(reference=ref, delta=row["top1_mean"] - base["top1_mean"], test=test)
   tested = [r for r in rows.values() if r.get("test")]
-  for r, p in zip(tested, stats.holm([r["test"]["p"] for r in tested])):
+  family = [r["test"]["p"] for r in tested] + [t["p"] for t in (trend_tests or {}).values()]
+  corrected = stats.holm(family) if family else []
+  for r, p in zip(tested, corrected):
     r["p_holm"] = p
+  for t, p in zip((trend_tests or {}).values(), corrected[len(tested):]):
+    t["p_holm"] = p
   for r in rows.values():
     if "delta" in r:
       r["significant"] = bool(r.get("p_holm", 1.0) < stats.SIGNIFICANCE)
   return list(rows.values())
+
+
+def _reference_name(v: Variant) -> Optional[str]:
+  """The name of the row ``v`` is compared with: its own ``versus`` (resolved among the
+  rows at hand), else :func:`reference`'s."""
+  if v.root:
+    return None
+  if v.versus:
+    return v.versus
+  ref = reference(v)
+  return ref.name if ref else None
 
 
 def trends(results: Sequence[Dict], variants: Sequence[Variant]) -> Dict[str, Dict]:
@@ -136,7 +152,8 @@ def markdown(rows: Sequence[Dict], steps: int, data: str = "translation",
     lines.append(f"\nTrend over {label} in {{{', '.join(map(str, t['settings']))}}} "
                  f"(least squares of top-1 on log2 {label}, every run): "
                  f"{100 * t['slope']:+.1f} points per doubling, t = {t['t']:.2f} "
-                 f"({t['dof']:.0f} dof, {t['runs']} runs), p = {_p(t['p'])}.")
+                 f"({t['dof']:.0f} dof, {t['runs']} runs), p = {_p(t['p'])}"
+                 + (f" (Holm: {_p(t['p_holm'])})." if "p_holm" in t else "."))
   return "\n".join(lines) + "\n"
 
 
@@ -178,12 +195,44 @@ def bar_chart(rows: Sequence[Dict], path: str, data: str = "translation", steps:
   image.save(path)
 
 
+def table_of(results_json: Dict) -> str:
+  """The markdown table of a suite's ``results.json`` (its runs and the rows it had), made
+  again by :func:`summarize` and :func:`markdown`: what the docs show of it."""
+  variants = [Variant(r["variant"], r["group"], r["config"], versus=r.get("reference"),
+                      root="reference" not in r) for r in results_json["table"]]
+  runs = results_json["runs"]
+  trend_tests = trends(runs, variants)
+  rows = summarize(runs, variants, bool(results_json.get("paired", False)), trend_tests)
+  return markdown(rows, results_json["steps"], results_json.get("data", "default"),
+                  trend_tests)
+
+
+BEGIN, END = "<!-- results table: ", "<!-- end of results table -->"
+
+
+def refresh_tables(text: str, root: str) -> str:
+  """``text`` (markdown) with every region from ``<!-- results table: PATH -->`` to
+  ``<!-- end of results table -->`` replaced by :func:`table_of` the JSON at PATH
+  (relative to ``root``)."""
+  out, rest = [], text
+  while BEGIN in rest:
+    head, _, tail = rest.partition(BEGIN)
+    path, _, tail = tail.partition(" -->")
+    if END not in tail:
+      raise ValueError(f"{BEGIN}{path} -->: no {END} after it")
+    _, _, rest = tail.partition(END)
+    with open(os.path.join(root, path.strip())) as f:
+      table = table_of(json.load(f))
+    out.append(f"{head}{BEGIN}{path} -->\n{table}{END}")
+  return "".join(out) + rest
+
+
 def publish(workdir, suite, data, steps, seeds, results, variants, paired=False):
   """Writes ``results.json``, ``results.md`` and ``results.png``, each file whole.
   ``results.json``: ``seeds_requested`` (the suite's ``--seeds``), ``paired``, every run,
   the table (each row with its own ``seeds``) and the trend tests."""
-  rows = summarize(results, variants, paired)
   trend_tests = trends(results, variants)
+  rows = summarize(results, variants, paired, trend_tests)
   atomic.write_text(os.path.join(workdir, "results.json"), json.dumps(
       dict(suite=suite, data=data, steps=steps, seeds_requested=seeds, paired=paired,
            runs=results, table=rows, trends=trend_tests), indent=1))
@@ -191,3 +240,28 @@ def publish(workdir, suite, data, steps, seeds, results, variants, paired=False)
                     markdown(rows, steps, data, trend_tests))
   with atomic.replacing(os.path.join(workdir, "results.png"), suffix=".png") as tmp:
     bar_chart(rows, tmp, data, steps)
+
+
+def main(argv=None) -> int:
+  """``python -m kpsem_jax.experiment_report [--check] FILE.md ...``: rewrite (or, with
+  ``--check``, compare) the results tables of markdown files from their ``results.json``."""
+  import sys  # pylint: disable=import-outside-toplevel
+  args = list(sys.argv[1:] if argv is None else argv)
+  check = "--check" in args
+  stale = []
+  for path in (a for a in args if a != "--check"):
+    text = open(path).read()
+    fresh = refresh_tables(text, os.path.dirname(os.path.abspath(path)))
+    if fresh != text:
+      if check:
+        stale.append(path)
+      else:
+        atomic.write_text(path, fresh)
+  for path in stale:
+    print(f"error: {path}: its results tables differ from their results.json; run "
+          f"python -m kpsem_jax.experiment_report {path}", file=sys.stderr)
+  return 1 if stale else 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -256,22 +256,28 @@ def test_kpsem_with_the_argmax_kernel_equals_the_jnp_path():
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
-def test_shift_weights_send_no_gradient_into_the_key_point_values():
-  """Issue 19's divergence: Eq. 9's ``1 / (|dV| + 0.1)`` is not differentiated (the match
-  between key points, like their argmax coordinates, gets no gradient); the forward is
-  unchanged."""
+def test_shift_weights_send_no_gradient_into_the_key_point_values_when_stopped():
+  """Issue 19's divergence: with ``"stopped"`` Eq. 9's ``1 / (|dV| + 0.1)`` is not
+  differentiated (the match between key points, like their argmax coordinates, gets no
+  gradient); with ``"splits"`` and ``"paper"`` it is (key_points decides where the values'
+  gradient goes); the forward is the same."""
   rng = np.random.default_rng(0)
   coords = jnp.asarray(rng.uniform(-1, 1, (3, 4, 5, 2)), jnp.float32)
   values = jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)
   weights = jnp.asarray(rng.normal(size=(2, 4, 5, 2)), jnp.float32)
-  g = jax.grad(lambda v: jnp.sum(A.key_point_shifts(coords, v) * weights))(values)
-  np.testing.assert_array_equal(g, 0.0)
+  def grad(mode):
+    return jax.grad(lambda v: jnp.sum(A.key_point_shifts(coords, v, match_gradient=mode)
+                                      * weights))(values)
+  np.testing.assert_array_equal(grad("stopped"), 0.0)
+  assert float(jnp.abs(grad("splits")).max()) > 1e-3
+  np.testing.assert_array_equal(grad("splits"), grad("paper"))
   # The forward is still Eq. 8-10 (the naive loops of kpsem_jax.testing agree elsewhere).
   affinity = 1.0 / (np.abs(values[:-1, :, None] - values[1:, None]) + 0.1)
   w = np.exp(affinity) / np.exp(affinity).sum(axis=2, keepdims=True)
   delta = coords[1:, None] - coords[:-1, :, None]
-  np.testing.assert_allclose(A.key_point_shifts(coords, values),
-                             (w[..., None] * delta).sum(axis=2), rtol=1e-5, atol=1e-6)
+  for mode in A.MATCH_GRADIENTS:
+    np.testing.assert_allclose(A.key_point_shifts(coords, values, match_gradient=mode),
+                               (w[..., None] * delta).sum(axis=2), rtol=1e-5, atol=1e-6)
 
 
 def test_kpsem_gradient_into_its_input_has_no_spikes():
@@ -354,3 +360,49 @@ def test_soft_mask_module_converges_to_the_papers_hard_equations(k):
       np.testing.assert_allclose(out.rkps, ref["rkps_per_region"].sum(axis=1), atol=1e-5)
   assert errors[0.1] > errors[0.03] > errors[0.01]
   assert errors[0.01] < 1e-5 < errors[0.1]
+
+
+def test_split_movement_in_map_pixels():
+  from kpsem_jax import split_movement  # pylint: disable=import-outside-toplevel
+  # (G=1, N=2 clips, T=1, k-1=1): x lines at +0.25 and -0.25 (2 px either side on W=16),
+  # y lines at the centre
+  sx = np.array([[[[0.25]], [[-0.25]]]])
+  sy = np.zeros_like(sx)
+  m = split_movement.movement(sx, sy, width=16, height=8)
+  assert m["from_start"] == pytest.approx(1.0)  # (2 + 2 + 0 + 0) / 4
+  assert m["largest_from_start"] == pytest.approx(2.0)
+  assert m["across_videos"] == pytest.approx(1.0)  # std over clips: x 2 px, y 0
+  np.testing.assert_allclose(split_movement.equal_splits(3), [-1 / 3, 1 / 3])
+  still = split_movement.movement(np.full((1, 4, 2, 2), [-1 / 3, 1 / 3]),
+                                  np.full((1, 4, 2, 2), [-1 / 3, 1 / 3]), 12, 12)
+  assert still == pytest.approx(dict(from_start=0.0, across_videos=0.0, largest_from_start=0.0,
+                                     spread=0.0))
+
+
+def test_eq12_kept_per_region_sums_to_the_default_and_feeds_k_times_the_channels():
+  f = jax.random.normal(jax.random.PRNGKey(11), (3, 6, 6, 5))
+  logits = jax.random.normal(jax.random.PRNGKey(12), (3, 2, 1))
+  summed = A.arese(f, logits)
+  kept = A.arese(f, logits, sum_regions=False)
+  assert kept.rkps.shape == (2, 4, 5, 2)
+  np.testing.assert_allclose(kept.rkps.sum(axis=1), summed.rkps, rtol=1e-6, atol=1e-7)
+  x = jax.random.normal(jax.random.PRNGKey(13), (2, 3, 6, 6, 5))
+  module = KPSEM(num_regions=4, num_sets=2, embed_dim=4, reduction_channels=(3,), sum_regions=False)
+  variables = module.init(jax.random.PRNGKey(0), x)
+  assert variables["params"]["reduce1"]["kernel"].shape == (1, 3, 4 * 5, 3)  # K x C in
+  assert module.apply(variables, x).shape == (2, 2 * 3)
+
+
+def test_the_sorted_frames_control_cannot_tell_a_clip_from_its_reversal():
+  x = jax.random.normal(jax.random.PRNGKey(14), (2, 5, 6, 6, 4))
+  reversed_x = x[:, ::-1]
+  for order, same in (("sorted", True), ("time", False)):
+    module = KPSEM(num_regions=4, num_sets=2, embed_dim=4, reduction_channels=(3,),
+                   frame_order=order)
+    variables = module.init(jax.random.PRNGKey(0), x)
+    p = dict(variables["params"])
+    p["mlp_w2"] = jax.random.normal(jax.random.PRNGKey(15), p["mlp_w2"].shape)
+    out, out_rev = (np.asarray(module.apply({"params": p}, v)) for v in (x, reversed_x))
+    assert np.allclose(out, out_rev, atol=1e-6) == same, order
+  with pytest.raises(ValueError, match="unknown frame_order"):
+    KPSEM(frame_order="random").init(jax.random.PRNGKey(0), x)

@@ -54,22 +54,22 @@ def test_the_order_aware_backbones_differ_from_the_c2d_only_where_they_see_time(
                traverse_util.flatten_dict(params["params"]).items()}
 
   c2d, c2d_shapes = shapes("c2d")
-  r3d, r3d_shapes = shapes("r3d")
-  assert c2d_shapes.keys() == r3d_shapes.keys()
-  differ = sorted(k for k in c2d_shapes if c2d_shapes[k] != r3d_shapes[k])
-  # Each block's first convolution: 1x1x1 in the C2D, 3x1x1 in the R3D; nothing else.
+  inflated, inflated_shapes = shapes("inflated")
+  assert c2d_shapes.keys() == inflated_shapes.keys()
+  differ = sorted(k for k in c2d_shapes if c2d_shapes[k] != inflated_shapes[k])
+  # Each block's first convolution: 1x1x1 in the C2D, 3x1x1 in the inflated ResNet; nothing else.
   assert differ == [f"backbone/{s}_B01/conv_a/conv/kernel"
                     for s in ("res2", "res3", "res4", "res5")]
-  assert all(c2d_shapes[k][0] == 1 and r3d_shapes[k][0] == 3 for k in differ)
-  assert not r3d.model.use_kpsem
-  assert trainer.load_config("synthetic_c2d", "r3d_kpsem").model.use_kpsem
-  assert r3d.model.kpsem_at == c2d.model.kpsem_at == "res2"
+  assert all(c2d_shapes[k][0] == 1 and inflated_shapes[k][0] == 3 for k in differ)
+  assert not inflated.model.use_kpsem
+  assert trainer.load_config("synthetic_c2d", "inflated_kpsem").model.use_kpsem
+  assert inflated.model.kpsem_at == c2d.model.kpsem_at == "res2"
   mf, mf_shapes = shapes("mf_kpsem")
   assert mf.model.backbone == "mfnet3d" and mf.model.kpsem_at == "conv2" and mf.model.use_kpsem
   assert any(k.startswith("kpsem/") for k in mf_shapes) and not any(
       k.startswith("kpsem/") for k in shapes("mfnet")[1])
   assert trainer.load_config("synthetic_c2d", "mf_kpsem,at=conv3").model.kpsem_at == "conv3"
-  with pytest.raises(ValueError, match="at='conv3' is not a stage of r3d_kpsem"):
-    trainer.load_config("synthetic_c2d", "r3d_kpsem,at=conv3")
+  with pytest.raises(ValueError, match="at='conv3' is not a stage of inflated_kpsem"):
+    trainer.load_config("synthetic_c2d", "inflated_kpsem,at=conv3")
   with pytest.raises(ValueError, match="unknown model 'i3d'; choose one of c2d, c2d_kpsem"):
     trainer.load_config("synthetic_c2d", "i3d")

@@ -376,6 +376,38 @@ def test_the_hard_translation_set_has_a_smaller_object_and_faster_camera_motion(
   assert change(0.06) > 3 * change(0.0)
 
 
+def test_the_key_object_sets_add_plain_distractors_and_keep_every_other_clip():
+  configs = {c.name: c for c in synthetic.Builder.BUILDER_CONFIGS}
+  for n in (2, 4, 8):
+    c = configs[f"key_object_{n}"]
+    assert (c.distractors, c.test_per_class * len(c.classes), c.drift) == (n, 1024, 0.005)
+    assert (c.classes, c.span, c.radius, c.frames) == (synthetic.TRANSLATION_CLASSES, (0.5, 0.7),
+                                                       (16, 12), 15)
+  hard = configs["translation_hard"]
+  # distractors=0 draws exactly the clips drawn without the field
+  np.testing.assert_array_equal(
+      synthetic.render(2, 64, 15, np.random.default_rng(3), hard.classes, hard.span, hard.drift,
+                       hard.radius),
+      synthetic.render(2, 64, 15, np.random.default_rng(3), hard.classes, hard.span, hard.drift,
+                       hard.radius, 0))
+  # Distractor paths: straight, the object's length, inside the frame, in every direction.
+  angles = []
+  for draw in range(200):
+    (x, y), = synthetic._distractor_paths(np.random.default_rng(draw), 1, 15, 64, 5.0, (0.5, 0.7))
+    step = np.stack([np.diff(x), np.diff(y)], -1)
+    np.testing.assert_allclose(step, np.broadcast_to(step[0], step.shape), atol=1e-9)
+    assert 0.5 * 64 <= np.linalg.norm(step[0]) * 14 <= 0.7 * 64
+    assert x.min() >= 5 and x.max() <= 59 and y.min() >= 5 and y.max() <= 59
+    angles.append(np.arctan2(step[0, 1], step[0, 0]))
+  assert np.histogram(angles, bins=4, range=(-np.pi, np.pi))[0].min() > 30  # no direction favoured
+  # More distractors, more moving pixels between frames.
+  def change(count):
+    return np.mean([np.abs(np.diff(synthetic.render(
+        0, 64, 15, np.random.default_rng(d), hard.classes, hard.span, 0.0, hard.radius,
+        count).astype(float), axis=0)).mean() for d in range(4)])
+  assert change(8) > change(2) > change(0)
+
+
 def test_interrupted_build_reruns_to_completion(tmp_path, monkeypatch):
   calls = {"n": 0}
   original = synthetic.render

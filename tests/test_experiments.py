@@ -81,7 +81,8 @@ def test_the_learning_rate_and_backbone_rows_differ_from_their_reference_in_one_
                  if v.name == "C2D-KPSEM, lr 0.01, no clipping")
   assert suite_lib.reference(no_clip).name == "C2D, lr 0.01, no clipping"
   backbones = [v.name for v in suite_lib.SUITES["backbones"][2:]]
-  assert [n.split(" ")[0] for n in backbones] == ["R3D", "R3D-KPSEM", "MFNet", "MF-KPSEM"]
+  assert [n.split(" (")[0] for n in backbones] == ["Inflated ResNet", "Inflated ResNet-KPSEM",
+                                                   "MFNet", "MF-KPSEM"]
 
 
 def test_the_suites_clips_and_their_time_reversals_show_the_same_frames():
@@ -275,3 +276,65 @@ def test_quick_lists_the_core_contrast_only(tmp_path):
                        check=True).stdout
   assert [line.split(None, 1)[1] for line in out.splitlines()] == [
       suite_lib.C2D.name, suite_lib.BASE.name]
+
+
+def test_paired_test_holm_and_the_minimum_detectable_difference():
+  rng = np.random.default_rng(1)
+  a, b = rng.normal(0.75, 0.03, 8), rng.normal(0.73, 0.03, 8)
+  got = experiment_stats.paired(a, b)
+  want = scipy_stats.ttest_rel(a, b)
+  assert got["t"] == pytest.approx(want.statistic) and got["p"] == pytest.approx(want.pvalue)
+  interval = want.confidence_interval(0.95)
+  assert (got["low"], got["high"]) == pytest.approx((interval.low, interval.high))
+  assert got["mean"] == pytest.approx(np.mean(a - b)) and got["dof"] == 7
+  assert experiment_stats.paired([0.5], [0.4]) is None
+  # Holm: sorted p 0.01, 0.03, 0.04, 0.2 times 4, 3, 2, 1, made monotone, in the given order
+  assert experiment_stats.holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+  assert experiment_stats.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+  # One-sample t power, alpha 0.05 two-sided, power 0.8: effect 0.9958 sd at n = 10 (as
+  # statsmodels' TTestPower gives), and its Monte Carlo check.
+  assert experiment_stats.minimum_detectable_difference(1.0, 10) == pytest.approx(0.9958, abs=2e-3)
+  assert experiment_stats.pairs_needed(1.0, 1.0) == 10
+  draws = rng.normal(0.9958, 1.0, (20000, 10))
+  t = draws.mean(1) / (draws.std(1, ddof=1) / np.sqrt(10))
+  assert np.mean(np.abs(t) > scipy_stats.t.ppf(0.975, 9)) == pytest.approx(0.8, abs=0.015)
+
+
+def test_paired_suites_compare_seed_for_seed_and_correct_every_test():
+  """The MFNet suites pair runs by seed; p-values are Holm-corrected over the table."""
+  variants = suite_lib.SUITES["mfnet"]
+  assert "mfnet" in suite_lib.PAIRED and "ablation" not in suite_lib.PAIRED
+  top1 = {variants[0].name: [0.70, 0.74, 0.78, 0.72], variants[1].name: [0.73, 0.76, 0.81, 0.74],
+          variants[2].name: [0.70, 0.75, 0.77, 0.73]}
+  runs = [dict(variant=name, seed=s, video_top1=x, reversal_error=0.1)
+          for name, xs in top1.items() for s, x in enumerate(xs)]
+  rows = {r["variant"]: r for r in report.summarize(runs, variants, paired=True)}
+  kpsem, control = rows[variants[1].name], rows[variants[2].name]
+  assert kpsem["test"]["name"] == "paired t" and kpsem["test"]["pairs"] == 4
+  want = scipy_stats.ttest_rel(top1[variants[1].name], top1[variants[0].name])
+  assert kpsem["test"]["p"] == pytest.approx(want.pvalue)
+  ps = [kpsem["test"]["p"], control["test"]["p"]]
+  assert [kpsem["p_holm"], control["p_holm"]] == pytest.approx(experiment_stats.holm(ps))
+  table = report.markdown(list(rows.values()), 600, "key_object_4")
+  assert "paired t t = " in table and "4 pairs" in table
+  unpaired = {r["variant"]: r for r in report.summarize(runs, variants)}
+  assert unpaired[variants[1].name]["test"]["name"] == "Welch"
+
+
+def test_the_docs_results_tables_are_what_the_report_makes_of_the_committed_json(tmp_path):
+  """Every results table of docs/experiments.md and the README is generated (item 5 of
+  issue 36): regenerating them from the committed results.json changes nothing, and a
+  hand edit is caught."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  docs = [os.path.join(root, "docs", "experiments.md"), os.path.join(root, "README.md")]
+  assert report.main(["--check"] + docs) == 0
+  for path in docs:
+    assert report.BEGIN in open(path).read(), path
+  edited = tmp_path / "experiments.md"
+  text = open(docs[0]).read()
+  start = text.index(report.BEGIN)
+  row = text.index("| C2D | ", start)
+  edited.write_text(text[:row] + "| C2D | 9 " + text[row + 8:])
+  (tmp_path / "experiments").symlink_to(os.path.join(root, "docs", "experiments"))
+  assert report.main(["--check", str(edited)]) == 1
+  assert report.main([str(edited)]) == 0 and edited.read_text() == text
