@@ -220,6 +220,11 @@ def run(checkpoint: str, video_path: str, out: str, baseline: str = "", set_inde
   grid(rows).save(os.path.join(out, "gradcam.png"))
 
   probs = np.asarray(jax.nn.softmax(logits))
+  from kpsem_jax import split_movement  # pylint: disable=import-outside-toplevel
+  map_size = predictor.model.apply(predictor.variables, inference.normalize(clip[None]),
+                                   method="stages")[predictor.model.kpsem_at].shape[2:4]
+  moved = split_movement.movement(sets.splits_x[:, None], sets.splits_y[:, None],
+                                  int(map_size[1]), int(map_size[0]))
   summary = dict(
       video=video_path, checkpoint=checkpoint,
       top=[dict(label=predictor.class_names[i], probability=float(probs[i]))
@@ -228,7 +233,10 @@ def run(checkpoint: str, video_path: str, out: str, baseline: str = "", set_inde
       regions=int(one.coords.shape[1]), channels={str(r): [int(c) for c in cs]
                                                   for r, cs in enumerate(chosen)},
       clip_frames_drawn=[int(i) for i in frame_of(feature_frames, len(clip))],
-      panel_size=size, gradcam=cams, arrows=arrows)
+      panel_size=size, gradcam=cams, arrows=arrows,
+      split_lines=dict(moved_from_start_px=moved["from_start"],
+                       largest_from_start_px=moved["largest_from_start"],
+                       never_left_start=bool(moved["largest_from_start"] < 0.05)))
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   return summary
@@ -263,6 +271,13 @@ def main(argv):
                   FLAGS.channels, FLAGS.size, FLAGS.arrow_scale)
   print(f"{summary['video']}: predicted {summary['predicted']}; pictures in {FLAGS.out} "
         "(keypoints.png, keypoints.gif, splits.png, gradcam.png, summary.json)")
+  lines = summary["split_lines"]
+  if lines["never_left_start"]:
+    print("note: the split lines never left their start (the equal split): an untrained "
+          "checkpoint, fixed regions, or one trained with match_gradient='stopped'")
+  else:
+    print(f"split lines: {lines['moved_from_start_px']:.2f} feature-map pixels from their "
+          f"start on average (largest {lines['largest_from_start_px']:.2f})")
   return 0
 
 

@@ -103,6 +103,10 @@ def test_cli_writes_every_picture_at_the_expected_size(tmp_path):
   predictor = load_predictor(str(tmp_path / "kpsem"))
   assert summary["predicted"] == summary["top"][0]["label"]
   assert summary["predicted"] in predictor.class_names
+  # An untrained checkpoint: its split MLPs' last layers are zero, the lines at the centre.
+  assert summary["split_lines"]["never_left_start"]
+  assert summary["split_lines"]["largest_from_start_px"] == pytest.approx(0.0, abs=1e-5)
+  assert "the split lines never left their start" in run.stdout
 
   plain = subprocess.run(
       [sys.executable, "-m", "kpsem_jax.visualize", f"--checkpoint={tmp_path / 'plain'}",
