@@ -170,6 +170,17 @@ def _alive(pid: int) -> bool:
   return True
 
 
+def non_finite_leaves(tree) -> list:
+  """The paths (``params/classifier/kernel``) of the floating-point arrays of ``tree`` that
+  hold a NaN or an infinity."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+      bad.append("/".join(str(getattr(k, "key", k)) for k in path))
+  return bad
+
+
 def load_variables(directory: str, prefer_best: bool = False,
                    log: Optional[Callable[[str], None]] = None) -> Tuple[Dict, Dict[str, Any]]:
   """``(variables, metadata)`` of the newest intact step of ``directory/checkpoints`` (a
@@ -198,6 +209,12 @@ def load_variables(directory: str, prefer_best: bool = False,
     if found is not None:
       if reasons or damaged:
         log(f"using {os.path.join(path, str(step))} instead")
+      bad = non_finite_leaves(found[0])
+      if bad:
+        raise CheckpointError(
+            f"{os.path.join(path, str(step))} holds non-finite values in {len(bad)} "
+            f"tensor(s) (e.g. {bad[0]}): it cannot be used; train again from a finite "
+            "checkpoint")
       return found
     reasons.extend(f"{path}/{s}" for s in damaged)
   if not reasons:

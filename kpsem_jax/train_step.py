@@ -44,7 +44,8 @@ def make_train_step(model, tx, schedule, compute_dtype, mesh: jax.sharding.Mesh)
   ``model`` was built with ``batch_norm_axis=DATA_AXIS`` (``lax.pmean`` of the means and
   means of squares). Each device sums its micro-batch gradients, one ``psum`` adds them up
   over devices, and the replicated parameters and optimizer state are updated once, alike
-  on every device. Metrics: loss and accuracy of the global batch, the step's lr.
+  on every device. Metrics: loss and accuracy of the global batch, the step's lr, and ``params_finite`` (1.0 where every updated
+  parameter is finite).
   """
   devices = mesh.shape[DATA_AXIS]
 
@@ -78,9 +79,13 @@ def make_train_step(model, tx, schedule, compute_dtype, mesh: jax.sharding.Mesh)
     grads = jax.tree.map(lambda g: g / accum, jax.lax.psum(grads, DATA_AXIS))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
     metrics = {"loss": jax.lax.psum(loss, DATA_AXIS) / accum,
                "accuracy": jax.lax.psum(correct, DATA_AXIS) / (labels.size * devices),
-               "lr": schedule(state.step)}
+               "lr": schedule(state.step),
+               # whether every updated parameter is finite (a finite loss can still give
+               # a non-finite update: lr=nan); the loop never saves a state without it
+               "params_finite": finite.astype(jnp.float32)}
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 
   batch = jax.P(None, DATA_AXIS)

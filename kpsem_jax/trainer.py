@@ -91,17 +91,23 @@ MINIMUMS = {"batch_size": 1, "eval_batch_size": 1, "grad_accum_steps": 1,
             "num_train_steps": 0, "log_every": 1, "eval_every": 1, "checkpoint_every": 1,
             "keep_checkpoints": 1, "num_workers": -1, "clip.frames": 1, "clip.interval": 1,
             "clip.crop": 1, "clip.eval_resize": 1, "clip.eval_clips": 1,
-            "clip.eval_crops": 1, "optimizer.lr": 0.0}
+            "clip.eval_crops": 1, "optimizer.lr": 0.0, "optimizer.clip_grad_norm": 0.0,
+            "optimizer.kpsem_clip_grad_norm": 0.0, "optimizer.split_mlp_lr_mult": 0.0}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises :class:`TrainingError` naming the first field below its ``MINIMUMS``."""
+  """Raises :class:`TrainingError` naming the first field below its ``MINIMUMS`` or not a
+  finite number (nan, inf)."""
   for path, least in MINIMUMS.items():
     value = config
     for key in path.split("."):
+      if key not in value:  # a field this config does not have (an older one)
+        break
       value = value[key]
-    if not isinstance(value, (int, float)) or value < least:
-      raise TrainingError(f"config.{path}={value}: must be at least {least}")
+    else:
+      if not isinstance(value, (int, float)) or not np.isfinite(value) or value < least:
+        raise TrainingError(f"config.{path}={value}: must be a finite number, at least "
+                            f"{least}")
 
 
 class Trainer:
@@ -422,10 +428,10 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop):
     kept = "saved" if step else "nothing was trained yet"
     if checkpoints.last_saved != step and step > start:
       loss = float(jax.device_get(metrics["loss"]))  # read only once a signal came
-      if np.isfinite(loss):
+      if diverged(metrics) is None:
         save(step)
       else:  # never checkpoint a diverged state
-        kept = (f"not saved (the loss is {loss}); the last good checkpoint is step "
+        kept = (f"not saved ({diverged(metrics)}); the last good checkpoint is step "
                 f"{checkpoints.last_saved}")
     raise preemption.Interrupted(
         f"interrupted at step {step}; {kept}; rerun the same command to resume", signum)
@@ -448,19 +454,20 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop):
       bar.update(1)
       if step % config.log_every == 0 or step == total:
         metrics = jax.device_get(metrics)
-        if not np.isfinite(metrics["loss"]):
+        if diverged(metrics) is not None:
           bar.close()
           last = checkpoints.last_saved
           where = ("no checkpoint was written before it" if last is None else
                    f"the last good checkpoint is step {last} in {checkpoints.directory}")
           raise TrainingError(
-              f"the loss became {metrics['loss']} at step {step}; stopping: {where} "
+              f"{diverged(metrics)} at step {step}; stopping: {where} "
               "(lower config.optimizer.lr, or check the data)")
         now = time.perf_counter()
         rate = (step - last_step) * config.batch_size / (now - last_time)
         data_wait = waited / (now - last_time)  # the share of the time the step waited
         last_time, last_step, waited = now, step, 0.0
-        writer.write(step, "train", dict(metrics, clips_per_second=rate, data_wait=data_wait))
+        logged = {k: v for k, v in metrics.items() if k != "params_finite"}
+        writer.write(step, "train", dict(logged, clips_per_second=rate, data_wait=data_wait))
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2g}",
                         clips_s=f"{rate:.1f}")
       if step % config.eval_every == 0 or step == total:
@@ -476,8 +483,14 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop):
         bar.write(f"step {step}: eval video top-1 {m['video_top1']:.4f}, clip top-1 "
                   f"{m['clip_top1']:.4f} ({m['num_videos']} videos)")
       if step % config.checkpoint_every == 0 or step == total:
-        if not np.isfinite(float(jax.device_get(metrics["loss"]))):
-          continue  # never checkpoint a diverged state (caught above at the next log step)
+        if diverged(jax.device_get(metrics)) is not None:
+          bar.close()
+          last = checkpoints.last_saved
+          where = ("no checkpoint was written before it" if last is None else
+                   f"the last good checkpoint is step {last} in {checkpoints.directory}")
+          raise TrainingError(f"{diverged(jax.device_get(metrics))} at step {step}; "
+                              f"stopping: {where} (lower config.optimizer.lr, or check the "
+                              "data)")
         save(step)
       stop_requested(step, metrics)
   finally:
@@ -485,6 +498,17 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop):
     writer.close()
     bar.close()
   return state
+
+
+def diverged(metrics) -> Optional[str]:
+  """Why a step's state must not be kept (``"the loss became nan"``, ``"a parameter became
+  non-finite"``), or None for a finite loss and finite parameters."""
+  loss = float(metrics["loss"])
+  if not np.isfinite(loss):
+    return f"the loss became {loss}"
+  if float(metrics.get("params_finite", 1.0)) < 1.0:
+    return "a parameter became non-finite"
+  return None
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:

@@ -53,10 +53,21 @@ def test_config_mistakes_are_one_line_and_create_no_workdir(tmp_path):
                                        "convert string to float",
       ("--config.dataset.name=nosuch",): "error: config.dataset.name='nosuch' is not a "
                                          "dataset this project builds; choose one of hmdb51,",
-      ("--config.batch_size=0",): "error: config.batch_size=0: must be at least 1",
-      ("--config.batch_size=-8",): "error: config.batch_size=-8: must be at least 1",
-      ("--config.eval_batch_size=0",): "error: config.eval_batch_size=0: must be at least 1",
-      ("--config.clip.eval_clips=0",): "error: config.clip.eval_clips=0: must be at least 1",
+      ("--config.batch_size=0",): "error: config.batch_size=0: must be a finite number, at "
+                                  "least 1",
+      ("--config.batch_size=-8",): "error: config.batch_size=-8: must be a finite number, at "
+                                   "least 1",
+      ("--config.eval_batch_size=0",): "error: config.eval_batch_size=0: must be a finite "
+                                       "number, at least 1",
+      ("--config.clip.eval_clips=0",): "error: config.clip.eval_clips=0: must be a finite "
+                                       "number, at least 1",
+      ("--config.optimizer.lr=nan",): "error: config.optimizer.lr=nan: must be a finite "
+                                      "number, at least 0.0",
+      ("--config.optimizer.lr=inf",): "error: config.optimizer.lr=inf: must be a finite "
+                                      "number, at least 0.0",
+      ("--config.optimizer.kpsem_clip_grad_norm=-1",): (
+          "error: config.optimizer.kpsem_clip_grad_norm=-1.0: must be a finite number, at "
+          "least 0.0"),
       ("--config=configs/synthetic_c2d.py:c2d_kpsem,h=2",): (
           "error: flag --config=configs/synthetic_c2d.py:c2d_kpsem,h=2: Error whilst parsing config "
           "file: ValueError: configs/synthetic_c2d.py: unknown option(s) ['h']"),

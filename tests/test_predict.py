@@ -159,3 +159,23 @@ def test_a_truncated_video_is_reported_unless_allowed(tiny, tmp_path):
   assert allowed.returncode == 0, allowed.stderr[-2000:]
   (result,) = json.loads(allowed.stdout)
   assert len(result["top"]) == 5 and result["views"] == 6
+
+
+def test_a_checkpoint_with_non_finite_parameters_is_refused_in_one_line(tmp_path, tiny):
+  """Issue 38: predict (and every loader of checkpoints: export, visualize, --mode=eval)
+  refuses non-finite parameters instead of serving NaN probabilities."""
+  from kpsem_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  variables, metadata = checkpoint.load_variables(tiny["ckpt"])
+  kernel = np.array(variables["params"]["classifier"]["kernel"])
+  kernel[0, 0] = np.nan
+  params = dict(variables["params"], classifier=dict(variables["params"]["classifier"],
+                                                     kernel=kernel))
+  checkpoint.save_variables(str(tmp_path / "bad"), dict(variables, params=params), metadata)
+  with pytest.raises(checkpoint.CheckpointError, match="non-finite values in 1 tensor"):
+    load_predictor(str(tmp_path / "bad"))
+  run = subprocess.run([sys.executable, "-m", "kpsem_jax.predict",
+                        f"--checkpoint={tmp_path / 'bad'}", os.path.join(FIXTURES, VIDEOS[0])],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 1 and "Traceback" not in run.stderr
+  errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "params/classifier/kernel" in errors[0], run.stderr[-2000:]

@@ -170,10 +170,39 @@ def test_divergence_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path
     trainer.train_and_evaluate(config, workdir)
   message = str(error.value)
   step = int(message.split(" at step ")[1].split(";")[0])
-  assert step > 4 and "the loss became" in message and "lower config.optimizer.lr" in message
+  assert step > 4 and "lower config.optimizer.lr" in message
+  assert "the loss became" in message or "a parameter became non-finite" in message
   good = int(message.split("the last good checkpoint is step ")[1].split(" ")[0])
   saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
   assert saved[-1] == good < step
+  variables, _ = checkpoint.load_variables(workdir)
+  assert all(np.isfinite(v).all() for v in jax.tree.leaves(variables))
+
+
+@pytest.mark.slow
+def test_a_non_finite_update_is_never_checkpointed_even_with_a_finite_loss(tmp_path,
+                                                                           straight_run,
+                                                                           monkeypatch):
+  """Issue 38: an update with a NaN lr leaves the step's loss finite (it is computed before
+  the update) and every parameter NaN; with a checkpoint every step, the last good
+  checkpoint is the step before, and it is finite."""
+  config, _, _, _ = straight_run
+  config = config.copy_and_resolve_references()
+  config.num_train_steps = 6
+  config.checkpoint_every = 1
+  config.log_every = 100
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  # the lr turns NaN at the fourth step (optax's schedules refuse a NaN factor)
+  monkeypatch.setattr(trainer, "lr_schedule",
+                      lambda c: lambda step: jnp.where(step >= 3, jnp.nan, 0.02))
+  workdir = str(tmp_path / "run")
+  with pytest.raises(trainer.TrainingError) as error:
+    trainer.train_and_evaluate(config, workdir)
+  message = str(error.value)
+  assert message.startswith("a parameter became non-finite at step 4; stopping: the last "
+                            "good checkpoint is step 3"), message
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert saved[-1] == 3
   variables, _ = checkpoint.load_variables(workdir)
   assert all(np.isfinite(v).all() for v in jax.tree.leaves(variables))
 
