@@ -109,6 +109,11 @@ def _p(p: float) -> str:
   return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _pe(p: float) -> str:
+  """``= 0.177`` or ``< 0.001``."""
+  return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
 def markdown(rows: Sequence[Dict], steps: int, data: str = "translation",
              trend_tests: Optional[Dict[str, Dict]] = None) -> str:
   c = run_config(C2D, 0, steps, "", data)  # the clip and batch of every C2D run
@@ -208,6 +213,67 @@ def table_of(results_json: Dict) -> str:
 
 
 BEGIN, END = "<!-- results table: ", "<!-- end of results table -->"
+PAPER_BEGIN, PAPER_END = "<!-- paper comparison -->", "<!-- end of paper comparison -->"
+
+_B = BASE.name
+# The paper's contrasts beside ours: (contrast, the paper's numbers, the paper's sign of
+# row minus reference, our results.json relative to docs/, our row, our reference row or
+# a trend's "K"/"G").
+PAPER_CONTRASTS = (
+    ("R3D (time-blind, 1xkxk) -> R3D-KPSEM (Table 2d); ours: C2D -> C2D-KPSEM",
+     "62.0% -> 65.8% (+3.8)", 1, "experiments/steps100/results.json", _B, C2D.name),
+    ("single key point (K=1) vs K=4 (Table 2a)", "72.1% vs 74.0% (-1.9)", -1,
+     "experiments/steps100/results.json", "K=1 (single key point)", _B),
+    ("fixed vs adaptive regions (Table 2b)", "72.5% vs 74.0% (-1.5)", -1,
+     "experiments/steps100/results.json", "fixed regions", _B),
+    ("one AReSE set vs G=8 (Table 2c); ours vs G=4", "72.4% vs 74.0% (-1.6)", -1,
+     "experiments/steps100/results.json", "G=1 (one AReSE set)", _B),
+    ("G sweep (Fig. 5c)", "rises with G up to 8", 1, "experiments/steps100/results.json",
+     "G", None),
+    ("K sweep (Fig. 5b)", "K = 4 best; every K > 1 above K = 1", 1,
+     "experiments/steps100/results.json", "K", None),
+    ("later position (Fig. 5a: conv4 vs conv2); ours: res3 vs res2", "+1.5", 1,
+     "experiments/steps100/results.json", "KPSEM after res3", _B),
+    ("MFNet -> MF-KPSEM (Table 2); ours: KPSEM after conv2, 100 steps",
+     "70.8% -> 74.0% (+3.2)", 1, "experiments/backbones100/results.json", "MF-KPSEM",
+     "MFNet"),
+)
+
+
+def _ordering(sign: int, delta: float, p_holm: float) -> str:
+  if abs(delta) < 0.001:  # under a tenth of a point
+    return "no difference here"
+  same = (delta > 0) == (sign > 0)
+  resolved = p_holm < stats.SIGNIFICANCE
+  return (("agrees" if same else "opposite") + (", resolved" if resolved else
+                                                ", not resolved (Holm p >= 0.05)"))
+
+
+def paper_comparison(root: str) -> str:
+  """The markdown table of :data:`PAPER_CONTRASTS`, ours read from the results.json files
+  under ``root`` (``docs/``)."""
+  lines = ["| contrast | paper (MFNet, HMDB51 split 1) | ours | ordering |", "|---|---|---|---|"]
+  for label, paper, sign, path, row, ref in PAPER_CONTRASTS:
+    with open(os.path.join(root, path)) as f:
+      results_json = json.load(f)
+    variants = [Variant(r["variant"], r["group"], r["config"], versus=r.get("reference"),
+                        root="reference" not in r) for r in results_json["table"]]
+    trend_tests = trends(results_json["runs"], variants)
+    rows = {r["variant"]: r for r in summarize(results_json["runs"], variants,
+                                                bool(results_json.get("paired")), trend_tests)}
+    where = f"`{os.path.dirname(path)}`"
+    if ref is None:  # a trend
+      t = trend_tests[row]
+      ours = (f"{100 * t['slope']:+.1f} points per doubling of {row}, p {_pe(t['p'])} "
+              f"(Holm {_pe(t['p_holm'])}); {where}")
+      lines.append(f"| {label} | {paper} | {ours} | {_ordering(sign, t['slope'], t['p_holm'])} |")
+      continue
+    r, base = rows[row], rows[ref]
+    ours = (f"{100 * r['top1_mean']:.1f}% vs {100 * base['top1_mean']:.1f}% "
+            f"({100 * r['delta']:+.1f}, p {_pe(r['test']['p'])}, Holm {_pe(r['p_holm'])}); "
+            f"{where}")
+    lines.append(f"| {label} | {paper} | {ours} | {_ordering(sign, r['delta'], r['p_holm'])} |")
+  return "\n".join(lines) + "\n"
 
 
 def refresh_tables(text: str, root: str) -> str:
@@ -224,7 +290,14 @@ def refresh_tables(text: str, root: str) -> str:
     with open(os.path.join(root, path.strip())) as f:
       table = table_of(json.load(f))
     out.append(f"{head}{BEGIN}{path} -->\n{table}{END}")
-  return "".join(out) + rest
+  text = "".join(out) + rest
+  if PAPER_BEGIN in text:
+    head, _, tail = text.partition(PAPER_BEGIN)
+    if PAPER_END not in tail:
+      raise ValueError(f"{PAPER_BEGIN}: no {PAPER_END} after it")
+    _, _, tail = tail.partition(PAPER_END)
+    text = f"{head}{PAPER_BEGIN}\n{paper_comparison(root)}{PAPER_END}{tail}"
+  return text
 
 
 def publish(workdir, suite, data, steps, seeds, results, variants, paired=False):

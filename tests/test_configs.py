@@ -1,5 +1,7 @@
 """``configs/common.parse_arg``: the one parser of every config's ``get_config(arg)``."""
 
+import jax
+import numpy as np
 import pytest
 
 from configs import common
@@ -73,3 +75,17 @@ def test_the_order_aware_backbones_differ_from_the_c2d_only_where_they_see_time(
     trainer.load_config("synthetic_c2d", "inflated_kpsem,at=conv3")
   with pytest.raises(ValueError, match="unknown model 'i3d'; choose one of c2d, c2d_kpsem"):
     trainer.load_config("synthetic_c2d", "i3d")
+
+
+def test_paired_mfnet_runs_share_the_backbones_initial_values():
+  """Issue 36's pairs: MFNet and MF-KPSEM of one seed start from the same backbone
+  parameters (Flax draws each module's from the seed and its name)."""
+  def backbone(model):
+    c = trainer.load_config("synthetic_c2d", model)
+    m = trainer.create_model(**trainer.model_spec(c))
+    x = jax.numpy.zeros((1, 8, 64, 64, 3))
+    return jax.jit(m.init)(jax.random.PRNGKey(c.seed), x)["params"]
+  plain, kpsem = backbone("mfnet_s8"), backbone("mf_s8_kpsem,g=8")
+  assert "kpsem" in kpsem and "kpsem" not in plain
+  for a, b in zip(jax.tree.leaves(plain["backbone"]), jax.tree.leaves(kpsem["backbone"])):
+    np.testing.assert_array_equal(a, b)
