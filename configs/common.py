@@ -76,8 +76,9 @@ def base() -> ml_collections.ConfigDict:
       # > 0: the KPSEM branch's gradient (its parameters alone) is clipped to this norm
       # before the update (0: off); then, > 0: the whole gradient's global norm (0: off).
       kpsem_clip_grad_norm=1.0, clip_grad_norm=0.0,
-      # KPSEM's split MLPs (kpsem/mlp_*) learn at this times the lr.
-      split_mlp_lr_mult=0.1))
+      # KPSEM's split MLPs (kpsem/mlp_*) learn at this times the lr, or, with
+      # split_mlp_adam_lr > 0, by Adam at that lr (the schedule's shape, not its size).
+      split_mlp_lr_mult=1.0, split_mlp_adam_lr=0.003))
   c.batch_size = 64  # global, over all devices and grad_accum_steps
   c.grad_accum_steps = 1
   c.eval_batch_size = 32

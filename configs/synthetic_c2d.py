@@ -16,8 +16,9 @@ or ``conv2`` .. ``conv5`` for MFNet),
 default, or ``default``: the mixed set with rotations and approach/recede),
 ``,grad=<splits|paper|stopped>`` (KPSEM's ``match_gradient``, default ``splits``),
 ``,clip=<norm>`` (the global gradient-norm clipping, default 1; 0: none), ``,bclip=<norm>``
-(the KPSEM branch's own gradient clipping, default 1; 0: none), ``,mlplr=<mult>`` (the split
-MLPs' lr multiplier, default 0.1), ``,sum=<bool>`` (Eq. 12 summed over the K regions, the
+(the KPSEM branch's own gradient clipping, default 1; 0: none), ``,mlpadam=<lr>`` (the
+split MLPs trained by Adam at this lr, default 0.003; 0: by the main SGD at ``mlplr`` times
+its lr, ``,mlplr=<mult>``, default 1), ``,sum=<bool>`` (Eq. 12 summed over the K regions, the
 default, or kept per region), ``,order=sorted`` (the frame-order control: AReSE sees the
 feature frames sorted by their mean) and ``,readout=ordered``
 (the classifier reads the per-frame features in time order instead of their mean: a
@@ -67,7 +68,7 @@ def get_config(arg: str = "c2d_kpsem"):
   backbone, backbone_kwargs, stages = BACKBONES[MODELS[model]]
   opts = common.parse_arg(options, "configs/synthetic_c2d.py", k=4, g=4, fixed=False, de=8,
                           at=stages[0], steps=600, data="translation", lr=0.05, grad="splits",
-                          clip=1.0, bclip=1.0, mlplr=0.1, sum=True, order="time",
+                          clip=1.0, bclip=1.0, mlplr=1.0, mlpadam=0.003, sum=True, order="time",
                           readout="mean")
   if opts.at not in stages:
     raise ValueError(f"configs/synthetic_c2d.py: at={opts.at!r} is not a stage of {model}; "
@@ -88,7 +89,7 @@ def get_config(arg: str = "c2d_kpsem"):
   steps = opts.steps
   c.optimizer.update(dict(lr=opts.lr, warmup_steps=max(1, steps // 20),
                           clip_grad_norm=opts.clip, kpsem_clip_grad_norm=opts.bclip,
-                          split_mlp_lr_mult=opts.mlplr,
+                          split_mlp_lr_mult=opts.mlplr, split_mlp_adam_lr=opts.mlpadam,
                           decay_steps=(int(steps * 0.8), int(steps * 0.93))))
   c.update(dict(batch_size=16, eval_batch_size=32, num_train_steps=steps,
                 log_every=max(1, steps // 20), eval_every=steps,

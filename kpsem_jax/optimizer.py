@@ -20,7 +20,9 @@ def lr_schedule(config) -> optax.Schedule:
 def create_optimizer(config, pretrained: Optional[Any] = None,
                      schedule: Optional[optax.Schedule] = None) -> optax.GradientTransformation:
   """SGD (Nesterov) momentum with weight decay; pretrained leaves at ``pretrained_lr_mult``,
-  KPSEM's split MLPs at ``split_mlp_lr_mult`` (default 1) times the lr; ``schedule``
+  KPSEM's split MLPs at ``split_mlp_lr_mult`` (default 1) times the lr, or, with
+  ``split_mlp_adam_lr`` > 0, by Adam at that lr (following the schedule's shape: the
+  warm-up and decays, not the main lr's size); ``schedule``
   defaults to :func:`lr_schedule`. ``optimizer.kpsem_clip_grad_norm`` > 0 first scales the gradient of the KPSEM branch's parameters (the ``kpsem`` subtree) down to that
   norm, the rest untouched; ``optimizer.clip_grad_norm`` > 0 then scales the whole
   gradient down to that global norm (0: no clipping)."""
@@ -33,20 +35,25 @@ def create_optimizer(config, pretrained: Optional[Any] = None,
                                  nesterov=o.nesterov))
 
   split_mult = float(o.get("split_mlp_lr_mult", 1.0))
+  adam_lr = float(o.get("split_mlp_adam_lr", 0.0) or 0.0)
+  own = split_mult != 1.0 or adam_lr > 0  # the split MLPs get their own transformation
 
   def labels(params):
     tree = jax.tree_util.tree_map_with_path(
-        lambda path, _: "split_mlp" if split_mult != 1.0 and is_split_mlp(path) else "new",
-        params)
+        lambda path, _: "split_mlp" if own and is_split_mlp(path) else "new", params)
     if pretrained is not None:
       tree = jax.tree.map(lambda label, p: "pretrained" if p else label, tree, pretrained)
     return tree
 
-  if pretrained is None and split_mult == 1.0:
+  if adam_lr > 0:  # scale-free steps, the main schedule's shape, independent of its lr
+    split_tx = optax.adam(lambda s: schedule(s) * (adam_lr / o.lr if o.lr else 0.0))
+  else:
+    split_tx = sgd(split_mult)
+  if pretrained is None and not own:
     tx = sgd(1.0)
   else:
     tx = optax.multi_transform({"pretrained": sgd(o.pretrained_lr_mult), "new": sgd(1.0),
-                                "split_mlp": sgd(split_mult)}, labels)
+                                "split_mlp": split_tx}, labels)
   clips = []
   branch_clip = float(o.get("kpsem_clip_grad_norm", 0.0) or 0.0)
   if branch_clip > 0:

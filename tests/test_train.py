@@ -271,7 +271,7 @@ def test_paper_configs():
     o = c.optimizer
     assert (o.lr, o.momentum, o.weight_decay, o.pretrained_lr_mult) == (0.005, 0.9, 1e-4, 0.2)
     # issue 36: the default gradient's stabilisers are part of every dataset config
-    assert (o.kpsem_clip_grad_norm, o.split_mlp_lr_mult, o.clip_grad_norm) == (1.0, 0.1, 0.0)
+    assert (o.kpsem_clip_grad_norm, o.split_mlp_adam_lr, o.clip_grad_norm) == (1.0, 0.003, 0.0)
     assert c.init_from
   kinetics = load_config("kinetics400")  # the pretraining of the released MFNet
   assert (kinetics.dataset.name, kinetics.dataset.num_classes) == ("kinetics400", 400)
