@@ -190,12 +190,11 @@ def main(argv):
     print(f"error: --only names no variant of {suite}: {sorted(unknown)}; --list shows "
           "them", file=sys.stderr)
     return 1
-  try:
+  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  # A stop on a signal is one line (the suite resumes where it stopped), as in train.py.
+  with cli.one_line_errors(WorkdirMismatch, trainer.TrainingError):
     rows = run_suite(suite, FLAGS.workdir, seeds, FLAGS.steps, FLAGS.data_dir, FLAGS.only,
                      data=FLAGS.data, train=not FLAGS.report_only)
-  except WorkdirMismatch as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
   if not rows:
     print(f"error: {FLAGS.workdir}/runs holds no finished run of --suite={suite}; run "
           "without --report_only to train them", file=sys.stderr)

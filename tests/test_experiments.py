@@ -338,3 +338,18 @@ def test_the_docs_results_tables_are_what_the_report_makes_of_the_committed_json
   (tmp_path / "experiments").symlink_to(os.path.join(root, "docs", "experiments"))
   assert report.main(["--check", str(edited)]) == 1
   assert report.main([str(edited)]) == 0 and edited.read_text() == text
+
+
+def test_a_suite_stopped_by_a_signal_says_so_in_one_line(tmp_path):
+  code = ("import sys\nfrom absl import app\nfrom kpsem_jax import experiments, preemption\n"
+          "def stopped(*args, **kwargs):\n"
+          "  raise preemption.Interrupted('interrupted at step 3; saved; rerun the same "
+          "command to resume', 15)\n"
+          "experiments.run_suite = stopped\nexperiments.define_flags()\n"
+          f"sys.argv = ['experiments', '--workdir={tmp_path}', '--suite=core']\n"
+          "app.run(experiments.main)\n")
+  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert run.returncode == 143 and "Traceback" not in run.stderr
+  assert run.stderr.strip().splitlines()[-1] == ("interrupted at step 3; saved; rerun the same "
+                                                 "command to resume")

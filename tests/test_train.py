@@ -527,7 +527,7 @@ def test_the_kpsem_branch_clip_and_the_split_mlp_lr_touch_only_their_parameters(
   config = load_config("synthetic")
   config.optimizer.update(dict(lr=1.0, momentum=0.0, weight_decay=0.0, warmup_steps=0,
                                decay_steps=(), clip_grad_norm=0.0, kpsem_clip_grad_norm=1.0,
-                               split_mlp_lr_mult=0.1))
+                               split_mlp_lr_mult=0.1, split_mlp_adam_lr=0.0))
   params = {"backbone": {"w": jnp.zeros(2)},
             "kpsem": {"mlp_w2": jnp.zeros(2), "embed_w": jnp.zeros(2)}}
   grads = {"backbone": {"w": jnp.array([30.0, 40.0])},  # norm 50: not the branch's, kept
@@ -542,3 +542,12 @@ def test_the_kpsem_branch_clip_and_the_split_mlp_lr_touch_only_their_parameters(
   tx = trainer.create_optimizer(config)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["kpsem"]["mlp_w2"], [-3.0, 0.0], rtol=1e-6)
+  # Adam for the split MLPs: a first step of about -adam_lr * sign(g), whatever the size of
+  # the gradient or of the main lr; the other parameters keep the main SGD
+  config.optimizer.update(dict(split_mlp_adam_lr=0.003, lr=0.5))
+  tx = trainer.create_optimizer(config)
+  for scale in (1.0, 1000.0):
+    scaled = jax.tree.map(lambda g, s=scale: g * s, grads)
+    updates, _ = tx.update(scaled, tx.init(params), params)
+    np.testing.assert_allclose(updates["kpsem"]["mlp_w2"], [-0.003, 0.0], rtol=1e-4)
+    np.testing.assert_allclose(updates["kpsem"]["embed_w"], [0.0, -2.0 * scale], rtol=1e-6)
