@@ -107,6 +107,9 @@ def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 600,
   results, missing = [], 0
   todo = [(v, s) for v in variants for s in range(seeds)]  # whole rows first
   paired = suite in PAIRED
+  restored = restore_recorded(workdir, todo, data, steps) if train else 0
+  if restored:
+    log(f"{restored} finished runs restored from {os.path.join(workdir, 'results.json')}")
   if train:
     log(time_left(todo, workdir))
   for i, (v, seed) in enumerate(todo, 1):
@@ -127,6 +130,27 @@ def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 600,
     log(f"{missing} of {len(todo)} runs are not finished and not in the table; run without "
         "--report_only to train them")
   return report.summarize(results, variants, paired)
+
+
+def restore_recorded(workdir: str, todo, data: str, steps: int) -> int:
+  """Writes ``runs/<name>_seed<s>/result.json`` for every run of ``todo`` that
+  ``workdir/results.json`` records (same config, data and steps) but whose folder is gone,
+  so that a suite resumes from its committed ``results.json`` alone (copied into a new
+  workdir); returns how many."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return 0
+  recorded = {(r["variant"], r["config"], r.get("seed"), r.get("data"), r.get("steps")): r
+              for r in json.load(open(path)).get("runs", [])}
+  count = 0
+  for v, seed in todo:
+    run = recorded.get((v.name, v.config, seed, data, steps))
+    target = os.path.join(workdir, "runs", f"{slug(v.name)}_seed{seed}", "result.json")
+    if run is not None and not os.path.exists(target):
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      atomic.write_text(target, json.dumps(run, indent=1))
+      count += 1
+  return count
 
 
 def time_left(todo, workdir: str) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -235,6 +236,13 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
   again = experiments.run_suite("ablation", workdir, seeds=2, steps=2, data_dir=data_dir,
                                 only=only, log=lambda *a: None)
   assert again == rows
+  # A new workdir holding only the suite's results.json (as committed under docs/) resumes
+  # with every recorded run finished.
+  fresh = tmp_path / "fresh"
+  fresh.mkdir()
+  shutil.copy(os.path.join(workdir, "results.json"), fresh / "results.json")
+  assert experiments.run_suite("ablation", str(fresh), seeds=2, steps=2, data_dir=data_dir,
+                               only=only, log=lambda *a: None) == rows
   del rows[0]["top1_per_seed"][1:]  # the table of seed 0 alone, as --report_only writes it
   os.remove(os.path.join(workdir, "runs", "C2D_seed1", "result.json"))
   logged = []
