@@ -2,10 +2,14 @@
 
 A resumed run first drops the rows after its step (they are logged again) and the
 ``final/`` rows, so the file holds one row per logged step however often a run resumes.
+Each row also carries ``time`` (UTC, ISO 8601, to the second) and ``elapsed_s`` (seconds
+since this process opened the log).
 """
 
+import datetime
 import json
 import os
+import time
 from typing import Dict, Optional
 
 import jax
@@ -23,6 +27,7 @@ class MetricWriter:
 
   def __init__(self, workdir: str, resume_step: Optional[int] = None):
     self.active = jax.process_index() == 0
+    self.opened = time.monotonic()
     if self.active:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       path = os.path.join(workdir, "metrics.jsonl")
@@ -38,7 +43,9 @@ class MetricWriter:
                if np.ndim(v) == 0 and not isinstance(v, str)}
     for k, v in scalars.items():
       self.tb.add_scalar(k, v, step)
-    self.jsonl.write(json.dumps(dict(step=step, **scalars)) + "\n")
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    elapsed = round(time.monotonic() - self.opened, 3)
+    self.jsonl.write(json.dumps(dict(step=step, time=now, elapsed_s=elapsed, **scalars)) + "\n")
     self.jsonl.flush()
     self.tb.flush()
 

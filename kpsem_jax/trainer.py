@@ -380,13 +380,16 @@ def _train_and_evaluate(trainer, config, workdir):
       if jax.process_index() == 0:  # once the checkpoints are known to fit this config
         with open(os.path.join(workdir, "config.json"), "w") as f:
           json.dump(config.to_dict(), f, indent=1)
-      state = _train(trainer, config, state, step_fn, checkpoints, start, stop)
+      evaluated = {}  # step -> the periodic evaluation's metrics, this process
+      state = _train(trainer, config, state, step_fn, checkpoints, start, stop, evaluated)
     finally:
       checkpoints.close()
     total = max(config.num_train_steps, start)
     trainer.record_inputs(total, state=state)
-    final = trainer.evaluate({"params": state.params, "batch_stats": state.batch_stats},
-                             desc="final eval", stop=stop)
+    final = evaluated.get(total)  # the last periodic evaluation, when it was of this step
+    if final is None:
+      final = trainer.evaluate({"params": state.params, "batch_stats": state.batch_stats},
+                               desc="final eval", stop=stop)
     if final is None:
       raise preemption.Interrupted(
           f"interrupted during the final evaluation; step {total} is saved; rerun the same "
@@ -402,9 +405,10 @@ def _train_and_evaluate(trainer, config, workdir):
   return final
 
 
-def _train(trainer, config, state, step_fn, checkpoints, start, stop):
-  """Steps ``start + 1 .. num_train_steps``: logs, evaluations, checkpoints; on SIGTERM or
-  SIGINT saves the step reached and raises :class:`preemption.Interrupted`."""
+def _train(trainer, config, state, step_fn, checkpoints, start, stop, evaluated=None):
+  """Steps ``start + 1 .. num_train_steps``: logs, evaluations (each kept in ``evaluated``
+  by step), checkpoints; on SIGTERM or SIGINT saves the step reached and raises
+  :class:`preemption.Interrupted`."""
   total = config.num_train_steps
   log = print if jax.process_index() == 0 else (lambda message: None)
   if start >= total:
@@ -476,6 +480,8 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop):
         if m is None:  # abandoned on a stop request
           stop_requested(step, metrics, asked=False)
         writer.write(step, "eval", m)
+        if evaluated is not None:
+          evaluated[step] = m
         try:
           checkpoints.save_best(step, m["video_top1"], variables, trainer.metadata(step))
         except checkpoint_lib.CheckpointError as e:

@@ -1,5 +1,6 @@
 """train.py's loop: learning, resume, divergence, evaluation, configs, sharded equivalence."""
 
+import datetime
 import json
 import os
 import subprocess
@@ -52,12 +53,29 @@ def straight_run(tmp_path_factory):
   batches = []
   with pytest.MonkeyPatch.context() as monkeypatch:
     recording_batches(monkeypatch, batches)
+    evaluate = trainer.Trainer.evaluate
+
+    def counted(self, *args, **kwargs):
+      EVALUATIONS.append(kwargs.get("desc"))
+      return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.Trainer, "evaluate", counted)
     final = trainer.train_and_evaluate(config, workdir)
   return config, workdir, final, batches
 
 
+EVALUATIONS = []  # the straight run's evaluations, by their progress bar's name
+
+
 def test_loss_goes_down_and_outputs_are_written(straight_run):
   _, workdir, final, _ = straight_run
+  # one evaluation of the last step: the final result reuses the periodic one (issue 37)
+  assert EVALUATIONS == ["eval@12"]
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  elapsed = [r["elapsed_s"] for r in rows]
+  assert elapsed == sorted(elapsed) and elapsed[-1] > 0
+  stamps = [datetime.datetime.fromisoformat(r["time"]) for r in rows]
+  assert all(s.tzinfo is not None for s in stamps) and stamps == sorted(stamps)
   losses = [loss for _, loss in read_metrics(workdir)]
   assert len(losses) == 12  # 3 epochs of the 32 tiny videos, 8 per batch
   assert np.mean(losses[8:]) < np.mean(losses[:4]) - 0.2  # third epoch vs first
