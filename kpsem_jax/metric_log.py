@@ -3,7 +3,7 @@
 A resumed run first drops the rows after its step (they are logged again) and the
 ``final/`` rows, so the file holds one row per logged step however often a run resumes.
 Each row also carries ``time`` (UTC, ISO 8601, to the second) and ``elapsed_s`` (seconds
-since this process opened the log).
+since ``started``, a ``time.monotonic()`` reading: the run's start in this process).
 """
 
 import datetime
@@ -25,9 +25,10 @@ class MetricWriter:
   and the ``final/`` rows, so the file holds one row per logged step after any resumes.
   """
 
-  def __init__(self, workdir: str, resume_step: Optional[int] = None):
+  def __init__(self, workdir: str, resume_step: Optional[int] = None,
+               started: Optional[float] = None):
     self.active = jax.process_index() == 0
-    self.opened = time.monotonic()
+    self.started = time.monotonic() if started is None else started
     if self.active:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       path = os.path.join(workdir, "metrics.jsonl")
@@ -44,7 +45,7 @@ class MetricWriter:
     for k, v in scalars.items():
       self.tb.add_scalar(k, v, step)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    elapsed = round(time.monotonic() - self.opened, 3)
+    elapsed = round(time.monotonic() - self.started, 3)
     self.jsonl.write(json.dumps(dict(step=step, time=now, elapsed_s=elapsed, **scalars)) + "\n")
     self.jsonl.flush()
     self.tb.flush()

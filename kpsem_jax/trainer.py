@@ -115,6 +115,7 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     check_config(config)
+    self.started = time.monotonic()  # metrics.jsonl's elapsed_s counts from here
     self.config = config
     self.workdir = os.path.abspath(workdir)
     self.mesh = data_mesh()
@@ -395,7 +396,8 @@ def _train_and_evaluate(trainer, config, workdir):
           f"interrupted during the final evaluation; step {total} is saved; rerun the same "
           "command to evaluate it", stop.signum)
   base = trainer.write_eval(final, total, config.dataset.eval_split)
-  writer = metric_log.MetricWriter(workdir, resume_step=total)  # a rerun replaces the final rows
+  # a rerun replaces the final rows
+  writer = metric_log.MetricWriter(workdir, resume_step=total, started=trainer.started)
   writer.write(total, "final", final)
   writer.close()
   if jax.process_index() == 0:
@@ -441,7 +443,7 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop, evaluated=
         f"interrupted at step {step}; {kept}; rerun the same command to resume", signum)
 
   iterator = trainer.train_iterator(start)
-  writer = metric_log.MetricWriter(trainer.workdir, resume_step=start)
+  writer = metric_log.MetricWriter(trainer.workdir, resume_step=start, started=trainer.started)
   bar = tqdm(total=total, initial=start, desc="train", disable=jax.process_index() != 0,
              dynamic_ncols=True)
   last_time, last_step = time.perf_counter(), start
