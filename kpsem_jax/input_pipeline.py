@@ -555,9 +555,8 @@ def eval_batches(source, batch_size: int, spec: ClipSpec = ClipSpec(),
   """
   if process_index is None:
     process_index, process_count = jax.process_index(), jax.process_count()
-  views = spec.num_clips * spec.num_crops
   videos = range(process_index, len(source), process_count)
-  most_batches = _ceil_div(_ceil_div(len(source), process_count) * views, batch_size)
+  most_batches = eval_batch_count(len(source), batch_size, spec, process_count)
 
   def empty():
     return {"clips": np.zeros((batch_size, spec.frames, spec.crop, spec.crop, 3), np.uint8),
@@ -592,6 +591,13 @@ def eval_batches(source, batch_size: int, spec: ClipSpec = ClipSpec(),
       emitted += 1
   for _ in range(emitted, most_batches):  # fewer videos than another process
     yield finished(empty(), 0)
+
+
+def eval_batch_count(num_videos: int, batch_size: int, spec: ClipSpec = ClipSpec(),
+                     process_count: int = 1) -> int:
+  """How many batches :func:`eval_batches` yields on every process."""
+  views = spec.num_clips * spec.num_crops
+  return _ceil_div(_ceil_div(num_videos, process_count) * views, batch_size)
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -285,7 +285,9 @@ class Trainer:
     outputs = {"logits": [], "video_index": [], "label": [], "mask": []}
     batches = ip.eval_batches(self.eval_source, per_process, spec,
                               worker_count=self.config.num_workers)
-    for batch in tqdm(batches, desc=desc, leave=False, disable=jax.process_index() != 0):
+    total = ip.eval_batch_count(len(self.eval_source), per_process, spec, jax.process_count())
+    for batch in tqdm(batches, desc=desc, total=total, unit="batch", leave=False,
+                      disable=jax.process_index() != 0):
       if stop is not None and stop.agreed():
         batches.close()
         return None
@@ -444,8 +446,8 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop, evaluated=
 
   iterator = trainer.train_iterator(start)
   writer = metric_log.MetricWriter(trainer.workdir, resume_step=start, started=trainer.started)
-  bar = tqdm(total=total, initial=start, desc="train", disable=jax.process_index() != 0,
-             dynamic_ncols=True)
+  # The bar opens after the first step, whose compilation would otherwise fill its ETA.
+  bar = tqdm(total=total, initial=start, desc="train", disable=True)
   last_time, last_step = time.perf_counter(), start
   waited = 0.0  # seconds spent waiting for batches since the last logged step
   try:
@@ -456,8 +458,15 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop, evaluated=
       waited += time.perf_counter() - before
       trainer.record_inputs(step, batch)
       clips, labels = trainer.global_batch(batch)
-      state, metrics = step_fn(state, clips, labels)
-      bar.update(1)
+      if step == start + 1:
+        log("compiling the train step (the first step takes the compilation's time)...")
+        state, metrics = step_fn(state, clips, labels)
+        jax.block_until_ready(metrics["loss"])
+        bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True,
+                   disable=jax.process_index() != 0)
+      else:
+        state, metrics = step_fn(state, clips, labels)
+        bar.update(1)
       if step % config.log_every == 0 or step == total:
         metrics = jax.device_get(metrics)
         if diverged(metrics) is not None:
