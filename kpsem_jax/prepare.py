@@ -5,7 +5,8 @@
         [--beam_options="--runner=DirectRunner ..."]
 
 DATASET is one of synthetic_motion (no source needed), hmdb51, ucf101, mini_kinetics,
-kinetics400, something_something_v1; docs/datasets.md gives each source layout. Shows a
+kinetics400, something_something_v1, video_folder (your own videos, a folder per class);
+docs/datasets.md gives each source layout. Shows a
 progress bar per split (videos), then a summary: examples per split, classes, skipped
 files. Videos are decoded and encoded in ``--workers`` processes (default: the cores this
 process may use); the result is the same for any number. With ``--beam_options`` the build

@@ -612,3 +612,10 @@ def test_beam_build_of_a_split_with_no_usable_video_is_one_error(tmp_path):
                      r"split could be used, so it cannot be written"):
     build("video_folder", tmp_path, source_dir=str(tmp_path / "src"),
           beam_options="--runner=DirectRunner")
+
+
+def test_prepare_help_names_every_dataset_it_builds():
+  from data import BUILDERS  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import prepare  # pylint: disable=import-outside-toplevel
+  for name in BUILDERS:
+    assert name in prepare.__doc__.split("docs/datasets.md")[0], name
