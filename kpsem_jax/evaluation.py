@@ -53,16 +53,48 @@ def video_metrics(logits: np.ndarray, video_index: np.ndarray, labels: np.ndarra
 
 
 def confusion_png(matrix: np.ndarray, path: str, class_names: Sequence[str] = (),
-                  cell: int = 0) -> None:
-  """The row-normalised confusion matrix as a white-to-blue PNG (one cell per class pair)."""
-  from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+                  cell: int = 0, title: str = "") -> None:
+  """The confusion matrix as a PNG a reader can read alone: rows the true classes (named,
+  ``index: name``), columns the predicted ones (indexed), each cell shaded white-to-blue by
+  its share of its row and, where cells are large enough, its count; axis titles, a title
+  and a colour bar. The PNG's text chunks hold ``title``, ``class_names`` and ``counts``
+  (JSON), so tools can read it back."""
+  import json  # pylint: disable=import-outside-toplevel
+  from PIL import Image, ImageDraw, PngImagePlugin  # pylint: disable=import-outside-toplevel
   n = matrix.shape[0]
+  names = [f"{i}: {name}" for i, name in enumerate(class_names)] or [str(i) for i in range(n)]
   cell = cell or max(4, min(40, 800 // max(n, 1)))
   rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-  rgb = np.stack([255 * (1 - rows), 255 * (1 - 0.6 * rows), np.full_like(rows, 255)], -1)
-  image = Image.fromarray(np.kron(rgb, np.ones((cell, cell, 1))).astype(np.uint8))
-  if class_names and cell >= 20:
-    draw = ImageDraw.Draw(image)
-    for i in range(n):
-      draw.text((2, i * cell + 2), str(i), fill=(0, 0, 0))
-  image.save(path)
+
+  def shade(share):
+    return (int(255 * (1 - share)), int(255 * (1 - 0.6 * share)), 255)
+
+  left = 12 + 6 * max(len(x) for x in names) if cell >= 8 else 12
+  top, bar = 44, 40
+  width, height = left + n * cell + 10, top + n * cell + bar
+  image = Image.new("RGB", (max(width, left + 300), height), (255, 255, 255))
+  draw = ImageDraw.Draw(image)
+  draw.text((4, 2), title or "confusion matrix (rows: true class, share of the row)",
+            fill=(0, 0, 0))
+  draw.text((4, top - 26), "true class", fill=(0, 0, 0))
+  draw.text((left, top - 26), "predicted class ->", fill=(0, 0, 0))
+  for i in range(n):
+    for j in range(n):
+      x, y = left + j * cell, top + i * cell
+      draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade(rows[i, j]))
+      if cell >= 20 and matrix[i, j]:
+        draw.text((x + 2, y + cell // 2 - 5), str(int(matrix[i, j])),
+                  fill=(255, 255, 255) if rows[i, j] > 0.6 else (0, 0, 0))
+    if cell >= 8:
+      draw.text((4, top + i * cell + max(0, cell // 2 - 5)), names[i], fill=(0, 0, 0))
+      draw.text((left + i * cell + 2, top - 12), str(i), fill=(0, 0, 0))
+  y = top + n * cell + 10
+  for k in range(100):  # the colour bar: 0% .. 100% of a row
+    draw.rectangle([left + 2 * k, y, left + 2 * k + 1, y + 10], fill=shade(k / 99))
+  draw.text((left, y + 12), "0%", fill=(0, 0, 0))
+  draw.text((left + 200 + 4, y), "100% of the row", fill=(0, 0, 0))
+  info = PngImagePlugin.PngInfo()
+  info.add_text("title", title or "confusion matrix")
+  info.add_text("class_names", json.dumps(list(class_names)))
+  info.add_text("counts", json.dumps(np.asarray(matrix).astype(int).tolist()))
+  image.save(path, pnginfo=info)

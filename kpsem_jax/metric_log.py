@@ -50,6 +50,12 @@ class MetricWriter:
     self.jsonl.flush()
     self.tb.flush()
 
+  def image(self, step: int, tag: str, pixels: np.ndarray):
+    """A ``(H, W, 3)`` uint8 image to TensorBoard, under ``tag``."""
+    if self.active:
+      self.tb.add_image(tag, np.asarray(pixels), step, dataformats="HWC")
+      self.tb.flush()
+
   def close(self):
     if self.active:
       self.tb.close()

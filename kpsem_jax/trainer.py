@@ -317,7 +317,8 @@ class Trainer:
       with open(base + ".json", "w") as f:
         json.dump(dict(summary, step=step, class_names=self.class_names), f, indent=1)
       np.savetxt(base + "_confusion.csv", metrics["confusion"], fmt="%d", delimiter=",")
-      evaluation.confusion_png(metrics["confusion"], base + "_confusion.png", self.class_names)
+      evaluation.confusion_png(metrics["confusion"], base + "_confusion.png", self.class_names,
+                               title=f"{split} split, step {step}: confusion matrix")
     return base
 
 
@@ -401,6 +402,10 @@ def _train_and_evaluate(trainer, config, workdir):
   # a rerun replaces the final rows
   writer = metric_log.MetricWriter(workdir, resume_step=total, started=trainer.started)
   writer.write(total, "final", final)
+  if jax.process_index() == 0:
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    with Image.open(base + "_confusion.png") as picture:
+      writer.image(total, f"{config.dataset.eval_split}/confusion", np.asarray(picture.convert("RGB")))
   writer.close()
   if jax.process_index() == 0:
     print(f"final {config.dataset.eval_split}: video top-1 {final['video_top1']:.4f}, top-5 "

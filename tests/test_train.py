@@ -76,6 +76,29 @@ def test_loss_goes_down_and_outputs_are_written(straight_run):
   assert elapsed == sorted(elapsed) and elapsed[-1] > 0
   stamps = [datetime.datetime.fromisoformat(r["time"]) for r in rows]
   assert all(s.tzinfo is not None for s in stamps) and stamps == sorted(stamps)
+  # The confusion matrix explains itself: its PNG carries the class names and the counts
+  # (the CSV's), and is larger than the bare cells (names, titles, colour bar); it is also
+  # a TensorBoard image.
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  picture = Image.open(os.path.join(workdir, "eval_test_step12_confusion.png"))
+  names = json.load(open(os.path.join(workdir, "eval_test_step12.json")))["class_names"]
+  assert json.loads(picture.text["class_names"]) == names and len(names) == 8
+  np.testing.assert_array_equal(
+      json.loads(picture.text["counts"]),
+      np.loadtxt(os.path.join(workdir, "eval_test_step12_confusion.csv"), delimiter=","))
+  assert picture.text["title"] == "test split, step 12: confusion matrix"
+  assert picture.size[0] > 8 * 40 and picture.size[1] > 8 * 40
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  tags = []
+  folder = os.path.join(workdir, "tensorboard")
+  for name in os.listdir(folder):
+    data = open(os.path.join(folder, name), "rb").read()
+    while data:
+      length = int.from_bytes(data[:8], "little")
+      event = event_pb2.Event.FromString(data[12:12 + length])
+      tags += [v.tag for v in event.summary.value if v.HasField("image")]
+      data = data[12 + length + 4:]
+  assert "test/confusion" in tags
   losses = [loss for _, loss in read_metrics(workdir)]
   assert len(losses) == 12  # 3 epochs of the 32 tiny videos, 8 per batch
   assert np.mean(losses[8:]) < np.mean(losses[:4]) - 0.2  # third epoch vs first
