@@ -111,14 +111,15 @@ class Predictor:
     """Top-k ``(label, probability)`` for a video file, softmax averaged over its views."""
     return self.top(self.probabilities(self.views(video_path, spec), batch_size), top_k)
 
-  def timeline(self, video_path: str, stride_seconds: float = 1.0, top_k: int = 5,
+  def timeline(self, video_path: str, stride_seconds: Optional[float] = None, top_k: int = 5,
                spec: Optional[input_pipeline.ClipSpec] = None, batch_size: int = 8
                ) -> List[Dict]:
     """One prediction per sliding window over the whole video, decoded as a stream.
 
     The window is the evaluation clip (``frames`` at ``interval``, centre crop), moved by
-    ``stride_seconds`` (at the video's fps; 25 when it does not say). A video shorter than
-    one window gets one window, looped. Returns ``[{"start", "end", "top": [{"label",
+    ``stride_seconds`` (at the video's fps; 25 when it does not say); None moves it by one
+    window, so consecutive windows leave no gap. A video shorter than one window gets one
+    window, looped. Returns ``[{"start", "end", "top": [{"label",
     "probability"}, ...]}, ...]`` with times in seconds.
     """
     s = spec or self.clip_spec
@@ -140,7 +141,7 @@ class Predictor:
     for frame in video.stream_frames(video_path, s.eval_resize, info):
       if fps is None:
         fps = info["fps"] or 25.0
-        stride = max(1, int(round(stride_seconds * fps)))
+        stride = span if stride_seconds is None else max(1, int(round(stride_seconds * fps)))
       recent.append(frame)
       count += 1
       if count - span == next_start:

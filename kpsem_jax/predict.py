@@ -9,8 +9,9 @@ converted checkpoint gets MFNet's 10 x 3 at 16x224x224), run in fixed-size batch
 one compiled function, and its softmax averaged. A folder stands for the video files in it
 (recursively). A video that cannot be read is reported and the others still run; the exit
 status is 1 if any failed. ``--timeline`` adds one prediction per sliding window (the
-evaluation clip, moved by ``--timeline_stride`` seconds) across the whole video, decoded as a
-stream so a long video never sits in memory.
+evaluation clip, moved by ``--timeline_stride`` seconds; by default by one window, so no part
+of the video is left out) across the whole video, decoded as a stream so a long video never
+sits in memory; a stride longer than a window says how much it leaves unseen.
 """
 
 import json
@@ -80,10 +81,16 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
     views_done += len(views)
     results.append({"video": path, "views": len(views), "top": [
         {"label": label, "probability": p} for label, p in predictor.top(probs, top_k)]})
-    if timeline_stride:
+    if timeline_stride is not None:
       try:
-        results[-1]["timeline"] = predictor.timeline(path, timeline_stride, top_k,
-                                                     batch_size=batch_size)
+        windows = predictor.timeline(path, timeline_stride or None, top_k,
+                                     batch_size=batch_size)
+        results[-1]["timeline"] = windows
+        gaps = [b["start"] - a["end"] for a, b in zip(windows, windows[1:])]
+        if gaps and max(gaps) > 1e-9:
+          log(f"note: {path}: windows are {windows[0]['end'] - windows[0]['start']:.2f} s "
+              f"long and start {timeline_stride:g} s apart: {max(gaps):.2f} s after each "
+              "window is never looked at (--timeline_stride=0: one window apart)")
       except (video.VideoError, OSError) as e:
         results[-1] = {"video": path, "error": str(e)}
   ok = sum("top" in r for r in results)
@@ -117,7 +124,8 @@ def define_flags():
   flags.DEFINE_integer("num_clips", None, "override the checkpoint's clips per video")
   flags.DEFINE_integer("num_crops", None, "override the checkpoint's crops per clip")
   flags.DEFINE_bool("timeline", False, "also predict per sliding window across each video")
-  flags.DEFINE_float("timeline_stride", 1.0, "seconds between --timeline windows")
+  flags.DEFINE_float("timeline_stride", 0.0, "seconds between --timeline windows (0: one "
+                     "window, so consecutive windows leave no gap)")
   flags.DEFINE_bool("allow_truncated", False, "classify what decodes of a video that ends "
                     "well short of the frames its container promises (default: an error)")
   flags.mark_flag_as_required("checkpoint")
@@ -134,8 +142,9 @@ def main(argv):
     raise app.UsageError("name at least one video file or folder")
   if not os.path.isdir(FLAGS.checkpoint):
     cli.fail(f"--checkpoint={FLAGS.checkpoint} is not a folder", 2)
-  if FLAGS.timeline and FLAGS.timeline_stride <= 0:
-    cli.fail(f"--timeline_stride={FLAGS.timeline_stride}: must be positive")
+  if not FLAGS.timeline_stride >= 0 or FLAGS.timeline_stride == float("inf"):  # nan, inf, < 0
+    cli.fail(f"--timeline_stride={FLAGS.timeline_stride}: must be a finite number of "
+             "seconds, 0 or more (0: one window)")
   log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
   try:
     with cli.one_line_errors(checkpoint.CheckpointError):  # no intact step left

@@ -112,6 +112,9 @@ def test_timeline_windows_cover_the_video_and_equal_the_direct_clip(tiny):
   (result,) = json.loads(out.stdout)
   spec = load_predictor(tiny["ckpt"]).clip_spec
   span, stride = spec.frames * spec.interval, 20  # 16 frames; 0.8 s at 25 fps
+  # 0.8 s between 0.64 s windows: the 0.16 s after each is never looked at, and it says so
+  assert ("windows are 0.64 s long and start 0.8 s apart: 0.16 s after each window is "
+          "never looked at") in out.stderr
   frames = video.read_video(path, short_side=spec.eval_resize)
   assert len(frames) == 127
   starts = list(range(0, len(frames) - span + 1, stride))
@@ -136,8 +139,17 @@ def test_timeline_windows_cover_the_video_and_equal_the_direct_clip(tiny):
                         capture_output=True, text=True, timeout=300)
   assert text.returncode == 0, text.stderr[-2000:]
   lines = text.stdout.split("timeline (seconds, top label):\n")[1].splitlines()
-  assert len(lines) == len(list(range(0, 127 - span + 1, 25)))  # the default stride, 1 s
+  # the default stride is one window: every frame is in a window, no gap, no note
+  assert len(lines) == len(list(range(0, 127 - span + 1, span)))
   assert lines[0].split()[0] == f"0.00-{span / 25:.2f}"
+  assert lines[1].split()[0] == f"{span / 25:.2f}-{2 * span / 25:.2f}"
+  assert "never looked at" not in text.stderr
+  bad = subprocess.run([sys.executable, "-m", "kpsem_jax.predict", f"--checkpoint={tiny['ckpt']}",
+                        "--timeline", "--timeline_stride=nan", path], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 1 and bad.stderr.strip() == (
+      "error: --timeline_stride=nan: must be a finite number of seconds, 0 or more (0: one "
+      "window)")
 
 
 def test_a_truncated_video_is_reported_unless_allowed(tiny, tmp_path):
