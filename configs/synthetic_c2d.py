@@ -6,13 +6,13 @@
 ``arg``: a model, ``c2d`` or ``c2d_kpsem`` (the default), or an order-aware backbone with
 and without KPSEM: ``inflated``/``inflated_kpsem`` (the same ResNet, its first convolution
 in each block inflated to 3x1x1) or ``mfnet``/``mf_kpsem`` (MFNet-3D, one unit per stage, widths
-32-64-64-128, 8 groups; KPSEM after ``conv2``, its 16x16 map), or ``mfnet_s8``/``mf_s8_kpsem``
-(that MFNet without the stem's max-pool, KPSEM after ``conv4``, 8x8: issue 36's MFNet
-contrast); then any of ``,k=<K>``
+32-64-64-128, 8 groups; KPSEM after ``conv2``, its 16x16 map at 64x64); then any of
+``,k=<K>``
 (regions), ``,g=<G>`` (AReSE sets), ``,fixed`` (fixed instead of adaptive regions),
 ``,de=<d_e>`` (embedding width), ``,at=<stage>`` (where KPSEM reads: ``res2`` .. ``res5``,
 or ``conv2`` .. ``conv5`` for MFNet),
-``,steps=<n>``, ``,lr=<lr>``, ``,data=<synthetic_motion config>`` (``translation``, the
+``,steps=<n>``, ``,lr=<lr>``, ``,size=<pixels>`` (the clips' side, default 64; 96 for the
+``key_object`` sets, where MFNet's conv4 is 6x6), ``,data=<synthetic_motion config>`` (``translation``, the
 default, or ``default``: the mixed set with rotations and approach/recede),
 ``,grad=<splits|paper|stopped>`` (KPSEM's ``match_gradient``, default ``splits``),
 ``,clip=<norm>`` (the global gradient-norm clipping, default 1; 0: none), ``,bclip=<norm>``
@@ -48,16 +48,10 @@ BACKBONES = {
     "mfnet": ("mfnet3d", dict(conv1_channels=16, stage_channels=(32, 64, 64, 128),
                               stage_depths=(1, 1, 1, 1), groups=8),
               ("conv2", "conv3", "conv4", "conv5")),
-    # Issue 36's MFNet contrast: the same MFNet without the stem's max-pool, so that conv4
-    # (the paper's place for KPSEM, its default here) is 8x8 at 64x64.
-    "mfnet_s8": ("mfnet3d", dict(conv1_channels=16, stage_channels=(32, 64, 64, 128),
-                                 stage_depths=(1, 1, 1, 1), groups=8, stem_pool=False),
-                 ("conv4", "conv2", "conv3", "conv5")),
 }
 MODELS = {"c2d": "c2d", "c2d_kpsem": "c2d", "inflated": "inflated",
           "inflated_kpsem": "inflated",
-          "mfnet": "mfnet", "mf_kpsem": "mfnet", "mfnet_s8": "mfnet_s8",
-          "mf_s8_kpsem": "mfnet_s8"}
+          "mfnet": "mfnet", "mf_kpsem": "mfnet"}
 
 
 def get_config(arg: str = "c2d_kpsem"):
@@ -69,14 +63,15 @@ def get_config(arg: str = "c2d_kpsem"):
   opts = common.parse_arg(options, "configs/synthetic_c2d.py", k=4, g=4, fixed=False, de=8,
                           at=stages[0], steps=600, data="translation", lr=0.05, grad="splits",
                           clip=1.0, bclip=1.0, mlplr=1.0, mlpadam=0.003, sum=True, order="time",
-                          readout="mean")
+                          readout="mean", size=64)
   if opts.at not in stages:
     raise ValueError(f"configs/synthetic_c2d.py: at={opts.at!r} is not a stage of {model}; "
                      f"choose one of {', '.join(stages)}")
   c = synthetic.get_config()
   c.dataset.config = opts.data
-  c.clip.update(dict(frames=8, interval=2, crop=64, train_scale=(64, 72), aspect=(0.9, 1.1),
-                     flip=False, eval_resize=64, eval_clips=1, eval_crops=1))
+  c.clip.update(dict(frames=8, interval=2, crop=opts.size,
+                     train_scale=(opts.size, opts.size * 9 // 8), aspect=(0.9, 1.1),
+                     flip=False, eval_resize=opts.size, eval_clips=1, eval_crops=1))
   c.model.backbone = backbone
   c.model.backbone_kwargs = dict(backbone_kwargs)
   c.model.use_kpsem = model.endswith("kpsem")

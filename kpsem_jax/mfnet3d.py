@@ -72,15 +72,12 @@ class MFNet3D(nn.Module):
   ``(B, T, H, W, C)``), ``last`` (conv5 after the tail BN-ReLU) and ``pooled``, its
   ``(B, C5)`` global average that feeds the classifier.
   The final average pool is global, so any frame count / size that survives the strides
-  works; the paper's input is 16x224x224. ``stem_pool=False`` leaves out the max-pool after
-  conv1 (no parameters): every later map is twice as large, e.g. conv4 8x8 at 64x64 input,
-  for small-input studies.
+  works; the paper's input is 16x224x224.
   """
   conv1_channels: int = 16
   stage_channels: Sequence[int] = (96, 192, 384, 768)
   stage_depths: Sequence[int] = (3, 4, 6, 3)
   groups: int = 16
-  stem_pool: bool = True
   conv_strategy: str = "auto"  # layers.conv's strategy, for every convolution
   batch_norm_axis: Optional[str] = None  # layers.BatchNorm's axis_name, for every BatchNorm
 
@@ -89,8 +86,7 @@ class MFNet3D(nn.Module):
     out = {}
     h = _Conv1(self.conv1_channels, self.conv_strategy, self.batch_norm_axis, name="conv1")(x, train)
     out["conv1"] = h
-    if self.stem_pool:
-      h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)), self.conv_strategy)
+    h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)), self.conv_strategy)
     for i, (stage, channels, depth) in enumerate(
         zip(STAGES, self.stage_channels, self.stage_depths)):
       first_strides = (2, 1, 1) if i == 0 else (1, 2, 2)

@@ -83,9 +83,9 @@ def test_paired_mfnet_runs_share_the_backbones_initial_values():
   def backbone(model):
     c = trainer.load_config("synthetic_c2d", model)
     m = trainer.create_model(**trainer.model_spec(c))
-    x = jax.numpy.zeros((1, 8, 64, 64, 3))
+    x = jax.numpy.zeros((1, 8, 96, 96, 3))
     return jax.jit(m.init)(jax.random.PRNGKey(c.seed), x)["params"]
-  plain, kpsem = backbone("mfnet_s8"), backbone("mf_s8_kpsem,g=8")
+  plain, kpsem = backbone("mfnet,size=96"), backbone("mf_kpsem,size=96,at=conv4,g=8")
   assert "kpsem" in kpsem and "kpsem" not in plain
   for a, b in zip(jax.tree.leaves(plain["backbone"]), jax.tree.leaves(kpsem["backbone"])):
     np.testing.assert_array_equal(a, b)

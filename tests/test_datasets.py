@@ -378,9 +378,10 @@ def test_the_hard_translation_set_has_a_smaller_object_and_faster_camera_motion(
 
 def test_the_key_object_sets_add_plain_distractors_and_keep_every_other_clip():
   configs = {c.name: c for c in synthetic.Builder.BUILDER_CONFIGS}
-  for n in (2, 4, 8):
+  for n in (0, 1, 2, 4, 8):
     c = configs[f"key_object_{n}"]
-    assert (c.distractors, c.test_per_class * len(c.classes), c.drift) == (n, 1024, 0.005)
+    assert (c.distractors, c.test_per_class * len(c.classes), c.drift, c.size) == (
+        n, 1024, 0.005, 96)
     assert (c.classes, c.span, c.radius, c.frames) == (synthetic.TRANSLATION_CLASSES, (0.5, 0.7),
                                                        (16, 12), 15)
   hard = configs["translation_hard"]

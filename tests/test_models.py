@@ -8,7 +8,6 @@ import pytest
 
 from kpsem_jax import porting
 from kpsem_jax.kpsem import KPSEM
-from kpsem_jax.mfnet3d import MFNet3D
 from kpsem_jax.layers import conv
 from kpsem_jax.models import create_model
 from kpsem_jax.testing import release_keys
@@ -213,14 +212,3 @@ def test_the_ordered_readout_sees_frame_order_where_the_mean_readout_cannot():
   with pytest.raises(ValueError, match="unknown readout 'max'"):
     create_model("resnet3d", 5, kwargs, readout="max")
 
-
-def test_mfnet_without_the_stem_pool_doubles_every_later_map_and_keeps_the_parameters():
-  kwargs = dict(conv1_channels=8, stage_channels=(16, 16, 32, 32), stage_depths=(1, 1, 1, 1),
-                groups=4, conv_strategy="xla")
-  x = jnp.zeros((1, 8, 64, 64, 3))
-  pooled, plain = MFNet3D(**kwargs), MFNet3D(**kwargs, stem_pool=False)
-  v = pooled.init(jax.random.PRNGKey(0), x)
-  v_plain = plain.init(jax.random.PRNGKey(0), x)
-  assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, v_plain)
-  a, b = pooled.apply(v, x), plain.apply(v, x)
-  assert a["conv4"].shape[1:4] == (4, 4, 4) and b["conv4"].shape[1:4] == (4, 8, 8)

@@ -165,16 +165,18 @@ class Builder(common.VideoDatasetBuilder):
                                         "motion, 64x64, 15 frames, 2048/128",
                             classes=TRANSLATION_CLASSES, span=(0.5, 0.7), frames=15,
                             train_per_class=256, drift=0.06, radius=(16, 12)),
-      # Issue 36's set for MFNet vs MF-KPSEM: a small striped key object (radius 4-5.3 px)
-      # crossing half to 0.7 of the frame (2.3-3.2 px a frame) among n plain distractors of
-      # its size on random straight paths, over a slow background (0.32 px a frame at most);
-      # 1024 test videos. n is calibrated on MFNet alone (docs/experiments.md).
+      # Issue 36's sets for MFNet vs MF-KPSEM, 96x96 (MFNet's conv4, stride 16, is 6x6): a
+      # small striped key object (radius 6-8 px) crossing half to 0.7 of the frame (3.4-4.8
+      # px a frame) among n plain distractors of its size on random straight paths, over a
+      # slow background (0.48 px a frame at most); 1024 test videos. n is calibrated on
+      # MFNet alone (docs/experiments.md).
       *[SyntheticMotionConfig(name=f"key_object_{n}",
                               description=f"a small key object among {n} distractors, "
-                                          "8 directions, 64x64, 15 frames, 2048/1024",
-                              classes=TRANSLATION_CLASSES, span=(0.5, 0.7), frames=15,
-                              train_per_class=256, test_per_class=128, drift=0.005,
-                              radius=(16, 12), distractors=n) for n in (2, 4, 8)],
+                                          "8 directions, 96x96, 15 frames, 2048/1024",
+                              size=96, classes=TRANSLATION_CLASSES, span=(0.5, 0.7),
+                              frames=15, train_per_class=256, test_per_class=128,
+                              drift=0.005, radius=(16, 12), distractors=n)
+        for n in (0, 1, 2, 4, 8)],
       SyntheticMotionConfig(name="tiny", description="for tests: 32x32, 8 frames, 32/16",
                             size=32, frames=8, train_per_class=4, test_per_class=2),
   ]
