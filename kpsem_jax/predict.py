@@ -142,6 +142,10 @@ def main(argv):
     raise app.UsageError("name at least one video file or folder")
   if not os.path.isdir(FLAGS.checkpoint):
     cli.fail(f"--checkpoint={FLAGS.checkpoint} is not a folder", 2)
+  for name in ("top_k", "batch_size", "num_clips", "num_crops"):
+    value = getattr(FLAGS, name)
+    if value is not None and value < 1:
+      cli.fail(f"--{name}={value}: must be at least 1")
   if not FLAGS.timeline_stride >= 0 or FLAGS.timeline_stride == float("inf"):  # nan, inf, < 0
     cli.fail(f"--timeline_stride={FLAGS.timeline_stride}: must be a finite number of "
              "seconds, 0 or more (0: one window)")

@@ -191,3 +191,11 @@ def test_a_checkpoint_with_non_finite_parameters_is_refused_in_one_line(tmp_path
   assert run.returncode == 1 and "Traceback" not in run.stderr
   errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and "params/classifier/kernel" in errors[0], run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("flag", ["--top_k=0", "--num_clips=-1"])
+def test_counts_below_one_are_one_error_line(tiny, flag):
+  run = subprocess.run([sys.executable, "-m", "kpsem_jax.predict", f"--checkpoint={tiny['ckpt']}",
+                        flag, os.path.join(FIXTURES, VIDEOS[0])], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 1 and run.stderr.strip() == f"error: {flag}: must be at least 1"
