@@ -149,10 +149,17 @@ class Trainer:
     return micro
 
   def _check_init_from(self) -> None:
-    """A missing ``config.init_from`` is one error naming the command that creates it
-    (before the workdir exists)."""
+    """A missing ``config.init_from`` is one error naming the command that creates it, and
+    one that is not a checkpoint folder another (before the workdir exists)."""
     path = self.config.init_from
-    if not path or os.path.exists(os.path.expanduser(path)):
+    if not path:
+      return
+    if os.path.exists(os.path.expanduser(path)):
+      if not os.path.isdir(os.path.join(os.path.expanduser(path), "checkpoints")):
+        raise TrainingError(
+            f"config.init_from={path} is not a kpsem-jax checkpoint (no 'checkpoints' folder "
+            "in it): name a folder written by python -m kpsem_jax.convert or a training "
+            "workdir, or train from scratch with --config.init_from=")
       return
     m = self.config.model
     how = ""

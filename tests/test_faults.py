@@ -477,3 +477,19 @@ def test_the_exported_artifact_follows_the_umask(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert stat.S_IMODE(os.stat(tmp_path / "model.jax").st_mode) == 0o644
+
+
+def test_an_init_from_that_is_not_a_checkpoint_is_one_error_before_the_workdir(tmp_path,
+                                                                                tiny_data):
+  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  empty, text = tmp_path / "empty", tmp_path / "weights.pth"
+  empty.mkdir()
+  text.write_text("not a checkpoint")
+  for path in (empty, text):
+    config = trainer.load_config("synthetic", "tiny")
+    config.dataset.data_dir = tiny_data
+    config.init_from = str(path)
+    with pytest.raises(trainer.TrainingError) as error:
+      trainer.train_and_evaluate(config, str(tmp_path / "w"))
+    assert str(error.value).startswith(f"config.init_from={path} is not a kpsem-jax checkpoint")
+    assert not (tmp_path / "w").exists()
