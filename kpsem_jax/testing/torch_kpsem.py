@@ -1,9 +1,12 @@
-"""PyTorch KPSEM and MF-KPSEM, written from the paper and our reading of it (docs/models.md).
+"""PyTorch KPSEM and MF-KPSEM: a transliteration of ``kpsem_jax.arese`` and ``kpsem``.
 
-Test-only reference (torch 2.13.0 CPU), batched and channels-first like the PyTorch MFNet,
-written independently of ``kpsem_jax.arese``'s vmaps: every op carries explicit batch and
-set axes. Parameters come from a kpsem-jax ``kpsem`` parameter tree (numpy arrays), so
-the two frameworks can be compared on the same weights.
+Test-only (torch 2.13.0 CPU), batched and channels-first like the PyTorch MFNet, without
+the JAX code's vmaps: every op carries explicit batch and set axes. It repeats every
+interpretive choice of ``arese.py`` (softmax/cumsum splits, sigmoid masks, the range + 1
+penalty, V as the penalised score, the sum over K, the pooled MLP input), so it catches
+framework, vmap and indexing bugs, not a misreading of the paper; the paper's printed
+equations are ``paper_arese.py``'s. Parameters come from a kpsem-jax ``kpsem`` parameter
+tree (numpy arrays), so the two frameworks are compared on the same weights.
 """
 
 import numpy as np
