@@ -143,6 +143,9 @@ DATA = {  # synthetic_motion's configs the suite runs on, and how the table desc
                           f"among {n} plain distractors of its size, 8 directions in "
                           "time-reversed pairs; chance 12.5%, a frame-order-blind model tops "
                           "out at 50%; 1024 test videos)" for n in (0, 1, 2, 4, 8)},
+    **{f"key_object_{n}_{m}": f"synthetic_motion key_object_{n}_{m} (key_object_{n} with {m} "
+                              "training videos a class; 1024 test videos)"
+       for n in (4, 8) for m in (16, 32)},
     # 16 frames: a clip and its reversal are sampled at different moments (docs/experiments.md)
     "default": "synthetic_motion default (right/left, down/up, clockwise/anticlockwise, "
                "approach/recede, in time-reversed pairs; chance 12.5%)",

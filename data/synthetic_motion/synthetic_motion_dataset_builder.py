@@ -177,6 +177,15 @@ class Builder(common.VideoDatasetBuilder):
                               frames=15, train_per_class=256, test_per_class=128,
                               drift=0.005, radius=(16, 12), distractors=n)
         for n in (0, 1, 2, 4, 8)],
+      # The same with m training videos per class (key_object_<n>_<m>), the scarcity of
+      # the paper's small datasets (HMDB51: about 70 a class).
+      *[SyntheticMotionConfig(name=f"key_object_{n}_{m}",
+                              description=f"key_object_{n} with {m} training videos a class, "
+                                          f"96x96, 15 frames, {8 * m}/1024",
+                              size=96, classes=TRANSLATION_CLASSES, span=(0.5, 0.7),
+                              frames=15, train_per_class=m, test_per_class=128,
+                              drift=0.005, radius=(16, 12), distractors=n)
+        for n in (4, 8) for m in (16, 32)],
       SyntheticMotionConfig(name="tiny", description="for tests: 32x32, 8 frames, 32/16",
                             size=32, frames=8, train_per_class=4, test_per_class=2),
   ]
