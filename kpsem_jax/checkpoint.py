@@ -299,13 +299,16 @@ class TrainingCheckpoints:
     self._failed = []
 
   # ---- resume ------------------------------------------------------------------------
-  def resume(self, variables, opt_state, model: Mapping[str, Any]
+  def resume(self, variables, opt_state, model: Mapping[str, Any],
+             optimizer_differences: Optional[Callable[[Dict[str, Any]], list]] = None
              ) -> Optional[Tuple[int, Any, Any, Dict[str, Any]]]:
     """``(step, variables, opt_state, metadata)`` of the newest intact step, shaped and
     placed like the given trees, or None when there is none.
 
-    A step written for another ``model`` (``create_model``'s keyword arguments) raises
-    :class:`CheckpointMismatch` naming the differences; nothing is moved. Damaged steps of
+    A step written for another ``model`` (``create_model``'s keyword arguments), or whose
+    metadata ``optimizer_differences`` finds other optimizer settings for (an optimizer
+    state of another shape), raises :class:`CheckpointMismatch` naming the differences;
+    nothing is moved. Damaged steps of
     ``checkpoints/`` and a damaged ``best/`` are skipped with a line saying which and why,
     then moved to ``damaged/``."""
     if self.checkpoints.latest_step() is None and not self.best.all_steps():
@@ -320,6 +323,12 @@ class TrainingCheckpoints:
             f"{where} was written for another model ({'; '.join(differences)}): use a new "
             f"--workdir, or the config the run was trained with "
             f"({os.path.join(self.workdir, 'config.json')})")
+      differences = optimizer_differences(metadata) if optimizer_differences else []
+      if differences:
+        raise CheckpointMismatch(
+            f"{where} was written with other optimizer settings, whose state it holds "
+            f"({'; '.join(differences)}): resume with the checkpoint's values (e.g. "
+            f"--config.{differences[0].split(':')[0]}=...), or use a new --workdir")
       return restore_training(self.checkpoints, step, variables, opt_state, metadata) + (
           metadata,)
 

@@ -2,7 +2,7 @@
 halved warm-up lr, step decay), pretrained layers at a lower lr, optional clipping of the
 KPSEM branch's gradient and of the whole gradient."""
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import optax
@@ -74,3 +74,26 @@ def kpsem_mask(params) -> Any:
   """True on the leaves of the KPSEM branch (the top-level ``kpsem`` subtree), else False."""
   return {name: jax.tree.map(lambda _, on=(name == "kpsem"): on, subtree)
           for name, subtree in params.items()}
+
+
+# The optimizer fields that decide the shape of its state, and their value before a field
+# existed (a checkpoint's config written before it).
+STATE_FIELDS = {"kpsem_clip_grad_norm": 0.0, "clip_grad_norm": 0.0, "split_mlp_lr_mult": 1.0,
+                "split_mlp_adam_lr": 0.0}
+
+
+def state_differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list:
+  """``["optimizer.x: checkpoint A, config B", ...]`` for the :data:`STATE_FIELDS` of two
+  ``optimizer`` config sections whose optimizer states differ in shape (a clip on or off,
+  the split MLPs' own transformation or not)."""
+  def layout(o):
+    get = lambda name: float(o.get(name, STATE_FIELDS[name]) or 0.0)  # noqa: E731
+    return {"kpsem_clip_grad_norm": get("kpsem_clip_grad_norm") > 0,
+            "clip_grad_norm": get("clip_grad_norm") > 0,
+            "split_mlp_lr_mult": get("split_mlp_lr_mult") != 1.0 or get("split_mlp_adam_lr") > 0,
+            "split_mlp_adam_lr": get("split_mlp_adam_lr") > 0}
+  old, new = layout(saved or {}), layout(config or {})
+  return [f"optimizer.{name}: checkpoint {saved.get(name, STATE_FIELDS[name])}, config "
+          f"{config.get(name, STATE_FIELDS[name])}"
+          for name in STATE_FIELDS if old[name] != new[name]
+          and saved.get(name, STATE_FIELDS[name]) != config.get(name, STATE_FIELDS[name])]

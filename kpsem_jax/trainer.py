@@ -46,7 +46,7 @@ from kpsem_jax import metric_log
 from kpsem_jax import preemption
 from kpsem_jax import prepare as prepare_lib
 from kpsem_jax.models import create_model
-from kpsem_jax.optimizer import create_optimizer, lr_schedule
+from kpsem_jax.optimizer import create_optimizer, lr_schedule, state_differences
 from kpsem_jax.train_step import (DATA_AXIS, TrainState, cross_entropy, data_mesh,
                                   make_eval_forward, make_train_step)
 from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
@@ -233,8 +233,12 @@ class Trainer:
     (``DATA_FIELDS``) resumes with a line naming them, since its batches from here on
     differ from an uninterrupted run's. Damaged steps are moved aside by ``checkpoints``."""
     try:
-      found = checkpoints.resume({"params": state.params, "batch_stats": state.batch_stats},
-                                 {"opt_state": state.opt_state, "step": state.step}, self.spec)
+      optimizer = self.config.optimizer.to_dict()
+      found = checkpoints.resume(
+          {"params": state.params, "batch_stats": state.batch_stats},
+          {"opt_state": state.opt_state, "step": state.step}, self.spec,
+          lambda metadata: state_differences(
+              (metadata.get("config") or {}).get("optimizer") or {}, optimizer))
     except checkpoint_lib.CheckpointMismatch as e:  # another model: not damage
       raise TrainingError(str(e)) from None
     if found is None:

@@ -493,3 +493,39 @@ def test_an_init_from_that_is_not_a_checkpoint_is_one_error_before_the_workdir(t
       trainer.train_and_evaluate(config, str(tmp_path / "w"))
     assert str(error.value).startswith(f"config.init_from={path} is not a kpsem-jax checkpoint")
     assert not (tmp_path / "w").exists()
+
+
+def test_a_checkpoint_of_other_optimizer_settings_is_refused_not_thrown_away(tmp_path, tiny_data,
+                                                                            capsys):
+  """A run checkpointed with another optimizer state's shape (here: before the KPSEM branch
+  clip and the split MLPs' Adam, 2026-12-03) is not damaged: resuming with today's defaults
+  stops with one line naming the fields, keeps every step, and resumes with the old values."""
+  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "w")
+
+  def config(**optimizer):
+    c = trainer.load_config("synthetic", "tiny")
+    c.dataset.data_dir = tiny_data
+    c.num_train_steps = c.eval_every = 3
+    c.optimizer.update(optimizer)
+    return c
+
+  old = dict(kpsem_clip_grad_norm=0.0, split_mlp_adam_lr=0.0)
+  trainer.train_and_evaluate(config(**old), workdir)
+  again = config()
+  again.num_train_steps = 6
+  with pytest.raises(trainer.TrainingError) as error:
+    trainer.train_and_evaluate(again, workdir)
+  assert str(error.value) == (
+      f"{workdir}/checkpoints/3 was written with other optimizer settings, whose state it "
+      "holds (optimizer.kpsem_clip_grad_norm: checkpoint 0.0, config 1.0; "
+      "optimizer.split_mlp_adam_lr: checkpoint 0.0, config 0.003): resume with the "
+      "checkpoint's values (e.g. --config.optimizer.kpsem_clip_grad_norm=...), or use a new "
+      "--workdir")
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["3"]
+  assert not os.path.exists(os.path.join(workdir, "damaged"))
+  resumed = config(**old)
+  resumed.num_train_steps = 6
+  capsys.readouterr()
+  trainer.train_and_evaluate(resumed, workdir)
+  assert "resuming from step 3" in capsys.readouterr().out
