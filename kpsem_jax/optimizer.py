@@ -22,10 +22,11 @@ def create_optimizer(config, pretrained: Optional[Any] = None,
   """SGD (Nesterov) momentum with weight decay; pretrained leaves at ``pretrained_lr_mult``,
   KPSEM's split MLPs at ``split_mlp_lr_mult`` (default 1) times the lr, or, with
   ``split_mlp_adam_lr`` > 0, by Adam at that lr (following the schedule's shape: the
-  warm-up and decays, not the main lr's size); ``schedule``
-  defaults to :func:`lr_schedule`. ``optimizer.kpsem_clip_grad_norm`` > 0 first scales the gradient of the KPSEM branch's parameters (the ``kpsem`` subtree) down to that
-  norm, the rest untouched; ``optimizer.clip_grad_norm`` > 0 then scales the whole
-  gradient down to that global norm (0: no clipping)."""
+  warm-up and decays, not the main lr's size); ``schedule`` defaults to
+  :func:`lr_schedule`. ``optimizer.kpsem_clip_grad_norm`` > 0 first scales the gradient of
+  the KPSEM branch's parameters (the ``kpsem`` subtree) down to that norm, the rest
+  untouched; ``optimizer.clip_grad_norm`` > 0 then scales the whole gradient down to that
+  global norm (0: no clipping)."""
   o = config.optimizer
   schedule = schedule or lr_schedule(config)
 
