@@ -57,7 +57,7 @@ SUITES: Dict[str, List[Variant]] = {
         Variant("KPSEM after res3", "position", "c2d_kpsem,at=res3"),
         Variant("KPSEM after res4", "position", "c2d_kpsem,at=res4"),
     ],
-    # Issue 30: Eq. 9's match weights differentiated as PyTorch's autograd does ("paper"),
+    # Eq. 9's match weights differentiated as PyTorch's autograd does ("paper"),
     # against the default "stopped" gradient, with and without the suite's clipping.
     "gradient": CORE + [
         Variant("C2D-KPSEM paper gradient", "match gradient", "c2d_kpsem,grad=paper"),
@@ -72,7 +72,7 @@ SUITES: Dict[str, List[Variant]] = {
                 "c2d_kpsem,fixed,grad=paper,clip=0",
                 versus="C2D-KPSEM paper gradient, no clipping"),
     ],
-    # Issue 30's control: a time-ordered readout of the C2D's per-frame features, no KPSEM
+    # A control: a time-ordered readout of the C2D's per-frame features, no KPSEM
     # (any readout that keeps frame order should pass the 50% order-blind ceiling too).
     "controls": CORE + [
         Variant("C2D ordered readout", "controls", "c2d,readout=ordered", versus="C2D"),
@@ -86,11 +86,11 @@ SUITES: Dict[str, List[Variant]] = {
         Variant("MFNet", "order-aware backbones", "mfnet", versus="C2D"),
         Variant("MF-KPSEM", "order-aware backbones", "mf_kpsem", versus="MFNet"),
     ],
-    # Issue 30: the C2D's learning-rate sweep, and the core contrast at other learning
+    # The C2D's learning-rate sweep, and the core contrast at other learning
     # rates, with the suite's clipping and without.
     "lr": CORE + [c2d_at(lr) for lr in SWEPT_LRS] + [
         row for lr in CONTRAST_LRS for row in contrast_at(lr)],
-    # Issue 36: the default (the "splits" match gradient, the branch clip) at lr 0.01, 0.05
+    # The default (the "splits" match gradient, the branch clip) at lr 0.01, 0.05
     # and 0.1, with the suite's global clipping and without it (the dataset configs' recipe).
     "default": CORE + [c2d_at(lr) for lr in CONTRAST_LRS] + [
         row for lr in CONTRAST_LRS for row in contrast_at(lr)] + [
@@ -98,7 +98,7 @@ SUITES: Dict[str, List[Variant]] = {
             Variant("C2D-KPSEM, lr 0.05, no clipping", "learning rate", "c2d_kpsem,clip=0",
                     versus="C2D, lr 0.05, no clipping")],
 }
-# Issue 36: MFNet vs MF-KPSEM at 96x96 with KPSEM after conv4 (6x6, stride 16, the paper's
+# MFNet vs MF-KPSEM at 96x96 with KPSEM after conv4 (6x6, stride 16, the paper's
 # place), G=8 as the paper, on a key_object set calibrated on MFNet alone; paired seeds
 # (same initialisation of the shared parts, same batches).
 MFNET = Variant("MFNet (96x96)", "MFNet contrast", "mfnet,size=96", root=True)

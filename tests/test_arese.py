@@ -257,7 +257,7 @@ def test_kpsem_with_the_argmax_kernel_equals_the_jnp_path():
 
 
 def test_shift_weights_send_no_gradient_into_the_key_point_values_when_stopped():
-  """Issue 19's divergence: with ``"stopped"`` Eq. 9's ``1 / (|dV| + 0.1)`` is not
+  """The divergence ``"stopped"`` was made for: with it, Eq. 9's ``1 / (|dV| + 0.1)`` is not
   differentiated (the match between key points, like their argmax coordinates, gets no
   gradient); with ``"splits"`` and ``"paper"`` it is (key_points decides where the values'
   gradient goes); the forward is the same."""

@@ -78,7 +78,7 @@ def test_the_order_aware_backbones_differ_from_the_c2d_only_where_they_see_time(
 
 
 def test_paired_mfnet_runs_share_the_backbones_initial_values():
-  """Issue 36's pairs: MFNet and MF-KPSEM of one seed start from the same backbone
+  """Paired suites: MFNet and MF-KPSEM of one seed start from the same backbone
   parameters (Flax draws each module's from the seed and its name)."""
   def backbone(model):
     c = trainer.load_config("synthetic_c2d", model)

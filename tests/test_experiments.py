@@ -330,8 +330,8 @@ def test_paired_suites_compare_seed_for_seed_and_correct_every_test():
 
 
 def test_the_docs_results_tables_are_what_the_report_makes_of_the_committed_json(tmp_path):
-  """Every results table of docs/experiments.md and the README is generated (item 5 of
-  issue 36): regenerating them from the committed results.json changes nothing, and a
+  """Every results table of docs/experiments.md and the README is generated:
+  regenerating them from the committed results.json changes nothing, and a
   hand edit is caught."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   docs = [os.path.join(root, "docs", "experiments.md"), os.path.join(root, "README.md")]

@@ -174,7 +174,7 @@ def test_a_truncated_video_is_reported_unless_allowed(tiny, tmp_path):
 
 
 def test_a_checkpoint_with_non_finite_parameters_is_refused_in_one_line(tmp_path, tiny):
-  """Issue 38: predict (and every loader of checkpoints: export, visualize, --mode=eval)
+  """predict (and every loader of checkpoints: export, visualize, --mode=eval)
   refuses non-finite parameters instead of serving NaN probabilities."""
   from kpsem_jax import checkpoint  # pylint: disable=import-outside-toplevel
   variables, metadata = checkpoint.load_variables(tiny["ckpt"])

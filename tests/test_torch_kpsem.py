@@ -102,8 +102,8 @@ def _kpsem_gradients(f, cotangent, mode):
 def test_the_match_gradient_modes_share_the_forward_and_differ_where_they_say():
   """At initialisation: the forward is bit for bit the same in every mode. "paper" reaches
   the split MLP also through the match weights and the input with Eq. 9's spikes. The
-  default "splits" gives every split-MLP parameter "paper"'s gradient (issue 36: within
-  10x; here equal) and the input "stopped"'s (no spikes into the backbone); "stopped"'s
+  default "splits" gives every split-MLP parameter "paper"'s gradient (equal, not merely
+  within 10x) and the input "stopped"'s (no spikes into the backbone); "stopped"'s
   split-MLP gradient, through Eq. 11's regional weights only, is far smaller."""
   rng = np.random.RandomState(3)
   f = np.maximum(rng.randn(2, 5, 8, 8, 6), 0).astype(np.float32)  # post-ReLU features

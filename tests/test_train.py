@@ -69,7 +69,7 @@ EVALUATIONS = []  # the straight run's evaluations, by their progress bar's name
 
 def test_loss_goes_down_and_outputs_are_written(straight_run):
   _, workdir, final, _ = straight_run
-  # one evaluation of the last step: the final result reuses the periodic one (issue 37)
+  # one evaluation of the last step: the final result reuses the periodic one
   assert EVALUATIONS == ["eval@12"]
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   elapsed = [r["elapsed_s"] for r in rows]
@@ -224,7 +224,7 @@ def test_divergence_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path
 def test_a_non_finite_update_is_never_checkpointed_even_with_a_finite_loss(tmp_path,
                                                                            straight_run,
                                                                            monkeypatch):
-  """Issue 38: an update with a NaN lr leaves the step's loss finite (it is computed before
+  """An update with a NaN lr leaves the step's loss finite (it is computed before
   the update) and every parameter NaN; with a checkpoint every step, the last good
   checkpoint is the step before, and it is finite."""
   config, _, _, _ = straight_run
@@ -311,7 +311,7 @@ def test_paper_configs():
     assert c.model.kpsem_at == "conv4" and c.clip.frames == 16 and c.clip.crop == 224
     o = c.optimizer
     assert (o.lr, o.momentum, o.weight_decay, o.pretrained_lr_mult) == (0.005, 0.9, 1e-4, 0.2)
-    # issue 36: the default gradient's stabilisers are part of every dataset config
+    # the default gradient's stabilisers are part of every dataset config
     assert (o.kpsem_clip_grad_norm, o.split_mlp_adam_lr, o.clip_grad_norm) == (1.0, 0.003, 0.0)
     assert c.init_from
   kinetics = load_config("kinetics400")  # the pretraining of the released MFNet

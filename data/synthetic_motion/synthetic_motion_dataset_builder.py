@@ -165,7 +165,7 @@ class Builder(common.VideoDatasetBuilder):
                                         "motion, 64x64, 15 frames, 2048/128",
                             classes=TRANSLATION_CLASSES, span=(0.5, 0.7), frames=15,
                             train_per_class=256, drift=0.06, radius=(16, 12)),
-      # Issue 36's sets for MFNet vs MF-KPSEM, 96x96 (MFNet's conv4, stride 16, is 6x6): a
+      # The sets for MFNet vs MF-KPSEM, 96x96 (MFNet's conv4, stride 16, is 6x6): a
       # small striped key object (radius 6-8 px) crossing half to 0.7 of the frame (3.4-4.8
       # px a frame) among n plain distractors of its size on random straight paths, over a
       # slow background (0.48 px a frame at most); 1024 test videos. n is calibrated on
