@@ -146,6 +146,12 @@ DATA = {  # synthetic_motion's configs the suite runs on, and how the table desc
     **{f"key_object_{n}_{m}": f"synthetic_motion key_object_{n}_{m} (key_object_{n} with {m} "
                               "training videos a class; 1024 test videos)"
        for n in (4, 8) for m in (16, 32)},
+    **{f"key_object_striped_8_{m}": "synthetic_motion key_object_striped_8_{m} (a small "
+                                     "red-orange striped key object among 8 striped "
+                                     "distractors of other hues, {m} training videos a class, "
+                                     "8 directions in time-reversed pairs; chance 12.5%, a "
+                                     "frame-order-blind model tops out at 50%; 1024 test "
+                                     "videos)".format(m=m) for m in (4, 8, 16, 32, 64)},
     # 16 frames: a clip and its reversal are sampled at different moments (docs/experiments.md)
     "default": "synthetic_motion default (right/left, down/up, clockwise/anticlockwise, "
                "approach/recede, in time-reversed pairs; chance 12.5%)",

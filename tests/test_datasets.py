@@ -409,6 +409,30 @@ def test_the_key_object_sets_add_plain_distractors_and_keep_every_other_clip():
   assert change(8) > change(2) > change(0)
 
 
+def test_striped_distractors_share_the_key_objects_stripes_and_differ_in_hue():
+  configs = {c.name: c for c in synthetic.Builder.BUILDER_CONFIGS}
+  c = configs["key_object_striped_8_16"]
+  assert (c.distractors, c.striped_distractors, c.train_per_class, c.size) == (8, True, 16, 96)
+  # Striped distractors: textured discs, so frames hold more bright-dark edges than with
+  # plain ones drawn on the same paths.
+  def edges(striped):
+    clip = synthetic.render(0, 96, 15, np.random.default_rng(1), c.classes, c.span, 0.0,
+                            c.radius, 8, striped).astype(float)
+    return np.abs(np.diff(clip, axis=2)).mean()
+  assert edges(True) > 1.08 * edges(False)
+  # Without distractors the flag draws a red-orange key object (red its strongest channel).
+  # The same draws with the flag off differ only in that colour: only the object's pixels.
+  clips = [synthetic.render(0, 96, 15, np.random.default_rng(2), c.classes, c.span, 0.0,
+                            c.radius, 0, flag).astype(float) for flag in (True, False)]
+  bright_stripes = (np.abs(clips[0] - clips[1]).sum(-1) > 60) & (clips[0].sum(-1) > 200)
+  key = clips[0][bright_stripes]
+  assert len(key) > 100 and (key[:, 0] > key[:, 1:].max(-1)).mean() > 0.95
+  # Distractor hues: red is the weakest channel; textures have both bright and dark stripes.
+  hues = synthetic._hues_without_red(np.random.default_rng(0), 50)
+  assert hues.shape == (50, 3) and (hues[:, 0] < hues[:, 1:].min(-1)).all()
+  assert synthetic._stripes(np.random.default_rng(0), 96).mean() == pytest.approx(0.5, abs=0.1)
+
+
 def test_interrupted_build_reruns_to_completion(tmp_path, monkeypatch):
   calls = {"n": 0}
   original = synthetic.render

@@ -8,7 +8,9 @@ config's seed. Configs: ``default`` (right/left, down/up, clockwise/anticlockwis
 approach/recede), ``translation`` (translations in 8 directions: right/left, down/up and the
 two diagonals), ``translation_hard``, ``key_object_<n>`` (a small striped key object among
 ``n`` plain distractors of its size, each moving in a random direction of its own, over a
-slow background; 1024 test videos), ``tiny`` (``default``'s classes, small, for tests).
+slow background; 1024 test videos; ``key_object_<n>_<m>`` with ``m`` training videos a
+class), ``key_object_striped_8_<m>`` (the distractors striped as the key object is, only
+its hue tells it apart), ``tiny`` (``default``'s classes, small, for tests).
 """
 
 import dataclasses
@@ -42,6 +44,7 @@ class SyntheticMotionConfig(tfds.core.BuilderConfig):
   drift: float = 0.02  # the background's largest motion a frame along each axis, in frame sizes
   radius: tuple = (10, 7)  # the object's radius: between size / radius[0] and size / radius[1]
   distractors: int = 0  # plain discs of the object's size, each on a random straight path
+  striped_distractors: bool = False  # distractors striped like the key object; hue tells apart
 
 
 def _texture(rng, height, width, channels=3):
@@ -108,36 +111,54 @@ def _distractor_paths(rng, count, frames, size, radius, span_range):
   return paths
 
 
+def _stripes(rng, size):
+  """``(size, size)`` bool stripes at a random angle and frequency."""
+  angle = rng.uniform(0, np.pi)
+  yy, xx = np.mgrid[0:size, 0:size]
+  return np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * rng.uniform(0.8, 1.6)) > 0
+
+
 def render(label: int, size: int, frames: int, rng: np.random.Generator,
            classes=CLASSES, span=(0.25, 0.45), drift=0.02, radius=(10, 7),
-           distractors: int = 0) -> np.ndarray:
+           distractors: int = 0, striped_distractors: bool = False) -> np.ndarray:
   """``(frames, size, size, 3)`` uint8 clip of class ``classes[label]``; with
-  ``distractors``, that many plain discs of the object's size cross the frame too (drawn
-  after every other draw, so the clips without them are unchanged)."""
+  ``distractors``, that many discs of the object's size cross the frame too (drawn after
+  every other draw, so the clips without them are unchanged): plain, or with
+  ``striped_distractors`` striped as the key object is, so that only its hue tells it apart
+  (the key object red-orange, each distractor a hue without red)."""
   drift = rng.uniform(-drift, drift, size=2) * size  # background motion, class-independent
   pad = int(np.ceil(np.abs(drift).max() * frames)) + 1
   background = 0.2 + 0.5 * _texture(rng, size + 2 * pad, size + 2 * pad)  # muted clutter
-  angle = rng.uniform(0, np.pi)
   yy, xx = np.mgrid[0:size, 0:size]
-  stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * rng.uniform(0.8, 1.6)) > 0
+  stripes = _stripes(rng, size)
   colour = rng.uniform(0.6, 1.0, size=3)
-  texture = np.where(stripes[..., None], colour, 0.05 * colour)  # high-contrast stripes
   x, y, radius = _path(rng, classes, label, frames, size, span, radius)
   clip = np.empty((frames, size, size, 3), np.uint8)
   offsets = background_offsets(drift, frames, pad)
   others = [(path, rng.uniform(0.3, 1.0, size=3))
             for path in _distractor_paths(rng, distractors, frames, size, radius[0], span)]
+  if striped_distractors:
+    others = [(path, np.where(_stripes(rng, size)[..., None], hue, 0.05 * hue))
+              for (path, _), hue in zip(others, _hues_without_red(rng, len(others)))]
+    colour = np.array([rng.uniform(0.8, 1.0), rng.uniform(0.15, 0.45), rng.uniform(0.0, 0.2)])
+  texture = np.where(stripes[..., None], colour, 0.05 * colour)  # high-contrast stripes
   for i in range(frames):
     oy, ox = offsets[i]
     frame = background[oy:oy + size, ox:ox + size]
-    for (px, py), colour in others:  # plain discs, under the key object
+    for (px, py), look in others:  # discs (a colour or a striped texture), under the key object
       disc = 1.0 / (1.0 + np.exp(np.hypot(xx - px[i], yy - py[i]) - radius[i]))
-      frame = frame * (1 - disc[..., None]) + colour * disc[..., None]
+      frame = frame * (1 - disc[..., None]) + look * disc[..., None]
     inside = 1.0 / (1.0 + np.exp(np.hypot(xx - x[i], yy - y[i]) - radius[i]))  # soft edge
     frame = frame * (1 - inside[..., None]) + texture * inside[..., None]
     frame = frame + rng.normal(0, 0.02, frame.shape)
     clip[i] = np.clip(frame * 255, 0, 255).astype(np.uint8)
   return clip
+
+
+def _hues_without_red(rng, count):
+  """``(count, 3)`` colours whose red is the weakest channel (greens, cyans, blues)."""
+  return np.array([[rng.uniform(0.0, 0.3), rng.uniform(0.4, 1.0), rng.uniform(0.4, 1.0)]
+                   for _ in range(count)]).reshape(count, 3)
 
 
 class Builder(common.VideoDatasetBuilder):
@@ -186,6 +207,17 @@ class Builder(common.VideoDatasetBuilder):
                               frames=15, train_per_class=m, test_per_class=128,
                               drift=0.005, radius=(16, 12), distractors=n)
         for n in (4, 8) for m in (16, 32)],
+      # Distractors striped as the key object is (only its hue, red-orange, tells it
+      # apart), with m training videos a class.
+      *[SyntheticMotionConfig(name=f"key_object_striped_{n}_{m}",
+                              description=f"a small key object among {n} striped distractors "
+                                          f"of other hues, {m} training videos a class, "
+                                          f"96x96, 15 frames, {8 * m}/1024",
+                              size=96, classes=TRANSLATION_CLASSES, span=(0.5, 0.7),
+                              frames=15, train_per_class=m, test_per_class=128,
+                              drift=0.005, radius=(16, 12), distractors=n,
+                              striped_distractors=True)
+        for n in (8,) for m in (4, 8, 16, 32, 64)],
       SyntheticMotionConfig(name="tiny", description="for tests: 32x32, 8 frames, 32/16",
                             size=32, frames=8, train_per_class=4, test_per_class=2),
   ]
@@ -204,17 +236,18 @@ class Builder(common.VideoDatasetBuilder):
     c = self.builder_config
     make = functools.partial(_example, seed=c.seed, split_id=split_id, size=c.size,
                              frames=c.frames, classes=c.classes, span=c.span, drift=c.drift,
-                             radius=c.radius, distractors=c.distractors)
+                             radius=c.radius, distractors=c.distractors,
+                             striped_distractors=c.striped_distractors)
     return self.examples(split, [(f"{split_id}_{i:06d}", i)
                                  for i in range(per_class * len(c.classes))], make)
 
 
 def _example(i, seed, split_id, size, frames, classes, span, drift, radius,
-             distractors=0) -> dict:
+             distractors=0, striped_distractors=False) -> dict:
   """Video ``i`` of a split, rendered and JPEG-encoded (run in ``prepare``'s workers)."""
   label = i % len(classes)
   clip = render(label, size, frames, np.random.default_rng([seed, split_id, i]), classes, span,
-                drift, radius, distractors)
+                drift, radius, distractors, striped_distractors)
   return dict(frames=common.encode_frames(clip), label=label,
               video_id=f"synthetic_{split_id}_{i:06d}", fps=25.0, height=size, width=size,
               num_frames=frames)
