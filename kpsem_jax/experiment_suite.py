@@ -152,6 +152,12 @@ DATA = {  # synthetic_motion's configs the suite runs on, and how the table desc
                                      "8 directions in time-reversed pairs; chance 12.5%, a "
                                      "frame-order-blind model tops out at 50%; 1024 test "
                                      "videos)".format(m=m) for m in (4, 8, 16, 32, 64)},
+    **{f"key_object_wrap_{s}": f"synthetic_motion key_object_wrap_{s} (key_object_4 whose "
+                               "discs wrap around the frame's edges, crossing "
+                               f"{s / 100:g}-{s / 100 + 0.2:g} frame sizes a clip, 8 "
+                               "directions in time-reversed pairs; chance 12.5%, a "
+                               "frame-order-blind model tops out at 50%; 1024 test videos)"
+       for s in (75, 100, 150, 200, 250)},
     # 16 frames: a clip and its reversal are sampled at different moments (docs/experiments.md)
     "default": "synthetic_motion default (right/left, down/up, clockwise/anticlockwise, "
                "approach/recede, in time-reversed pairs; chance 12.5%)",

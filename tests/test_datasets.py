@@ -433,6 +433,27 @@ def test_striped_distractors_share_the_key_objects_stripes_and_differ_in_hue():
   assert synthetic._stripes(np.random.default_rng(0), 96).mean() == pytest.approx(0.5, abs=0.1)
 
 
+def test_wrapping_sets_jump_farther_than_the_frame_allows_and_stay_time_reversal_pairs():
+  configs = {c.name: c for c in synthetic.Builder.BUILDER_CONFIGS}
+  c = configs["key_object_wrap_150"]
+  assert (c.wrap, c.span, c.distractors, c.train_per_class) == (True, (1.5, 1.7), 4, 256)
+  for draw in range(20):
+    label = draw % 8
+    x, y, _ = synthetic._path(np.random.default_rng(draw), c.classes, label, 15, 96, c.span,
+                              c.radius, wrap=True)
+    rx, ry, _ = synthetic._path(np.random.default_rng(draw), c.classes, label ^ 1, 15, 96,
+                                c.span, c.radius, wrap=True)
+    np.testing.assert_allclose(x[::-1], rx, atol=1e-9)  # the pair: the same path reversed
+    np.testing.assert_allclose(y[::-1], ry, atol=1e-9)
+    assert x.min() >= 0 and x.max() < 96 and y.min() >= 0 and y.max() < 96
+    # Every step, taken the short way round the torus, is 1/14 of a span of 1.5-1.7 frames.
+    step = np.hypot((np.diff(x) + 48) % 96 - 48, (np.diff(y) + 48) % 96 - 48)
+    assert (step * 14 >= 1.5 * 96 - 1e-6).all() and (step * 14 <= 1.7 * 96 + 1e-6).all()
+  # A disc at the right edge shows on the left edge too (the torus distance).
+  d = synthetic._distance(np.array([0.0, 95.0, 50.0]), np.zeros(3), 95.5, 0.0, 96, True)
+  np.testing.assert_allclose(d, [0.5, 0.5, 45.5])
+
+
 def test_interrupted_build_reruns_to_completion(tmp_path, monkeypatch):
   calls = {"n": 0}
   original = synthetic.render

@@ -10,7 +10,8 @@ two diagonals), ``translation_hard``, ``key_object_<n>`` (a small striped key ob
 ``n`` plain distractors of its size, each moving in a random direction of its own, over a
 slow background; 1024 test videos; ``key_object_<n>_<m>`` with ``m`` training videos a
 class), ``key_object_striped_8_<m>`` (the distractors striped as the key object is, only
-its hue tells it apart), ``tiny`` (``default``'s classes, small, for tests).
+its hue tells it apart), ``key_object_wrap_<s>`` (``key_object_4`` wrapping around the
+edges, spans of ``s/100`` frame sizes and more a clip), ``tiny`` (``default``'s classes, small, for tests).
 """
 
 import dataclasses
@@ -45,6 +46,7 @@ class SyntheticMotionConfig(tfds.core.BuilderConfig):
   radius: tuple = (10, 7)  # the object's radius: between size / radius[0] and size / radius[1]
   distractors: int = 0  # plain discs of the object's size, each on a random straight path
   striped_distractors: bool = False  # distractors striped like the key object; hue tells apart
+  wrap: bool = False  # translations wrap around the frame's edges (a torus): any span fits
 
 
 def _texture(rng, height, width, channels=3):
@@ -58,18 +60,26 @@ def _texture(rng, height, width, channels=3):
   return field
 
 
-def _path(rng, classes, label, frames, size, span_range=(0.25, 0.45), radius_range=(10, 7)):
+def _path(rng, classes, label, frames, size, span_range=(0.25, 0.45), radius_range=(10, 7),
+          wrap=False):
   """Per-frame object centre (x, y) and radius of class ``classes[label]``. For the same
-  draws, the path of class 2k+1 is exactly the time reversal of the path of class 2k."""
+  draws, the path of class 2k+1 is exactly the time reversal of the path of class 2k. With
+  ``wrap`` a translation leaves one edge and comes back at the opposite one (coordinates
+  modulo ``size``), so a span may exceed the frame."""
   t = np.arange(frames, dtype=np.float64)
   radius = np.full(frames, rng.uniform(size / radius_range[0], size / radius_range[1]))
   motion, reverse = classes[label - label % 2], label % 2
   if motion in _DIRECTIONS:  # translation: a path centred anywhere it fits
     span = rng.uniform(*span_range) * size  # whole-clip displacement, any frame count
-    centre = rng.uniform(radius[0] + span / 2, size - radius[0] - span / 2, size=2)
+    if wrap:
+      centre = rng.uniform(0, size, size=2)
+    else:
+      centre = rng.uniform(radius[0] + span / 2, size - radius[0] - span / 2, size=2)
     offset = (t / (frames - 1) - 0.5) * span
     dx, dy = _DIRECTIONS[motion]
     x, y = centre[0] + offset * dx, centre[1] + offset * dy
+    if wrap:
+      x, y = x % size, y % size
   elif motion == "rotate_clockwise":  # about a random centre; image y points down
     orbit = rng.uniform(size / 6, size / 4)
     centre = rng.uniform(orbit + radius[0], size - orbit - radius[0], size=2)
@@ -98,17 +108,30 @@ def background_offsets(drift: np.ndarray, frames: int, pad: int) -> np.ndarray:
   return (pad + np.round(np.asarray(drift)[None, :] * t[:, None])).astype(int)
 
 
-def _distractor_paths(rng, count, frames, size, radius, span_range):
+def _distractor_paths(rng, count, frames, size, radius, span_range, wrap=False):
   """``count`` straight paths ``(x, y)`` of ``(frames,)`` each, in uniformly random
-  directions (so a path's time reversal is as likely a draw), as long as the object's."""
+  directions (so a path's time reversal is as likely a draw), as long as the object's
+  (``wrap``: modulo ``size``, as the object's)."""
   paths = []
   t = np.arange(frames, dtype=np.float64) / (frames - 1) - 0.5
   for _ in range(count):
     angle = rng.uniform(0, 2 * np.pi)
     span = rng.uniform(*span_range) * size
-    centre = rng.uniform(radius + span / 2, size - radius - span / 2, size=2)
-    paths.append((centre[0] + t * span * np.cos(angle), centre[1] + t * span * np.sin(angle)))
+    if wrap:
+      centre = rng.uniform(0, size, size=2)
+    else:
+      centre = rng.uniform(radius + span / 2, size - radius - span / 2, size=2)
+    x, y = centre[0] + t * span * np.cos(angle), centre[1] + t * span * np.sin(angle)
+    paths.append((x % size, y % size) if wrap else (x, y))
   return paths
+
+
+def _distance(xx, yy, x, y, size, wrap):
+  """Each pixel's distance to ``(x, y)``, on a torus of side ``size`` when ``wrap``."""
+  dx, dy = xx - x, yy - y
+  if wrap:
+    dx, dy = (dx + size / 2) % size - size / 2, (dy + size / 2) % size - size / 2
+  return np.hypot(dx, dy)
 
 
 def _stripes(rng, size):
@@ -120,23 +143,25 @@ def _stripes(rng, size):
 
 def render(label: int, size: int, frames: int, rng: np.random.Generator,
            classes=CLASSES, span=(0.25, 0.45), drift=0.02, radius=(10, 7),
-           distractors: int = 0, striped_distractors: bool = False) -> np.ndarray:
+           distractors: int = 0, striped_distractors: bool = False,
+           wrap: bool = False) -> np.ndarray:
   """``(frames, size, size, 3)`` uint8 clip of class ``classes[label]``; with
   ``distractors``, that many discs of the object's size cross the frame too (drawn after
   every other draw, so the clips without them are unchanged): plain, or with
   ``striped_distractors`` striped as the key object is, so that only its hue tells it apart
-  (the key object red-orange, each distractor a hue without red)."""
+  (the key object red-orange, each distractor a hue without red); ``wrap``: every disc
+  crosses the frame's edges onto the opposite side (:func:`_path`)."""
   drift = rng.uniform(-drift, drift, size=2) * size  # background motion, class-independent
   pad = int(np.ceil(np.abs(drift).max() * frames)) + 1
   background = 0.2 + 0.5 * _texture(rng, size + 2 * pad, size + 2 * pad)  # muted clutter
   yy, xx = np.mgrid[0:size, 0:size]
   stripes = _stripes(rng, size)
   colour = rng.uniform(0.6, 1.0, size=3)
-  x, y, radius = _path(rng, classes, label, frames, size, span, radius)
+  x, y, radius = _path(rng, classes, label, frames, size, span, radius, wrap)
   clip = np.empty((frames, size, size, 3), np.uint8)
   offsets = background_offsets(drift, frames, pad)
   others = [(path, rng.uniform(0.3, 1.0, size=3))
-            for path in _distractor_paths(rng, distractors, frames, size, radius[0], span)]
+            for path in _distractor_paths(rng, distractors, frames, size, radius[0], span, wrap)]
   if striped_distractors:
     others = [(path, np.where(_stripes(rng, size)[..., None], hue, 0.05 * hue))
               for (path, _), hue in zip(others, _hues_without_red(rng, len(others)))]
@@ -146,9 +171,9 @@ def render(label: int, size: int, frames: int, rng: np.random.Generator,
     oy, ox = offsets[i]
     frame = background[oy:oy + size, ox:ox + size]
     for (px, py), look in others:  # discs (a colour or a striped texture), under the key object
-      disc = 1.0 / (1.0 + np.exp(np.hypot(xx - px[i], yy - py[i]) - radius[i]))
+      disc = 1.0 / (1.0 + np.exp(_distance(xx, yy, px[i], py[i], size, wrap) - radius[i]))
       frame = frame * (1 - disc[..., None]) + look * disc[..., None]
-    inside = 1.0 / (1.0 + np.exp(np.hypot(xx - x[i], yy - y[i]) - radius[i]))  # soft edge
+    inside = 1.0 / (1.0 + np.exp(_distance(xx, yy, x[i], y[i], size, wrap) - radius[i]))
     frame = frame * (1 - inside[..., None]) + texture * inside[..., None]
     frame = frame + rng.normal(0, 0.02, frame.shape)
     clip[i] = np.clip(frame * 255, 0, 255).astype(np.uint8)
@@ -218,6 +243,18 @@ class Builder(common.VideoDatasetBuilder):
                               drift=0.005, radius=(16, 12), distractors=n,
                               striped_distractors=True)
         for n in (8,) for m in (4, 8, 16, 32, 64)],
+      # key_object_4 whose discs cross the frame's edges (wrap around) and travel s/100
+      # frame sizes a clip (s/100 to s/100 + 0.2): 8 sampled frames see jumps of
+      # 96 s / 700 pixels and more, beyond MFNet's kernels' reach on its small maps.
+      *[SyntheticMotionConfig(name=f"key_object_wrap_{s}",
+                              description=f"key_object_4, wrapping around, spans of "
+                                          f"{s / 100:g}-{s / 100 + 0.2:g} frames, 96x96, "
+                                          "15 frames, 2048/1024",
+                              size=96, classes=TRANSLATION_CLASSES,
+                              span=(s / 100, s / 100 + 0.2), frames=15, train_per_class=256,
+                              test_per_class=128, drift=0.005, radius=(16, 12), distractors=4,
+                              wrap=True)
+        for s in (75, 100, 150, 200, 250)],
       SyntheticMotionConfig(name="tiny", description="for tests: 32x32, 8 frames, 32/16",
                             size=32, frames=8, train_per_class=4, test_per_class=2),
   ]
@@ -237,17 +274,17 @@ class Builder(common.VideoDatasetBuilder):
     make = functools.partial(_example, seed=c.seed, split_id=split_id, size=c.size,
                              frames=c.frames, classes=c.classes, span=c.span, drift=c.drift,
                              radius=c.radius, distractors=c.distractors,
-                             striped_distractors=c.striped_distractors)
+                             striped_distractors=c.striped_distractors, wrap=c.wrap)
     return self.examples(split, [(f"{split_id}_{i:06d}", i)
                                  for i in range(per_class * len(c.classes))], make)
 
 
 def _example(i, seed, split_id, size, frames, classes, span, drift, radius,
-             distractors=0, striped_distractors=False) -> dict:
+             distractors=0, striped_distractors=False, wrap=False) -> dict:
   """Video ``i`` of a split, rendered and JPEG-encoded (run in ``prepare``'s workers)."""
   label = i % len(classes)
   clip = render(label, size, frames, np.random.default_rng([seed, split_id, i]), classes, span,
-                drift, radius, distractors, striped_distractors)
+                drift, radius, distractors, striped_distractors, wrap)
   return dict(frames=common.encode_frames(clip), label=label,
               video_id=f"synthetic_{split_id}_{i:06d}", fps=25.0, height=size, width=size,
               num_frames=frames)
