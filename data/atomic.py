@@ -47,3 +47,16 @@ def write_bytes(path: str, data: bytes) -> None:
   with replacing(path) as tmp:
     with open(tmp, "wb") as f:
       f.write(data)
+
+
+def check_writable(folder: str) -> None:
+  """Raises the ``OSError`` that writing a file in ``folder`` would (read-only file system,
+  no permission, no space for a block, not a folder): checked before long work that ends in
+  writing there."""
+  fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+  try:
+    os.write(fd, b"\0" * 4096)
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+    os.remove(probe)

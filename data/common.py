@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequ
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+from tqdm import tqdm
 
 import data as data_lib
 from data import frames as frames_lib
@@ -188,10 +189,15 @@ def generate(keyed: Sequence[Tuple[str, object]], root: str, split: str, encode,
   file under ``root``; skipped items are logged."""
   task = functools.partial(encode_group, root=root, split=split, encode=encode,
                            min_frames=min_frames)
-  for examples, skips in encoded(groups(keyed), task, workers):
-    for _, path, reason in skips:
-      skipped.add(split, path, reason)
-    yield from examples
+  # One short bar a split (TFDS's own bars name the build's temporary files; prepare shows
+  # them with --verbose).
+  with tqdm(total=len(keyed) if hasattr(keyed, "__len__") else None, desc=f"{split}: videos", unit=" videos", leave=False,
+            dynamic_ncols=True) as bar:
+    for examples, skips in encoded(groups(keyed), task, workers):
+      for _, path, reason in skips:
+        skipped.add(split, path, reason)
+      bar.update(len(examples) + len(skips))
+      yield from examples
 
 
 def read_lines(path: str) -> List[Tuple[int, str]]:

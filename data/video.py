@@ -52,7 +52,9 @@ def stream_frames(path: str, short_side: Optional[int] = 256,
   try:
     container = av.open(path, metadata_errors="ignore")
   except (av.error.FFmpegError, OSError) as e:
-    raise VideoError(f"{path}: cannot open as a video ({e})") from None
+    # FFmpeg's own words, without its error number and the path the message already names
+    raise VideoError(f"{path}: cannot open as a video "
+                     f"({getattr(e, 'strerror', None) or e})") from None
   decoded = 0
   with container:
     if not container.streams.video:
