@@ -47,6 +47,8 @@ class SyntheticMotionConfig(tfds.core.BuilderConfig):
   distractors: int = 0  # plain discs of the object's size, each on a random straight path
   striped_distractors: bool = False  # distractors striped like the key object; hue tells apart
   wrap: bool = False  # translations wrap around the frame's edges (a torus): any span fits
+  far: float = 0.0  # the share of videos whose key object's span is drawn from far_span
+  far_span: tuple = (2.2, 2.4)
 
 
 def _texture(rng, height, width, channels=3):
@@ -61,15 +63,19 @@ def _texture(rng, height, width, channels=3):
 
 
 def _path(rng, classes, label, frames, size, span_range=(0.25, 0.45), radius_range=(10, 7),
-          wrap=False):
+          wrap=False, far=0.0, far_span=(2.2, 2.4)):
   """Per-frame object centre (x, y) and radius of class ``classes[label]``. For the same
   draws, the path of class 2k+1 is exactly the time reversal of the path of class 2k. With
   ``wrap`` a translation leaves one edge and comes back at the opposite one (coordinates
-  modulo ``size``), so a span may exceed the frame."""
+  modulo ``size``), so a span may exceed the frame; with ``far`` > 0, that share of
+  translations draws its span from ``far_span`` instead (the draw does not depend on the
+  class)."""
   t = np.arange(frames, dtype=np.float64)
   radius = np.full(frames, rng.uniform(size / radius_range[0], size / radius_range[1]))
   motion, reverse = classes[label - label % 2], label % 2
   if motion in _DIRECTIONS:  # translation: a path centred anywhere it fits
+    if far > 0 and rng.uniform() < far:
+      span_range = far_span
     span = rng.uniform(*span_range) * size  # whole-clip displacement, any frame count
     if wrap:
       centre = rng.uniform(0, size, size=2)
@@ -144,7 +150,7 @@ def _stripes(rng, size):
 def render(label: int, size: int, frames: int, rng: np.random.Generator,
            classes=CLASSES, span=(0.25, 0.45), drift=0.02, radius=(10, 7),
            distractors: int = 0, striped_distractors: bool = False,
-           wrap: bool = False) -> np.ndarray:
+           wrap: bool = False, far: float = 0.0, far_span=(2.2, 2.4)) -> np.ndarray:
   """``(frames, size, size, 3)`` uint8 clip of class ``classes[label]``; with
   ``distractors``, that many discs of the object's size cross the frame too (drawn after
   every other draw, so the clips without them are unchanged): plain, or with
@@ -157,7 +163,7 @@ def render(label: int, size: int, frames: int, rng: np.random.Generator,
   yy, xx = np.mgrid[0:size, 0:size]
   stripes = _stripes(rng, size)
   colour = rng.uniform(0.6, 1.0, size=3)
-  x, y, radius = _path(rng, classes, label, frames, size, span, radius, wrap)
+  x, y, radius = _path(rng, classes, label, frames, size, span, radius, wrap, far, far_span)
   clip = np.empty((frames, size, size, 3), np.uint8)
   offsets = background_offsets(drift, frames, pad)
   others = [(path, rng.uniform(0.3, 1.0, size=3))
@@ -264,6 +270,16 @@ class Builder(common.VideoDatasetBuilder):
                             size=96, classes=TRANSLATION_CLASSES, span=(1.2, 2.2), frames=15,
                             train_per_class=256, test_per_class=128, drift=0.005,
                             radius=(16, 12), distractors=4, wrap=True),
+      # Near and far in one set: 70% of the videos cross 1.2-1.5 frames (MFNet followed
+      # 1.5-1.7), 30% cross 2.2-2.4 (it followed none of 2.0-2.2); the distractors keep
+      # the near spans.
+      SyntheticMotionConfig(name="key_object_wrap_far30",
+                            description="key_object_4, wrapping around, 70% of spans 1.2-1.5 "
+                                        "frames, 30% 2.2-2.4, 96x96, 15 frames, 2048/1024",
+                            size=96, classes=TRANSLATION_CLASSES, span=(1.2, 1.5), frames=15,
+                            train_per_class=256, test_per_class=128, drift=0.005,
+                            radius=(16, 12), distractors=4, wrap=True, far=0.3,
+                            far_span=(2.2, 2.4)),
       SyntheticMotionConfig(name="tiny", description="for tests: 32x32, 8 frames, 32/16",
                             size=32, frames=8, train_per_class=4, test_per_class=2),
   ]
@@ -283,17 +299,19 @@ class Builder(common.VideoDatasetBuilder):
     make = functools.partial(_example, seed=c.seed, split_id=split_id, size=c.size,
                              frames=c.frames, classes=c.classes, span=c.span, drift=c.drift,
                              radius=c.radius, distractors=c.distractors,
-                             striped_distractors=c.striped_distractors, wrap=c.wrap)
+                             striped_distractors=c.striped_distractors, wrap=c.wrap,
+                             far=c.far, far_span=c.far_span)
     return self.examples(split, [(f"{split_id}_{i:06d}", i)
                                  for i in range(per_class * len(c.classes))], make)
 
 
 def _example(i, seed, split_id, size, frames, classes, span, drift, radius,
-             distractors=0, striped_distractors=False, wrap=False) -> dict:
+             distractors=0, striped_distractors=False, wrap=False, far=0.0,
+             far_span=(2.2, 2.4)) -> dict:
   """Video ``i`` of a split, rendered and JPEG-encoded (run in ``prepare``'s workers)."""
   label = i % len(classes)
   clip = render(label, size, frames, np.random.default_rng([seed, split_id, i]), classes, span,
-                drift, radius, distractors, striped_distractors, wrap)
+                drift, radius, distractors, striped_distractors, wrap, far, far_span)
   return dict(frames=common.encode_frames(clip), label=label,
               video_id=f"synthetic_{split_id}_{i:06d}", fps=25.0, height=size, width=size,
               num_frames=frames)
