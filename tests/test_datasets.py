@@ -449,6 +449,18 @@ def test_wrapping_sets_jump_farther_than_the_frame_allows_and_stay_time_reversal
     # Every step, taken the short way round the torus, is 1/14 of a span of 1.5-1.7 frames.
     step = np.hypot((np.diff(x) + 48) % 96 - 48, (np.diff(y) + 48) % 96 - 48)
     assert (step * 14 >= 1.5 * 96 - 1e-6).all() and (step * 14 <= 1.7 * 96 + 1e-6).all()
+  # far30: about 30% of the videos draw a far span (2.2-2.4 frames), whatever the class.
+  c = configs["key_object_wrap_far30"]
+  spans = []
+  for draw in range(400):
+    x, y, _ = synthetic._path(np.random.default_rng(draw), c.classes, draw % 8, 15, 96, c.span,
+                              c.radius, True, c.far, c.far_span)
+    spans.append(np.hypot((np.diff(x) + 48) % 96 - 48, (np.diff(y) + 48) % 96 - 48)[0] * 14 / 96)
+  spans = np.array(spans)
+  far = spans > 2.0
+  assert ((spans[~far] >= 1.2 - 1e-6) & (spans[~far] <= 1.5 + 1e-6)).all()
+  assert ((spans[far] >= 2.2 - 1e-6) & (spans[far] <= 2.4 + 1e-6)).all()
+  assert 0.24 < far.mean() < 0.36
   # A disc at the right edge shows on the left edge too (the torus distance).
   d = synthetic._distance(np.array([0.0, 95.0, 50.0]), np.zeros(3), 95.5, 0.0, 96, True)
   np.testing.assert_allclose(d, [0.5, 0.5, 45.5])
@@ -665,3 +677,16 @@ def test_prepare_help_names_every_dataset_it_builds():
   from kpsem_jax import prepare  # pylint: disable=import-outside-toplevel
   for name in BUILDERS:
     assert name in prepare.__doc__.split("docs/datasets.md")[0], name
+
+
+def test_prepare_shows_one_bar_a_split_and_none_of_tfds_lines_unless_verbose(tmp_path, capfd):
+  from kpsem_jax import prepare  # pylint: disable=import-outside-toplevel
+  prepare.prepare("synthetic_motion", str(tmp_path / "quiet"), config="tiny", log=print)
+  out, err = capfd.readouterr()
+  assert "Downloading and preparing" not in out + err and "incomplete." not in out + err
+  assert "train: videos" in err and "test: videos" in err
+  assert "synthetic_motion (tiny) in" in out
+  prepare.prepare("synthetic_motion", str(tmp_path / "verbose"), config="tiny", log=print,
+                  verbose=True)
+  out, err = capfd.readouterr()
+  assert "Downloading and preparing" in out + err
