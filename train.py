@@ -19,6 +19,7 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
+from configs import common
 from data import frames
 from kpsem_jax import checkpoint, cli, input_pipeline, jax_options, trainer
 
@@ -36,6 +37,8 @@ def define_flags(argv):
   flags.DEFINE_string("workdir", os.path.join(REPO, "workdirs", "synthetic"),
                       "checkpoints, metrics and evaluation results go here")
   flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or only evaluate")
+  flags.DEFINE_bool("config_help", False, "print the config's fields (--config.<field>), their "
+                    "values, meanings and allowed values, and exit")
   flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
   flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
   flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
@@ -87,14 +90,21 @@ def main(argv):
     config.to_dict()  # a file that failed to load raises here, on first use
   except (OSError, SyntaxError, ValueError) as e:
     fail(config_error(e, sys.argv))
+  if FLAGS.config_help:
+    given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config=")]
+    print(f"the fields of {given[-1] if given else 'configs/synthetic.py'} (each settable "
+          "as --config.<field>=<value>):")
+    print(common.field_help(config))
+    return
   jax_options.configure()
   if FLAGS.distributed or FLAGS.coordinator_address or "JAX_COORDINATOR_ADDRESS" in os.environ:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
     print(f"process {jax.process_index()} of {jax.process_count()}: "
           f"{jax.local_device_count()} of {jax.device_count()} devices", flush=True)
+  doing = f"{'training' if FLAGS.mode == 'train' else 'evaluating'} in {FLAGS.workdir}"
   with cli.one_line_errors(trainer.TrainingError, input_pipeline.DataNotPreparedError,
-                           checkpoint.CheckpointError, frames.DamagedDataError):
+                           checkpoint.CheckpointError, frames.DamagedDataError, doing=doing):
     if FLAGS.mode == "train":
       trainer.train_and_evaluate(config, FLAGS.workdir)
     else:

@@ -44,6 +44,160 @@ def parse_arg(arg: str, where: str, **defaults) -> ml_collections.ConfigDict:
   return options
 
 
+class Rule:
+  """A field's constraint: :meth:`violation` says what is wrong with a value, or None."""
+
+  def violation(self, value):
+    raise NotImplementedError
+
+
+class AtLeast(Rule):
+  """A finite number (an integer when ``integer``) at least ``least``."""
+
+  def __init__(self, least, integer=False):
+    self.least, self.integer = least, integer
+
+  def violation(self, value):
+    kind = "an integer" if self.integer else "a finite number"
+    ok = (isinstance(value, int) if self.integer else isinstance(value, (int, float)))
+    if (not ok or isinstance(value, bool) or value != value or value in (float("inf"), -float("inf"))
+        or value < self.least):
+      return f"must be {kind}, at least {self.least}"
+    return None
+
+  def __str__(self):
+    return f">= {self.least}"
+
+
+class OneOf(Rule):
+  """One of ``choices``."""
+
+  def __init__(self, *choices):
+    self.choices = choices
+
+  def violation(self, value):
+    if value not in self.choices:
+      return f"choose one of {', '.join(map(str, self.choices))}"
+    return None
+
+  def __str__(self):
+    return " | ".join(map(str, self.choices))
+
+
+# Every field of base(): (what it means, its rule or None). The one place a field's
+# constraint is declared; train.py --config_help prints these, the trainer checks them before
+# anything runs. Fields a config adds of its own (dataset.source_dir, ...) are listed too.
+FIELDS = {
+    "seed": ("initial values and the batches' order", AtLeast(0, integer=True)),
+    "dataset.name": ("a dataset `python -m kpsem_jax.prepare --help` lists", None),
+    "dataset.config": ("its build (e.g. split1, split2; prepare --config)", None),
+    "dataset.data_dir": ("where prepared datasets live", None),
+    "dataset.train_split": ("the split trained on", None),
+    "dataset.eval_split": ("the split evaluated", None),
+    "dataset.num_classes": ("classifier width; 0: from the prepared metadata",
+                            AtLeast(0, integer=True)),
+    "dataset.auto_prepare": ("build the dataset on first use when it is not prepared", None),
+    "dataset.source_dir": ("the videos to build from (video_folder and the paper's sets)", None),
+    "clip.frames": ("frames a clip", AtLeast(1, integer=True)),
+    "clip.interval": ("frames between a clip's sampled frames", AtLeast(1, integer=True)),
+    "clip.crop": ("a clip's height and width", AtLeast(1, integer=True)),
+    "clip.train_scale": ("training: the shorter side is resized into this range", None),
+    "clip.aspect": ("training: random aspect-ratio range of the crop", None),
+    "clip.flip": ("training: random horizontal flips", None),
+    "clip.eval_resize": ("evaluation: the shorter side is resized to this",
+                         AtLeast(1, integer=True)),
+    "clip.eval_clips": ("evaluation: clips a video (evenly spaced)", AtLeast(1, integer=True)),
+    "clip.eval_crops": ("evaluation: crops a clip (1: centre, 3: left/centre/right)",
+                        AtLeast(1, integer=True)),
+    "model.backbone": ("mfnet3d or resnet3d", OneOf("mfnet3d", "resnet3d")),
+    "model.backbone_kwargs": ("the backbone's widths and depths (mfnet3d: conv1_channels, "
+                              "stage_channels, stage_depths, groups)", None),
+    "model.use_kpsem": ("add KPSEM (false: the plain backbone)", None),
+    "model.kpsem": ("KPSEM: num_regions (K), num_sets (G), embed_dim (d_e), adaptive, "
+                    "match_gradient (splits | paper | stopped), ...", None),
+    "model.kpsem_at": ("the stage KPSEM reads (conv2 .. conv5, res2 .. res5)", None),
+    "model.readout": ("the classifier's input: mean, or ordered (per-frame, in time order)",
+                      OneOf("mean", "ordered")),
+    "model.conv_strategy": ("how convolutions are computed (auto: oneDNN on CPUs)", None),
+    "init_from": ("a converted checkpoint or a workdir to start from ('': from scratch)", None),
+    "optimizer.lr": ("the learning rate (SGD, Nesterov momentum)", AtLeast(0.0)),
+    "optimizer.momentum": ("SGD momentum", AtLeast(0.0)),
+    "optimizer.nesterov": ("Nesterov momentum", None),
+    "optimizer.weight_decay": ("weight decay", AtLeast(0.0)),
+    "optimizer.warmup_steps": ("steps at half the lr at the start", AtLeast(0, integer=True)),
+    "optimizer.decay_steps": ("steps at which the lr is multiplied by decay_factor", None),
+    "optimizer.decay_factor": ("the lr's factor at each decay step", AtLeast(0.0)),
+    "optimizer.pretrained_lr_mult": ("loaded (init_from) parameters' lr factor", AtLeast(0.0)),
+    "optimizer.kpsem_clip_grad_norm": ("the KPSEM branch's gradient clipped to this norm "
+                                       "(0: off)", AtLeast(0.0)),
+    "optimizer.clip_grad_norm": ("the whole gradient clipped to this norm (0: off)",
+                                 AtLeast(0.0)),
+    "optimizer.split_mlp_lr_mult": ("KPSEM's split MLPs' lr factor (SGD)", AtLeast(0.0)),
+    "optimizer.split_mlp_adam_lr": ("> 0: the split MLPs trained by Adam at this lr",
+                                    AtLeast(0.0)),
+    "batch_size": ("clips a step, over all devices and micro-batches", AtLeast(1, integer=True)),
+    "grad_accum_steps": ("micro-batches a step (memory_fit may raise it)",
+                         AtLeast(1, integer=True)),
+    "memory_fit": ("a step over the memory budget: split (micro-batches), stop, or off",
+                   OneOf("split", "stop", "off")),
+    "memory_limit_gb": ("a device's memory budget; 0: what it has", AtLeast(0.0)),
+    "eval_batch_size": ("views a batch in evaluation", AtLeast(1, integer=True)),
+    "compute_dtype": ("float32, or bfloat16 (GPUs)", OneOf("float32", "bfloat16")),
+    "num_train_steps": ("steps to train", AtLeast(1, integer=True)),
+    "log_every": ("steps between logged metrics", AtLeast(1, integer=True)),
+    "eval_every": ("steps between evaluations", AtLeast(1, integer=True)),
+    "checkpoint_every": ("steps between checkpoints", AtLeast(1, integer=True)),
+    "keep_checkpoints": ("checkpoints kept (the best one besides)", AtLeast(1, integer=True)),
+    "num_workers": ("data loader processes; -1: one per core, 0: in this process",
+                    AtLeast(-1, integer=True)),
+    "record_inputs": ("debugging: log each step's video indices per process", None),
+}
+
+
+def violations(config: ml_collections.ConfigDict) -> list:
+  """``["config.x=v: must be ...", ...]``: every field of ``config`` its ``FIELDS`` rule
+  refuses (fields the config does not have are skipped)."""
+  found = []
+  for path, (_, rule) in FIELDS.items():
+    value, present = config, True
+    for key in path.split("."):
+      if not isinstance(value, ml_collections.ConfigDict) or key not in value:
+        present = False
+        break
+      value = value[key]
+    if present and rule is not None:
+      problem = rule.violation(value)
+      if problem:
+        found.append(f"config.{path}={value!r}: {problem}")
+  return found
+
+
+def field_help(config: ml_collections.ConfigDict) -> str:
+  """Every field of ``config``, one a line: ``--config.<field>=<value>``, then what it means
+  and its rule (``FIELDS``; a group such as ``model.kpsem`` says it on its first field)."""
+  leaves = []
+
+  def walk(tree, prefix):
+    for key in sorted(tree.keys()):
+      value = tree[key]
+      if isinstance(value, ml_collections.ConfigDict) and len(value):
+        walk(value, f"{prefix}{key}.")
+      else:
+        leaves.append((f"{prefix}{key}", value))
+  walk(config, "")
+  lines, said = [], set()
+  for path, value in leaves:
+    known = next((p for p in sorted(FIELDS, key=len, reverse=True)
+                  if path == p or path.startswith(p + ".")), None)
+    text = f"  --config.{path}={value!r}"
+    if known and known not in said:
+      meaning, rule = FIELDS[known]
+      text = f"{text:50s} {meaning}" + (f" [{rule}]" if rule else "")
+      said.add(known)
+    lines.append(text)
+  return "\n".join(lines)
+
+
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -54,7 +208,11 @@ def base() -> ml_collections.ConfigDict:
       frames=16, interval=2, crop=224, train_scale=(224, 288), aspect=(0.8, 1.25), flip=True,
       eval_resize=256, eval_clips=10, eval_crops=3))
   c.model = ml_collections.ConfigDict(dict(
-      backbone="mfnet3d", backbone_kwargs={}, use_kpsem=True,
+      # MFNet-3D's widths and depths (the released model's), settable from the command line
+      # (--config.model.backbone_kwargs.stage_channels="(48, 96, 192, 384)")
+      backbone="mfnet3d", backbone_kwargs=dict(
+          conv1_channels=16, stage_channels=(96, 192, 384, 768), stage_depths=(3, 4, 6, 3),
+          groups=16), use_kpsem=True,
       # match_gradient: where Eq. 9's match weights pass their gradient: "splits" (to the
       # split lines only), "paper" (everywhere) or "stopped" (nowhere); docs/models.md,
       # "The match gradient"
@@ -81,6 +239,11 @@ def base() -> ml_collections.ConfigDict:
       split_mlp_lr_mult=1.0, split_mlp_adam_lr=0.003))
   c.batch_size = 64  # global, over all devices and grad_accum_steps
   c.grad_accum_steps = 1
+  # Before the first step the compiled step's memory (XLA's analysis) is compared with what
+  # a device has: "split" raises grad_accum_steps (and lowers the eval batch) until it fits,
+  # "stop" names the largest batch that fits, "off" does not check.
+  c.memory_fit = "split"
+  c.memory_limit_gb = 0.0  # a device's budget; 0: what it has (a CPU: the host's free memory)
   c.eval_batch_size = 32
   c.compute_dtype = "float32"  # "bfloat16" on GPUs
   c.num_train_steps = 4000

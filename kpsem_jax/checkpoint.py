@@ -27,6 +27,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kpsem_jax.models import complete_spec
+
 ITEMS = ("variables", "metadata")
 
 
@@ -317,7 +319,10 @@ class TrainingCheckpoints:
     def restore(step):
       where = os.path.join(self.directory, str(step))
       metadata = read_metadata(self.checkpoints, step, where)
-      differences = json_differences(metadata.get("model"), model)
+      saved = metadata.get("model")
+      if isinstance(saved, dict):  # the backbone's defaults written out on both sides
+        saved = json.loads(json.dumps(complete_spec(saved)))
+      differences = json_differences(saved, complete_spec(model))
       if differences:
         raise CheckpointMismatch(
             f"{where} was written for another model ({'; '.join(differences)}): use a new "

@@ -12,11 +12,14 @@ libraries.
   (``RuntimeError: Event loop is closed`` from TensorStore's late callbacks, orbax's
   unfinished coroutines collected at exit) silenced.
 - :func:`one_line_errors`: the listed exception types become ``error: <message>`` and exit
-  status 1; a stop on a signal (:class:`kpsem_jax.preemption.Interrupted`) prints its line
+  status 1; so does an operating system's refusal (a full disk, a read-only file system, no
+  permission, a path that is not a folder or does not exist), as ``error: <what was being
+  done>: <path>: <reason>``; a stop on a signal (:class:`kpsem_jax.preemption.Interrupted`) prints its line
   and exits with 128 + the signal's number, as a shell reports a killed command.
 """
 
 import contextlib
+import errno
 import logging as std_logging
 import sys
 import traceback
@@ -31,9 +34,30 @@ def fail(message: str, status: int = 1) -> NoReturn:
   sys.exit(status)
 
 
+# The operating system's refusals reported in one line, with what to do about each.
+OS_ERRORS = {errno.ENOSPC: "free space there, then rerun the same command",
+             errno.EDQUOT: "free space there, then rerun the same command",
+             errno.EROFS: "the file system is read-only: choose a writable place",
+             errno.EACCES: "choose a place you may write, or fix its permissions",
+             errno.EPERM: "choose a place you may write, or fix its permissions",
+             errno.ENOTDIR: "a file stands where a folder is needed",
+             errno.ENOENT: "check the path", errno.EISDIR: "name a file, not a folder"}
+
+
+def os_error_line(e: OSError, doing: str = "") -> str:
+  """``<doing>: <path>: <reason>; <what to do>`` for an operating system's refusal."""
+  parts = [doing] if doing else []
+  if e.filename:
+    parts.append(str(e.filename))
+  parts.append(f"{e.strerror or e}; {OS_ERRORS.get(e.errno, 'see the path above')}")
+  return ": ".join(parts)
+
+
 @contextlib.contextmanager
-def one_line_errors(*types: type):
-  """Turns the exception ``types`` raised inside into one ``error:`` line, exit status 1."""
+def one_line_errors(*types: type, doing: str = ""):
+  """Turns the exception ``types`` raised inside, and the operating system's refusals
+  (``OS_ERRORS``), into one ``error:`` line, exit status 1; ``doing`` says what was being
+  done (``"training in workdirs/x"``)."""
   try:
     yield
   except preemption.Interrupted as e:
@@ -43,6 +67,10 @@ def one_line_errors(*types: type):
     fail("interrupted", 130)
   except types as e:  # pylint: disable=catching-non-exception
     fail(str(e))
+  except OSError as e:
+    if e.errno not in OS_ERRORS:
+      raise
+    fail(os_error_line(e, doing))
 
 
 def prologue() -> None:

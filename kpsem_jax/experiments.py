@@ -216,7 +216,8 @@ def main(argv):
     return 1
   from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
   # A stop on a signal is one line (the suite resumes where it stopped), as in train.py.
-  with cli.one_line_errors(WorkdirMismatch, trainer.TrainingError):
+  with cli.one_line_errors(WorkdirMismatch, trainer.TrainingError,
+                           doing=f"running suite {suite} in {FLAGS.workdir}"):
     rows = run_suite(suite, FLAGS.workdir, seeds, FLAGS.steps, FLAGS.data_dir, FLAGS.only,
                      data=FLAGS.data, train=not FLAGS.report_only)
   if not rows:

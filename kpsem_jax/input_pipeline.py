@@ -116,29 +116,56 @@ def dataset_dir(data_dir: str, name: str, config: Optional[str] = None) -> str:
                       key=_version_key)
   current = [v for v in versions if _version_key(v) >= _version_key(data_lib.LAYOUT_VERSION)]
   if not current:
-    source = "" if name == "synthetic_motion" else " --source_dir=<the dataset as distributed>"
-    cfg = ""
-    if config and config.startswith("split"):
-      cfg = f" --split={config[5:]}"
-    elif config and config != "default":
-      cfg = f" --config={config}"
     what = (f"is prepared in {os.path.join(root, versions[-1])} in the old layout that reads "
             f"whole videos (version {versions[-1]}); rebuild it" if versions else
             f"is not prepared in {data_dir}. Build it")
     raise DataNotPreparedError(
         f"the {name} dataset ({config or 'default'}) {what} "
-        f"with:\n  python -m kpsem_jax.prepare {name}{source} --data_dir={data_dir}{cfg}")
+        f"with:\n  {prepare_command(data_dir, name, config)}")
   return os.path.join(root, current[-1])
+
+
+def prepare_command(data_dir: str, name: str, config: Optional[str]) -> str:
+  """The ``python -m kpsem_jax.prepare`` command that builds ``name``/``config``."""
+  source = "" if name == "synthetic_motion" else " --source_dir=<the dataset as distributed>"
+  cfg = ""
+  if config and config.startswith("split"):
+    cfg = f" --split={config[5:]}"
+  elif config and config != "default":
+    cfg = f" --config={config}"
+  return f"python -m kpsem_jax.prepare {name}{source} --data_dir={data_dir}{cfg}"
 
 
 def load_source(data_dir: str, name: str, config: Optional[str], split: str
                 ) -> Tuple["VideoSource", List[str]]:
   """``(random-access source of videos, class names)`` of a prepared split."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from google.protobuf import json_format  # pylint: disable=import-outside-toplevel
   root = dataset_dir(data_dir, name, config)
-  builder = tfds.builder_from_directory(root)
+
+  def damaged(path, reason):
+    return DataNotPreparedError(
+        f"the {name} dataset ({config or 'default'}) in {root} is damaged: {path}: {reason}; "
+        f"remove {root} and rebuild it with:\n  {prepare_command(data_dir, name, config)}")
+  try:
+    builder = tfds.builder_from_directory(root)
+  except (json_format.ParseError, ValueError, KeyError, OSError) as e:
+    raise damaged(os.path.join(root, "dataset_info.json"),
+                  f"cannot be read ({' '.join(str(e).split())[:200]})") from None
   if split not in builder.info.splits:
     raise ValueError(f"{name} has no split {split!r}; it has {sorted(builder.info.splits)}")
+  # Each shard holds the records the build wrote (its index read, no record decoded).
+  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+  info = builder.info.splits[split]
+  for path, expected in zip(info.filepaths, info.shard_lengths):
+    try:
+      reader = array_record_module.ArrayRecordReader(str(path))
+      found = reader.num_records()
+      reader.close()
+    except (RuntimeError, ValueError, OSError) as e:
+      raise damaged(str(path), f"cannot be read ({' '.join(str(e).split())[:200]})") from None
+    if found != expected:
+      raise damaged(str(path), f"holds {found} records where the build wrote {expected}")
   return (VideoSource(builder.as_data_source(split), root),
           list(builder.info.features["label"].names))
 

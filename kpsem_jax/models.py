@@ -6,7 +6,8 @@ KPSEM this is the plain backbone baseline. Parameter paths: ``backbone/...`` (fo
 exactly the PyTorch key names), ``kpsem/...``, ``classifier/{kernel,bias}``.
 """
 
-from typing import Any, Mapping, Optional
+import dataclasses
+from typing import Any, Dict, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -74,6 +75,23 @@ class VideoClassifier(nn.Module):
   @nn.compact
   def classify(self, v_out: jax.Array) -> jax.Array:
     return nn.Dense(self.num_classes, name="classifier")(v_out)
+
+
+def complete_spec(spec: Mapping[str, Any]) -> Dict[str, Any]:
+  """``spec`` (``create_model``'s keyword arguments) with every backbone field the
+  backbone's default leaves unsaid written out, so that two specs of the same model
+  compare equal however much of the default they spell."""
+  spec = dict(spec)
+  backbone = BACKBONES.get(spec.get("backbone", "mfnet3d"))
+  if backbone is not None:
+    defaults = {f.name: f.default for f in dataclasses.fields(backbone)
+                if f.name not in ("conv_strategy", "batch_norm_axis", "parent", "name")
+                and f.default is not dataclasses.MISSING}
+    given = {k: tuple(v) if isinstance(v, list) else v
+             for k, v in dict(spec.get("backbone_kwargs") or {}).items()}
+    spec["backbone_kwargs"] = {k: tuple(v) if isinstance(v, list) else v
+                               for k, v in dict(defaults, **given).items()}
+  return spec
 
 
 def create_model(backbone: str = "mfnet3d", num_classes: int = 400,

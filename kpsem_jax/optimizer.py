@@ -22,7 +22,8 @@ def create_optimizer(config, pretrained: Optional[Any] = None,
   """SGD (Nesterov) momentum with weight decay; pretrained leaves at ``pretrained_lr_mult``,
   KPSEM's split MLPs at ``split_mlp_lr_mult`` (default 1) times the lr, or, with
   ``split_mlp_adam_lr`` > 0, by Adam at that lr (following the schedule's shape: the
-  warm-up and decays, not the main lr's size); ``schedule`` defaults to
+  warm-up and decays, not the main lr's size), and at ``pretrained_lr_mult`` of that when
+  they were loaded (``pretrained``, a tree of bools); ``schedule`` defaults to
   :func:`lr_schedule`. ``optimizer.kpsem_clip_grad_norm`` > 0 first scales the gradient of
   the KPSEM branch's parameters (the ``kpsem`` subtree) down to that norm, the rest
   untouched; ``optimizer.clip_grad_norm`` > 0 then scales the whole gradient down to that
@@ -39,22 +40,32 @@ def create_optimizer(config, pretrained: Optional[Any] = None,
   adam_lr = float(o.get("split_mlp_adam_lr", 0.0) or 0.0)
   own = split_mult != 1.0 or adam_lr > 0  # the split MLPs get their own transformation
 
-  def labels(params):
-    tree = jax.tree_util.tree_map_with_path(
-        lambda path, _: "split_mlp" if own and is_split_mlp(path) else "new", params)
-    if pretrained is not None:
-      tree = jax.tree.map(lambda label, p: "pretrained" if p else label, tree, pretrained)
-    return tree
+  # A split MLP keeps its own transformation when loaded too, at pretrained_lr_mult of it.
+  loaded_split = pretrained is not None and own and any(
+      bool(p) and is_split_mlp(path)
+      for path, p in jax.tree_util.tree_flatten_with_path(pretrained)[0])
 
-  if adam_lr > 0:  # scale-free steps, the main schedule's shape, independent of its lr
-    split_tx = optax.adam(lambda s: schedule(s) * (adam_lr / o.lr if o.lr else 0.0))
-  else:
-    split_tx = sgd(split_mult)
+  def labels(params):
+    def label(path, p):
+      if own and is_split_mlp(path):
+        return "split_mlp_pretrained" if p else "split_mlp"
+      return "pretrained" if p else "new"
+    loaded = jax.tree.map(lambda _: False, params) if pretrained is None else pretrained
+    return jax.tree_util.tree_map_with_path(label, loaded)
+
+  def split_tx(mult):
+    if adam_lr > 0:  # scale-free steps, the main schedule's shape, independent of its lr
+      return optax.adam(lambda s: schedule(s) * mult * (adam_lr / o.lr if o.lr else 0.0))
+    return sgd(split_mult * mult)
+
   if pretrained is None and not own:
     tx = sgd(1.0)
   else:
-    tx = optax.multi_transform({"pretrained": sgd(o.pretrained_lr_mult), "new": sgd(1.0),
-                                "split_mlp": split_tx}, labels)
+    transforms = {"pretrained": sgd(o.pretrained_lr_mult), "new": sgd(1.0),
+                  "split_mlp": split_tx(1.0)}
+    if loaded_split:  # only then: the optimizer state of every other run keeps its layout
+      transforms["split_mlp_pretrained"] = split_tx(o.pretrained_lr_mult)
+    tx = optax.multi_transform(transforms, labels)
   clips = []
   branch_clip = float(o.get("kpsem_clip_grad_norm", 0.0) or 0.0)
   if branch_clip > 0:

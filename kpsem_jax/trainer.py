@@ -38,14 +38,17 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from data import usable_cores
+from configs import common
+from data import atomic, usable_cores
+from kpsem_jax import arese, layers
 from kpsem_jax import checkpoint as checkpoint_lib
 from kpsem_jax import evaluation
 from kpsem_jax import input_pipeline as ip
+from kpsem_jax import memory_fit
 from kpsem_jax import metric_log
 from kpsem_jax import preemption
 from kpsem_jax import prepare as prepare_lib
-from kpsem_jax.models import create_model
+from kpsem_jax.models import complete_spec, create_model
 from kpsem_jax.optimizer import create_optimizer, lr_schedule, state_differences
 from kpsem_jax.train_step import (DATA_AXIS, TrainState, cross_entropy, data_mesh,
                                   make_eval_forward, make_train_step)
@@ -86,28 +89,21 @@ def model_spec(config) -> Dict[str, Any]:
   return spec
 
 
-# Config fields that must be at least this (checked before anything runs).
-MINIMUMS = {"batch_size": 1, "eval_batch_size": 1, "grad_accum_steps": 1,
-            "num_train_steps": 0, "log_every": 1, "eval_every": 1, "checkpoint_every": 1,
-            "keep_checkpoints": 1, "num_workers": -1, "clip.frames": 1, "clip.interval": 1,
-            "clip.crop": 1, "clip.eval_resize": 1, "clip.eval_clips": 1,
-            "clip.eval_crops": 1, "optimizer.lr": 0.0, "optimizer.clip_grad_norm": 0.0,
-            "optimizer.kpsem_clip_grad_norm": 0.0, "optimizer.split_mlp_lr_mult": 0.0}
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises :class:`TrainingError` naming the first field below its ``MINIMUMS`` or not a
-  finite number (nan, inf)."""
-  for path, least in MINIMUMS.items():
-    value = config
-    for key in path.split("."):
-      if key not in value:  # a field this config does not have (an older one)
-        break
-      value = value[key]
-    else:
-      if not isinstance(value, (int, float)) or not np.isfinite(value) or value < least:
-        raise TrainingError(f"config.{path}={value}: must be a finite number, at least "
-                            f"{least}")
+  """Raises :class:`TrainingError` naming every field its rule refuses (``configs/common.py``'s
+  ``FIELDS``: a count below its minimum, nan or inf, a value not among its choices) and every
+  model choice the model code does not know, one ``error:`` line each."""
+  found = common.violations(config)
+  m = config.model
+  if m.conv_strategy not in layers.STRATEGIES:
+    found.append(f"config.model.conv_strategy={m.conv_strategy!r}: choose one of "
+                 f"{', '.join(layers.STRATEGIES)}")
+  gradient = dict(m.kpsem).get("match_gradient", "splits")
+  if m.use_kpsem and gradient not in arese.MATCH_GRADIENTS:
+    found.append(f"config.model.kpsem.match_gradient={gradient!r}: choose one of "
+                 f"{', '.join(arese.MATCH_GRADIENTS)}")
+  if found:
+    raise TrainingError("\nerror: ".join(found))
 
 
 class Trainer:
@@ -133,6 +129,7 @@ class Trainer:
                               batch_norm_axis=DATA_AXIS)
     # Compiled once per run (not per evaluation): per-view float32 logits, replicated.
     self.eval_forward = make_eval_forward(self.model, self.dtype, self.mesh)
+    self.eval_batch = int(config.eval_batch_size)
 
   def _check_batch(self, batch_size: int, eval_batch_size: int) -> int:
     devices = jax.device_count()
@@ -254,6 +251,85 @@ class Trainer:
           f"from step {step + 1} on, the batches differ from an uninterrupted run's")
     return step, jax.device_put(state, self.replicated)
 
+  # ---- memory ------------------------------------------------------------------------
+  def _budget(self) -> int:
+    """One device's memory budget (``config.memory_limit_gb``, else what it has), the
+    smallest over processes."""
+    budget = memory_fit.budget_bytes(float(self.config.get("memory_limit_gb", 0.0)))
+    if jax.process_count() > 1:
+      budget = int(multihost_utils.process_allgather(np.int64(budget)).min())
+    return budget
+
+  def _fit(self, what: str, field: str, compile_at, sizes, current: int, advice) -> Tuple[int, Any]:
+    """``(size, compiled)``: ``current`` if it fits, else (``config.memory_fit="split"``) the
+    largest of ``sizes`` that does; ``"stop"``, or nothing fitting, is a
+    :class:`TrainingError` naming the sizes."""
+    budget = self._budget()
+    try:
+      size, compiled, need = memory_fit.largest_fitting(compile_at, sizes, budget)
+    except memory_fit.DoesNotFit as e:
+      raise TrainingError(
+          f"the {what} does not fit in memory: {e} (config.{field}; "
+          "config.memory_limit_gb sets the budget); lower config.clip.crop or "
+          "config.clip.frames, or use a smaller model (configs/video_folder.py:small)"
+      ) from None
+    if size != current:
+      if self.config.get("memory_fit", "split") == "stop":
+        raise TrainingError(
+            f"the {what} does not fit in memory with {current} clips (config.{field}); the "
+            f"largest that fits the {memory_fit.describe(budget)} budget is {size}: "
+            f"{advice(size)}, or --config.memory_fit=split to let the run do it")
+      if jax.process_index() == 0:
+        print(f"the {what} needs more than the {memory_fit.describe(budget)} a device has "
+              f"with {current} clips; using {size} ({memory_fit.describe(need)}): "
+              f"{advice(size)}")
+    return size, compiled
+
+  def fitted_train_step(self, step_fn, state):
+    """``step_fn`` compiled for micro-batches that fit (``config.memory_fit``: "split"
+    raises ``grad_accum_steps`` until the step fits, keeping the global batch and the lr
+    schedule; BatchNorm statistics are then the smaller micro-batch's; "stop" names what
+    fits; "off": compiled on the first step). Updates ``grad_accum_steps`` in the config."""
+    if self.config.get("memory_fit", "split") == "off":
+      return step_fn
+    batch, devices = self.config.batch_size, jax.device_count()
+    sizes = [m for m in range(devices, self.micro + 1, devices) if batch % m == 0]
+    micro, compiled = self._fit(
+        "train step", "grad_accum_steps",
+        lambda micro: self.compile_train_step(step_fn, state, micro), sizes, self.micro,
+        lambda m: f"--config.grad_accum_steps={batch // m} (micro-batches of {m})")
+    self.micro, self.accum = micro, batch // micro
+    self.config.grad_accum_steps = self.accum
+    return compiled
+
+  def compile_train_step(self, step_fn, state, micro: int):
+    """``step_fn`` compiled for the global batch in micro-batches of ``micro`` clips."""
+    c, accum = self.config.clip, self.config.batch_size // micro
+    clips = jax.ShapeDtypeStruct((accum, micro, c.frames, c.crop, c.crop, 3), jnp.uint8,
+                                 sharding=self.data_sharding)
+    labels = jax.ShapeDtypeStruct((accum, micro), jnp.int32, sharding=self.data_sharding)
+    return step_fn.lower(state, clips, labels).compile()
+
+  def fit_eval_forward(self, variables) -> None:
+    """Compiles the eval forward for the largest eval batch that fits (``config.memory_fit``
+    as for :meth:`fitted_train_step`; the results do not depend on it)."""
+    if self.config.get("memory_fit", "split") == "off":
+      return
+    c, devices = self.config.clip, jax.device_count()
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                         sharding=self.replicated), variables)
+
+    def compile_at(size):
+      clips = jax.ShapeDtypeStruct((size, c.frames, c.crop, c.crop, 3), jnp.uint8,
+                                   sharding=self.eval_sharding)
+      return self.eval_forward.lower(shapes, clips).compile()
+
+    sizes = list(range(devices, self.eval_batch + 1, devices))
+    self.eval_batch, compiled = self._fit(
+        "evaluation forward", "eval_batch_size", compile_at, sizes, self.eval_batch,
+        lambda b: f"--config.eval_batch_size={b}")
+    self.eval_forward = compiled
+
   # ---- data --------------------------------------------------------------------------
   def train_iterator(self, start_step: int = 0) -> ip.TrainIterator:
     """The training batches from the one step ``start_step + 1`` consumes."""
@@ -291,7 +367,7 @@ class Trainer:
                ) -> Optional[Dict[str, Any]]:
     """Every view of every eval video -> video-level metrics (gathered over processes);
     None when ``stop`` (asked after each batch) reports a signal."""
-    per_process = self.config.eval_batch_size // jax.process_count()
+    per_process = self.eval_batch // jax.process_count()
     spec = ip.clip_spec(self.config.clip)
     outputs = {"logits": [], "video_index": [], "label": [], "mask": []}
     batches = ip.eval_batches(self.eval_source, per_process, spec,
@@ -304,7 +380,7 @@ class Trainer:
         return None
       x = jax.make_array_from_process_local_data(
           self.eval_sharding, batch["clips"],
-          (self.config.eval_batch_size,) + batch["clips"].shape[1:])
+          (self.eval_batch,) + batch["clips"].shape[1:])
       outputs["logits"].append(np.asarray(self.eval_forward(variables, x)))
       for key in ("video_index", "label", "mask"):
         local = batch[key]
@@ -389,6 +465,10 @@ def _train_and_evaluate(trainer, config, workdir):
   with preemption.StopRequests() as stop:
     state, tx, _ = trainer.initial_state()
     step_fn = make_train_step(trainer.model, tx, trainer.schedule, trainer.dtype, trainer.mesh)
+    if jax.process_index() == 0 and config.get("memory_fit", "split") != "off":
+      print("compiling the train step and checking that it fits in memory...")
+    step_fn = trainer.fitted_train_step(step_fn, state)
+    trainer.fit_eval_forward({"params": state.params, "batch_stats": state.batch_stats})
     checkpoints = checkpoint_lib.TrainingCheckpoints(trainer.workdir, config.keep_checkpoints)
     try:
       start, state = trainer.resume(checkpoints, state)
@@ -475,7 +555,8 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop, evaluated=
       trainer.record_inputs(step, batch)
       clips, labels = trainer.global_batch(batch)
       if step == start + 1:
-        log("compiling the train step (the first step takes the compilation's time)...")
+        if config.get("memory_fit", "split") == "off":
+          log("compiling the train step (the first step takes the compilation's time)...")
         state, metrics = step_fn(state, clips, labels)
         jax.block_until_ready(metrics["loss"])
         bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True,
@@ -553,8 +634,20 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> Dict[st
                                                         log=log)
   except (FileNotFoundError, checkpoint_lib.CheckpointError) as e:
     raise TrainingError(f"{workdir} holds no checkpoint to evaluate: {e}") from None
+  saved = metadata.get("model")
+  differences = checkpoint_lib.json_differences(
+      json.loads(json.dumps(complete_spec(saved))) if isinstance(saved, dict) else saved,
+      complete_spec(trainer.spec))
+  if differences:
+    raise TrainingError(
+        f"{workdir} holds a checkpoint of another model ({'; '.join(differences)}): evaluate "
+        f"it with the config it was trained with ({os.path.join(workdir, 'config.json')})")
   step, path = metadata.get("step", 0), trainer.workdir
-  metrics = trainer.evaluate(jax.device_put(variables, trainer.replicated))
+  if jax.process_index() == 0:  # the results are written there: fail now, not after
+    atomic.check_writable(trainer.workdir)
+  variables = jax.device_put(variables, trainer.replicated)
+  trainer.fit_eval_forward(variables)
+  metrics = trainer.evaluate(variables)
   with workdir_owned(trainer.workdir):  # one writer of the workdir's files
     base = trainer.write_eval(metrics, step, config.dataset.eval_split)
   if jax.process_index() == 0:

@@ -47,11 +47,15 @@ class WorkdirLock:
     previous = self._holder(fd)
     if previous:
       self.log(f"taking over the lock of a run that is gone ({previous})")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(dict(
-        pid=os.getpid(), host=socket.gethostname(),
-        started=datetime.datetime.now().isoformat(timespec="seconds"))).encode(), 0)
-    os.fsync(fd)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, json.dumps(dict(
+          pid=os.getpid(), host=socket.gethostname(),
+          started=datetime.datetime.now().isoformat(timespec="seconds"))).encode(), 0)
+      os.fsync(fd)
+    except OSError as e:  # a full disk: the error names the lock file
+      os.close(fd)
+      raise OSError(e.errno, e.strerror, self.path) from None
     self._fd = fd
 
   def release(self) -> None:

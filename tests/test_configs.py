@@ -1,5 +1,7 @@
 """``configs/common.parse_arg``: the one parser of every config's ``get_config(arg)``."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -89,3 +91,91 @@ def test_paired_mfnet_runs_share_the_backbones_initial_values():
   assert "kpsem" in kpsem and "kpsem" not in plain
   for a, b in zip(jax.tree.leaves(plain["backbone"]), jax.tree.leaves(kpsem["backbone"])):
     np.testing.assert_array_equal(a, b)
+
+
+def test_widths_are_set_from_the_command_line_and_old_checkpoints_still_match(tmp_path):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import checkpoint, models  # pylint: disable=import-outside-toplevel
+  values = flags.FlagValues()
+  argv = ["train.py", "--config=configs/video_folder.py:small",
+          "--config.model.backbone_kwargs.conv1_channels=8",
+          "--config.model.backbone_kwargs.stage_channels=(8, 16, 16, 32)"]
+  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+  values(argv)
+  c = values.config
+  assert (c.clip.crop, c.clip.frames, c.batch_size) == (112, 8, 8)
+  assert c.model.backbone_kwargs.conv1_channels == 8
+  assert tuple(c.model.backbone_kwargs.stage_channels) == (8, 16, 16, 32)
+  c.dataset.num_classes = 3
+  model = trainer.create_model(**trainer.model_spec(c))
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          jax.ShapeDtypeStruct((1, 8, 112, 112, 3), "float32"))["params"]
+  assert shapes["backbone"]["conv1"]["conv"]["kernel"].shape[-1] == 8
+  assert shapes["backbone"]["conv5"]["B01"]["conv_m2"]["conv"]["kernel"].shape[-1] == 32
+  # The paper-size default spells MFNet's widths; a checkpoint whose metadata left them to
+  # the default (every one written before they were fields) is the same model.
+  spec = trainer.model_spec(trainer.load_config("hmdb51"))
+  old = dict(spec, backbone_kwargs={})
+  assert spec != old and models.complete_spec(old) == models.complete_spec(spec)
+  saved = json.loads(json.dumps(models.complete_spec(old)))  # as resume reads metadata
+  assert checkpoint.json_differences(saved, models.complete_spec(spec)) == []
+  wider = dict(spec, backbone_kwargs=dict(spec["backbone_kwargs"], groups=8))
+  assert checkpoint.json_differences(saved, models.complete_spec(wider)) == [
+      "model.backbone_kwargs.groups: checkpoint 16, config 8"]
+
+
+def test_every_field_of_every_config_has_a_declared_meaning():
+  import glob  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+      os.path.join(os.path.dirname(common.__file__), "*.py")) if not p.endswith("__init__.py")
+                 and not p.endswith("common.py"))
+  assert {"synthetic", "video_folder", "hmdb51", "synthetic_c2d"} <= set(names)
+  for name in names:
+    text = common.field_help(trainer.load_config(name))
+    for line in text.splitlines():
+      path = line.split("=")[0].strip()[len("--config."):]
+      assert any(path == f or path.startswith(f + ".") for f in common.FIELDS), (name, path)
+
+
+def test_the_config_check_names_every_bad_field_in_one_line_each():
+  c = trainer.load_config("synthetic", "tiny")
+  trainer.check_config(c)  # the shipped values pass
+  c.optimizer.lr = float("nan")
+  c.optimizer.clip_grad_norm = float("inf")
+  c.seed = -1
+  c.num_train_steps = 0
+  c.batch_size = 0
+  c.model.conv_strategy = "bogus"
+  c.memory_fit = "sometimes"
+  c.model.kpsem.match_gradient = "both"
+  with pytest.raises(trainer.TrainingError) as error:
+    trainer.check_config(c)
+  lines = ("error: " + str(error.value)).splitlines()
+  assert all(line.startswith("error: config.") for line in lines)
+  assert sorted(line.split("=")[0] for line in lines) == sorted(
+      f"error: config.{f}" for f in ("optimizer.lr", "optimizer.clip_grad_norm", "seed",
+                                     "num_train_steps", "batch_size", "model.conv_strategy",
+                                     "memory_fit", "model.kpsem.match_gradient"))
+  assert "error: config.optimizer.lr=nan: must be a finite number, at least 0.0" in lines
+  assert "error: config.seed=-1: must be an integer, at least 0" in lines
+  assert any(l.startswith("error: config.model.conv_strategy='bogus': choose one of auto")
+             for l in lines)
+
+
+def test_config_help_lists_every_field_with_its_meaning_and_rule():
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run([sys.executable, "train.py", "--config=configs/video_folder.py:small",
+                        "--config.clip.frames=4", "--config_help"], cwd=repo,
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert run.returncode == 0, run.stderr[-2000:]
+  lines = run.stdout.splitlines()
+  assert lines[0].startswith("the fields of configs/video_folder.py:small")
+  frames = next(l for l in lines if l.strip().startswith("--config.clip.frames="))
+  assert frames.split()[0] == "--config.clip.frames=4" and "frames a clip [>= 1]" in frames
+  assert sum(l.strip().startswith("--config.") for l in lines) == len(lines) - 1 > 50

@@ -53,21 +53,6 @@ def test_config_mistakes_are_one_line_and_create_no_workdir(tmp_path):
                                        "convert string to float",
       ("--config.dataset.name=nosuch",): "error: config.dataset.name='nosuch' is not a "
                                          "dataset this project builds; choose one of hmdb51,",
-      ("--config.batch_size=0",): "error: config.batch_size=0: must be a finite number, at "
-                                  "least 1",
-      ("--config.batch_size=-8",): "error: config.batch_size=-8: must be a finite number, at "
-                                   "least 1",
-      ("--config.eval_batch_size=0",): "error: config.eval_batch_size=0: must be a finite "
-                                       "number, at least 1",
-      ("--config.clip.eval_clips=0",): "error: config.clip.eval_clips=0: must be a finite "
-                                       "number, at least 1",
-      ("--config.optimizer.lr=nan",): "error: config.optimizer.lr=nan: must be a finite "
-                                      "number, at least 0.0",
-      ("--config.optimizer.lr=inf",): "error: config.optimizer.lr=inf: must be a finite "
-                                      "number, at least 0.0",
-      ("--config.optimizer.kpsem_clip_grad_norm=-1",): (
-          "error: config.optimizer.kpsem_clip_grad_norm=-1.0: must be a finite number, at "
-          "least 0.0"),
       ("--config=configs/synthetic_c2d.py:c2d_kpsem,h=2",): (
           "error: flag --config=configs/synthetic_c2d.py:c2d_kpsem,h=2: Error whilst parsing config "
           "file: ValueError: configs/synthetic_c2d.py: unknown option(s) ['h']"),
@@ -76,6 +61,25 @@ def test_config_mistakes_are_one_line_and_create_no_workdir(tmp_path):
     line = one_error_line(run_train(*args, f"--workdir={workdir}"))
     assert line.startswith(message), line
     assert not workdir.exists(), args
+  # Bad values: every one named, one line each, in one run (the check sees the whole config).
+  values = {"batch_size=0": "config.batch_size=0: must be an integer, at least 1",
+            "eval_batch_size=0": "config.eval_batch_size=0: must be an integer, at least 1",
+            "clip.eval_clips=0": "config.clip.eval_clips=0: must be an integer, at least 1",
+            "optimizer.lr=nan": "config.optimizer.lr=nan: must be a finite number, at least 0.0",
+            "optimizer.clip_grad_norm=inf": "config.optimizer.clip_grad_norm=inf: must be a "
+                                            "finite number, at least 0.0",
+            "optimizer.kpsem_clip_grad_norm=-1": "config.optimizer.kpsem_clip_grad_norm=-1.0: "
+                                                 "must be a finite number, at least 0.0",
+            "seed=-1": "config.seed=-1: must be an integer, at least 0",
+            "num_train_steps=0": "config.num_train_steps=0: must be an integer, at least 1",
+            "model.conv_strategy=bogus": "config.model.conv_strategy='bogus': choose one of"}
+  result = run_train(*(f"--config.{v}" for v in values), f"--workdir={workdir}")
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == len(values), result.stderr
+  for message in values.values():
+    assert sum(l.startswith(f"error: {message}") for l in lines) == 1, (message, lines)
+  assert not workdir.exists()
 
 
 def test_a_missing_init_from_is_one_line_naming_the_convert_command(tmp_path, tiny_data):
@@ -529,3 +533,50 @@ def test_a_checkpoint_of_other_optimizer_settings_is_refused_not_thrown_away(tmp
   capsys.readouterr()
   trainer.train_and_evaluate(resumed, workdir)
   assert "resuming from step 3" in capsys.readouterr().out
+
+
+def test_a_full_disk_at_the_start_of_a_run_is_one_line(tmp_path, tiny_data, monkeypatch,
+                                                       capsys):
+  import errno  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import cli  # pylint: disable=import-outside-toplevel
+  config = tiny_models.train_config(tiny_data, steps=2)
+  workdir = str(tmp_path / "w")
+
+  def full(fd, data, offset):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(os, "pwrite", full)  # the lock file's first write
+  with pytest.raises(SystemExit) as stop:
+    with cli.one_line_errors(trainer.TrainingError, doing=f"training in {workdir}"):
+      trainer.train_and_evaluate(config, workdir)
+  assert stop.value.code == 1
+  err = capsys.readouterr().err.strip()
+  assert err == (f"error: training in {workdir}: {os.path.join(os.path.abspath(workdir), 'lock')}: "
+                 "No space left on device; free space there, then rerun the same command")
+  # an OSError the layer does not know stays an exception (a bug to see, not to hide)
+  with pytest.raises(OSError):
+    with cli.one_line_errors(doing="x"):
+      raise OSError(errno.EBADF, "Bad file descriptor")
+
+
+def test_a_damaged_dataset_index_names_the_file_and_the_command_that_rebuilds_it(
+    tmp_path, tiny_data):
+  from kpsem_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  data_dir = str(tmp_path / "tfds")
+  shutil.copytree(tiny_data, data_dir)
+  root = input_pipeline.dataset_dir(data_dir, "synthetic_motion", "tiny")
+  shard = glob.glob(os.path.join(root, "*-train.array_record*"))[0]
+  open(shard, "wb").close()  # zero bytes
+  with pytest.raises(input_pipeline.DataNotPreparedError) as error:
+    input_pipeline.load_source(data_dir, "synthetic_motion", "tiny", "train")
+  message = str(error.value)
+  expected = f"the synthetic_motion dataset (tiny) in {root} is damaged: {shard}: "
+  assert message.startswith(expected), message
+  assert message[len(expected):].startswith(("cannot be read (", "holds 0 records where the "
+                                             "build wrote 32")), message
+  assert message.endswith(f"remove {root} and rebuild it with:\n  python -m kpsem_jax.prepare "
+                          f"synthetic_motion --data_dir={data_dir} --config=tiny")
+  with open(os.path.join(root, "dataset_info.json"), "w") as f:
+    f.write("{ not json")
+  with pytest.raises(input_pipeline.DataNotPreparedError,
+                     match=r"is damaged: .*dataset_info.json: cannot be read \("):
+    input_pipeline.load_source(data_dir, "synthetic_motion", "tiny", "test")

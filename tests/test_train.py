@@ -592,3 +592,121 @@ def test_the_kpsem_branch_clip_and_the_split_mlp_lr_touch_only_their_parameters(
     updates, _ = tx.update(scaled, tx.init(params), params)
     np.testing.assert_allclose(updates["kpsem"]["mlp_w2"], [-0.003, 0.0], rtol=1e-4)
     np.testing.assert_allclose(updates["kpsem"]["embed_w"], [0.0, -2.0 * scale], rtol=1e-6)
+  # Loaded from a checkpoint (init_from): a split MLP keeps Adam, at pretrained_lr_mult of it,
+  # and the other loaded leaves their SGD at pretrained_lr_mult.
+  config.optimizer.pretrained_lr_mult = 0.2
+  loaded = {"backbone": {"w": True}, "kpsem": {"mlp_w2": True, "embed_w": False}}
+  tx = trainer.create_optimizer(config, loaded)
+  for scale in (1.0, 1000.0):
+    scaled = jax.tree.map(lambda g, s=scale: g * s, grads)
+    updates, _ = tx.update(scaled, tx.init(params), params)
+    np.testing.assert_allclose(updates["kpsem"]["mlp_w2"], [-0.0006, 0.0], rtol=1e-4)
+    np.testing.assert_allclose(updates["backbone"]["w"], [-3.0 * scale, -4.0 * scale], rtol=1e-5)
+    np.testing.assert_allclose(updates["kpsem"]["embed_w"], [0.0, -2.0 * scale], rtol=1e-6)
+
+
+class _Compiled:
+  """A compiled step's stand-in: its memory analysis reports ``need`` bytes."""
+
+  def __init__(self, need):
+    self.need = need
+
+  def memory_analysis(self):
+    return type("Stats", (), dict(argument_size_in_bytes=self.need, output_size_in_bytes=0,
+                                  alias_size_in_bytes=0, temp_size_in_bytes=0))()
+
+
+def test_largest_fitting_picks_the_largest_size_under_the_budget_from_few_compiles():
+  from kpsem_jax import memory_fit
+  compiled = []
+
+  def compile_at(size, fixed=100, per_item=10, bump=0):
+    compiled.append(size)
+    return _Compiled(fixed + per_item * size + (bump if size == 12 else 0))
+
+  sizes = [1, 2, 4, 8, 12, 16, 32]
+  assert memory_fit.largest_fitting(compile_at, sizes, 10 ** 6)[0] == 32 and compiled == [32]
+  compiled.clear()  # a straight line: the pick is right the first time (32, 1, then 12)
+  size, step, need = memory_fit.largest_fitting(compile_at, sizes, 230)
+  assert (size, need, compiled) == (12, 220, [32, 1, 12]) and step.need == 220
+  compiled.clear()  # the line was optimistic at 12: the next smaller size is compiled
+  size, _, _ = memory_fit.largest_fitting(lambda s: compile_at(s, bump=50), sizes, 230)
+  assert (size, compiled) == (8, [32, 1, 12, 8])
+  with pytest.raises(memory_fit.DoesNotFit, match="even 1 needs"):
+    memory_fit.largest_fitting(compile_at, sizes, 105)
+  assert memory_fit.budget_bytes(0.5) == 2 ** 29 and memory_fit.budget_bytes(0) > 0
+
+
+def test_a_step_over_the_memory_budget_is_split_into_micro_batches(tmp_path):
+  from kpsem_jax import memory_fit
+  from kpsem_jax.train_step import make_train_step
+  config = tiny_config(tmp_path / "tfds", steps=2)
+  config.dataset.auto_prepare = True
+  t = trainer.Trainer(config, str(tmp_path / "probe"))
+  state, tx, _ = t.initial_state()
+  step_fn = make_train_step(t.model, tx, t.schedule, t.dtype, t.mesh)
+  need = {m: memory_fit.need_bytes(t.compile_train_step(step_fn, state, m)) for m in (8, 4)}
+  assert need[8] > need[4] > 0  # XLA's analysis grows with the micro-batch
+  # A budget between the needs of micro-batches of 4 and 8: the run trains in 2 of 4.
+  config.memory_limit_gb = (need[4] + need[8]) / 2 / memory_fit.GIB
+  workdir = str(tmp_path / "split")
+  final = trainer.train_and_evaluate(config, workdir)
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert (saved["grad_accum_steps"], saved["batch_size"]) == (2, 8)
+  assert np.isfinite([loss for _, loss in read_metrics(workdir)]).all()
+  assert 0 <= final["video_top1"] <= 1
+
+
+def test_a_step_over_the_memory_budget_is_named_in_one_line_when_asked_or_nothing_fits(
+    tmp_path, monkeypatch, straight_run):
+  from kpsem_jax import memory_fit
+  config = straight_run[0].copy_and_resolve_references()
+  # Needs of 100 bytes + 10 a clip (the decision, without compiling).
+  monkeypatch.setattr(trainer.Trainer, "compile_train_step",
+                      lambda self, step_fn, state, micro: _Compiled(100 + 10 * micro))
+  config.update(dict(memory_fit="stop", memory_limit_gb=165 / memory_fit.GIB))
+  with pytest.raises(trainer.TrainingError, match=r"largest that fits .* is 4: "
+                     r"--config.grad_accum_steps=2 \(micro-batches of 4\)") as error:
+    trainer.train_and_evaluate(config, str(tmp_path / "stop"))
+  assert "\n" not in str(error.value)
+  assert not os.path.exists(os.path.join(tmp_path, "stop", "checkpoints"))
+  config.update(dict(memory_fit="split", memory_limit_gb=105 / memory_fit.GIB))
+  with pytest.raises(trainer.TrainingError, match="does not fit in memory: even 1 needs"):
+    trainer.train_and_evaluate(config, str(tmp_path / "none"))
+  config.memory_fit = "sometimes"
+  with pytest.raises(trainer.TrainingError, match="config.memory_fit='sometimes': choose one"):
+    trainer.check_config(config)
+
+
+def test_evaluating_a_workdir_that_cannot_be_written_fails_before_evaluating(
+    straight_run, monkeypatch, capsys):
+  import errno  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import cli  # pylint: disable=import-outside-toplevel
+  config, workdir, _, _ = straight_run
+
+  def read_only(*args, **kwargs):
+    raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir", ""))
+  monkeypatch.setattr(tempfile, "mkstemp", read_only)
+  evaluated = []
+  monkeypatch.setattr(trainer.Trainer, "evaluate", lambda *a, **k: evaluated.append(1))
+  with pytest.raises(SystemExit) as stop:
+    with cli.one_line_errors(trainer.TrainingError, doing=f"evaluating in {workdir}"):
+      trainer.evaluate_workdir(config.copy_and_resolve_references(), workdir)
+  assert stop.value.code == 1 and not evaluated
+  assert capsys.readouterr().err.strip() == (
+      f"error: evaluating in {workdir}: {os.path.abspath(workdir)}: Read-only file system; "
+      "the file system is read-only: choose a writable place")
+
+
+def test_evaluating_with_the_config_of_another_model_names_the_differences(straight_run):
+  config, workdir, _, _ = straight_run
+  other = config.copy_and_resolve_references()
+  other.model.kpsem_at = "conv2"
+  other.model.kpsem.num_regions = 2
+  with pytest.raises(trainer.TrainingError) as error:
+    trainer.evaluate_workdir(other, workdir)
+  assert str(error.value) == (
+      f"{workdir} holds a checkpoint of another model (model.kpsem.num_regions: checkpoint 4, "
+      "config 2; model.kpsem_at: checkpoint conv3, config conv2): evaluate it with the config "
+      f"it was trained with ({os.path.join(workdir, 'config.json')})")
