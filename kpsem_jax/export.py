@@ -12,12 +12,15 @@ Load and run it with JAX alone::
 The artifact is lowered for CPU and CUDA. It is pure XLA: the model is built with
 ``conv_strategy="xla"`` (AReSE's argmax in ``jnp``), because the CPU kernels of
 :mod:`kpsem_jax.cpu_kernels` are custom calls that exist only where this project built them.
-The weights are constants inside the artifact. The file is written to a temporary name and
-renamed, so an interrupted export leaves nothing half-written.
+The weights are constants inside the artifact. Beside it, ``FILE.json`` names the classes
+(``class_names``, in the logits' order) and the input it takes. Both files are written to
+temporary names and renamed, so an interrupted export leaves nothing half-written; an
+existing ``FILE`` is replaced only with ``--overwrite``.
 """
 
+import json
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +48,16 @@ def export_predictor(checkpoint_dir: str, batch: int = 1,
   return jax.export.export(jax.jit(logits), platforms=tuple(platforms))(clips)
 
 
-def write(exported: jax.export.Exported, output: str) -> None:
-  """Writes the serialized artifact to ``output`` whole (permissions follow the umask)."""
+def write(exported: jax.export.Exported, output: str,
+          class_names: Optional[Sequence[str]] = None) -> None:
+  """Writes the serialized artifact to ``output`` whole (permissions follow the umask) and,
+  given ``class_names``, ``output + ".json"``: the class names and the input's shape."""
+  if class_names is not None:
+    shape = exported.in_avals[0]
+    atomic.write_text(output + ".json", json.dumps(
+        {"class_names": list(class_names), "input": {"shape": list(shape.shape),
+                                                      "dtype": str(shape.dtype)},
+         "output": "logits, one per class in class_names' order"}, indent=1) + "\n")
   atomic.write_bytes(output, exported.serialize())
 
 
@@ -64,15 +75,20 @@ def main(argv):
     cli.fail(f"--output={FLAGS.output}: not a file path in an existing folder")
   if FLAGS.batch < 1:
     cli.fail(f"--batch={FLAGS.batch}: must be at least 1")
-  with cli.one_line_errors(FileNotFoundError, checkpoint.CheckpointError):
+  if os.path.exists(output) and not FLAGS.overwrite:
+    cli.fail(f"--output={FLAGS.output} exists: pass --overwrite to replace it")
+  with cli.one_line_errors(FileNotFoundError, checkpoint.CheckpointError,
+                           doing=f"exporting {FLAGS.checkpoint}"):
     exported = export_predictor(FLAGS.checkpoint, FLAGS.batch)
+    names = checkpoint.load_variables(FLAGS.checkpoint, prefer_best=True)[1].get("class_names")
   try:
-    write(exported, output)
+    write(exported, output, names)
   except OSError as e:
     cli.fail(f"writing {output}: {e.strerror or e}")
   shape = exported.in_avals[0]
   print(f"{output}: uint8 clips {tuple(shape.shape)} -> logits "
-        f"{tuple(exported.out_avals[0].shape)}, for {', '.join(exported.platforms)}")
+        f"{tuple(exported.out_avals[0].shape)}, for {', '.join(exported.platforms)}"
+        + (f"; class names in {output}.json" if names else ""))
   return 0
 
 
@@ -82,6 +98,7 @@ def define_flags():
   flags.DEFINE_string("checkpoint", None, "a training workdir or a converted checkpoint folder")
   flags.DEFINE_string("output", None, "the file to write (the serialized jax.export artifact)")
   flags.DEFINE_integer("batch", 1, "clips per call (the artifact's fixed batch size)")
+  flags.DEFINE_bool("overwrite", False, "replace an existing --output")
   flags.mark_flags_as_required(["checkpoint", "output"])
 
 

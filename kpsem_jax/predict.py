@@ -16,6 +16,7 @@ sits in memory; a stride longer than a window says how much it leaves unseen.
 
 import json
 import os
+import stat
 import sys
 import time
 from typing import Dict, Iterable, List, Optional
@@ -52,6 +53,13 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
   (decoding ends well short of the frames its container promises) is an error unless
   ``allow_truncated``: then what decodes is classified."""
   from kpsem_jax import inference  # pylint: disable=import-outside-toplevel
+  videos = expand(paths)
+  # Inputs are checked before anything is compiled: a name that is not a readable regular
+  # file (missing, a folder of no videos, a FIFO or device) is its result at once.
+  unusable = {path: why for path, why in ((p, not_a_video_file(p)) for p in videos) if why}
+  if len(unusable) == len(videos):
+    log(f"none of the {len(videos)} inputs is a readable file; nothing was classified")
+    return [{"video": path, "error": unusable[path]} for path in videos]
   predictor = inference.load_predictor(checkpoint)
   changes = {k: v for k, v in (("num_clips", num_clips), ("num_crops", num_crops)) if v}
   spec = predictor.with_spec(**changes)
@@ -63,7 +71,10 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
       f"({spec.num_clips} clips x {spec.num_crops} crops of {spec.frames}x{spec.crop}x"
       f"{spec.crop}), batches of {batch}; compiled in {time.perf_counter() - t:.1f} s")
   results, model_time, views_done, decode_time = [], 0.0, 0, 0.0
-  for path in expand(paths):
+  for path in videos:
+    if path in unusable:
+      results.append({"video": path, "error": unusable[path]})
+      continue
     t = time.perf_counter()
     try:
       views = predictor.views(path, spec, allow_truncated)
@@ -72,7 +83,7 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
                       "that decode"})
       continue
     except (video.VideoError, OSError) as e:
-      results.append({"video": path, "error": str(e)})
+      results.append({"video": path, "error": _without_path(str(e), path)})
       continue
     t1 = time.perf_counter()
     probs = predictor.probabilities(views, batch)
@@ -92,12 +103,31 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
               f"long and start {timeline_stride:g} s apart: {max(gaps):.2f} s after each "
               "window is never looked at (--timeline_stride=0: one window apart)")
       except (video.VideoError, OSError) as e:
-        results[-1] = {"video": path, "error": str(e)}
+        results[-1] = {"video": path, "error": _without_path(str(e), path)}
   ok = sum("top" in r for r in results)
   rate = f"{views_done / model_time:.2f} clips/s" if model_time else "no clips"
   log(f"{ok} of {len(results)} videos classified: {views_done} clips through the model in "
       f"{model_time:.1f} s ({rate}); decoding and cropping took {decode_time:.1f} s")
   return results
+
+
+def not_a_video_file(path: str) -> Optional[str]:
+  """Why ``path`` cannot be read as a video file (missing, not a regular file, unreadable),
+  or None."""
+  try:
+    mode = os.stat(path).st_mode
+  except OSError as e:
+    return f"cannot be read ({e.strerror})"
+  if not stat.S_ISREG(mode):
+    return "not a regular file (a folder, FIFO or device): skipped"
+  if not os.access(path, os.R_OK):
+    return "cannot be read (permission denied)"
+  return None
+
+
+def _without_path(message: str, path: str) -> str:
+  """``message`` without a leading ``path: `` (the result already names the file)."""
+  return message[len(path) + 2:] if message.startswith(f"{path}: ") else message
 
 
 def format_text(results: List[Dict]) -> str:
@@ -151,7 +181,8 @@ def main(argv):
              "seconds, 0 or more (0: one window)")
   log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
   try:
-    with cli.one_line_errors(checkpoint.CheckpointError):  # no intact step left
+    with cli.one_line_errors(checkpoint.CheckpointError,  # no intact step left
+                             doing=f"predicting with {FLAGS.checkpoint}"):
       results = run(FLAGS.checkpoint, argv[1:], FLAGS.top_k, FLAGS.batch_size,
                     FLAGS.num_clips, FLAGS.num_crops, log=log,
                     timeline_stride=FLAGS.timeline_stride if FLAGS.timeline else None,
@@ -160,8 +191,9 @@ def main(argv):
     cli.fail(str(e), 2)
   print(json.dumps(results, indent=1) if FLAGS.json else format_text(results))
   failed = [r for r in results if "error" in r]
-  for r in failed:
-    log(f"failed: {r['error']}")
+  if failed:
+    log(f"failed: {len(failed)} of {len(results)} videos ("
+        f"{'their errors are in the JSON' if FLAGS.json else 'FAILED lines above'})")
   return 1 if failed or not results else 0
 
 

@@ -16,7 +16,9 @@ its reason in ``skipped.tsv`` beside the shards. An interrupted build leaves onl
 ``incomplete.*`` folder; rerunning the command builds again and finishes.
 """
 
+import contextlib
 import errno
+import io
 import logging
 import os
 import shlex
@@ -81,14 +83,19 @@ def _pipeline_options(beam_options: str):
   return PipelineOptions(arguments)
 
 
-def _build(builder, dataset: str, name: str, log, beam_options=None) -> None:
+def _build(builder, dataset: str, name: str, log, beam_options=None,
+           verbose: bool = False) -> None:
   """Runs TFDS's build (through Beam with ``beam_options``); errors become one
-  :class:`PrepareError` or ``ValueError``."""
+  :class:`PrepareError` or ``ValueError``. Unless ``verbose``, TFDS's own lines ("Downloading
+  and preparing dataset Unknown size", though nothing is downloaded) and progress bars
+  (named after the build's temporary files) are not shown: one bar a split is."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   started = time.time()
   config = tfds.download.DownloadConfig(beam_options=beam_options)
+  quiet = contextlib.nullcontext() if verbose else _tfds_quiet()
   try:
-    builder.download_and_prepare(download_config=config)
+    with quiet:
+      builder.download_and_prepare(download_config=config)
   except (AssertionError, ValueError) as e:  # TFDS: a split whose every video was skipped
     text = str(e)
     if "No examples were yielded" in text:  # the plain build's words
@@ -120,6 +127,18 @@ def _build(builder, dataset: str, name: str, log, beam_options=None) -> None:
   _remove_interrupted_builds(builder.data_dir, started, log)
 
 
+@contextlib.contextmanager
+def _tfds_quiet():
+  """TFDS's progress bars off and its printed lines (stdout) dropped, while inside."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  tfds.disable_progress_bar()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds.enable_progress_bar()
+
+
 def config_name(dataset: str, split, config):
   if config:
     return config
@@ -130,11 +149,12 @@ def config_name(dataset: str, split, config):
 
 def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=None,
             short_side=256, splits_dir=None, min_frames=None, log=print, workers=1,
-            test_fraction=None, beam_options=None):
+            test_fraction=None, beam_options=None, verbose=False):
   """Builds (or reuses) the dataset, decoding and encoding videos in ``workers`` processes,
   or through an Apache Beam pipeline with ``beam_options`` (Beam's command-line options as
   one string, e.g. ``"--runner=DirectRunner --direct_num_workers=4"``); returns
-  ``(builder, skipped entries)``. ``test_fraction``: video_folder's held-out share."""
+  ``(builder, skipped entries)``. ``test_fraction``: video_folder's held-out share;
+  ``verbose``: TFDS's own output too."""
   pipeline_options = _pipeline_options(beam_options) if beam_options else None
   from data import builder_class  # pylint: disable=import-outside-toplevel
   cls = builder_class(dataset)
@@ -164,7 +184,7 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
   except WorkdirInUseError as e:
     raise PrepareError(f"another prepare is building {dataset} ({name}): {e}") from None
   try:
-    _build(builder, dataset, name, log, pipeline_options)
+    _build(builder, dataset, name, log, pipeline_options, verbose)
     if pipeline_options is not None:
       from data import beam_build  # pylint: disable=import-outside-toplevel
       builder.skipped.entries.extend(beam_build.collect(builder.data_dir,
@@ -212,7 +232,7 @@ def main(argv):
     prepare(argv[1], FLAGS.data_dir, FLAGS.source_dir, FLAGS.split, FLAGS.config,
             FLAGS.short_side, FLAGS.splits_dir, FLAGS.min_frames,
             workers=FLAGS.workers or usable_cores(), test_fraction=FLAGS.test_fraction,
-            beam_options=FLAGS.beam_options)
+            beam_options=FLAGS.beam_options, verbose=FLAGS.verbose)
   except (ValueError, FileNotFoundError, PrepareError) as e:
     cli.fail(str(e))
 
@@ -228,6 +248,7 @@ def define_flags():
   flags.DEFINE_string("splits_dir", None, "folder of split/label files if not in source_dir")
   flags.DEFINE_float("test_fraction", None, "video_folder with class folders only: the share "
                      "of each class held out for test (default 0.2)")
+  flags.DEFINE_bool("verbose", False, "also show TFDS's own lines and progress bars")
   flags.DEFINE_integer("workers", 0, "processes that decode and encode videos (0: one per "
                        "core this process may use)")
   flags.DEFINE_string("beam_options", None, "build through an Apache Beam pipeline with these "

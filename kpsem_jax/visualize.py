@@ -14,18 +14,24 @@ Writes into ``--out``:
 - ``summary.json``: the predicted classes, the set and channels drawn, and every arrow in
  pixels.
 
+Each PNG has a caption band above its panels (the predicted class and its probability, the
+set, a legend of what is drawn, and a note when the split lines never left their start, as
+in an untrained checkpoint), the same lines in its ``Description`` text chunk, and every
+panel names its clip frame (``t=3``).
+
 The clip is the video's centre clip and centre crop under the checkpoint's evaluation
 settings. Feature frame ``t`` is drawn on the clip frame at the centre of its window.
 """
 
 import json
 import os
+import textwrap
 from typing import Dict, List, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
 # One colour per region (up to 16 regions), distinct on photographs.
 COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -166,6 +172,35 @@ def heat_panels(frames: np.ndarray, cam: np.ndarray, size: int) -> List[Image.Im
   return panels
 
 
+def label_frames(panels: Sequence[Image.Image], indices: Sequence[int]) -> List[Image.Image]:
+  """Each panel with its clip frame index (``t=3``) in its top-left corner."""
+  for image, t in zip(panels, indices):
+    draw = ImageDraw.Draw(image)
+    for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):  # a dark outline, readable on any frame
+      draw.text((3 + dx, 1 + dy), f"t={t}", fill=(0, 0, 0))
+    draw.text((3, 1), f"t={t}", fill=(255, 255, 255))
+  return list(panels)
+
+
+LINE_HEIGHT = 12  # PIL's default font, with spacing
+
+
+def save_captioned(image: Image.Image, lines: Sequence[str], path: str) -> None:
+  """``image`` under a white band holding ``lines`` (the prediction, a legend), saved as a
+  PNG whose ``Description`` text chunk holds the same lines."""
+  # wrapped to the picture's width (the default font is about 6 pixels a character)
+  shown = [part for line in lines for part in textwrap.wrap(line, max(16, image.width // 6))]
+  band = 4 + LINE_HEIGHT * len(shown)
+  out = Image.new("RGB", (image.width, image.height + band), (255, 255, 255))
+  out.paste(image, (0, band))
+  draw = ImageDraw.Draw(out)
+  for i, line in enumerate(shown):
+    draw.text((2, 2 + LINE_HEIGHT * i), line, fill=(0, 0, 0))
+  info = PngImagePlugin.PngInfo()
+  info.add_text("Description", "\n".join(lines))
+  out.save(path, pnginfo=info)
+
+
 def grid(rows: Sequence[Sequence[Image.Image]], gap: int = 2) -> Image.Image:
   """Panels of equal size in rows, ``gap`` white pixels apart."""
   w, h = rows[0][0].size
@@ -201,13 +236,31 @@ def run(checkpoint: str, video_path: str, out: str, baseline: str = "", set_inde
   chosen = strongest_channels(one.region_weights, channels)
   arrows = shift_arrows(one.coords, one.shifts, chosen, size, arrow_scale)
   os.makedirs(out, exist_ok=True)
-  panels = keypoint_panels(frames[:-1], arrows, size)
-  grid([panels]).save(os.path.join(out, "keypoints.png"))
-  save_gif(panels, os.path.join(out, "keypoints.gif"))
-  grid([split_panels(frames, one.splits_x, one.splits_y, size)]).save(
-      os.path.join(out, "splits.png"))
-
+  drawn = [int(i) for i in frame_of(feature_frames, len(clip))]
   predicted = int(np.argmax(logits))
+  probs = np.asarray(jax.nn.softmax(logits))
+  said = (f"predicted: {predictor.class_names[predicted]} (p={probs[predicted]:.2f}); "
+          f"AReSE set {set_index} of {num_sets}")
+  from kpsem_jax import split_movement  # pylint: disable=import-outside-toplevel
+  map_size = predictor.model.apply(predictor.variables, inference.normalize(clip[None]),
+                                   method="stages")[predictor.model.kpsem_at].shape[2:4]
+  moved = split_movement.movement(sets.splits_x[:, None], sets.splits_y[:, None],
+                                  int(map_size[1]), int(map_size[0]))
+  never_moved = bool(moved["largest_from_start"] < 0.05)
+  panels = label_frames(keypoint_panels(frames[:-1], arrows, size), drawn[:-1])
+  region_colours = ", ".join(f"{r}: rgb{COLORS[r % len(COLORS)]}"
+                             for r in range(int(one.coords.shape[1])))
+  save_captioned(grid([panels]), [
+      said, f"arrows: key point shifts to the next frame, {channels} strongest channels a "
+            "region, coloured by region", f"regions {region_colours}"],
+      os.path.join(out, "keypoints.png"))
+  save_gif(panels, os.path.join(out, "keypoints.gif"))
+  save_captioned(
+      grid([label_frames(split_panels(frames, one.splits_x, one.splits_y, size), drawn)]),
+      [said, "yellow: the split lines across x; cyan: across y (the regions' borders)"]
+      + (["the split lines never left their start (the centre): an untrained checkpoint?"]
+         if never_moved else []), os.path.join(out, "splits.png"))
+
   rows, models = [], [("model", predictor)]
   if baseline:
     models.append(("baseline", inference.load_predictor(baseline)))
@@ -216,15 +269,14 @@ def run(checkpoint: str, video_path: str, out: str, baseline: str = "", set_inde
     cls = int(np.argmax(np.asarray(p.uint8_logits(clip[None]))[0]))
     cam = grad_cam(p.model, p.variables, clip, cls)
     cams[name] = dict(class_name=p.class_names[cls], frames=int(cam.shape[0]))
-    rows.append(heat_panels(clip[frame_of(cam.shape[0], len(clip))], cam, size))
-  grid(rows).save(os.path.join(out, "gradcam.png"))
+    cam_frames = frame_of(cam.shape[0], len(clip))
+    rows.append(label_frames(heat_panels(clip[cam_frames], cam, size), cam_frames))
+  save_captioned(grid(rows), [
+      said, "rows: " + "; ".join(f"{name}, Grad-CAM of its prediction "
+                                 f"{cams[name]['class_name']}" for name, _ in models),
+      "heat: black (none) -> red -> yellow -> white (the most)"],
+      os.path.join(out, "gradcam.png"))
 
-  probs = np.asarray(jax.nn.softmax(logits))
-  from kpsem_jax import split_movement  # pylint: disable=import-outside-toplevel
-  map_size = predictor.model.apply(predictor.variables, inference.normalize(clip[None]),
-                                   method="stages")[predictor.model.kpsem_at].shape[2:4]
-  moved = split_movement.movement(sets.splits_x[:, None], sets.splits_y[:, None],
-                                  int(map_size[1]), int(map_size[0]))
   summary = dict(
       video=video_path, checkpoint=checkpoint,
       top=[dict(label=predictor.class_names[i], probability=float(probs[i]))
@@ -232,11 +284,11 @@ def run(checkpoint: str, video_path: str, out: str, baseline: str = "", set_inde
       predicted=predictor.class_names[predicted], set=set_index, num_sets=num_sets,
       regions=int(one.coords.shape[1]), channels={str(r): [int(c) for c in cs]
                                                   for r, cs in enumerate(chosen)},
-      clip_frames_drawn=[int(i) for i in frame_of(feature_frames, len(clip))],
+      clip_frames_drawn=drawn,
       panel_size=size, gradcam=cams, arrows=arrows,
       split_lines=dict(moved_from_start_px=moved["from_start"],
                        largest_from_start_px=moved["largest_from_start"],
-                       never_left_start=bool(moved["largest_from_start"] < 0.05)))
+                       never_left_start=never_moved))
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   return summary
@@ -266,7 +318,7 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError("name exactly one video file")
   with cli.one_line_errors(video.VideoError, FileNotFoundError, ValueError,
-                           checkpoint.CheckpointError):
+                           checkpoint.CheckpointError, doing=f"drawing into {FLAGS.out}"):
     summary = run(FLAGS.checkpoint, argv[1], FLAGS.out, FLAGS.baseline, FLAGS.set,
                   FLAGS.channels, FLAGS.size, FLAGS.arrow_scale)
   print(f"{summary['video']}: predicted {summary['predicted']}; pictures in {FLAGS.out} "

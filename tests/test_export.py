@@ -1,5 +1,6 @@
 """``python -m kpsem_jax.export``: an artifact that runs with JAX alone and equals the predictor."""
 
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,12 @@ def test_the_exported_predictor_equals_load_predictor_without_the_model_code(tmp
   assert result.returncode == 0, result.stderr[-2000:]
   assert "uint8 clips (3, 8, 32, 32, 3) -> logits (3, 6), for cpu, cuda" in result.stdout
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".predictor")]  # no temp file
+  labels = json.loads((tmp_path / "predictor.bin.json").read_text())
+  assert labels["class_names"] == list(tiny_models.CLASSES)
+  assert labels["input"] == {"shape": [3, 8, 32, 32, 3], "dtype": "uint8"}
+  again = run_cli(f"--checkpoint={tmp_path / 'ckpt'}", f"--output={out}")
+  assert again.returncode == 1 and again.stderr.strip() == (
+      f"error: --output={out} exists: pass --overwrite to replace it")
   # In a fresh process that imports JAX only (no kpsem_jax, no flax):
   script = ("import sys, jax, numpy as np\n"
             f"e = jax.export.deserialize(bytearray(open({str(out)!r}, 'rb').read()))\n"

@@ -63,7 +63,7 @@ def test_cli_json_matches_view_by_view_reference_and_reports_bad_files(tiny):
   results = json.loads(out.stdout)
   names = [os.path.basename(r["video"]) for r in results]
   assert names == ["broken.mp4", VIDEOS[0], VIDEOS[1], VIDEOS[2]]
-  assert "broken.mp4" in results[0]["error"] and "top" not in results[0]
+  assert results[0]["error"].startswith("cannot open as a video") and "top" not in results[0]
   for r in results[1:]:
     probs, views = reference_probabilities(tiny["model"], tiny["variables"], r["video"])
     assert r["views"] == views == 6  # 2 clips x 3 crops, from the checkpoint's config
@@ -199,3 +199,24 @@ def test_counts_below_one_are_one_error_line(tiny, flag):
                         flag, os.path.join(FIXTURES, VIDEOS[0])], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
   assert run.returncode == 1 and run.stderr.strip() == f"error: {flag}: must be at least 1"
+
+
+def test_inputs_are_checked_before_compiling_and_a_failed_file_is_named_once(tiny, tmp_path):
+  from kpsem_jax import predict  # pylint: disable=import-outside-toplevel
+  missing, fifo = str(tmp_path / "gone.avi"), str(tmp_path / "pipe.avi")
+  os.mkfifo(fifo)
+  logged = []
+  results = predict.run(tiny["ckpt"], [missing, fifo], log=logged.append)
+  assert [r["error"] for r in results] == [
+      "cannot be read (No such file or directory)",
+      "not a regular file (a folder, FIFO or device): skipped"]
+  # nothing was compiled (or loaded) for inputs none of which is a file
+  assert logged == ["none of the 2 inputs is a readable file; nothing was classified"]
+  broken = str(tmp_path / "broken.avi")
+  open(broken, "wb").write(b"not a video")
+  results = predict.run(tiny["ckpt"], [broken, missing, os.path.join(FIXTURES, VIDEOS[0])],
+                        num_clips=1, num_crops=1, log=logged.append)
+  text = predict.format_text(results).splitlines()
+  assert [line.count(broken) for line in text if "FAILED" in line and "broken" in line] == [1]
+  assert f"{missing}: FAILED: cannot be read (No such file or directory)" in text
+  assert "top" in results[2] and any("compiled in" in line for line in logged)

@@ -93,13 +93,32 @@ def test_cli_writes_every_picture_at_the_expected_size(tmp_path):
   assert summary["set"] == 1 and summary["regions"] == 4
   assert len(summary["arrows"]) == 3 * 4 * 3
   assert summary["clip_frames_drawn"] == [1, 3, 5, 7]
-  assert Image.open(out / "keypoints.png").size == (3 * 64 + 2 * 2, 64)
+  def caption_lines(name, width, panels_height):  # the caption band's wrapped lines
+    size = Image.open(out / name).size
+    assert size[0] == width and (size[1] - panels_height - 4) % visualize.LINE_HEIGHT == 0
+    return (size[1] - panels_height - 4) // visualize.LINE_HEIGHT
+  assert caption_lines("keypoints.png", 3 * 64 + 2 * 2, 64) >= 3
   gif = Image.open(out / "keypoints.gif")
   assert gif.size == (64, 64) and gif.n_frames == 3
-  assert Image.open(out / "splits.png").size == (4 * 64 + 3 * 2, 64)
+  assert caption_lines("splits.png", 4 * 64 + 3 * 2, 64) >= 3
   cam_frames = summary["gradcam"]["model"]["frames"]
   assert summary["gradcam"]["baseline"]["frames"] == cam_frames == 4
-  assert Image.open(out / "gradcam.png").size == (4 * 64 + 3 * 2, 2 * 64 + 2)  # 2 models
+  assert caption_lines("gradcam.png", 4 * 64 + 3 * 2, 2 * 64 + 2) >= 3  # 2 models
+  band = 4 + visualize.LINE_HEIGHT * caption_lines("splits.png", 4 * 64 + 3 * 2, 64)
+  # The pictures say what they show: the prediction, the legend, the untrained lines.
+  top = summary["top"][0]
+  said = f"predicted: {top['label']} (p={top['probability']:.2f}); AReSE set 1 of 2"
+  texts = {name: Image.open(out / name).text["Description"].splitlines()
+           for name in ("keypoints.png", "splits.png", "gradcam.png")}
+  assert all(lines[0] == said for lines in texts.values())
+  assert texts["keypoints.png"][2].startswith("regions 0: rgb(230, 25, 75), 1: rgb(60, 180, 75)")
+  assert texts["splits.png"][2].startswith("the split lines never left their start")
+  assert texts["gradcam.png"][1] == (
+      f"rows: model, Grad-CAM of its prediction {summary['gradcam']['model']['class_name']}; "
+      f"baseline, Grad-CAM of its prediction {summary['gradcam']['baseline']['class_name']}")
+  # The caption band holds dark text pixels; the panels start below it.
+  caption = np.asarray(Image.open(out / "splits.png"))[:band]
+  assert (caption.sum(-1) < 200).sum() > 50
   predictor = load_predictor(str(tmp_path / "kpsem"))
   assert summary["predicted"] == summary["top"][0]["label"]
   assert summary["predicted"] in predictor.class_names
