@@ -690,3 +690,28 @@ def test_prepare_shows_one_bar_a_split_and_none_of_tfds_lines_unless_verbose(tmp
                   verbose=True)
   out, err = capfd.readouterr()
   assert "Downloading and preparing" in out + err
+
+
+def test_video_folder_follows_symlinked_folders_and_lists_what_it_cannot_use(tmp_path):
+  src, elsewhere = tmp_path / "mine", tmp_path / "elsewhere"
+  _copy("ucf101_style_BabyCrawling.avi", src / "crawl" / "c0.avi")
+  _copy("ucf101_style_BabyCrawling.avi", elsewhere / "c1.avi")
+  _copy("ucf101_style_ApplyEyeMakeup.avi", src / "makeup" / "m0.avi")
+  _copy("ucf101_style_ApplyEyeMakeup.avi", src / "makeup" / "m1.avi")
+  os.symlink(elsewhere, src / "crawl" / "more")            # a symlinked subfolder: followed
+  os.symlink(src / "crawl", src / "crawl" / "more" / "loop")  # a loop back: skipped, listed
+  os.mkfifo(src / "makeup" / "pipe.avi")                   # a FIFO named like a video
+  bad = os.path.join(os.fsencode(src / "makeup"), b"caf\xe9.avi")  # Latin-1, not UTF-8
+  shutil.copy(os.path.join(VIDEOS, "ucf101_style_ApplyEyeMakeup.avi"), bad)
+  builder, skipped = build("video_folder", tmp_path, source_dir=str(src), test_fraction=0.01)
+  keys = sorted(e["video_id"].decode() for e in read_all(builder, "train") + read_all(
+      builder, "test"))
+  assert keys == ["crawl/c0.avi", "crawl/more/c1.avi", "makeup/m0.avi", "makeup/m1.avi"]
+  reasons = sorted(r for _, _, r in skipped)
+  assert len(reasons) == 3, reasons
+  assert any("symlink loop or a second link, skipped" in r for r in reasons)
+  assert any(r.endswith("pipe.avi: not a regular file (a FIFO, device or broken link)")
+             for r in reasons)
+  assert any(r.endswith("caf\\xe9.avi: its name is not valid UTF-8 (rename it)") for r in reasons)
+  tsv = open(os.path.join(builder.data_dir, "skipped.tsv"), encoding="utf-8").read()
+  assert "caf\\xe9.avi" in tsv and len(tsv.splitlines()) == 4

@@ -85,14 +85,30 @@ class Builder(common.VideoDatasetBuilder):
     return rows
 
   def _videos_in(self, folder: str, split: str) -> List[str]:
-    """Video files below ``folder`` (sorted); other files are logged as skipped."""
-    videos = []
-    for directory, subdirs, files in os.walk(folder):
+    """Video files below ``folder`` (sorted), symlinked folders followed (each real folder
+    once: a loop or a second link is skipped); everything else is logged as skipped: other
+    files, names that are not valid UTF-8, FIFOs and devices named like videos."""
+    videos, seen = [], set()
+    for directory, subdirs, files in os.walk(folder, followlinks=True):
+      real = os.path.realpath(directory)
+      if real in seen:
+        self.skipped.add(split, directory, f"{common.printable(directory)}: a folder "
+                         f"already listed ({real}): a symlink loop or a second link, skipped")
+        subdirs[:] = []
+        continue
+      seen.add(real)
       subdirs.sort()
       for name in sorted(files):
         path = os.path.join(directory, name)
-        if name.lower().endswith(EXTENSIONS):
-          videos.append(path)
+        shown = common.printable(path)
+        if shown != path:
+          self.skipped.add(split, shown, f"{shown}: its name is not valid UTF-8 (rename it)")
+        elif name.lower().endswith(EXTENSIONS):
+          if os.path.isfile(path):
+            videos.append(path)
+          else:
+            self.skipped.add(split, path, f"{path}: not a regular file (a FIFO, device or "
+                             "broken link)")
         elif not name.startswith("."):
           self.skipped.add(split, path, f"{path}: not a video file (extensions: "
                            f"{', '.join(EXTENSIONS)})")
