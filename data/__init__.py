@@ -38,3 +38,9 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
   except AttributeError:  # not Linux
     return os.cpu_count() or 1
+
+
+def printable(path: str) -> str:
+  """``path`` as valid UTF-8 text: bytes that are not UTF-8 (kept by Python as surrogate
+  escapes) shown as ``\\xff``; a valid path is returned unchanged."""
+  return os.fsencode(path).decode("utf-8", "backslashreplace")

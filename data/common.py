@@ -200,12 +200,6 @@ def generate(keyed: Sequence[Tuple[str, object]], root: str, split: str, encode,
       yield from examples
 
 
-def printable(path: str) -> str:
-  """``path`` as valid UTF-8 text: bytes that are not UTF-8 (kept by Python as surrogate
-  escapes) shown as ``\\xff``; a valid path is returned unchanged."""
-  return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def read_lines(path: str) -> List[Tuple[int, str]]:
   """``(line number, text)`` of the non-blank lines; a UTF-8 BOM, CRLF and trailing spaces
   stripped."""

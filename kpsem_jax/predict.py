@@ -19,9 +19,10 @@ import os
 import stat
 import sys
 import time
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 from data import video
+from data import printable
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
                     ".wmv", ".3gp", ".ogv")
@@ -46,20 +47,26 @@ def expand(paths: Iterable[str]) -> List[str]:
 def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int = 8,
         num_clips: Optional[int] = None, num_crops: Optional[int] = None,
         log=print, timeline_stride: Optional[float] = None,
-        allow_truncated: bool = False) -> List[Dict]:
+        allow_truncated: bool = False,
+        on_result: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
   """One result per video: ``{"video", "top": [{"label", "probability"}], "views"}`` or
   ``{"video", "error"}``; with ``timeline_stride`` (seconds) also ``"timeline"``, one entry
   per window (``Predictor.timeline``). ``log`` gets the timing lines. A truncated video
   (decoding ends well short of the frames its container promises) is an error unless
-  ``allow_truncated``: then what decodes is classified."""
+  ``allow_truncated``: then what decodes is classified. Each result's ``video`` is the name as
+  given, shown as valid UTF-8 (``\\xNN`` for bytes that are not); ``on_result`` gets each
+  result as soon as it is made."""
   from kpsem_jax import inference  # pylint: disable=import-outside-toplevel
   videos = expand(paths)
   # Inputs are checked before anything is compiled: a name that is not a readable regular
   # file (missing, a folder of no videos, a FIFO or device) is its result at once.
   unusable = {path: why for path, why in ((p, not_a_video_file(p)) for p in videos) if why}
+  results = _Results(on_result)
   if len(unusable) == len(videos):
     log(f"none of the {len(videos)} inputs is a readable file; nothing was classified")
-    return [{"video": path, "error": unusable[path]} for path in videos]
+    for path in videos:
+      results.append({"video": path, "error": unusable[path]})
+    return results.done()
   predictor = inference.load_predictor(checkpoint)
   changes = {k: v for k, v in (("num_clips", num_clips), ("num_crops", num_crops)) if v}
   spec = predictor.with_spec(**changes)
@@ -70,7 +77,7 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
   log(f"{checkpoint}: {len(predictor.class_names)} classes, {views_per_video} views per video "
       f"({spec.num_clips} clips x {spec.num_crops} crops of {spec.frames}x{spec.crop}x"
       f"{spec.crop}), batches of {batch}; compiled in {time.perf_counter() - t:.1f} s")
-  results, model_time, views_done, decode_time = [], 0.0, 0, 0.0
+  model_time, views_done, decode_time = 0.0, 0, 0.0
   for path in videos:
     if path in unusable:
       results.append({"video": path, "error": unusable[path]})
@@ -90,25 +97,46 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
     decode_time += t1 - t
     model_time += time.perf_counter() - t1
     views_done += len(views)
-    results.append({"video": path, "views": len(views), "top": [
-        {"label": label, "probability": p} for label, p in predictor.top(probs, top_k)]})
+    result = {"video": path, "views": len(views), "top": [
+        {"label": label, "probability": p} for label, p in predictor.top(probs, top_k)]}
     if timeline_stride is not None:
       try:
         windows = predictor.timeline(path, timeline_stride or None, top_k,
                                      batch_size=batch_size)
-        results[-1]["timeline"] = windows
+        result["timeline"] = windows
         gaps = [b["start"] - a["end"] for a, b in zip(windows, windows[1:])]
         if gaps and max(gaps) > 1e-9:
           log(f"note: {path}: windows are {windows[0]['end'] - windows[0]['start']:.2f} s "
               f"long and start {timeline_stride:g} s apart: {max(gaps):.2f} s after each "
               "window is never looked at (--timeline_stride=0: one window apart)")
       except (video.VideoError, OSError) as e:
-        results[-1] = {"video": path, "error": _without_path(str(e), path)}
+        result = {"video": path, "error": _without_path(str(e), path)}
+    results.append(result)
+  results = results.done()
   ok = sum("top" in r for r in results)
   rate = f"{views_done / model_time:.2f} clips/s" if model_time else "no clips"
   log(f"{ok} of {len(results)} videos classified: {views_done} clips through the model in "
       f"{model_time:.1f} s ({rate}); decoding and cropping took {decode_time:.1f} s")
   return results
+
+
+class _Results(list):
+  """The results so far; each appended one, its name made printable, goes to ``on_result``."""
+
+  def __init__(self, on_result):
+    super().__init__()
+    self.on_result = on_result
+
+  def append(self, result):
+    result = dict(result, video=printable(result["video"]))
+    if "error" in result:
+      result["error"] = printable(result["error"])
+    super().append(result)
+    if self.on_result is not None:
+      self.on_result(result)
+
+  def done(self) -> List[Dict]:
+    return list(self)
 
 
 def not_a_video_file(path: str) -> Optional[str]:
@@ -131,6 +159,7 @@ def _without_path(message: str, path: str) -> str:
 
 
 def format_text(results: List[Dict]) -> str:
+  """The text output of ``results``: a block of lines a video."""
   lines = []
   for r in results:
     if "error" in r:
@@ -183,13 +212,16 @@ def main(argv):
   try:
     with cli.one_line_errors(checkpoint.CheckpointError,  # no intact step left
                              doing=f"predicting with {FLAGS.checkpoint}"):
+      # the text of each video as soon as it is classified (nothing is lost to a later one)
+      stream = None if FLAGS.json else (lambda r: print(format_text([r]), flush=True))
       results = run(FLAGS.checkpoint, argv[1:], FLAGS.top_k, FLAGS.batch_size,
                     FLAGS.num_clips, FLAGS.num_crops, log=log,
                     timeline_stride=FLAGS.timeline_stride if FLAGS.timeline else None,
-                    allow_truncated=FLAGS.allow_truncated)
+                    allow_truncated=FLAGS.allow_truncated, on_result=stream)
   except FileNotFoundError as e:
     cli.fail(str(e), 2)
-  print(json.dumps(results, indent=1) if FLAGS.json else format_text(results))
+  if FLAGS.json:
+    print(json.dumps(results, indent=1))
   failed = [r for r in results if "error" in r]
   if failed:
     log(f"failed: {len(failed)} of {len(results)} videos ("

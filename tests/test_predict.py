@@ -220,3 +220,19 @@ def test_inputs_are_checked_before_compiling_and_a_failed_file_is_named_once(tin
   assert [line.count(broken) for line in text if "FAILED" in line and "broken" in line] == [1]
   assert f"{missing}: FAILED: cannot be read (No such file or directory)" in text
   assert "top" in results[2] and any("compiled in" in line for line in logged)
+
+
+def test_a_name_that_is_not_utf8_is_printed_escaped_and_results_stream(tiny, tmp_path):
+  folder = os.fsencode(tmp_path / "videos")
+  os.makedirs(folder)
+  shutil.copy(os.path.join(FIXTURES, VIDEOS[0]), os.path.join(folder, b"a_caf\xe9.avi"))
+  shutil.copy(os.path.join(FIXTURES, VIDEOS[1]), os.path.join(folder, b"b_plain.avi"))
+  out = subprocess.run(
+      [sys.executable, "-m", "kpsem_jax.predict", f"--checkpoint={tiny['ckpt']}", "--top_k=1",
+       "--num_clips=1", "--num_crops=1", str(tmp_path / "videos")], cwd=REPO,
+      capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONIOENCODING="utf-8", LC_ALL="C.UTF-8"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  names = [l for l in out.stdout.splitlines() if l.endswith(".avi:")]
+  assert names == [f"{tmp_path / 'videos'}/a_caf\\xe9.avi:", f"{tmp_path / 'videos'}/b_plain.avi:"]
+  assert "2 of 2 videos classified" in out.stderr

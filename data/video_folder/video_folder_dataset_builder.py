@@ -23,6 +23,7 @@ from typing import Dict, List, Tuple
 
 import tensorflow_datasets as tfds
 
+import data as data_lib
 from data import common
 
 EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv",
@@ -92,7 +93,7 @@ class Builder(common.VideoDatasetBuilder):
     for directory, subdirs, files in os.walk(folder, followlinks=True):
       real = os.path.realpath(directory)
       if real in seen:
-        self.skipped.add(split, directory, f"{common.printable(directory)}: a folder "
+        self.skipped.add(split, directory, f"{data_lib.printable(directory)}: a folder "
                          f"already listed ({real}): a symlink loop or a second link, skipped")
         subdirs[:] = []
         continue
@@ -100,7 +101,7 @@ class Builder(common.VideoDatasetBuilder):
       subdirs.sort()
       for name in sorted(files):
         path = os.path.join(directory, name)
-        shown = common.printable(path)
+        shown = data_lib.printable(path)
         if shown != path:
           self.skipped.add(split, shown, f"{shown}: its name is not valid UTF-8 (rename it)")
         elif name.lower().endswith(EXTENSIONS):
