@@ -61,6 +61,19 @@ def verify(item: str, tree, metadata: Mapping[str, Any], where: str) -> None:
                           "written with it")
 
 
+def metadata_digest(metadata: Mapping[str, Any]) -> str:
+  """SHA-256 of the metadata's JSON (keys sorted), its ``sha256`` field left out."""
+  fields = {k: v for k, v in metadata.items() if k != "sha256"}
+  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def with_checksums(metadata: Mapping[str, Any], **items) -> Dict[str, Any]:
+  """``metadata`` with ``sha256``: each item's :func:`digest` and the metadata's own."""
+  sums = {name: digest(tree) for name, tree in items.items()}
+  sums["metadata"] = metadata_digest(metadata)
+  return dict(metadata, sha256=sums)
+
+
 def read_metadata(manager: ocp.CheckpointManager, step: int, where: str) -> Dict[str, Any]:
   """The ``metadata`` item of ``step``; a damaged one is a :class:`CheckpointError`."""
   path = os.path.join(where, "metadata", "metadata")
@@ -71,7 +84,32 @@ def read_metadata(manager: ocp.CheckpointManager, step: int, where: str) -> Dict
     raise CheckpointError(f"{path} cannot be read ({failure_reason(e)})") from None
   if not isinstance(metadata, Mapping):
     raise CheckpointError(f"{path} is not a JSON object")
+  saved = (metadata.get("sha256") or {}).get("metadata")  # absent before 2026-12-03
+  if saved is not None and saved != metadata_digest(metadata):
+    raise CheckpointError(f"{path} does not match its SHA-256 (changed after it was written)")
+  problem = metadata_problem(metadata)
+  if problem:
+    raise CheckpointError(f"{path} {problem}")
   return dict(metadata)
+
+
+def metadata_problem(metadata: Mapping[str, Any]) -> Optional[str]:
+  """What makes a checkpoint's metadata unusable (a required field missing or of the wrong
+  kind, class names that do not match the classifier's width), or None."""
+  model = metadata.get("model")
+  if not isinstance(model, Mapping) or not isinstance(model.get("backbone"), str):
+    return "has no model description (model.backbone)"
+  classes = model.get("num_classes")
+  if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+    return f"has no usable model.num_classes ({classes!r})"
+  if not isinstance(metadata.get("frames"), int) or metadata["frames"] < 1:
+    return f"has no usable clip frames ({metadata.get('frames')!r})"
+  names = metadata.get("class_names")
+  if names is not None and (not isinstance(names, list) or len(names) != classes
+                            or not all(isinstance(n, str) for n in names)):
+    count = len(names) if isinstance(names, list) else "no list of"
+    return f"names {count} classes for a classifier of {classes}"
+  return None
 
 
 def newest_intact(manager: ocp.CheckpointManager, restore: Callable[[int], Any],
@@ -139,7 +177,7 @@ def save_variables(directory: str, variables: Mapping, metadata: Mapping[str, An
   os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the result private
   try:
     variables = jax.tree.map(np.asarray, dict(variables))
-    metadata = dict(metadata, sha256={"variables": digest(variables)})
+    metadata = with_checksums(metadata, variables=variables)
     with ocp.CheckpointManager(os.path.join(tmp, "checkpoints"), item_names=ITEMS) as manager:
       manager.save(0, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
                                               metadata=ocp.args.JsonSave(metadata)))
@@ -374,8 +412,7 @@ class TrainingCheckpoints:
   def save(self, step: int, variables, opt_state, metadata: Mapping[str, Any]) -> None:
     """Saves a training step (``variables``, ``opt_state``, ``metadata`` with both items'
     SHA-256) and waits until it has committed; see the class docstring for failures."""
-    metadata = dict(metadata, sha256={"variables": digest(variables),
-                                      "opt_state": digest(opt_state)})
+    metadata = with_checksums(metadata, variables=variables, opt_state=opt_state)
     self._write(self.checkpoints, self.directory, step, _size(variables, opt_state),
                 dict(args=ocp.args.Composite(
                     variables=ocp.args.StandardSave(variables),
@@ -389,7 +426,7 @@ class TrainingCheckpoints:
     it already holds (a resumed run evaluating it again) is left as it is."""
     if step in self.best.all_steps():
       return
-    metadata = dict(metadata, sha256={"variables": digest(variables)})
+    metadata = with_checksums(metadata, variables=variables)
     self._write(self.best, self.best_directory, step, _size(variables),
                 dict(metrics={"accuracy": float(accuracy)}, args=ocp.args.Composite(
                     variables=ocp.args.StandardSave(variables),

@@ -41,7 +41,8 @@ OS_ERRORS = {errno.ENOSPC: "free space there, then rerun the same command",
              errno.EACCES: "choose a place you may write, or fix its permissions",
              errno.EPERM: "choose a place you may write, or fix its permissions",
              errno.ENOTDIR: "a file stands where a folder is needed",
-             errno.ENOENT: "check the path", errno.EISDIR: "name a file, not a folder"}
+             errno.ENOENT: "check the path", errno.EISDIR: "name a file, not a folder",
+             errno.EEXIST: "a file stands where a folder is to be made"}
 
 
 def os_error_line(e: OSError, doing: str = "") -> str:
@@ -71,6 +72,16 @@ def one_line_errors(*types: type, doing: str = ""):
     if e.errno not in OS_ERRORS:
       raise
     fail(os_error_line(e, doing))
+
+
+def parse_flags(argv):
+  """absl's flag parsing (``app.run(main, flags_parser=cli.parse_flags)``), with a missing
+  required flag or a value that does not parse as one ``error:`` line, exit status 1."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(" ".join(str(e).split()))
 
 
 def prologue() -> None:

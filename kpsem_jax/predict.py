@@ -200,7 +200,7 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError("name at least one video file or folder")
   if not os.path.isdir(FLAGS.checkpoint):
-    cli.fail(f"--checkpoint={FLAGS.checkpoint} is not a folder", 2)
+    cli.fail(f"--checkpoint={FLAGS.checkpoint} is not a folder")
   for name in ("top_k", "batch_size", "num_clips", "num_crops"):
     value = getattr(FLAGS, name)
     if value is not None and value < 1:
@@ -219,7 +219,7 @@ def main(argv):
                     timeline_stride=FLAGS.timeline_stride if FLAGS.timeline else None,
                     allow_truncated=FLAGS.allow_truncated, on_result=stream)
   except FileNotFoundError as e:
-    cli.fail(str(e), 2)
+    cli.fail(str(e))
   if FLAGS.json:
     print(json.dumps(results, indent=1))
   failed = [r for r in results if "error" in r]
@@ -232,4 +232,5 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  from kpsem_jax import cli  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=cli.parse_flags)

@@ -259,4 +259,5 @@ def define_flags():
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  from kpsem_jax import cli  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=cli.parse_flags)

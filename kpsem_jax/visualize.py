@@ -319,6 +319,9 @@ def main(argv):
     raise app.UsageError("name exactly one video file")
   with cli.one_line_errors(video.VideoError, FileNotFoundError, ValueError,
                            checkpoint.CheckpointError, doing=f"drawing into {FLAGS.out}"):
+    from data import atomic  # pylint: disable=import-outside-toplevel
+    os.makedirs(FLAGS.out, exist_ok=True)  # the pictures' folder: writable, before the work
+    atomic.check_writable(FLAGS.out)
     summary = run(FLAGS.checkpoint, argv[1], FLAGS.out, FLAGS.baseline, FLAGS.set,
                   FLAGS.channels, FLAGS.size, FLAGS.arrow_scale)
   print(f"{summary['video']}: predicted {summary['predicted']}; pictures in {FLAGS.out} "
@@ -336,4 +339,5 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  from kpsem_jax import cli  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=cli.parse_flags)

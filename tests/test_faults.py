@@ -580,3 +580,28 @@ def test_a_damaged_dataset_index_names_the_file_and_the_command_that_rebuilds_it
   with pytest.raises(input_pipeline.DataNotPreparedError,
                      match=r"is damaged: .*dataset_info.json: cannot be read \("):
     input_pipeline.load_source(data_dir, "synthetic_motion", "tiny", "test")
+
+
+def test_metadata_that_was_changed_or_does_not_fit_the_model_is_refused_as_damage(tmp_path):
+  tiny_models.save_tiny_checkpoint(tmp_path / "ckpt")
+  path = str(tmp_path / "ckpt" / "checkpoints" / "0" / "metadata" / "metadata")
+  original = json.load(open(path))
+  assert set(original["sha256"]) == {"variables", "metadata"}
+  variables, metadata = checkpoint.load_variables(str(tmp_path / "ckpt"))
+  assert metadata["class_names"] == original["class_names"]
+
+  def load_with(metadata):
+    with open(path, "w") as f:
+      json.dump(metadata, f)
+    logged = []
+    with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint"):
+      checkpoint.load_variables(str(tmp_path / "ckpt"), log=logged.append)
+    return " ".join(logged)
+  # valid JSON, edited: the metadata's own checksum catches it
+  edited = dict(original, class_names=original["class_names"][:3])
+  assert f"{path} does not match its SHA-256 (changed after it was written)" in load_with(edited)
+  # a checkpoint from before the metadata had a checksum: its fields are still checked
+  old = dict(edited, sha256={"variables": original["sha256"]["variables"]})
+  assert f"{path} names 3 classes for a classifier of 6" in load_with(old)
+  no_model = {k: v for k, v in old.items() if k != "model"}
+  assert f"{path} has no model description (model.backbone)" in load_with(no_model)

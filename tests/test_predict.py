@@ -86,7 +86,11 @@ def test_text_output_and_errors(tiny):
   missing = subprocess.run(
       [sys.executable, "-m", "kpsem_jax.predict", f"--checkpoint={tiny['root']}/nothing", "x.mp4"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert missing.returncode == 2 and "nothing is not a folder" in missing.stderr
+  assert missing.returncode == 1 and "nothing is not a folder" in missing.stderr
+  unnamed = subprocess.run([sys.executable, "-m", "kpsem_jax.predict", "x.mp4"], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+  assert unnamed.returncode == 1 and unnamed.stderr.strip() == (
+      "error: flag --checkpoint=None: Flag --checkpoint must have a value other than None.")
   assert "Traceback" not in missing.stderr
 
 

@@ -132,3 +132,14 @@ def test_cli_writes_every_picture_at_the_expected_size(tmp_path):
        f"--out={tmp_path / 'x'}", VIDEO], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert plain.returncode == 1 and "no KPSEM branch" in plain.stderr
   assert "Traceback" not in plain.stderr
+
+
+def test_an_out_that_is_a_file_is_one_line_before_any_work(tmp_path):
+  (tmp_path / "file").write_text("x")
+  run = subprocess.run(
+      [sys.executable, "-m", "kpsem_jax.visualize", f"--checkpoint={tmp_path / 'nothing'}",
+       f"--out={tmp_path / 'file'}", "x.mp4"], cwd=REPO, capture_output=True, text=True,
+      timeout=300)
+  assert run.returncode == 1 and run.stderr.strip() == (
+      f"error: drawing into {tmp_path / 'file'}: {tmp_path / 'file'}: File exists; a file "
+      "stands where a folder is to be made")
