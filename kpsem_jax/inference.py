@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import video
-from kpsem_jax import checkpoint, input_pipeline
+from kpsem_jax import checkpoint, input_pipeline, memory_fit
 from kpsem_jax.models import create_model, normalize  # noqa: F401  (normalize: public API)
 
 def _centre_crop(clip: np.ndarray, crop: int) -> np.ndarray:
@@ -66,11 +66,26 @@ class Predictor:
     """``(N, T, H, W, 3)`` uint8 RGB clips -> logits; normalised on the device."""
     return np.asarray(self._forward(self.variables, clips))
 
-  def compile(self, batch_size: int, spec: Optional[input_pipeline.ClipSpec] = None):
-    """Compiles the forward pass for ``batch_size`` views of ``spec`` ahead of time."""
+  def compile(self, batch_size: int, spec: Optional[input_pipeline.ClipSpec] = None,
+              memory_limit_gb: float = 0.0):
+    """Compiles the forward pass for ``batch_size`` views of ``spec`` ahead of time; raises
+    :class:`memory_fit.DoesNotFit` naming the largest batch that fits when XLA's memory
+    analysis says it needs more than the device has (``memory_limit_gb``: that budget)."""
     s = spec or self.clip_spec
-    shape = jax.ShapeDtypeStruct((batch_size, s.frames, s.crop, s.crop, 3), jnp.uint8)
-    self._forward.lower(self.variables, shape).compile()
+
+    def compile_at(size):
+      shape = jax.ShapeDtypeStruct((size, s.frames, s.crop, s.crop, 3), jnp.uint8)
+      return self._forward.lower(self.variables, shape).compile()
+    budget = memory_fit.budget_bytes(memory_limit_gb)
+    try:
+      size, _, _ = memory_fit.largest_fitting(compile_at, range(1, batch_size + 1), budget)
+    except memory_fit.DoesNotFit as e:
+      raise memory_fit.DoesNotFit(f"the forward pass does not fit in memory: {e} (one view "
+                                  f"of {s.frames}x{s.crop}x{s.crop})") from None
+    if size != batch_size:
+      raise memory_fit.DoesNotFit(
+          f"a batch of {batch_size} views does not fit in the {memory_fit.describe(budget)} "
+          f"a device has: use --batch_size={size} or less")
 
   def views(self, video_path: str, spec: Optional[input_pipeline.ClipSpec] = None,
             allow_truncated: bool = False) -> np.ndarray:

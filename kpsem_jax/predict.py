@@ -48,7 +48,8 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
         num_clips: Optional[int] = None, num_crops: Optional[int] = None,
         log=print, timeline_stride: Optional[float] = None,
         allow_truncated: bool = False,
-        on_result: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
+        on_result: Optional[Callable[[Dict], None]] = None,
+        memory_limit_gb: float = 0.0) -> List[Dict]:
   """One result per video: ``{"video", "top": [{"label", "probability"}], "views"}`` or
   ``{"video", "error"}``; with ``timeline_stride`` (seconds) also ``"timeline"``, one entry
   per window (``Predictor.timeline``). ``log`` gets the timing lines. A truncated video
@@ -73,7 +74,7 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
   views_per_video = spec.num_clips * spec.num_crops
   batch = min(batch_size, views_per_video)
   t = time.perf_counter()
-  predictor.compile(batch, spec)
+  predictor.compile(batch, spec, memory_limit_gb)  # DoesNotFit names a batch that fits
   log(f"{checkpoint}: {len(predictor.class_names)} classes, {views_per_video} views per video "
       f"({spec.num_clips} clips x {spec.num_crops} crops of {spec.frames}x{spec.crop}x"
       f"{spec.crop}), batches of {batch}; compiled in {time.perf_counter() - t:.1f} s")
@@ -187,6 +188,8 @@ def define_flags():
                      "window, so consecutive windows leave no gap)")
   flags.DEFINE_bool("allow_truncated", False, "classify what decodes of a video that ends "
                     "well short of the frames its container promises (default: an error)")
+  flags.DEFINE_float("memory_limit_gb", 0.0, "a device's memory budget for the forward pass "
+                     "(0: what it has); a --batch_size over it is refused naming one that fits")
   flags.mark_flag_as_required("checkpoint")
 
 
@@ -210,14 +213,16 @@ def main(argv):
              "seconds, 0 or more (0: one window)")
   log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
   try:
-    with cli.one_line_errors(checkpoint.CheckpointError,  # no intact step left
+    from kpsem_jax import memory_fit  # pylint: disable=import-outside-toplevel
+    with cli.one_line_errors(checkpoint.CheckpointError, memory_fit.DoesNotFit,
                              doing=f"predicting with {FLAGS.checkpoint}"):
       # the text of each video as soon as it is classified (nothing is lost to a later one)
       stream = None if FLAGS.json else (lambda r: print(format_text([r]), flush=True))
       results = run(FLAGS.checkpoint, argv[1:], FLAGS.top_k, FLAGS.batch_size,
                     FLAGS.num_clips, FLAGS.num_crops, log=log,
                     timeline_stride=FLAGS.timeline_stride if FLAGS.timeline else None,
-                    allow_truncated=FLAGS.allow_truncated, on_result=stream)
+                    allow_truncated=FLAGS.allow_truncated, on_result=stream,
+                    memory_limit_gb=FLAGS.memory_limit_gb)
   except FileNotFoundError as e:
     cli.fail(str(e))
   if FLAGS.json:

@@ -240,3 +240,19 @@ def test_a_name_that_is_not_utf8_is_printed_escaped_and_results_stream(tiny, tmp
   names = [l for l in out.stdout.splitlines() if l.endswith(".avi:")]
   assert names == [f"{tmp_path / 'videos'}/a_caf\\xe9.avi:", f"{tmp_path / 'videos'}/b_plain.avi:"]
   assert "2 of 2 videos classified" in out.stderr
+
+
+def test_a_batch_that_does_not_fit_in_memory_names_one_that_does(tiny):
+  from kpsem_jax import memory_fit, predict  # pylint: disable=import-outside-toplevel
+  predictor = load_predictor(tiny["ckpt"])
+  spec = predictor.with_spec(num_clips=1, num_crops=1)
+  need = {}
+  for size in (2, 4):
+    shape = jax.ShapeDtypeStruct((size, spec.frames, spec.crop, spec.crop, 3), np.uint8)
+    need[size] = memory_fit.need_bytes(predictor._forward.lower(  # pylint: disable=protected-access
+        predictor.variables, shape).compile())
+  limit = (need[2] + need[4]) / 2 / memory_fit.GIB  # 2 views fit, 4 do not
+  with pytest.raises(memory_fit.DoesNotFit, match=r"a batch of 4 views does not fit in the .* "
+                     r"a device has: use --batch_size=[23] or less"):
+    predict.run(tiny["ckpt"], [os.path.join(FIXTURES, VIDEOS[0])], batch_size=4, num_clips=4,
+                num_crops=1, log=lambda m: None, memory_limit_gb=limit)
