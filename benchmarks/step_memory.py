@@ -1,6 +1,6 @@
 """A config's train step: XLA's memory need beside the memory the process really took.
 
-    .venv/bin/python benchmarks/step_memory.py --config=video_folder --arg=small \
+    .venv/bin/python benchmarks/step_memory.py --config=video_folder --arg=small \\
         --micro=8 [--micro=4] [--run] [--classes=10]
 
 For each ``--micro`` (clips per micro-batch, one device), compiles the config's train step

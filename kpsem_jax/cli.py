@@ -14,7 +14,8 @@ libraries.
 - :func:`one_line_errors`: the listed exception types become ``error: <message>`` and exit
   status 1; so does an operating system's refusal (a full disk, a read-only file system, no
   permission, a path that is not a folder or does not exist), as ``error: <what was being
-  done>: <path>: <reason>``; a stop on a signal (:class:`kpsem_jax.preemption.Interrupted`) prints its line
+  done>: <path>: <reason>``; a stop on a signal
+  (:class:`kpsem_jax.preemption.Interrupted`) prints its line
   and exits with 128 + the signal's number, as a shell reports a killed command.
 """
 

@@ -1,6 +1,6 @@
 """Convert an original PyTorch MFNet checkpoint into a kpsem-jax checkpoint.
 
-    python -m kpsem_jax.convert --pytorch=MFNet3D_Kinetics-400_72.8.pth --output=DIR \
+    python -m kpsem_jax.convert --pytorch=MFNet3D_Kinetics-400_72.8.pth --output=DIR \\
         [--num_classes=N] [--model=mfnet3d|mf_kpsem] [--allow_partial] [--inflate_2d]
 
 Reads PyTorch's legacy (pre-1.6) and zip formats, a bare ``state_dict`` or one under

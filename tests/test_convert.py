@@ -208,3 +208,15 @@ def test_predict_on_a_real_video_matches_pytorch(tiny_net, tmp_path):
                         -1).mean(0).numpy()
   for name, p in top:
     np.testing.assert_allclose(p, probs[int(name.split("_")[1])], rtol=1e-4)
+
+
+def test_every_command_line_help_shows_its_usage_lines_apart():
+  """A backslash ending a docstring line continues it: --help would run the usage lines
+  together into one long line."""
+  import ast  # pylint: disable=import-outside-toplevel
+  import glob  # pylint: disable=import-outside-toplevel
+  paths = glob.glob(os.path.join(REPO, "kpsem_jax", "*.py")) + [os.path.join(REPO, "train.py")]
+  for path in paths:
+    doc = ast.get_docstring(ast.parse(open(path).read()), clean=False) or ""
+    longest = max((len(line) for line in doc.splitlines()), default=0)
+    assert longest <= 100, (path, longest)
