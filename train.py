@@ -13,6 +13,7 @@ Kubernetes). If a process dies, the others stop within --heartbeat_timeout secon
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -58,10 +59,16 @@ def config_error(e: Exception, argv) -> str:
     given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     return (f"--config={given[-1] if given else ''}: no such readable config file (the "
             f"configs are in {os.path.join(REPO, 'configs')})")
-  field = str(e).strip("'\"")
+  text = str(e.args[0]) if e.args else str(e)
+  # ml_collections: "'x'\nDid you mean "y" ...", escaped once more on its way through absl
+  text = text.replace("\\\\", "\\").replace("\\n", "\n").replace("\\'", "'")
+  first, _, rest = text.partition("\n")
+  field = first.strip("'\"\\ ")
+  hint = re.search(r'Did you mean "([^"]+)"', rest)
   given = [a.split("=")[0] for a in argv if a.startswith("--config.") and field in a]
-  return (f"{given[0] if given else '--config'}: the config has no field {field!r} (the "
-          "fields are those of configs/common.py and the config file)")
+  return (f"{given[0] if given else '--config'}: the config has no field {field!r}"
+          + (f"; did you mean {hint.group(1)!r}?" if hint else "")
+          + " (--config_help lists the fields)")
 
 
 def parse_flags(argv):

@@ -77,6 +77,8 @@ def with_checksums(metadata: Mapping[str, Any], **items) -> Dict[str, Any]:
 def read_metadata(manager: ocp.CheckpointManager, step: int, where: str) -> Dict[str, Any]:
   """The ``metadata`` item of ``step``; a damaged one is a :class:`CheckpointError`."""
   path = os.path.join(where, "metadata", "metadata")
+  if os.path.isfile(path) and os.path.getsize(path) == 0:
+    raise CheckpointError(f"{path} is empty (0 bytes)")
   try:
     metadata = manager.restore(step, args=ocp.args.Composite(
         metadata=ocp.args.JsonRestore()))["metadata"]
@@ -290,7 +292,9 @@ def failure_reason(e: BaseException) -> str:
   if code:  # an operating-system error inside TensorStore: say which, and the file
     files = re.findall(r'local file "([^"]+)"', text)
     return f"{os.strerror(int(code.group(1)))}{f': {files[-1]}' if files else ''}"
-  return text[:600] if text else type(e).__name__
+  if not text or text.isdigit():  # a bare KeyError(0) and the like: say what it is
+    return f"{type(e).__name__}{f': {text}' if text else ''}"
+  return text[:600]
 
 
 class TrainingCheckpoints:

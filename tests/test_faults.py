@@ -47,6 +47,8 @@ def test_config_mistakes_are_one_line_and_create_no_workdir(tmp_path):
       ("--config.bogus=1",): "error: --config.bogus: the config has no field 'bogus'",
       ("--config.model.kpsem.nope=2",): "error: --config.model.kpsem.nope: the config has "
                                         "no field 'nope'",
+      ("--config.num_steps=5",): "error: --config.num_steps: the config has no field "
+                                 "'num_steps'; did you mean 'num_train_steps'? (--config_help",
       ("--config=configs/nope.py",): "error: --config=configs/nope.py: no such readable "
                                      "config file",
       ("--config.optimizer.lr=fast",): "error: flag --config.optimizer.lr=fast: could not "
@@ -605,3 +607,8 @@ def test_metadata_that_was_changed_or_does_not_fit_the_model_is_refused_as_damag
   assert f"{path} names 3 classes for a classifier of 6" in load_with(old)
   no_model = {k: v for k, v in old.items() if k != "model"}
   assert f"{path} has no model description (model.backbone)" in load_with(no_model)
+  open(path, "w").close()
+  logged = []
+  with pytest.raises(checkpoint.CheckpointError):
+    checkpoint.load_variables(str(tmp_path / "ckpt"), log=logged.append)
+  assert logged == [f"skipping checkpoint step 0: {path} is empty (0 bytes)"]
