@@ -710,3 +710,25 @@ def test_evaluating_with_the_config_of_another_model_names_the_differences(strai
       f"{workdir} holds a checkpoint of another model (model.kpsem.num_regions: checkpoint 4, "
       "config 2; model.kpsem_at: checkpoint conv3, config conv2): evaluate it with the config "
       f"it was trained with ({os.path.join(workdir, 'config.json')})")
+
+
+def test_a_full_disk_when_a_run_resumes_is_one_line(straight_run, tmp_path, monkeypatch,
+                                                     capsys):
+  import errno  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  from data import atomic  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import cli  # pylint: disable=import-outside-toplevel
+  config, workdir, _, _ = straight_run
+  copy = str(tmp_path / "w")
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("lock"))
+
+  def full(path, text):
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+  monkeypatch.setattr(atomic, "write_text", full)  # metrics.jsonl is rewritten on resume
+  with pytest.raises(SystemExit) as stop:
+    with cli.one_line_errors(trainer.TrainingError, doing=f"training in {copy}"):
+      trainer.train_and_evaluate(config.copy_and_resolve_references(), copy)
+  assert stop.value.code == 1
+  assert capsys.readouterr().err.strip().endswith(
+      f"error: training in {copy}: {os.path.join(copy, 'metrics.jsonl')}: No space left on "
+      "device; free space there, then rerun the same command")
