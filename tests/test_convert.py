@@ -73,8 +73,9 @@ def test_new_class_count_and_mf_kpsem_keep_the_backbone(tiny_net, tmp_path):
     out = str(tmp_path / model)
     meta = convert.run(path, out, num_classes=5, model=model, log=lambda *a: None)
     variables, saved_meta = checkpoint.load_variables(out)
-    # what run() returned, plus the SHA-256 of the variables written with it
-    assert saved_meta == dict(meta, sha256={"variables": checkpoint.digest(variables)})
+    # what run() returned, plus the SHA-256 of the variables written with it and its own
+    assert saved_meta == dict(meta, sha256={"variables": checkpoint.digest(variables),
+                                            "metadata": checkpoint.metadata_digest(meta)})
     assert "classifier.weight" in meta["initialised"]
     assert variables["params"]["classifier"]["kernel"].shape == (in_features, classes)
     assert ("kpsem" in variables["params"]) == (model == "mf_kpsem")
