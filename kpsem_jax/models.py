@@ -40,7 +40,7 @@ class VideoClassifier(nn.Module):
   ``readout``: the backbone feature the classifier reads: ``mean``, the globally averaged
   last map (the backbones' own); ``ordered``, the last map averaged over space only and its
   T' frames concatenated in time order (``(B, T' * C)``), a frame-order-aware readout (the
-  frame-order-aware control beside KPSEM in the experiment suite)."""
+  control beside KPSEM in the experiment suite)."""
   backbone: nn.Module
   num_classes: int
   kpsem: Optional[KPSEM] = None
