@@ -181,8 +181,8 @@ def define_flags():
   flags.DEFINE_bool("quick", False, "the core contrast (C2D vs C2D-KPSEM) with one seed: "
                     "--suite=core --seeds=1")
   flags.DEFINE_string("workdir", None, "results and one training workdir per run")
-  flags.DEFINE_integer("seeds", 3, "seeds per model (0 .. seeds-1)")
-  flags.DEFINE_integer("steps", 600, "training steps per run (batch 16)")
+  flags.DEFINE_integer("seeds", 3, "seeds per model (0 .. seeds-1)", lower_bound=1)
+  flags.DEFINE_integer("steps", 600, "training steps per run (batch 16)", lower_bound=1)
   flags.DEFINE_enum("data", "translation", sorted(DATA), "synthetic_motion's config: "
                     "translations in 8 directions, or the default set (translations, "
                     "rotations, approach/recede)")

@@ -361,3 +361,14 @@ def test_a_suite_stopped_by_a_signal_says_so_in_one_line(tmp_path):
   assert run.returncode == 143 and "Traceback" not in run.stderr
   assert run.stderr.strip().splitlines()[-1] == ("interrupted at step 3; saved; rerun the same "
                                                  "command to resume")
+
+
+def test_seed_and_step_counts_below_one_are_one_error_line(tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for flag in ("--seeds=0", "--steps=-5"):
+    run = subprocess.run([sys.executable, "-m", "kpsem_jax.experiments",
+                          f"--workdir={tmp_path / 'w'}", flag], cwd=repo, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 1 and run.stderr.strip().startswith(f"error: flag {flag}: "), (
+        run.stderr[-2000:])
+    assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
