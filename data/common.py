@@ -191,7 +191,8 @@ def generate(keyed: Sequence[Tuple[str, object]], root: str, split: str, encode,
                            min_frames=min_frames)
   # One short bar a split (TFDS's own bars name the build's temporary files; prepare shows
   # them with --verbose).
-  with tqdm(total=len(keyed) if hasattr(keyed, "__len__") else None, desc=f"{split}: videos", unit=" videos", leave=False,
+  total = len(keyed) if hasattr(keyed, "__len__") else None
+  with tqdm(total=total, desc=f"{split}: videos", unit=" videos", leave=False,
             dynamic_ncols=True) as bar:
     for examples, skips in encoded(groups(keyed), task, workers):
       for _, path, reason in skips:

@@ -61,6 +61,15 @@ def verify(item: str, tree, metadata: Mapping[str, Any], where: str) -> None:
                           "written with it")
 
 
+def model_differences(saved: Any, model: Mapping[str, Any]) -> list:
+  """``["model.x: checkpoint A, config B", ...]`` between a checkpoint's ``model`` metadata
+  and ``create_model``'s keyword arguments, the backbone's defaults written out on both
+  sides (a checkpoint that left them unsaid is the same model)."""
+  if isinstance(saved, dict):
+    saved = json.loads(json.dumps(complete_spec(saved)))
+  return json_differences(saved, complete_spec(model))
+
+
 def metadata_digest(metadata: Mapping[str, Any]) -> str:
   """SHA-256 of the metadata's JSON (keys sorted), its ``sha256`` field left out."""
   fields = {k: v for k, v in metadata.items() if k != "sha256"}
@@ -361,10 +370,7 @@ class TrainingCheckpoints:
     def restore(step):
       where = os.path.join(self.directory, str(step))
       metadata = read_metadata(self.checkpoints, step, where)
-      saved = metadata.get("model")
-      if isinstance(saved, dict):  # the backbone's defaults written out on both sides
-        saved = json.loads(json.dumps(complete_spec(saved)))
-      differences = json_differences(saved, complete_spec(model))
+      differences = model_differences(metadata.get("model"), model)
       if differences:
         raise CheckpointMismatch(
             f"{where} was written for another model ({'; '.join(differences)}): use a new "

@@ -20,7 +20,7 @@ existing ``FILE`` is replaced only with ``--overwrite``.
 
 import json
 import os
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,13 @@ def export_predictor(checkpoint_dir: str, batch: int = 1,
                      platforms: Sequence[str] = PLATFORMS) -> jax.export.Exported:
   """The predictor of ``checkpoint_dir`` (a workdir's best checkpoint, else its latest, or a
   converted checkpoint) for ``batch`` clips, exported for ``platforms``."""
+  return export_checkpoint(checkpoint_dir, batch, platforms)[0]
+
+
+def export_checkpoint(checkpoint_dir: str, batch: int = 1,
+                      platforms: Sequence[str] = PLATFORMS
+                      ) -> Tuple[jax.export.Exported, Dict[str, Any]]:
+  """``(exported predictor, the checkpoint's metadata)``, the checkpoint read once."""
   variables, metadata = checkpoint.load_variables(checkpoint_dir, prefer_best=True)
   spec = clip_spec_of(metadata)
   model = create_model(**metadata["model"], conv_strategy="xla")
@@ -45,7 +52,7 @@ def export_predictor(checkpoint_dir: str, batch: int = 1,
     return model.apply(variables, normalize(clips), train=False).astype(jnp.float32)
 
   clips = jax.ShapeDtypeStruct((batch, spec.frames, spec.crop, spec.crop, 3), jnp.uint8)
-  return jax.export.export(jax.jit(logits), platforms=tuple(platforms))(clips)
+  return jax.export.export(jax.jit(logits), platforms=tuple(platforms))(clips), metadata
 
 
 def write(exported: jax.export.Exported, output: str,
@@ -79,8 +86,8 @@ def main(argv):
     cli.fail(f"--output={FLAGS.output} exists: pass --overwrite to replace it")
   with cli.one_line_errors(FileNotFoundError, checkpoint.CheckpointError,
                            doing=f"exporting {FLAGS.checkpoint}"):
-    exported = export_predictor(FLAGS.checkpoint, FLAGS.batch)
-    names = checkpoint.load_variables(FLAGS.checkpoint, prefer_best=True)[1].get("class_names")
+    exported, metadata = export_checkpoint(FLAGS.checkpoint, FLAGS.batch)
+  names = metadata.get("class_names")
   try:
     write(exported, output, names)
   except OSError as e:

@@ -95,19 +95,16 @@ def largest_fitting(compile_at: Callable[[int], object], sizes: Sequence[int],
   if needs[low] > budget:
     raise DoesNotFit(f"even {low} needs {needs[low] / GIB:.2f} GiB a device, over the "
                      f"{budget / GIB:.2f} GiB budget")
-  high = sizes[-1]
-  per_item = (needs[high] - needs[low]) / max(1, high - low)
-  candidates = [s for s in sizes if s < high]
-  while candidates:
-    guess = max([s for s in candidates
-                 if needs.get(s, needs[low] + per_item * (s - low)) <= budget] or [low])
-    if guess not in compiled:
-      compiled[guess] = compile_at(guess)
-      needs[guess] = need_bytes(compiled[guess])
-    if needs[guess] <= budget:
-      return guess, compiled[guess], needs[guess]
-    candidates = [s for s in candidates if s < guess]  # the line was optimistic: go lower
-  return low, compiled[low], needs[low]
+  per_item = (needs[sizes[-1]] - needs[low]) / max(1, sizes[-1] - low)
+  for size in reversed(sizes[:-1]):  # the largest the line says fits; lower if it was wrong
+    if needs.get(size, needs[low] + per_item * (size - low)) > budget:
+      continue
+    if size not in compiled:
+      compiled[size] = compile_at(size)
+      needs[size] = need_bytes(compiled[size])
+    if needs[size] <= budget:
+      return size, compiled[size], needs[size]
+  raise AssertionError("unreachable: the smallest size fits")
 
 
 def describe(size_bytes: int) -> str:

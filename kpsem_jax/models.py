@@ -87,8 +87,7 @@ def complete_spec(spec: Mapping[str, Any]) -> Dict[str, Any]:
     defaults = {f.name: f.default for f in dataclasses.fields(backbone)
                 if f.name not in ("conv_strategy", "batch_norm_axis", "parent", "name")
                 and f.default is not dataclasses.MISSING}
-    given = {k: tuple(v) if isinstance(v, list) else v
-             for k, v in dict(spec.get("backbone_kwargs") or {}).items()}
+    given = dict(spec.get("backbone_kwargs") or {})
     spec["backbone_kwargs"] = {k: tuple(v) if isinstance(v, list) else v
                                for k, v in dict(defaults, **given).items()}
   return spec

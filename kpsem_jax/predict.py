@@ -62,12 +62,20 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
   # Inputs are checked before anything is compiled: a name that is not a readable regular
   # file (missing, a folder of no videos, a FIFO or device) is its result at once.
   unusable = {path: why for path, why in ((p, not_a_video_file(p)) for p in videos) if why}
-  results = _Results(on_result)
+  results = []
+
+  def add(result):  # its names made printable, then passed on at once
+    result = dict(result, video=printable(result["video"]))
+    if "error" in result:
+      result["error"] = printable(result["error"])
+    results.append(result)
+    if on_result is not None:
+      on_result(result)
   if len(unusable) == len(videos):
     log(f"none of the {len(videos)} inputs is a readable file; nothing was classified")
     for path in videos:
-      results.append({"video": path, "error": unusable[path]})
-    return results.done()
+      add({"video": path, "error": unusable[path]})
+    return results
   predictor = inference.load_predictor(checkpoint)
   changes = {k: v for k, v in (("num_clips", num_clips), ("num_crops", num_crops)) if v}
   spec = predictor.with_spec(**changes)
@@ -81,17 +89,17 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
   model_time, views_done, decode_time = 0.0, 0, 0.0
   for path in videos:
     if path in unusable:
-      results.append({"video": path, "error": unusable[path]})
+      add({"video": path, "error": unusable[path]})
       continue
     t = time.perf_counter()
     try:
       views = predictor.views(path, spec, allow_truncated)
     except video.TruncatedVideoError as e:
-      results.append({"video": path, "error": f"{e}; --allow_truncated classifies the frames "
-                      "that decode"})
+      add({"video": path, "error": f"{e}; --allow_truncated classifies the frames that "
+           "decode"})
       continue
     except (video.VideoError, OSError) as e:
-      results.append({"video": path, "error": _without_path(str(e), path)})
+      add({"video": path, "error": _without_path(str(e), path)})
       continue
     t1 = time.perf_counter()
     probs = predictor.probabilities(views, batch)
@@ -112,32 +120,12 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
               "window is never looked at (--timeline_stride=0: one window apart)")
       except (video.VideoError, OSError) as e:
         result = {"video": path, "error": _without_path(str(e), path)}
-    results.append(result)
-  results = results.done()
+    add(result)
   ok = sum("top" in r for r in results)
   rate = f"{views_done / model_time:.2f} clips/s" if model_time else "no clips"
   log(f"{ok} of {len(results)} videos classified: {views_done} clips through the model in "
       f"{model_time:.1f} s ({rate}); decoding and cropping took {decode_time:.1f} s")
   return results
-
-
-class _Results(list):
-  """The results so far; each appended one, its name made printable, goes to ``on_result``."""
-
-  def __init__(self, on_result):
-    super().__init__()
-    self.on_result = on_result
-
-  def append(self, result):
-    result = dict(result, video=printable(result["video"]))
-    if "error" in result:
-      result["error"] = printable(result["error"])
-    super().append(result)
-    if self.on_result is not None:
-      self.on_result(result)
-
-  def done(self) -> List[Dict]:
-    return list(self)
 
 
 def not_a_video_file(path: str) -> Optional[str]:

@@ -48,7 +48,7 @@ from kpsem_jax import memory_fit
 from kpsem_jax import metric_log
 from kpsem_jax import preemption
 from kpsem_jax import prepare as prepare_lib
-from kpsem_jax.models import complete_spec, create_model
+from kpsem_jax.models import create_model
 from kpsem_jax.optimizer import create_optimizer, lr_schedule, state_differences
 from kpsem_jax.train_step import (DATA_AXIS, TrainState, cross_entropy, data_mesh,
                                   make_eval_forward, make_train_step)
@@ -255,7 +255,7 @@ class Trainer:
   def _budget(self) -> int:
     """One device's memory budget (``config.memory_limit_gb``, else what it has), the
     smallest over processes."""
-    budget = memory_fit.budget_bytes(float(self.config.get("memory_limit_gb", 0.0)))
+    budget = memory_fit.budget_bytes(float(self.config.memory_limit_gb))
     if jax.process_count() > 1:
       budget = int(multihost_utils.process_allgather(np.int64(budget)).min())
     return budget
@@ -274,7 +274,7 @@ class Trainer:
           "config.clip.frames, or use a smaller model (configs/video_folder.py:small)"
       ) from None
     if size != current:
-      if self.config.get("memory_fit", "split") == "stop":
+      if self.config.memory_fit == "stop":
         raise TrainingError(
             f"the {what} does not fit in memory with {current} clips (config.{field}); the "
             f"largest that fits the {memory_fit.describe(budget)} budget is {size}: "
@@ -290,7 +290,7 @@ class Trainer:
     raises ``grad_accum_steps`` until the step fits, keeping the global batch and the lr
     schedule; BatchNorm statistics are then the smaller micro-batch's; "stop" names what
     fits; "off": compiled on the first step). Updates ``grad_accum_steps`` in the config."""
-    if self.config.get("memory_fit", "split") == "off":
+    if self.config.memory_fit == "off":
       return step_fn
     batch, devices = self.config.batch_size, jax.device_count()
     sizes = [m for m in range(devices, self.micro + 1, devices) if batch % m == 0]
@@ -313,7 +313,7 @@ class Trainer:
   def fit_eval_forward(self, variables) -> None:
     """Compiles the eval forward for the largest eval batch that fits (``config.memory_fit``
     as for :meth:`fitted_train_step`; the results do not depend on it)."""
-    if self.config.get("memory_fit", "split") == "off":
+    if self.config.memory_fit == "off":
       return
     c, devices = self.config.clip, jax.device_count()
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
@@ -465,7 +465,7 @@ def _train_and_evaluate(trainer, config, workdir):
   with preemption.StopRequests() as stop:
     state, tx, _ = trainer.initial_state()
     step_fn = make_train_step(trainer.model, tx, trainer.schedule, trainer.dtype, trainer.mesh)
-    if jax.process_index() == 0 and config.get("memory_fit", "split") != "off":
+    if jax.process_index() == 0 and config.memory_fit != "off":
       print("compiling the train step and checking that it fits in memory...")
     step_fn = trainer.fitted_train_step(step_fn, state)
     trainer.fit_eval_forward({"params": state.params, "batch_stats": state.batch_stats})
@@ -555,7 +555,7 @@ def _train(trainer, config, state, step_fn, checkpoints, start, stop, evaluated=
       trainer.record_inputs(step, batch)
       clips, labels = trainer.global_batch(batch)
       if step == start + 1:
-        if config.get("memory_fit", "split") == "off":
+        if config.memory_fit == "off":
           log("compiling the train step (the first step takes the compilation's time)...")
         state, metrics = step_fn(state, clips, labels)
         jax.block_until_ready(metrics["loss"])
@@ -634,10 +634,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> Dict[st
                                                         log=log)
   except (FileNotFoundError, checkpoint_lib.CheckpointError) as e:
     raise TrainingError(f"{workdir} holds no checkpoint to evaluate: {e}") from None
-  saved = metadata.get("model")
-  differences = checkpoint_lib.json_differences(
-      json.loads(json.dumps(complete_spec(saved))) if isinstance(saved, dict) else saved,
-      complete_spec(trainer.spec))
+  differences = checkpoint_lib.model_differences(metadata.get("model"), trainer.spec)
   if differences:
     raise TrainingError(
         f"{workdir} holds a checkpoint of another model ({'; '.join(differences)}): evaluate "

@@ -11,7 +11,8 @@ two diagonals), ``translation_hard``, ``key_object_<n>`` (a small striped key ob
 slow background; 1024 test videos; ``key_object_<n>_<m>`` with ``m`` training videos a
 class), ``key_object_striped_8_<m>`` (the distractors striped as the key object is, only
 its hue tells it apart), ``key_object_wrap_<s>`` (``key_object_4`` wrapping around the
-edges, spans of ``s/100`` frame sizes and more a clip), ``tiny`` (``default``'s classes, small, for tests).
+edges, spans of ``s/100`` frame sizes and more a clip), ``key_object_wrap_mix`` and
+``key_object_wrap_far30`` (spans mixed), ``tiny`` (``default``'s classes, small, for tests).
 """
 
 import dataclasses
