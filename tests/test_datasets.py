@@ -715,3 +715,23 @@ def test_video_folder_follows_symlinked_folders_and_lists_what_it_cannot_use(tmp
   assert any(r.endswith("caf\\xe9.avi: its name is not valid UTF-8 (rename it)") for r in reasons)
   tsv = open(os.path.join(builder.data_dir, "skipped.tsv"), encoding="utf-8").read()
   assert "caf\\xe9.avi" in tsv and len(tsv.splitlines()) == 4
+
+
+@pytest.mark.parametrize("layout", ["class folders", "split folders"])
+def test_a_class_folder_whose_name_is_not_utf8_is_listed_and_the_rest_builds(tmp_path, layout):
+  src = tmp_path / "mine"
+  top = src / "train" if layout == "split folders" else src
+  _copy("ucf101_style_BabyCrawling.avi", top / "crawl" / "c0.avi")
+  _copy("ucf101_style_ApplyEyeMakeup.avi", top / "makeup" / "m0.avi")
+  bad = os.path.join(os.fsencode(top), b"d\xe9tour")  # Latin-1, not UTF-8
+  os.makedirs(bad)
+  shutil.copy(os.path.join(VIDEOS, "ucf101_style_ApplyEyeMakeup.avi"), os.path.join(bad, b"x.avi"))
+  builder, skipped = build("video_folder", tmp_path, source_dir=str(src), test_fraction=0)
+  assert builder.info.features["label"].names == ["crawl", "makeup"]
+  keys = sorted(e["video_id"].decode() for e in read_all(builder, "train"))
+  prefix = "train/" if layout == "split folders" else ""
+  assert keys == [prefix + "crawl/c0.avi", prefix + "makeup/m0.avi"]
+  reasons = [r for _, _, r in skipped]
+  assert len(reasons) == 1 and reasons[0].endswith(
+      "d\\xe9tour: a class folder whose name is not valid UTF-8, left out with its videos "
+      "(rename it)"), reasons

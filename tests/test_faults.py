@@ -154,6 +154,26 @@ def test_a_corrupt_converted_checkpoint_never_loads(tmp_path, where):
   with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint in "):
     checkpoint.load_variables(str(tmp_path / "ckpt"), log=said.append)
   assert said and said[0].startswith("skipping checkpoint step 0: ")
+  assert "\n" not in said[0] and "tensorstore_spec" not in said[0] and len(said[0]) < 700
+
+
+def test_a_tensorstore_failure_is_one_short_line_without_its_spec_dump():
+  spec = "{'driver': 'zarr', 'kvstore': {'driver': 'ocdbt', " + "'x': 1, " * 120 + "}}"
+  inner = ValueError(f'DATA_LOSS: Error reading "params.w/0.0" in OCDBT database at local '
+                     f'file "/w/checkpoints/3/variables/": Unknown frame descriptor '
+                     f"[tensorstore_spec={spec!r}] See full TensorStore details: x")
+  try:
+    try:
+      raise inner
+    except ValueError as e:
+      raise RuntimeError("orbax restore failed") from e
+  except RuntimeError as outer:
+    reason = checkpoint.failure_reason(outer)
+  assert reason == ('DATA_LOSS: Error reading "params.w/0.0" in OCDBT database at local file '
+                    '"/w/checkpoints/3/variables/": Unknown frame descriptor')
+  os_error = ValueError("NOT_FOUND: Error writing local file \"/w/c/3/x\": "
+                        "[os_error_code='28'] [tensorstore_spec='{}']")
+  assert checkpoint.failure_reason(os_error) == "No space left on device: /w/c/3/x"
 
 
 def test_the_checksum_catches_changed_values_that_still_decode():

@@ -64,11 +64,25 @@ class Builder(common.VideoDatasetBuilder):
                 for _, _, label in self._list_rows(split)]
       return [f"class_{i}" for i in range(max(labels) + 1)]
     folder = os.path.join(root, "train") if layout == "split folders" else root
-    names = sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
+    names = sorted(n for n in self._class_folders(folder) if data_lib.printable(n) == n)
     if not names:
       raise FileNotFoundError(f"{self.name}: {folder} holds no class folder (docs/datasets.md "
                               "gives the layouts of video_folder)")
     return names
+
+  @staticmethod
+  def _class_folders(folder: str) -> List[str]:
+    """The names of ``folder``'s subfolders (symlinked ones included), sorted."""
+    return sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
+
+  def _skip_unreadable_class_names(self, folder: str, split: str) -> None:
+    """Lists in ``skipped.tsv`` each class folder whose name is not valid UTF-8 (no class
+    label can hold it); its videos are left out with it."""
+    for name in self._class_folders(folder):
+      shown = data_lib.printable(os.path.join(folder, name))
+      if data_lib.printable(name) != name:
+        self.skipped.add(split, shown, f"{shown}: a class folder whose name is not valid "
+                         "UTF-8, left out with its videos (rename it)")
 
   def _list_files(self) -> Dict[str, str]:
     root = self.require_source()
@@ -153,8 +167,9 @@ class Builder(common.VideoDatasetBuilder):
         folder = os.path.join(root, split)
         if not os.path.isdir(folder):
           continue
-        for name in sorted(os.listdir(folder)):
-          if not os.path.isdir(os.path.join(folder, name)):
+        self._skip_unreadable_class_names(folder, split)
+        for name in self._class_folders(folder):
+          if data_lib.printable(name) != name:
             continue
           if name not in labels:
             raise ValueError(f"{os.path.join(folder, name)}: class {name!r} is not among the "
@@ -165,7 +180,9 @@ class Builder(common.VideoDatasetBuilder):
       for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
         if os.path.isfile(path) and not name.startswith("."):
-          self.skipped.add("train", path, f"{path}: not in a class folder (<class>/<video>)")
+          shown = data_lib.printable(path)
+          self.skipped.add("train", shown, f"{shown}: not in a class folder (<class>/<video>)")
+      self._skip_unreadable_class_names(root, "train")
       for name in names:
         videos = self._videos_in(os.path.join(root, name), "train")
         test = set(self._held_out(videos))
