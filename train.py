@@ -13,7 +13,6 @@ Kubernetes). If a process dies, the others stop within --heartbeat_timeout secon
 """
 
 import os
-import re
 import sys
 
 from absl import app, flags
@@ -22,19 +21,19 @@ from ml_collections import config_flags
 
 from configs import common
 from data import frames
-from kpsem_jax import checkpoint, cli, input_pipeline, jax_options, trainer
+from kpsem_jax import checkpoint, cli, input_pipeline, trainer, workdir_eval
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 FLAGS = flags.FLAGS
 
 
-def define_flags(argv):
+def define_flags():
   """The flags; ``--config`` is read (and its ``--config.*`` overrides applied) here."""
   try:
     config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "synthetic.py"),
                                     "a configs/*.py file", lock_config=True)
   except (OSError, SyntaxError, ValueError, AttributeError, KeyError) as e:
-    fail(config_error(e, argv))
+    cli.fail(cli.config_error(e, sys.argv))
   flags.DEFINE_string("workdir", os.path.join(REPO, "workdirs", "synthetic"),
                       "checkpoints, metrics and evaluation results go here")
   flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or only evaluate")
@@ -49,61 +48,20 @@ def define_flags(argv):
                        "after which a process counts as dead and every other process stops")
 
 
-def config_error(e: Exception, argv) -> str:
-  """One line for a ``--config`` file that cannot be read or a field it does not have."""
-  if isinstance(e, SyntaxError):
-    return f"{e.filename}, line {e.lineno}: {e.msg} (the --config file is not valid Python)"
-  if isinstance(e, ValueError):  # get_config(arg) refused its variant
-    return f"--config: {e}"
-  if isinstance(e, OSError):
-    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    return (f"--config={given[-1] if given else ''}: no such readable config file (the "
-            f"configs are in {os.path.join(REPO, 'configs')})")
-  text = str(e.args[0]) if e.args else str(e)
-  # ml_collections: "'x'\nDid you mean "y" ...", escaped once more on its way through absl
-  text = text.replace("\\\\", "\\").replace("\\n", "\n").replace("\\'", "'")
-  first, _, rest = text.partition("\n")
-  field = first.strip("'\"\\ ")
-  hint = re.search(r'Did you mean "([^"]+)"', rest)
-  given = [a.split("=")[0] for a in argv if a.startswith("--config.") and field in a]
-  return (f"{given[0] if given else '--config'}: the config has no field {field!r}"
-          + (f"; did you mean {hint.group(1)!r}?" if hint else "")
-          + " (--config_help lists the fields)")
-
-
-def parse_flags(argv):
-  """absl's flag parsing, with a one-line error for a value that does not parse."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    lines = [l for l in str(e).splitlines() if l.strip()]
-    if any(l.startswith("Traceback") for l in lines):  # a config file's own exception
-      lines = [lines[0].rstrip(":") + ":", lines[-1]]
-    fail(" ".join(lines))
-  except (OSError, SyntaxError, ValueError, AttributeError, KeyError) as e:
-    fail(config_error(e, argv))
-  return []
-
-
-fail = cli.fail
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.prologue()
   try:
     config = FLAGS.config
     config.to_dict()  # a file that failed to load raises here, on first use
   except (OSError, SyntaxError, ValueError) as e:
-    fail(config_error(e, sys.argv))
+    cli.fail(cli.config_error(e, sys.argv))
   if FLAGS.config_help:
     given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config=")]
     print(f"the fields of {given[-1] if given else 'configs/synthetic.py'} (each settable "
           "as --config.<field>=<value>):")
     print(common.field_help(config))
     return
-  jax_options.configure()
   if FLAGS.distributed or FLAGS.coordinator_address or "JAX_COORDINATOR_ADDRESS" in os.environ:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
@@ -115,9 +73,8 @@ def main(argv):
     if FLAGS.mode == "train":
       trainer.train_and_evaluate(config, FLAGS.workdir)
     else:
-      trainer.evaluate_workdir(config, FLAGS.workdir)
+      workdir_eval.evaluate_workdir(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  define_flags(sys.argv)
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, define_flags)

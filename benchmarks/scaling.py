@@ -3,7 +3,7 @@
     python benchmarks/scaling.py [--config=configs/synthetic.py] [--per_device_batch=2]
                                  [--devices=1,2,4,8] [--strategies=xla,auto]
 
-Compiles ``trainer.make_train_step`` (the function ``train.py`` runs) for a global batch of
+Compiles ``train_step.make_train_step`` (the function ``train.py`` runs) for a global batch of
 ``per_device_batch * N`` on the first N of 8 forced host devices, and prints per N and
 convolution strategy:
 - FLOPs per device: XLA's cost analysis of the compiled per-device program, and its ratio
@@ -77,13 +77,17 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import cpu_kernels, jax_options, trainer  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import cpu_kernels, jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()
+  from configs.common import model_spec  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import train_step as ts  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models import create_model, normalize  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.optimizer import create_optimizer, lr_schedule  # pylint: disable=import-outside-toplevel
 
   config = FLAGS.config
   c = config.clip
   accum = int(config.grad_accum_steps)
-  spec = trainer.model_spec(config)
+  spec = model_spec(config)
   print(f"JAX {jax.__version__}, {jax.device_count()} forced CPU devices; "
         f"{config.dataset.name} config: "
         f"{spec['backbone']}{' + KPSEM' if spec['kpsem'] else ''}, clips {c.frames}x{c.crop}x"
@@ -95,31 +99,31 @@ def main(argv):
     def step(state, clips, labels):
       def loss_fn(params):
         logits, new = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                  trainer.normalize(clips[0]), train=True,
+                                  normalize(clips[0]), train=True,
                                   mutable=["batch_stats"])
-        return trainer.cross_entropy(logits, labels[0]), new["batch_stats"]
+        return ts.cross_entropy(logits, labels[0]), new["batch_stats"]
       (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      return trainer.TrainState(state.step + 1, optax.apply_updates(state.params, updates),
-                                batch_stats, opt_state)
-    batch = jax.NamedSharding(mesh, jax.P(None, trainer.DATA_AXIS))
+      return ts.TrainState(state.step + 1, optax.apply_updates(state.params, updates),
+                           batch_stats, opt_state)
+    batch = jax.NamedSharding(mesh, jax.P(None, ts.DATA_AXIS))
     replicated = jax.NamedSharding(mesh, jax.P())
     return jax.jit(step, in_shardings=(replicated, batch, batch), out_shardings=replicated)
 
   def compile_step(model, tx, variables, devices, per_device, baseline=False):
-    mesh = trainer.data_mesh(jax.devices()[:devices])
+    mesh = ts.data_mesh(jax.devices()[:devices])
     state = jax.device_put(
-        trainer.TrainState(jnp.zeros((), jnp.int32), variables["params"],
+        ts.TrainState(jnp.zeros((), jnp.int32), variables["params"],
                            variables["batch_stats"], tx.init(variables["params"])),
         jax.NamedSharding(mesh, jax.P()))
-    batch = jax.NamedSharding(mesh, jax.P(None, trainer.DATA_AXIS))
+    batch = jax.NamedSharding(mesh, jax.P(None, ts.DATA_AXIS))
     shape = (1 if baseline else accum, per_device * devices)
     clips = jax.device_put(np.zeros(shape + (c.frames, c.crop, c.crop, 3), np.uint8), batch)
     labels = jax.device_put(np.zeros(shape, np.int32), batch)
     if baseline:
       step = plain_jit_step(model, tx, mesh)
     else:
-      step = trainer.make_train_step(model, tx, trainer.lr_schedule(config), jnp.float32, mesh)
+      step = ts.make_train_step(model, tx, lr_schedule(config), jnp.float32, mesh)
     return step.lower(state, clips, labels).compile()
 
   header = (f"{'strategy':9s} {'N':>2s} {'global batch':>12s} {'GFLOP/device':>12s} "
@@ -127,11 +131,11 @@ def main(argv):
             f"{'grads+BN MB':>11s} {'ratio':>6s}")
   runs = [(s, False) for s in FLAGS.strategies] + ([("xla", True)] if FLAGS.baseline else [])
   for conv_strategy, baseline in runs:
-    model = trainer.create_model(**spec, conv_strategy=conv_strategy,
-                                 batch_norm_axis=None if baseline else trainer.DATA_AXIS)
+    model = create_model(**spec, conv_strategy=conv_strategy,
+                                 batch_norm_axis=None if baseline else ts.DATA_AXIS)
     variables = jax.device_get(jax.jit(model.init)(
         jax.random.PRNGKey(0), jnp.zeros((1, c.frames, c.crop, c.crop, 3))))
-    tx = trainer.create_optimizer(config)
+    tx = create_optimizer(config)
     grad_bytes = 4 * sum(p.size for p in jax.tree.leaves(variables["params"]))
     # Each BatchNorm exchanges its means and means of squares (2 x C float32) per
     # micro-batch, and their cotangents in the backward pass.

@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kpsem_jax import jax_options, memory_fit, trainer
+from configs.common import load_config, model_spec
+from kpsem_jax import jax_options, memory_fit
+from kpsem_jax.models import create_model
 from kpsem_jax.optimizer import create_optimizer, lr_schedule
 from kpsem_jax.train_step import DATA_AXIS, TrainState, data_mesh, make_train_step
 
@@ -37,10 +39,10 @@ def peak_rss_bytes() -> int:
 
 def main(_):
   jax_options.configure()
-  config = trainer.load_config(FLAGS.config, FLAGS.arg)
+  config = load_config(FLAGS.config, FLAGS.arg)
   config.dataset.num_classes = FLAGS.classes
   config.init_from = ""
-  model = trainer.create_model(**trainer.model_spec(config), batch_norm_axis=DATA_AXIS)
+  model = create_model(**model_spec(config), batch_norm_axis=DATA_AXIS)
   c = config.clip
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, c.frames, c.crop,
                                                                      c.crop, 3)))

@@ -92,7 +92,8 @@ def main(argv):
   import torch  # pylint: disable=import-outside-toplevel
   from kpsem_jax.testing import torch_kpsem  # pylint: disable=import-outside-toplevel
   from kpsem_jax.testing import torch_mfnet  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import checkpoint, convert, trainer  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import checkpoint, convert  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import train_step as ts  # pylint: disable=import-outside-toplevel
   from kpsem_jax.models import normalize  # pylint: disable=import-outside-toplevel
   from kpsem_jax.models import VideoClassifier, create_model  # pylint: disable=import-outside-toplevel
 
@@ -232,11 +233,11 @@ def main(argv):
   tx = optax.sgd(0.01, momentum=0.9, nesterov=True)
   steps = {}
   for s in FLAGS.strategies:
-    model = create_model(**meta["model"], conv_strategy=s, batch_norm_axis=trainer.DATA_AXIS)
-    fn = trainer.make_train_step(model, tx, lambda step: 0.01, jnp.float32,
-                                 trainer.data_mesh(jax.devices()[:1]))
-    state = trainer.TrainState(jnp.zeros((), jnp.int32), variables["params"],
-                               variables["batch_stats"], tx.init(variables["params"]))
+    model = create_model(**meta["model"], conv_strategy=s, batch_norm_axis=ts.DATA_AXIS)
+    fn = ts.make_train_step(model, tx, lambda step: 0.01, jnp.float32,
+                            ts.data_mesh(jax.devices()[:1]))
+    state = ts.TrainState(jnp.zeros((), jnp.int32), variables["params"],
+                          variables["batch_stats"], tx.init(variables["params"]))
     steps[s] = [fn, jax.tree.map(jnp.copy, state)]  # the step donates its state
   # Both sides' inputs are ready in memory before the timings: PyTorch's normalised tensor
   # above, the uint8 micro-batch here on the JAX device (the step normalises it itself).

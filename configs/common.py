@@ -1,12 +1,36 @@
 """Settings shared by every config; each dataset's file starts from ``base()``.
 
-The paper's recipe (section 4.1, ../shared/reference/NOTES.md): MF-KPSEM (K=4, G=8, d_e=24,
+The paper's recipe (section 4.1; docs/training.md): MF-KPSEM (K=4, G=8, d_e=24,
 after conv4), SGD with Nesterov momentum 0.9, weight decay 1e-4, lr 0.005 halved for the
 first 100 steps, step decay, pretrained layers at 0.2x lr, 16-frame 224x224 clips, initialised
 from the converted Kinetics-400 MFNet.
 """
 
+import importlib
+import os
+
 import ml_collections
+
+
+def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of ``configs/<name>.py``."""
+  module = importlib.import_module(f"configs.{name}")
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def model_spec(config: ml_collections.ConfigDict) -> dict:
+  """``create_model``'s keyword arguments from a config. Fixed regions (``adaptive=False``)
+  are drawn from ``config.seed`` unless ``model.kpsem.fixed_regions_seed`` says otherwise,
+  so each training seed has its own fixed split."""
+  m = config.model
+  kpsem = dict(m.kpsem) if m.use_kpsem else None
+  if kpsem is not None and not kpsem.get("adaptive", True):
+    kpsem.setdefault("fixed_regions_seed", int(config.seed))
+  spec = dict(backbone=m.backbone, num_classes=config.dataset.num_classes,
+              backbone_kwargs=dict(m.backbone_kwargs), kpsem=kpsem, kpsem_at=m.kpsem_at)
+  if m.get("readout", "mean") != "mean":  # absent from the metadata of mean-readout models
+    spec["readout"] = m.readout
+  return spec
 
 
 def parse_arg(arg: str, where: str, **defaults) -> ml_collections.ConfigDict:
@@ -45,10 +69,43 @@ def parse_arg(arg: str, where: str, **defaults) -> ml_collections.ConfigDict:
 
 
 class Rule:
-  """A field's constraint: :meth:`violation` says what is wrong with a value, or None."""
+  """A field's constraint: :meth:`violation` says what is wrong with a value, or None;
+  reported as ``config.<field>=<value><joiner><violation>``."""
 
-  def violation(self, value):
+  show, joiner = staticmethod(repr), ": "
+
+  def violation(self, value, config=None):
+    """What is wrong with ``value`` (``config``: the whole config, for rules that read
+    other fields), or None."""
     raise NotImplementedError
+
+
+class Checkpoint(Rule):
+  """'' (none), or a folder holding a kpsem-jax checkpoint; a missing one names the
+  convert command that creates it (MFNet backbones)."""
+
+  show, joiner = staticmethod(str), " "
+
+  def violation(self, value, config=None):
+    if not value:
+      return None
+    path = os.path.expanduser(value)
+    if os.path.exists(path):
+      if os.path.isdir(os.path.join(path, "checkpoints")):
+        return None
+      return ("is not a kpsem-jax checkpoint (no 'checkpoints' folder in it): name a folder "
+              "written by python -m kpsem_jax.convert or a training workdir, or train from "
+              "scratch with --config.init_from=")
+    how = ""
+    if config is not None and config.model.backbone == "mfnet3d":
+      how = (f"create it from the released MFNet with: python -m kpsem_jax.convert "
+             f"--pytorch=MFNet3D_Kinetics-400_72.8.pth --output={value} --model="
+             f"{'mf_kpsem' if config.model.use_kpsem else 'mfnet3d'} "
+             f"--num_classes={config.dataset.num_classes} (docs/inference.md), or ")
+    return f"does not exist: {how}train from scratch with --config.init_from="
+
+  def __str__(self):
+    return "'' or a checkpoint folder"
 
 
 class AtLeast(Rule):
@@ -57,7 +114,7 @@ class AtLeast(Rule):
   def __init__(self, least, integer=False):
     self.least, self.integer = least, integer
 
-  def violation(self, value):
+  def violation(self, value, config=None):
     kind = "an integer" if self.integer else "a finite number"
     ok = (isinstance(value, int) if self.integer else isinstance(value, (int, float)))
     if (not ok or isinstance(value, bool) or value != value or value in (float("inf"), -float("inf"))
@@ -75,7 +132,7 @@ class OneOf(Rule):
   def __init__(self, *choices):
     self.choices = choices
 
-  def violation(self, value):
+  def violation(self, value, config=None):
     if value not in self.choices:
       return f"choose one of {', '.join(map(str, self.choices))}"
     return None
@@ -83,6 +140,11 @@ class OneOf(Rule):
   def __str__(self):
     return " | ".join(map(str, self.choices))
 
+
+# The model code's choices, spelled here so that configs import nothing of the model
+# (tests/test_configs.py checks they equal layers.STRATEGIES and arese.MATCH_GRADIENTS).
+CONV_STRATEGIES = ("auto", "xla", "group_loop", "patches", "patches_grad", "onednn")
+MATCH_GRADIENTS = ("paper", "splits", "stopped")
 
 # Every field of base(): (what it means, its rule or None). The one place a field's
 # constraint is declared; train.py --config_help prints these, the trainer checks them before
@@ -118,8 +180,12 @@ FIELDS = {
     "model.kpsem_at": ("the stage KPSEM reads (conv2 .. conv5, res2 .. res5)", None),
     "model.readout": ("the classifier's input: mean, or ordered (per-frame, in time order)",
                       OneOf("mean", "ordered")),
-    "model.conv_strategy": ("how convolutions are computed (auto: oneDNN on CPUs)", None),
-    "init_from": ("a converted checkpoint or a workdir to start from ('': from scratch)", None),
+    "model.kpsem.match_gradient": ("the gradient reaching the split lines (docs/models.md)",
+                                   OneOf(*MATCH_GRADIENTS)),
+    "model.conv_strategy": ("how convolutions are computed (auto: oneDNN on CPUs)",
+                            OneOf(*CONV_STRATEGIES)),
+    "init_from": ("a converted checkpoint or a workdir to start from ('': from scratch)",
+                  Checkpoint()),
     "optimizer.lr": ("the learning rate (SGD, Nesterov momentum)", AtLeast(0.0)),
     "optimizer.momentum": ("SGD momentum", AtLeast(0.0)),
     "optimizer.nesterov": ("Nesterov momentum", None),
@@ -166,9 +232,9 @@ def violations(config: ml_collections.ConfigDict) -> list:
         break
       value = value[key]
     if present and rule is not None:
-      problem = rule.violation(value)
+      problem = rule.violation(value, config)
       if problem:
-        found.append(f"config.{path}={value!r}: {problem}")
+        found.append(f"config.{path}={rule.show(value)}{rule.joiner}{problem}")
   return found
 
 

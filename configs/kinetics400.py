@@ -6,7 +6,7 @@
 The model (plain MFNet-3D, 400 classes), the clips (16 frames at interval 2, short side
 scaled in [224, 288] with aspect jitter, 224 crops, flips; 10 clips x 3 crops at test) and
 the optimiser family (SGD, Nesterov 0.9, weight decay 1e-4, step decay) are the release's
-(../shared/reference/NOTES.md). The learning rate, batch and schedule are ours: the notes do
+(docs/training.md). The learning rate, batch and schedule are ours: the notes do
 not give the release's pretraining schedule; change them for your hardware.
 """
 

@@ -17,11 +17,9 @@ from PIL import Image
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-import data as data_lib
 from data import frames as frames_lib
 from data import video as video_lib
 
-LAYOUT_VERSION = data_lib.LAYOUT_VERSION
 RELEASE_NOTES = {"1.0.0": "Frames inside each video's example.",
                  "2.0.0": "Frames one record each in frames/<split>-*.array_record; an example "
                           "holds frames_file and first_frame."}

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kpsem_jax import process_zero
 from kpsem_jax.models import complete_spec
 
 ITEMS = ("variables", "metadata")
@@ -323,7 +324,7 @@ class TrainingCheckpoints:
   def __init__(self, workdir: str, keep: int, log: Callable[[str], None] = print):
     self.workdir = os.path.abspath(workdir)
     self.keep = keep
-    self.log = log if jax.process_index() == 0 else (lambda message: None)
+    self.log = log if process_zero.is_main() else (lambda message: None)
     self.directory = os.path.join(self.workdir, "checkpoints")
     self.best_directory = os.path.join(self.workdir, "best")
     self._open()
@@ -408,7 +409,7 @@ class TrainingCheckpoints:
 
   def _move_aside(self, folders) -> None:
     """Moves each ``(directory, step)`` to ``workdir/damaged/`` (process 0; all wait)."""
-    if jax.process_index() == 0:
+    if process_zero.is_main():
       aside = os.path.join(self.workdir, "damaged")
       os.makedirs(aside, exist_ok=True)
       for directory, step in folders:
@@ -481,6 +482,24 @@ class CheckpointMismatch(CheckpointError):
   """An intact checkpoint this run must not continue (written for another model)."""
 
 
+# Config fields that decide the training batches (num_workers, the process count and where
+# the data is stored do not).
+DATA_FIELDS = ("seed", "batch_size", "dataset.name", "dataset.config", "dataset.train_split",
+               "clip")
+
+
+def data_changes(saved_config: Mapping, config: Mapping) -> list:
+  """The differences of the ``DATA_FIELDS`` between a checkpoint's config and ``config``
+  (both as dicts): a resume with any of them changes the batches from there on."""
+  def get(tree, path):
+    for key in path.split("."):
+      tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+  return [d for path in DATA_FIELDS
+          for d in json_differences(get(saved_config, path), get(config, path),
+                                    f"config.{path}")]
+
+
 def json_differences(saved, wanted, prefix="model") -> list:
   """``["model.x.y: checkpoint A, config B", ...]`` where two JSON-like trees differ
   (``wanted`` is compared as its JSON form: tuples as lists)."""
@@ -518,7 +537,7 @@ def _free_space(directory: str) -> Optional[int]:
 
 def _agreed_free_space(directory: str) -> Optional[int]:
   """Process 0's view of the free space, the same on every process (one decision)."""
-  free = _free_space(directory) if jax.process_index() == 0 else 0
+  free = _free_space(directory) if process_zero.is_main() else 0
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     free = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if free is None else free)))
@@ -548,7 +567,7 @@ def _join_orbax_threads(timeout: float = 60.0) -> None:
 def _remove_partial(directory: str, step: int) -> None:
   """Removes what a failed save of ``step`` left: orbax's temporary folder, or the step's
   folder when the failure came after it was renamed into place (it does not count)."""
-  if jax.process_index() == 0:
+  if process_zero.is_main():
     for name in os.listdir(directory) if os.path.isdir(directory) else ():
       if name == str(step) or name.startswith(f"{step}.orbax-checkpoint-tmp"):
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)

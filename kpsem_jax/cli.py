@@ -1,10 +1,16 @@
-"""What every command-line entry point shares: one ``error:`` line per failure, quiet
-libraries.
+"""What every command-line entry point shares: one start, one ``error:`` line per failure,
+quiet libraries.
 
     def main(argv):
-      cli.prologue()
       with cli.one_line_errors(FileNotFoundError, checkpoint.CheckpointError):
         ...
+
+    if __name__ == "__main__":
+      cli.run(main, define_flags)
+
+- :func:`run`: the one prologue: the flags defined and parsed (a mistake is one line), JAX's
+  options set before JAX starts (``jax_options.configure``), then :func:`prologue`, then
+  ``main(argv)``.
 
 - :func:`prologue`: absl logs at WARNING, orbax's own log records (and asyncio's about
   orbax's tasks) dropped (every orbax failure reaches the caller as an exception and is
@@ -22,9 +28,11 @@ libraries.
 import contextlib
 import errno
 import logging as std_logging
+import os
+import re
 import sys
 import traceback
-from typing import NoReturn
+from typing import Callable, NoReturn, Optional
 
 from kpsem_jax import preemption
 
@@ -76,13 +84,57 @@ def one_line_errors(*types: type, doing: str = ""):
 
 
 def parse_flags(argv):
-  """absl's flag parsing (``app.run(main, flags_parser=cli.parse_flags)``), with a missing
-  required flag or a value that does not parse as one ``error:`` line, exit status 1."""
+  """absl's flag parsing, with a missing required flag, a value that does not parse or a
+  ``--config`` file that does not load (``config_error``) as one ``error:`` line, exit
+  status 1."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    fail(" ".join(str(e).split()))
+    lines = [" ".join(l.split()) for l in str(e).splitlines() if l.strip()]
+    if any(l.startswith("Traceback") for l in lines):  # a config file's own exception
+      lines = [lines[0].rstrip(":") + ":", lines[-1]]
+    fail(" ".join(lines))
+  except (OSError, SyntaxError, ValueError, AttributeError, KeyError) as e:
+    fail(config_error(e, argv))
+
+
+def config_error(e: Exception, argv) -> str:
+  """One line for a ``--config`` file that cannot be read or a field it does not have."""
+  if isinstance(e, SyntaxError):
+    return f"{e.filename}, line {e.lineno}: {e.msg} (the --config file is not valid Python)"
+  if isinstance(e, ValueError):  # get_config(arg) refused its variant
+    return f"--config: {e}"
+  if isinstance(e, OSError):
+    from configs import common  # pylint: disable=import-outside-toplevel
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    return (f"--config={given[-1] if given else ''}: no such readable config file (the "
+            f"configs are in {os.path.dirname(os.path.abspath(common.__file__))})")
+  text = str(e.args[0]) if e.args else str(e)
+  # ml_collections: "'x'\nDid you mean "y" ...", escaped once more on its way through absl
+  text = text.replace("\\\\", "\\").replace("\\n", "\n").replace("\\'", "'")
+  first, _, rest = text.partition("\n")
+  field = first.strip("'\"\\ ")
+  hint = re.search(r'Did you mean "([^"]+)"', rest)
+  given = [a.split("=")[0] for a in argv if a.startswith("--config.") and field in a]
+  return (f"{given[0] if given else '--config'}: the config has no field {field!r}"
+          + (f"; did you mean {hint.group(1)!r}?" if hint else "")
+          + " (--config_help lists the fields)")
+
+
+def run(main: Callable, define_flags: Optional[Callable] = None) -> None:
+  """Runs ``main(argv)`` as a program, every entry point's one start (the module's
+  docstring)."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  if define_flags is not None:
+    define_flags()
+
+  def start(argv):
+    from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
+    jax_options.configure()  # before JAX starts
+    prologue()
+    return main(argv)
+  app.run(start, flags_parser=parse_flags)
 
 
 def prologue() -> None:

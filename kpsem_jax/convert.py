@@ -16,7 +16,7 @@ import re
 import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
@@ -232,11 +232,8 @@ def run(pytorch: str, output: str, num_classes: Optional[int] = None, model: str
 
 
 def main(argv):
-  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
-  jax_options.configure()  # before JAX starts
   del argv
   FLAGS = flags.FLAGS
-  cli.prologue()  # orbax logs every step of a save at INFO
   if not FLAGS.pytorch or not FLAGS.output:
     print("usage: python -m kpsem_jax.convert --pytorch=PATH.pth --output=DIR", file=sys.stderr)
     sys.exit(2)
@@ -261,6 +258,4 @@ def define_flags():
 
 
 if __name__ == "__main__":
-  define_flags()
-  from kpsem_jax import cli  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags)

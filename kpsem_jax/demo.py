@@ -8,7 +8,7 @@
 
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,8 +102,6 @@ def part3(steps):
 
 
 def main(_):
-  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
-  jax_options.configure()  # before JAX starts
   part1()
   part2()
   part3(FLAGS.steps)
@@ -116,5 +114,5 @@ def define_flags():
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  from kpsem_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, define_flags)

@@ -5,6 +5,7 @@ top-1/top-5 accuracy, per-class accuracy and the confusion matrix (rows: true cl
 columns: predicted); ``confusion_png`` draws it.
 """
 
+import json
 from typing import Dict, Sequence
 
 import numpy as np
@@ -59,7 +60,6 @@ def confusion_png(matrix: np.ndarray, path: str, class_names: Sequence[str] = ()
   its share of its row and, where cells are large enough, its count; axis titles, a title
   and a colour bar. The PNG's text chunks hold ``title``, ``class_names`` and ``counts``
   (JSON), so tools can read it back."""
-  import json  # pylint: disable=import-outside-toplevel
   from PIL import Image, ImageDraw, PngImagePlugin  # pylint: disable=import-outside-toplevel
   n = matrix.shape[0]
   names = [f"{i}: {name}" for i, name in enumerate(class_names)] or [str(i) for i in range(n)]
@@ -98,3 +98,18 @@ def confusion_png(matrix: np.ndarray, path: str, class_names: Sequence[str] = ()
   info.add_text("class_names", json.dumps(list(class_names)))
   info.add_text("counts", json.dumps(np.asarray(matrix).astype(int).tolist()))
   image.save(path, pnginfo=info)
+
+
+def write_eval_files(metrics: Dict[str, np.ndarray], base: str, class_names: Sequence[str],
+                     step: int, split: str) -> None:
+  """``base.json`` (the metrics, per-class accuracy by name), ``base_confusion.csv`` and
+  ``base_confusion.png``."""
+  summary = {k: v for k, v in metrics.items() if not isinstance(v, np.ndarray)}
+  summary["per_class_accuracy"] = {
+      name: (None if np.isnan(a) else float(a))
+      for name, a in zip(class_names, metrics["per_class_accuracy"])}
+  with open(base + ".json", "w") as f:
+    json.dump(dict(summary, step=step, class_names=list(class_names)), f, indent=1)
+  np.savetxt(base + "_confusion.csv", metrics["confusion"], fmt="%d", delimiter=",")
+  confusion_png(metrics["confusion"], base + "_confusion.png", class_names,
+                title=f"{split} split, step {step}: confusion matrix")

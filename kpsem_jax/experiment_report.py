@@ -315,14 +315,12 @@ def publish(workdir, suite, data, steps, seeds, results, variants, paired=False)
     bar_chart(rows, tmp, data, steps)
 
 
-def main(argv=None) -> int:
-  """``python -m kpsem_jax.experiment_report [--check] FILE.md ...``: rewrite (or, with
-  ``--check``, compare) the results tables of markdown files from their ``results.json``."""
+def refresh_files(paths, check: bool = False) -> int:
+  """Rewrites (or, with ``check``, compares) the results tables of the markdown files
+  ``paths`` from their ``results.json``; 1 when ``check`` found a stale one, else 0."""
   import sys  # pylint: disable=import-outside-toplevel
-  args = list(sys.argv[1:] if argv is None else argv)
-  check = "--check" in args
   stale = []
-  for path in (a for a in args if a != "--check"):
+  for path in paths:
     text = open(path).read()
     fresh = refresh_tables(text, os.path.dirname(os.path.abspath(path)))
     if fresh != text:
@@ -336,5 +334,21 @@ def main(argv=None) -> int:
   return 1 if stale else 0
 
 
+def main(argv) -> int:
+  """``python -m kpsem_jax.experiment_report [--check] FILE.md ...``."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import cli  # pylint: disable=import-outside-toplevel
+  with cli.one_line_errors(doing="refreshing the results tables"):
+    return refresh_files(argv[1:], flags.FLAGS.check)
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program)."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_bool("check", False, "compare the tables instead of rewriting them; exit 1 "
+                    "when one is stale")
+
+
 if __name__ == "__main__":
-  raise SystemExit(main())
+  from kpsem_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, define_flags)

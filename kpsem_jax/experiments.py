@@ -55,7 +55,7 @@ def run_one(variant: Variant, seed: int, steps: int, data_dir: str, workdir: str
   result_path = os.path.join(workdir, "result.json")
   if os.path.exists(result_path):
     result = json.load(open(result_path))
-    held = (result.get("data", "default"), result["steps"])  # runs before `data`: default
+    held = (result.get("data", "default"), result["steps"])  # no `data`: the default set
     if held != (data, steps):
       raise WorkdirMismatch(f"{result_path}: a finished run with --data={held[0]} "
                             f"--steps={held[1]}, not --data={data} --steps={steps}; use "
@@ -81,6 +81,7 @@ def split_lines_moved(workdir: str, config, videos: int = 128) -> Dict[str, floa
   """:func:`kpsem_jax.split_movement.movement` of a trained run's split lines on its first
   ``videos`` evaluation videos (one centre view each), in feature-map pixels."""
   from kpsem_jax import inference, input_pipeline, split_movement  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models import normalize  # pylint: disable=import-outside-toplevel
   predictor = inference.load_predictor(workdir, prefer_best=False)
   d = config.dataset
   source, _ = input_pipeline.load_source(d.data_dir, d.name, d.config, d.eval_split)
@@ -88,7 +89,7 @@ def split_lines_moved(workdir: str, config, videos: int = 128) -> Dict[str, floa
   clips = np.stack([input_pipeline.eval_views(source[i], spec)[0]
                     for i in range(min(videos, len(source)))])
   return split_movement.of_model(predictor.model, predictor.variables,
-                                 inference.normalize(clips))
+                                 normalize(clips))
 
 
 def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 600,
@@ -195,12 +196,9 @@ def define_flags():
 
 
 def main(argv):
-  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
-  jax_options.configure()  # before JAX starts
   from absl import app, flags  # pylint: disable=import-outside-toplevel
   from kpsem_jax import cli  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  cli.prologue()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   suite, seeds = ("core", 1) if FLAGS.quick else (FLAGS.suite, FLAGS.seeds)
@@ -230,7 +228,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  define_flags()
   from kpsem_jax import cli  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags)

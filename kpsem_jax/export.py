@@ -69,12 +69,9 @@ def write(exported: jax.export.Exported, output: str,
 
 
 def main(argv):
-  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
-  jax_options.configure()  # before JAX starts
   from absl import app, flags  # pylint: disable=import-outside-toplevel
   from kpsem_jax import cli  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  cli.prologue()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   output = os.path.abspath(FLAGS.output)
@@ -110,7 +107,5 @@ def define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  define_flags()
   from kpsem_jax import cli  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags)

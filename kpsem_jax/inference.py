@@ -20,7 +20,7 @@ import numpy as np
 
 from data import video
 from kpsem_jax import checkpoint, input_pipeline, memory_fit
-from kpsem_jax.models import create_model, normalize  # noqa: F401  (normalize: public API)
+from kpsem_jax.models import create_model, normalize
 
 def _centre_crop(clip: np.ndarray, crop: int) -> np.ndarray:
   """``(T, H, W, 3)`` -> ``(T, crop, crop, 3)``; a side shorter than ``crop`` is an error."""

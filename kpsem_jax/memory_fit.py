@@ -71,10 +71,14 @@ def available_bytes(device: Optional[jax.Device] = None) -> int:
 
 def budget_bytes(limit_gb: float = 0.0) -> int:
   """A device's budget for one step: ``limit_gb`` when > 0 (for tests and for sharing a
-  machine), else :data:`HEADROOM` of :func:`available_bytes` (0: unknown, no check)."""
-  if limit_gb > 0:
-    return int(limit_gb * GIB)
-  return int(available_bytes() * HEADROOM)
+  machine), else :data:`HEADROOM` of :func:`available_bytes` (0: unknown, no check); in a
+  job of several processes, the smallest of theirs."""
+  budget = int(limit_gb * GIB) if limit_gb > 0 else int(available_bytes() * HEADROOM)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    budget = int(multihost_utils.process_allgather(np.int64(budget)).min())
+  return budget
 
 
 def largest_fitting(compile_at: Callable[[int], object], sizes: Sequence[int],
@@ -110,3 +114,28 @@ def largest_fitting(compile_at: Callable[[int], object], sizes: Sequence[int],
 def describe(size_bytes: int) -> str:
   """``size_bytes`` in GiB, 2 decimals."""
   return f"{size_bytes / GIB:.2f} GiB"
+
+
+def fit(what: str, field: str, compile_at: Callable[[int], object], sizes: Sequence[int],
+        current: int, budget: int, policy: str, advice: Callable[[int], str],
+        log: Callable[[str], None] = print) -> Tuple[int, object]:
+  """``(size, compiled)``: ``current`` when it fits ``budget``, else (``policy="split"``)
+  the largest of ``sizes`` that does, with a line saying so. ``policy="stop"``, or nothing
+  fitting, is one :class:`DoesNotFit` naming the sizes and the ``config.<field>`` to set;
+  ``what`` names the compiled function, ``advice(size)`` the flag that picks ``size``."""
+  try:
+    size, compiled, need = largest_fitting(compile_at, sizes, budget)
+  except DoesNotFit as e:
+    raise DoesNotFit(
+        f"the {what} does not fit in memory: {e} (config.{field}; config.memory_limit_gb "
+        "sets the budget); lower config.clip.crop or config.clip.frames, or use a smaller "
+        "model (configs/video_folder.py:small)") from None
+  if size != current:
+    if policy == "stop":
+      raise DoesNotFit(
+          f"the {what} does not fit in memory with {current} clips (config.{field}); the "
+          f"largest that fits the {describe(budget)} budget is {size}: {advice(size)}, or "
+          "--config.memory_fit=split to let the run do it")
+    log(f"the {what} needs more than the {describe(budget)} a device has with {current} "
+        f"clips; using {size} ({describe(need)}): {advice(size)}")
+  return size, compiled

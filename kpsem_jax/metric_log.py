@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from data import atomic
+from kpsem_jax import process_zero
 
 
 class MetricWriter:
@@ -27,7 +28,7 @@ class MetricWriter:
 
   def __init__(self, workdir: str, resume_step: Optional[int] = None,
                started: Optional[float] = None):
-    self.active = jax.process_index() == 0
+    self.active = process_zero.is_main()
     self.started = time.monotonic() if started is None else started
     if self.active:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
@@ -74,3 +75,18 @@ def _keep_rows_up_to(path: str, step: int) -> None:
       if row.get("step", 0) <= step and not any(k.startswith("final/") for k in row):
         kept.append(json.dumps(row) + "\n")
   atomic.write_text(path, "".join(kept))
+
+
+def record_inputs(workdir: str, step: int, video_index: Optional[list] = None,
+                  params_sha256: Optional[str] = None) -> None:
+  """Appends what this process read at ``step`` (and a digest of its parameters) to
+  ``workdir/inputs/process_{i}.jsonl`` (``config.record_inputs``, for debugging)."""
+  os.makedirs(os.path.join(workdir, "inputs"), exist_ok=True)
+  row = {"step": int(step), "process_count": jax.process_count()}
+  if video_index is not None:
+    row["video_index"] = list(video_index)
+  if params_sha256 is not None:
+    row["params_sha256"] = params_sha256
+  with open(os.path.join(workdir, "inputs", f"process_{jax.process_index()}.jsonl"),
+            "a") as f:
+    f.write(json.dumps(row) + "\n")

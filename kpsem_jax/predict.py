@@ -182,12 +182,9 @@ def define_flags():
 
 
 def main(argv):
-  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
-  jax_options.configure()  # before JAX starts
   from absl import app, flags  # pylint: disable=import-outside-toplevel
   from kpsem_jax import checkpoint, cli  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  cli.prologue()
   if len(argv) < 2:
     raise app.UsageError("name at least one video file or folder")
   if not os.path.isdir(FLAGS.checkpoint):
@@ -223,7 +220,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  define_flags()
   from kpsem_jax import cli  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags)

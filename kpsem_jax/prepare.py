@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
 
@@ -218,16 +218,13 @@ def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=Non
 
 
 def main(argv):
-  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   from data import usable_cores  # pylint: disable=import-outside-toplevel
   from kpsem_jax import cli  # pylint: disable=import-outside-toplevel
-  jax_options.configure()  # before JAX starts
   FLAGS = flags.FLAGS
   if len(argv) != 2:
     print("usage: python -m kpsem_jax.prepare DATASET --source_dir=SRC --data_dir=OUT",
           file=sys.stderr)
     sys.exit(2)
-  cli.prologue()
   try:
     prepare(argv[1], FLAGS.data_dir, FLAGS.source_dir, FLAGS.split, FLAGS.config,
             FLAGS.short_side, FLAGS.splits_dir, FLAGS.min_frames,
@@ -258,6 +255,5 @@ def define_flags():
 
 
 if __name__ == "__main__":
-  define_flags()
   from kpsem_jax import cli  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags)

@@ -1,11 +1,12 @@
 """The data-parallel train step and eval forward: ``jax.shard_map`` over a 1-D ``data``
 mesh, each device computing its own shard; the state they update."""
 
-from typing import Any
+from typing import Any, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from kpsem_jax.models import normalize
@@ -104,3 +105,49 @@ def make_eval_forward(model, compute_dtype, mesh: jax.sharding.Mesh):
       lambda v, x: model.apply(v, normalize(x).astype(compute_dtype)).astype(jnp.float32),
       mesh=mesh, in_specs=(jax.P(), jax.P(DATA_AXIS)), out_specs=jax.P(DATA_AXIS))
   return jax.jit(forward, out_shardings=jax.NamedSharding(mesh, jax.P()))
+
+
+def diverged(metrics) -> Optional[str]:
+  """Why a step's state must not be kept (``"the loss became nan"``, ``"a parameter became
+  non-finite"``), or None for a finite loss and finite parameters."""
+  loss = float(metrics["loss"])
+  if not np.isfinite(loss):
+    return f"the loss became {loss}"
+  if float(metrics.get("params_finite", 1.0)) < 1.0:
+    return "a parameter became non-finite"
+  return None
+
+
+def compile_train_step(step_fn, state, clip_shape, batch_size: int, micro: int,
+                       sharding: jax.NamedSharding):
+  """``step_fn`` compiled for a global batch of ``batch_size`` clips of ``clip_shape``
+  ``(T, H, W, 3)`` in micro-batches of ``micro``."""
+  accum = batch_size // micro
+  clips = jax.ShapeDtypeStruct((accum, micro) + tuple(clip_shape), jnp.uint8, sharding=sharding)
+  labels = jax.ShapeDtypeStruct((accum, micro), jnp.int32, sharding=sharding)
+  return step_fn.lower(state, clips, labels).compile()
+
+
+def compile_eval_forward(forward, variables, clip_shape, size: int,
+                         replicated: jax.NamedSharding, sharding: jax.NamedSharding):
+  """``forward`` (:func:`make_eval_forward`) compiled for ``size`` clips of ``clip_shape``."""
+  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                        variables)
+  clips = jax.ShapeDtypeStruct((size,) + tuple(clip_shape), jnp.uint8, sharding=sharding)
+  return forward.lower(shapes, clips).compile()
+
+
+def micro_batch(batch_size: int, accum: int, eval_batch_size: int) -> int:
+  """The clips of one of ``accum`` micro-batches of a step; a ``ValueError`` names a size that
+  does not divide into micro-batches or over the devices."""
+  devices = jax.device_count()
+  if batch_size % accum:
+    raise ValueError(f"batch_size={batch_size} does not divide into grad_accum_steps={accum} "
+                     "micro-batches")
+  micro = batch_size // accum
+  for name, size in (("micro-batch (batch_size / grad_accum_steps)", micro),
+                     ("eval_batch_size", eval_batch_size)):
+    if size % devices:
+      raise ValueError(f"the {name} is {size}, which does not divide over the {devices} "
+                       f"devices; use a multiple of {devices}")
+  return micro

@@ -242,7 +242,8 @@ def run(checkpoint: str, video_path: str, out: str, baseline: str = "", set_inde
   said = (f"predicted: {predictor.class_names[predicted]} (p={probs[predicted]:.2f}); "
           f"AReSE set {set_index} of {num_sets}")
   from kpsem_jax import split_movement  # pylint: disable=import-outside-toplevel
-  map_size = predictor.model.apply(predictor.variables, inference.normalize(clip[None]),
+  from kpsem_jax.models import normalize  # pylint: disable=import-outside-toplevel
+  map_size = predictor.model.apply(predictor.variables, normalize(clip[None]),
                                    method="stages")[predictor.model.kpsem_at].shape[2:4]
   moved = split_movement.movement(sets.splits_x[:, None], sets.splits_y[:, None],
                                   int(map_size[1]), int(map_size[0]))
@@ -308,13 +309,10 @@ def define_flags():
 
 
 def main(argv):
-  from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
-  jax_options.configure()  # before JAX starts
   from absl import app, flags  # pylint: disable=import-outside-toplevel
   from data import video  # pylint: disable=import-outside-toplevel
   from kpsem_jax import checkpoint, cli  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  cli.prologue()
   if len(argv) != 2:
     raise app.UsageError("name exactly one video file")
   with cli.one_line_errors(video.VideoError, FileNotFoundError, ValueError,
@@ -337,7 +335,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  define_flags()
   from kpsem_jax import cli  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags)

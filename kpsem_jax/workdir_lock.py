@@ -8,6 +8,7 @@ processes of a multi-host job share process 0's lock. ``prepare`` holds the same
 lock on the dataset folder it builds.
 """
 
+import contextlib
 import datetime
 import errno
 import fcntl
@@ -83,3 +84,31 @@ class WorkdirLock:
 
   def __exit__(self, *exc):
     self.release()
+
+
+@contextlib.contextmanager
+def owned(workdir: str):
+  """Holds ``workdir``'s lock for a job of one or more processes: process 0 takes it; when
+  another run holds it, every process raises :class:`WorkdirInUseError` naming the holder."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import process_zero  # pylint: disable=import-outside-toplevel
+  lock, error = None, ""
+  if process_zero.is_main():
+    lock = WorkdirLock(workdir)
+    try:
+      lock.acquire()
+    except WorkdirInUseError as e:
+      lock, error = None, str(e)
+  if jax.process_count() > 1:
+    failed = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
+    if failed and not error:
+      error = f"process 0 could not lock {workdir}: another run holds it (see process 0's log)"
+  if error:
+    raise WorkdirInUseError(error)
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.release()

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from configs import common
+from configs.common import load_config, model_spec
 from kpsem_jax import trainer
+from kpsem_jax.models import create_model
 
 
 def test_parse_arg_casts_to_the_defaults_types_and_names_bad_options():
@@ -27,22 +29,22 @@ def test_parse_arg_casts_to_the_defaults_types_and_names_bad_options():
 
 
 def test_every_config_with_variants_parses_them_through_parse_arg():
-  assert trainer.load_config("synthetic", "tiny").dataset.config == "tiny"
-  assert trainer.load_config("ucf101", "tiny_model").model.backbone == "resnet3d"
-  c = trainer.load_config("synthetic_c2d", "c2d_kpsem,grad=paper,clip=0,k=9")
+  assert load_config("synthetic", "tiny").dataset.config == "tiny"
+  assert load_config("ucf101", "tiny_model").model.backbone == "resnet3d"
+  c = load_config("synthetic_c2d", "c2d_kpsem,grad=paper,clip=0,k=9")
   assert (c.model.kpsem.match_gradient, c.optimizer.clip_grad_norm, c.model.kpsem.num_regions) == (
       "paper", 0.0, 9)
   for name, arg in (("synthetic", "tinyy"), ("ucf101", "tiny"), ("synthetic_c2d", "c2d,x=1")):
     with pytest.raises(ValueError, match=rf"configs/{name}.py: unknown option"):
-      trainer.load_config(name, arg)
+      load_config(name, arg)
 
 
 def test_the_readout_reaches_the_model_spec_only_when_it_is_not_the_mean():
-  ordered = trainer.load_config("synthetic_c2d", "c2d,readout=ordered")
-  assert trainer.model_spec(ordered)["readout"] == "ordered" and not ordered.model.use_kpsem
+  ordered = load_config("synthetic_c2d", "c2d,readout=ordered")
+  assert model_spec(ordered)["readout"] == "ordered" and not ordered.model.use_kpsem
   # A mean-readout model's spec (and so its checkpoints' metadata) is as before.
-  assert "readout" not in trainer.model_spec(trainer.load_config("synthetic_c2d", "c2d"))
-  assert "readout" not in trainer.model_spec(trainer.load_config("hmdb51"))
+  assert "readout" not in model_spec(load_config("synthetic_c2d", "c2d"))
+  assert "readout" not in model_spec(load_config("hmdb51"))
 
 
 def test_the_order_aware_backbones_differ_from_the_c2d_only_where_they_see_time():
@@ -50,8 +52,8 @@ def test_the_order_aware_backbones_differ_from_the_c2d_only_where_they_see_time(
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
 
   def shapes(arg):
-    c = trainer.load_config("synthetic_c2d", arg)
-    model = trainer.create_model(**trainer.model_spec(c))
+    c = load_config("synthetic_c2d", arg)
+    model = create_model(**model_spec(c))
     x = jax.ShapeDtypeStruct((1, 8, 64, 64, 3), "float32")
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros(x.shape)))
     return c, {"/".join(k): v.shape for k, v in
@@ -66,25 +68,25 @@ def test_the_order_aware_backbones_differ_from_the_c2d_only_where_they_see_time(
                     for s in ("res2", "res3", "res4", "res5")]
   assert all(c2d_shapes[k][0] == 1 and inflated_shapes[k][0] == 3 for k in differ)
   assert not inflated.model.use_kpsem
-  assert trainer.load_config("synthetic_c2d", "inflated_kpsem").model.use_kpsem
+  assert load_config("synthetic_c2d", "inflated_kpsem").model.use_kpsem
   assert inflated.model.kpsem_at == c2d.model.kpsem_at == "res2"
   mf, mf_shapes = shapes("mf_kpsem")
   assert mf.model.backbone == "mfnet3d" and mf.model.kpsem_at == "conv2" and mf.model.use_kpsem
   assert any(k.startswith("kpsem/") for k in mf_shapes) and not any(
       k.startswith("kpsem/") for k in shapes("mfnet")[1])
-  assert trainer.load_config("synthetic_c2d", "mf_kpsem,at=conv3").model.kpsem_at == "conv3"
+  assert load_config("synthetic_c2d", "mf_kpsem,at=conv3").model.kpsem_at == "conv3"
   with pytest.raises(ValueError, match="at='conv3' is not a stage of inflated_kpsem"):
-    trainer.load_config("synthetic_c2d", "inflated_kpsem,at=conv3")
+    load_config("synthetic_c2d", "inflated_kpsem,at=conv3")
   with pytest.raises(ValueError, match="unknown model 'i3d'; choose one of c2d, c2d_kpsem"):
-    trainer.load_config("synthetic_c2d", "i3d")
+    load_config("synthetic_c2d", "i3d")
 
 
 def test_paired_mfnet_runs_share_the_backbones_initial_values():
   """Paired suites: MFNet and MF-KPSEM of one seed start from the same backbone
   parameters (Flax draws each module's from the seed and its name)."""
   def backbone(model):
-    c = trainer.load_config("synthetic_c2d", model)
-    m = trainer.create_model(**trainer.model_spec(c))
+    c = load_config("synthetic_c2d", model)
+    m = create_model(**model_spec(c))
     x = jax.numpy.zeros((1, 8, 96, 96, 3))
     return jax.jit(m.init)(jax.random.PRNGKey(c.seed), x)["params"]
   plain, kpsem = backbone("mfnet,size=96"), backbone("mf_kpsem,size=96,at=conv4,g=8")
@@ -108,14 +110,14 @@ def test_widths_are_set_from_the_command_line_and_old_checkpoints_still_match(tm
   assert c.model.backbone_kwargs.conv1_channels == 8
   assert tuple(c.model.backbone_kwargs.stage_channels) == (8, 16, 16, 32)
   c.dataset.num_classes = 3
-  model = trainer.create_model(**trainer.model_spec(c))
+  model = create_model(**model_spec(c))
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                           jax.ShapeDtypeStruct((1, 8, 112, 112, 3), "float32"))["params"]
   assert shapes["backbone"]["conv1"]["conv"]["kernel"].shape[-1] == 8
   assert shapes["backbone"]["conv5"]["B01"]["conv_m2"]["conv"]["kernel"].shape[-1] == 32
   # The paper-size default spells MFNet's widths; a checkpoint whose metadata left them to
   # the default (every one written before they were fields) is the same model.
-  spec = trainer.model_spec(trainer.load_config("hmdb51"))
+  spec = model_spec(load_config("hmdb51"))
   old = dict(spec, backbone_kwargs={})
   assert spec != old and models.complete_spec(old) == models.complete_spec(spec)
   saved = json.loads(json.dumps(models.complete_spec(old)))  # as resume reads metadata
@@ -133,14 +135,14 @@ def test_every_field_of_every_config_has_a_declared_meaning():
                  and not p.endswith("common.py"))
   assert {"synthetic", "video_folder", "hmdb51", "synthetic_c2d"} <= set(names)
   for name in names:
-    text = common.field_help(trainer.load_config(name))
+    text = common.field_help(load_config(name))
     for line in text.splitlines():
       path = line.split("=")[0].strip()[len("--config."):]
       assert any(path == f or path.startswith(f + ".") for f in common.FIELDS), (name, path)
 
 
 def test_the_config_check_names_every_bad_field_in_one_line_each():
-  c = trainer.load_config("synthetic", "tiny")
+  c = load_config("synthetic", "tiny")
   trainer.check_config(c)  # the shipped values pass
   c.optimizer.lr = float("nan")
   c.optimizer.clip_grad_norm = float("inf")
@@ -179,3 +181,9 @@ def test_config_help_lists_every_field_with_its_meaning_and_rule():
   frames = next(l for l in lines if l.strip().startswith("--config.clip.frames="))
   assert frames.split()[0] == "--config.clip.frames=4" and "frames a clip [>= 1]" in frames
   assert sum(l.strip().startswith("--config.") for l in lines) == len(lines) - 1 > 50
+
+
+def test_the_configs_choices_are_the_model_codes():
+  from kpsem_jax import arese, layers  # pylint: disable=import-outside-toplevel
+  assert common.CONV_STRATEGIES == layers.STRATEGIES
+  assert common.MATCH_GRADIENTS == arese.MATCH_GRADIENTS

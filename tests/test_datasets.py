@@ -8,6 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from configs.common import load_config
+import data as data_lib
 from data import common
 from data import frames as frames_lib
 from data.synthetic_motion import synthetic_motion_dataset_builder as synthetic
@@ -240,7 +242,7 @@ def test_kinetics400_from_the_annotation_csv_shares_the_kinetics_reader(tmp_path
   assert names[val["label"]] == "arm wrestling" and val["num_frames"] == 280
   assert list(builder.info.splits) == ["validation"]
   assert len(skipped) == len(rows) - 2 and all("not downloaded" in r for _, _, r in skipped)
-  assert builder.data_dir.endswith(os.path.join("kinetics400", "default", common.LAYOUT_VERSION))
+  assert builder.data_dir.endswith(os.path.join("kinetics400", "default", data_lib.LAYOUT_VERSION))
   # A line that is not a Kinetics row names the file and line.
   with open(splits / "kinetics-400_val.csv", "a") as f:
     f.write("arm wrestling,tooShort,1,11,val,0\n")
@@ -324,7 +326,7 @@ def test_training_builds_the_current_synthetic_version_beside_an_older_one(tmp_p
   builder, _ = build("synthetic_motion", tmp_path, config="tiny")
   old = os.path.join(os.path.dirname(builder.data_dir), "2.0.0")
   os.rename(builder.data_dir, old)  # as prepared before the drift was centred
-  config = trainer.load_config("synthetic", "tiny")
+  config = load_config("synthetic", "tiny")
   config.dataset.data_dir = str(data_dir)
   run = trainer.Trainer(config, str(tmp_path / "work"))
   assert sorted(n for n in os.listdir(os.path.dirname(old)) if n[0] != ".") == ["2.0.0", "2.1.0"]
@@ -541,7 +543,7 @@ def test_video_folder_class_folders_hold_out_a_deterministic_fraction(tmp_path):
                      r"with --config=<another name>"):
     build("video_folder", tmp_path, source_dir=str(other))
   named, _ = build("video_folder", tmp_path, source_dir=str(other), config="other")
-  assert named.data_dir.endswith(os.path.join("video_folder", "other", common.LAYOUT_VERSION))
+  assert named.data_dir.endswith(os.path.join("video_folder", "other", data_lib.LAYOUT_VERSION))
   assert [e["video_id"] for e in read_all(named, "train")] == [b"crawl/x.avi"]
 
 
@@ -581,7 +583,7 @@ def test_video_folder_config_reads_its_classes_from_the_prepared_metadata(tmp_pa
   for cls in ("jump", "run", "walk"):
     _copy("ucf101_style_BabyCrawling.avi", src / cls / "a.avi")
     _copy("ucf101_style_BabyCrawling.avi", src / cls / "b.avi")
-  config = trainer.load_config("video_folder")
+  config = load_config("video_folder")
   config.dataset.source_dir = str(src)
   config.dataset.data_dir = str(tmp_path / "tfds")
   config.update(dict(batch_size=2, eval_batch_size=2))

@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 from scipy import stats as scipy_stats
 
+from configs.common import load_config, model_spec
 from kpsem_jax import experiment_stats, experiments, trainer
 from kpsem_jax import experiment_report as report
 from kpsem_jax import experiment_suite as suite_lib
@@ -56,9 +57,9 @@ def test_suite_variants_are_the_papers_ablations():
   assert suite_lib.run_config(suite_lib.C2D, 1, 200, "/data", "default").dataset.config == (
       "default")
   with pytest.raises(ValueError, match="unknown option"):
-    trainer.load_config("synthetic_c2d", "c2d_kpsem,h=3")
+    load_config("synthetic_c2d", "c2d_kpsem,h=3")
   with pytest.raises(ValueError, match="not a stage"):
-    trainer.load_config("synthetic_c2d", "c2d_kpsem,at=conv4")
+    load_config("synthetic_c2d", "c2d_kpsem,at=conv4")
 
 
 def test_the_learning_rate_and_backbone_rows_differ_from_their_reference_in_one_setting():
@@ -176,7 +177,7 @@ def test_fixed_regions_are_drawn_per_training_seed():
   fixed = next(v for v in suite_lib.SUITES["ablation"] if v.config == "c2d_kpsem,fixed")
   splits = []
   for seed in (0, 1, 1):
-    spec = trainer.model_spec(suite_lib.run_config(fixed, seed, 600, ""))
+    spec = model_spec(suite_lib.run_config(fixed, seed, 600, ""))
     assert spec["kpsem"]["fixed_regions_seed"] == seed and not spec["kpsem"]["adaptive"]
     module = KPSEM(**{k: v for k, v in spec["kpsem"].items()})
     f = np.random.default_rng(0).normal(size=(1, 3, 8, 8, 4)).astype(np.float32)
@@ -184,7 +185,7 @@ def test_fixed_regions_are_drawn_per_training_seed():
     _, state = module.apply(variables, f, mutable=["intermediates"])
     splits.append(np.asarray(state["intermediates"]["arese"][0].splits_x))
   assert not np.allclose(splits[0], splits[1]) and np.array_equal(splits[1], splits[2])
-  adaptive = trainer.model_spec(suite_lib.run_config(suite_lib.BASE, 3, 600, ""))
+  adaptive = model_spec(suite_lib.run_config(suite_lib.BASE, 3, 600, ""))
   assert "fixed_regions_seed" not in adaptive["kpsem"]  # unchanged for adaptive models
 
 
@@ -335,7 +336,7 @@ def test_the_docs_results_tables_are_what_the_report_makes_of_the_committed_json
   hand edit is caught."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   docs = [os.path.join(root, "docs", "experiments.md"), os.path.join(root, "README.md")]
-  assert report.main(["--check"] + docs) == 0
+  assert report.refresh_files(docs, check=True) == 0
   for path in docs:
     assert report.BEGIN in open(path).read(), path
   edited = tmp_path / "experiments.md"
@@ -344,8 +345,8 @@ def test_the_docs_results_tables_are_what_the_report_makes_of_the_committed_json
   row = text.index("| C2D | ", start)
   edited.write_text(text[:row] + "| C2D | 9 " + text[row + 8:])
   (tmp_path / "experiments").symlink_to(os.path.join(root, "docs", "experiments"))
-  assert report.main(["--check", str(edited)]) == 1
-  assert report.main([str(edited)]) == 0 and edited.read_text() == text
+  assert report.refresh_files([str(edited)], check=True) == 1
+  assert report.refresh_files([str(edited)]) == 0 and edited.read_text() == text
 
 
 def test_a_suite_stopped_by_a_signal_says_so_in_one_line(tmp_path):

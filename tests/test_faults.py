@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from configs.common import load_config
 from kpsem_jax import checkpoint, prepare, trainer
 from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
 from kpsem_jax.testing import tiny_models
@@ -190,7 +191,7 @@ def test_a_failed_asynchronous_save_ends_the_run_and_keeps_the_previous_step(
     tmp_path, tiny_data, monkeypatch):
   """orbax reports a full disk from its background write as a ValueError (TensorStore's
   RESOURCE_EXHAUSTED), not an OSError: the save does not count, the run ends."""
-  config = trainer.load_config("synthetic", "tiny")
+  config = load_config("synthetic", "tiny")
   config.num_train_steps = config.eval_every = 6
   config.dataset.data_dir = tiny_data
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
@@ -383,7 +384,7 @@ def test_worker_processes_end_when_the_main_process_is_killed(tmp_path, tiny_dat
 def damaged_workdir(tmp_path_factory, tiny_data):
   """A 6-step run (checkpoints 3 and 6, best 6) whose step 6 data files are cut short."""
   workdir = tmp_path_factory.mktemp("damaged") / "w"
-  config = trainer.load_config("synthetic", "tiny")
+  config = load_config("synthetic", "tiny")
   config.dataset.data_dir = tiny_data
   config.num_train_steps = config.eval_every = 6
   trainer.train_and_evaluate(config, str(workdir))
@@ -443,7 +444,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_its_file_in_predict_and_resume(
 def test_fewer_steps_than_the_checkpoint_evaluates_the_checkpoint_as_what_it_is(
     tmp_path, tiny_data):
   workdir = tmp_path / "w"
-  config = trainer.load_config("synthetic", "tiny")
+  config = load_config("synthetic", "tiny")
   config.dataset.data_dir = tiny_data
   config.num_train_steps = config.eval_every = 3
   trainer.train_and_evaluate(config, str(workdir))
@@ -512,7 +513,7 @@ def test_an_init_from_that_is_not_a_checkpoint_is_one_error_before_the_workdir(t
   empty.mkdir()
   text.write_text("not a checkpoint")
   for path in (empty, text):
-    config = trainer.load_config("synthetic", "tiny")
+    config = load_config("synthetic", "tiny")
     config.dataset.data_dir = tiny_data
     config.init_from = str(path)
     with pytest.raises(trainer.TrainingError) as error:
@@ -530,7 +531,7 @@ def test_a_checkpoint_of_other_optimizer_settings_is_refused_not_thrown_away(tmp
   workdir = str(tmp_path / "w")
 
   def config(**optimizer):
-    c = trainer.load_config("synthetic", "tiny")
+    c = load_config("synthetic", "tiny")
     c.dataset.data_dir = tiny_data
     c.num_train_steps = c.eval_every = 3
     c.optimizer.update(optimizer)

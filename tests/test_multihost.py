@@ -195,7 +195,7 @@ def test_resuming_with_another_process_count_reads_the_same_global_batches(runs,
   """A two-process checkpoint resumed by one process (8 devices): global batch n is the same
   for any number of processes, so the run goes on where the pair stopped."""
   from kpsem_jax import input_pipeline as ip  # pylint: disable=import-outside-toplevel
-  from kpsem_jax.trainer import load_config  # pylint: disable=import-outside-toplevel
+  from configs.common import load_config  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path / "copy")
   shutil.copytree(runs["multi"], workdir)
   out = subprocess.run(command(runs["data_dir"], workdir, steps=STEPS + 2), env=environment(8),

@@ -11,14 +11,17 @@ from flax import traverse_util
 import numpy as np
 import pytest
 
-from kpsem_jax import checkpoint, cpu_kernels, evaluation, trainer
-from kpsem_jax.models import normalize
+from configs.common import load_config, model_spec
+from kpsem_jax import checkpoint, cpu_kernels, evaluation, trainer, workdir_eval
+from kpsem_jax import train_step as ts
+from kpsem_jax.models import create_model, normalize
+from kpsem_jax.optimizer import create_optimizer, lr_schedule
 from kpsem_jax.testing import fake_devices, tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-load_config = trainer.load_config
+load_config = load_config
 
 
 tiny_config = tiny_models.train_config
@@ -115,7 +118,7 @@ def test_loss_goes_down_and_outputs_are_written(straight_run):
 
 def test_eval_mode_reproduces_the_final_metrics(straight_run):
   config, workdir, final, _ = straight_run
-  again = trainer.evaluate_workdir(config, workdir)
+  again = workdir_eval.evaluate_workdir(config, workdir)
   assert again["video_top1"] == final["video_top1"]
   np.testing.assert_array_equal(again["confusion"], final["confusion"])
 
@@ -252,19 +255,19 @@ def test_a_non_finite_update_is_never_checkpointed_even_with_a_finite_loss(tmp_p
 def test_bfloat16_compute_keeps_float32_parameters(straight_run):
   import jax.numpy as jnp
   config, _, _, _ = straight_run
-  spec = trainer.model_spec(config)
-  model = trainer.create_model(**spec, batch_norm_axis=trainer.DATA_AXIS)
+  spec = model_spec(config)
+  model = create_model(**spec, batch_norm_axis=ts.DATA_AXIS)
   rng = np.random.default_rng(0)
   clips = jnp.asarray(rng.integers(0, 255, (1, 8, 8, 24, 24, 3), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, 8, (1, 8)), jnp.int32)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), clips[0])
-  tx = trainer.create_optimizer(config)
-  state = trainer.TrainState(jnp.zeros((), jnp.int32), variables["params"],
+  tx = create_optimizer(config)
+  state = ts.TrainState(jnp.zeros((), jnp.int32), variables["params"],
                              variables["batch_stats"], tx.init(variables["params"]))
   losses = {}
-  mesh = trainer.data_mesh(jax.devices()[:1])
+  mesh = ts.data_mesh(jax.devices()[:1])
   for dtype in (jnp.float32, jnp.bfloat16):
-    step = trainer.make_train_step(model, tx, trainer.lr_schedule(config), dtype, mesh)
+    step = ts.make_train_step(model, tx, lr_schedule(config), dtype, mesh)
     new, metrics = step(jax.tree.map(jnp.copy, state), clips, labels)  # the state is donated
     losses[dtype] = float(metrics["loss"])
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(new.params))
@@ -274,7 +277,8 @@ def test_bfloat16_compute_keeps_float32_parameters(straight_run):
 def test_cli_overrides_and_names_the_prepare_command(tmp_path):
   out = subprocess.run(
       [sys.executable, "train.py", "--config=configs/hmdb51.py", f"--workdir={tmp_path / 'w'}",
-       f"--config.dataset.data_dir={tmp_path / 'nothing'}", "--config.dataset.config=split2"],
+       f"--config.dataset.data_dir={tmp_path / 'nothing'}", "--config.dataset.config=split2",
+       "--config.init_from="],  # the config's own fields are checked first
       cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert out.returncode == 1
   assert "Traceback" not in out.stderr
@@ -316,11 +320,11 @@ def test_paper_configs():
     assert c.init_from
   kinetics = load_config("kinetics400")  # the pretraining of the released MFNet
   assert (kinetics.dataset.name, kinetics.dataset.num_classes) == ("kinetics400", 400)
-  assert trainer.model_spec(kinetics)["kpsem"] is None and not kinetics.init_from
+  assert model_spec(kinetics)["kpsem"] is None and not kinetics.init_from
   assert (kinetics.clip.frames, kinetics.clip.interval, kinetics.clip.crop) == (16, 2, 224)
   assert load_config("something_v1").clip.flip is False
   assert load_config("synthetic").clip.flip is False
-  schedule = trainer.lr_schedule(load_config("hmdb51"))
+  schedule = lr_schedule(load_config("hmdb51"))
   assert [float(schedule(s)) for s in (0, 99, 100, 1999, 2000, 3200)] == pytest.approx(
       [0.0025, 0.0025, 0.005, 0.005, 0.0005, 0.00005])
 
@@ -328,9 +332,12 @@ def test_paper_configs():
 SHARDED_SCRIPT = r"""
 import os, sys, json, re
 import jax, jax.numpy as jnp, numpy as np
+from configs.common import model_spec
+from kpsem_jax import jax_options, trainer
+from kpsem_jax import train_step as ts
+from kpsem_jax.models import create_model
+from kpsem_jax.optimizer import create_optimizer, lr_schedule
 from kpsem_jax.testing import tiny_models
-from kpsem_jax import trainer
-from kpsem_jax import jax_options
 jax_options.configure()
 assert jax.device_count() == 8, jax.devices()
 config = tiny_models.train_config({data_dir!r})
@@ -342,23 +349,23 @@ results = []
 # KPSEM's model, whose trunk is the plain backbone (a run of the backbone alone added only
 # compile time), under the CPU kernels (auto) and pure XLA.
 for strategy in ("auto", "xla"):
-  model = trainer.create_model(**trainer.model_spec(config), conv_strategy=strategy,
-                               batch_norm_axis=trainer.DATA_AXIS)
+  model = create_model(**model_spec(config), conv_strategy=strategy,
+                       batch_norm_axis=ts.DATA_AXIS)
   variables = jax.device_get(jax.jit(model.init)(jax.random.PRNGKey(0), jnp.asarray(clips[0])))
-  tx = trainer.create_optimizer(config)
+  tx = create_optimizer(config)
   run = {{"strategy": strategy}}
   for devices in (1, 8):
-    mesh = trainer.data_mesh(jax.devices()[:devices])
+    mesh = ts.data_mesh(jax.devices()[:devices])
     replicated = jax.NamedSharding(mesh, jax.P())
-    batch = jax.NamedSharding(mesh, jax.P(None, trainer.DATA_AXIS))
-    state = jax.device_put(trainer.TrainState(jnp.zeros((), jnp.int32), variables["params"],
+    batch = jax.NamedSharding(mesh, jax.P(None, ts.DATA_AXIS))
+    state = jax.device_put(ts.TrainState(jnp.zeros((), jnp.int32), variables["params"],
         variables["batch_stats"], tx.init(variables["params"])), replicated)
-    step = trainer.make_train_step(model, tx, trainer.lr_schedule(config), jnp.float32, mesh)
+    step = ts.make_train_step(model, tx, lr_schedule(config), jnp.float32, mesh)
     x, y = jax.device_put(clips, batch), jax.device_put(labels, batch)
     assert len(x.sharding.device_set) == devices
     train_hlo = step.lower(state, x, y).compile().as_text()
-    forward = trainer.make_eval_forward(model, jnp.float32, mesh)
-    xe = jax.device_put(clips[0], jax.NamedSharding(mesh, jax.P(trainer.DATA_AXIS)))
+    forward = ts.make_eval_forward(model, jnp.float32, mesh)
+    xe = jax.device_put(clips[0], jax.NamedSharding(mesh, jax.P(ts.DATA_AXIS)))
     eval_hlo = forward.lower(variables, xe).compile().as_text()
     gathered = [m for hlo in (train_hlo, eval_hlo)
                 for m in re.findall(r"= \w+\[([\d,]*)\][^ ]* all-gather", hlo)]
@@ -419,7 +426,7 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(straight_run):
   import jax.numpy as jnp
   import optax
   config, _, _, _ = straight_run
-  model = trainer.create_model(**trainer.model_spec(config), batch_norm_axis=trainer.DATA_AXIS)
+  model = create_model(**model_spec(config), batch_norm_axis=ts.DATA_AXIS)
   # Seed 2: with seed 1, micro-batch 1 sat on a kink of this tiny model's loss (a ReLU,
   # max-pool or KPSEM argmax decision at a near tie): 1e-6 of noise on its input moved the
   # gradient by 0.19 with either BatchNorm path, so rounding alone decided the comparison.
@@ -429,16 +436,16 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(straight_run):
   labels = jnp.asarray(rng.integers(0, 8, (2, 4)), jnp.int32)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), clips[0])
   tx = optax.sgd(0.1)  # plain SGD: the update is -0.1 x the averaged gradient
-  state = trainer.TrainState(jnp.zeros((), jnp.int32), variables["params"],
+  state = ts.TrainState(jnp.zeros((), jnp.int32), variables["params"],
                              variables["batch_stats"], tx.init(variables["params"]))
   schedule = lambda step: 0.1
-  step = trainer.make_train_step(model, tx, schedule, jnp.float32,
-                                 trainer.data_mesh(jax.devices()[:1]))
+  step = ts.make_train_step(model, tx, schedule, jnp.float32,
+                                 ts.data_mesh(jax.devices()[:1]))
   new, _ = step(jax.tree.map(jnp.copy, state), clips, labels)  # the state is donated
 
   # Clips and parameters are arguments, not constants closed over: XLA folds constants into
   # other code, which changes the rounding.
-  reference = trainer.create_model(**trainer.model_spec(config))  # outside shard_map
+  reference = create_model(**model_spec(config))  # outside shard_map
 
   @jax.jit
   def grads(params, clip, label, batch_stats, noise=0.0):
@@ -446,7 +453,7 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(straight_run):
       logits, upd = reference.apply({"params": p, "batch_stats": batch_stats},
                                     normalize(clip) + noise, train=True,
                                     mutable=["batch_stats"])
-      return trainer.cross_entropy(logits, label), upd["batch_stats"]
+      return ts.cross_entropy(logits, label), upd["batch_stats"]
     return jax.grad(loss, has_aux=True)(params)
 
   g0, stats0 = grads(variables["params"], clips[0], labels[0], variables["batch_stats"])
@@ -553,12 +560,12 @@ def test_clip_grad_norm_scales_the_whole_gradient_down_to_the_norm():
                                decay_steps=(), clip_grad_norm=0.5))
   params = {"a": jnp.zeros(3), "b": jnp.zeros(4)}
   grads = {"a": jnp.array([3.0, 0.0, 0.0]), "b": jnp.array([0.0, 4.0, 0.0, 0.0])}  # norm 5
-  tx = trainer.create_optimizer(config)
+  tx = create_optimizer(config)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["a"], [-0.3, 0, 0], rtol=1e-6)  # -lr * g * 0.5 / 5
   np.testing.assert_allclose(updates["b"], [0, -0.4, 0, 0], rtol=1e-6)
   config.optimizer.clip_grad_norm = 0.0  # off: the plain SGD step
-  tx = trainer.create_optimizer(config)
+  tx = create_optimizer(config)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["b"], [0, -4.0, 0, 0], rtol=1e-6)
 
@@ -573,20 +580,20 @@ def test_the_kpsem_branch_clip_and_the_split_mlp_lr_touch_only_their_parameters(
             "kpsem": {"mlp_w2": jnp.zeros(2), "embed_w": jnp.zeros(2)}}
   grads = {"backbone": {"w": jnp.array([30.0, 40.0])},  # norm 50: not the branch's, kept
            "kpsem": {"mlp_w2": jnp.array([3.0, 0.0]), "embed_w": jnp.array([0.0, 4.0])}}
-  tx = trainer.create_optimizer(config)
+  tx = create_optimizer(config)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["backbone"]["w"], [-30.0, -40.0], rtol=1e-6)
   # the branch's norm 5 scaled to 1; the split MLP then at 0.1x the lr
   np.testing.assert_allclose(updates["kpsem"]["embed_w"], [0.0, -0.8], rtol=1e-6)
   np.testing.assert_allclose(updates["kpsem"]["mlp_w2"], [-0.06, 0.0], rtol=1e-6)
   config.optimizer.update(dict(kpsem_clip_grad_norm=0.0, split_mlp_lr_mult=1.0))
-  tx = trainer.create_optimizer(config)
+  tx = create_optimizer(config)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["kpsem"]["mlp_w2"], [-3.0, 0.0], rtol=1e-6)
   # Adam for the split MLPs: a first step of about -adam_lr * sign(g), whatever the size of
   # the gradient or of the main lr; the other parameters keep the main SGD
   config.optimizer.update(dict(split_mlp_adam_lr=0.003, lr=0.5))
-  tx = trainer.create_optimizer(config)
+  tx = create_optimizer(config)
   for scale in (1.0, 1000.0):
     scaled = jax.tree.map(lambda g, s=scale: g * s, grads)
     updates, _ = tx.update(scaled, tx.init(params), params)
@@ -596,7 +603,7 @@ def test_the_kpsem_branch_clip_and_the_split_mlp_lr_touch_only_their_parameters(
   # and the other loaded leaves their SGD at pretrained_lr_mult.
   config.optimizer.pretrained_lr_mult = 0.2
   loaded = {"backbone": {"w": True}, "kpsem": {"mlp_w2": True, "embed_w": False}}
-  tx = trainer.create_optimizer(config, loaded)
+  tx = create_optimizer(config, loaded)
   for scale in (1.0, 1000.0):
     scaled = jax.tree.map(lambda g, s=scale: g * s, grads)
     updates, _ = tx.update(scaled, tx.init(params), params)
@@ -692,7 +699,7 @@ def test_evaluating_a_workdir_that_cannot_be_written_fails_before_evaluating(
   monkeypatch.setattr(trainer.Trainer, "evaluate", lambda *a, **k: evaluated.append(1))
   with pytest.raises(SystemExit) as stop:
     with cli.one_line_errors(trainer.TrainingError, doing=f"evaluating in {workdir}"):
-      trainer.evaluate_workdir(config.copy_and_resolve_references(), workdir)
+      workdir_eval.evaluate_workdir(config.copy_and_resolve_references(), workdir)
   assert stop.value.code == 1 and not evaluated
   assert capsys.readouterr().err.strip() == (
       f"error: evaluating in {workdir}: {os.path.abspath(workdir)}: Read-only file system; "
@@ -705,7 +712,7 @@ def test_evaluating_with_the_config_of_another_model_names_the_differences(strai
   other.model.kpsem_at = "conv2"
   other.model.kpsem.num_regions = 2
   with pytest.raises(trainer.TrainingError) as error:
-    trainer.evaluate_workdir(other, workdir)
+    workdir_eval.evaluate_workdir(other, workdir)
   assert str(error.value) == (
       f"{workdir} holds a checkpoint of another model (model.kpsem.num_regions: checkpoint 4, "
       "config 2; model.kpsem_at: checkpoint conv3, config conv2): evaluate it with the config "

@@ -17,7 +17,7 @@ import subprocess
 
 import tensorflow_datasets as tfds
 
-from data import common
+from data import LAYOUT_VERSION, common
 
 SPLITS_DIR = "testTrainMulti_7030_splits"
 TAGS = {"1": "train", "2": "test"}
@@ -26,7 +26,7 @@ TAGS = {"1": "train", "2": "test"}
 class Builder(common.VideoDatasetBuilder):
   """HMDB51 (51 classes, 3 train/test splits)."""
 
-  VERSION = tfds.core.Version(common.LAYOUT_VERSION)
+  VERSION = tfds.core.Version(LAYOUT_VERSION)
   RELEASE_NOTES = common.RELEASE_NOTES
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f"split{n}") for n in (1, 2, 3)]
 

@@ -13,7 +13,7 @@ were never downloaded are counted and reported, not fatal.
 
 import tensorflow_datasets as tfds
 
-from data import common
+from data import LAYOUT_VERSION, common
 from data import kinetics
 
 CSV_NAMES = {"train": ("train.csv", "kinetics-400_train.csv", "kinetics_400_train.csv"),
@@ -24,7 +24,7 @@ CSV_NAMES = {"train": ("train.csv", "kinetics-400_train.csv", "kinetics_400_trai
 class Builder(kinetics.KineticsBuilder):
   """Kinetics-400 (train / validation)."""
 
-  VERSION = tfds.core.Version(common.LAYOUT_VERSION)
+  VERSION = tfds.core.Version(LAYOUT_VERSION)
   RELEASE_NOTES = common.RELEASE_NOTES
 
   def split_csvs(self):

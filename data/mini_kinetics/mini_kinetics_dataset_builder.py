@@ -10,14 +10,14 @@ for Kinetics) are counted and reported, not fatal.
 
 import tensorflow_datasets as tfds
 
-from data import common
+from data import LAYOUT_VERSION, common
 from data import kinetics
 
 
 class Builder(kinetics.KineticsBuilder):
   """Mini-Kinetics-200 (train / validation)."""
 
-  VERSION = tfds.core.Version(common.LAYOUT_VERSION)
+  VERSION = tfds.core.Version(LAYOUT_VERSION)
   RELEASE_NOTES = common.RELEASE_NOTES
 
   def class_names(self):

@@ -13,7 +13,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from data import common
+from data import LAYOUT_VERSION, common
 
 PREFIX = "something-something-v1"
 
@@ -21,7 +21,7 @@ PREFIX = "something-something-v1"
 class Builder(common.VideoDatasetBuilder):
   """Something-Something v1 (train / validation)."""
 
-  VERSION = tfds.core.Version(common.LAYOUT_VERSION)
+  VERSION = tfds.core.Version(LAYOUT_VERSION)
   RELEASE_NOTES = common.RELEASE_NOTES
 
   def _classes(self):

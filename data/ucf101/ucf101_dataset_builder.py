@@ -12,7 +12,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from data import common
+from data import LAYOUT_VERSION, common
 
 LISTS = "ucfTrainTestlist"
 
@@ -20,7 +20,7 @@ LISTS = "ucfTrainTestlist"
 class Builder(common.VideoDatasetBuilder):
   """UCF101 (101 classes, 3 train/test splits)."""
 
-  VERSION = tfds.core.Version(common.LAYOUT_VERSION)
+  VERSION = tfds.core.Version(LAYOUT_VERSION)
   RELEASE_NOTES = common.RELEASE_NOTES
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f"split{n}") for n in (1, 2, 3)]
 

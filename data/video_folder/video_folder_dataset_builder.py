@@ -24,7 +24,7 @@ from typing import Dict, List, Tuple
 import tensorflow_datasets as tfds
 
 import data as data_lib
-from data import common
+from data import LAYOUT_VERSION, common
 
 EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv",
               ".flv", ".3gp", ".ogv")
@@ -34,7 +34,7 @@ DEFAULT_TEST_FRACTION = 0.2
 class Builder(common.VideoDatasetBuilder):
   """Videos of your own (train / test)."""
 
-  VERSION = tfds.core.Version(common.LAYOUT_VERSION)
+  VERSION = tfds.core.Version(LAYOUT_VERSION)
   RELEASE_NOTES = common.RELEASE_NOTES
   ANY_CONFIG_NAME = True  # prepare --config=NAME names the build (default "default")
 

@@ -110,10 +110,12 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, relu: bool
   Args:
     x: ``(..., C)``; statistics over every axis but the last.
     scale, bias: ``(C,)``.
-    axis_name: under ``jax.shard_map``, the mesh axis whose devices share their statistics
+    relu: ReLU after the normalisation.
+    epsilon: added to the variance.
+    batch_norm_axis: under ``jax.shard_map``, the mesh axis whose devices share their statistics
       (``lax.pmean`` of the means and means of squares, as PyTorch's SyncBatchNorm); None:
       this call's batch only.
-    strategy: a ``layers.conv`` strategy; where it runs :mod:`kpsem_jax.cpu_kernels`
+    conv_strategy: a ``layers.conv`` strategy; where it runs :mod:`kpsem_jax.cpu_kernels`
       (:func:`uses_cpu_kernels`), the per-channel sums of both passes are the C++ ones
       (XLA:CPU's took about 40 of the 135 ms of a narrow MFNet's training step) with a
       hand-written gradient;
@@ -132,7 +134,7 @@ class BatchNorm(nn.Module):
 
   Variables as ``flax.linen.BatchNorm``'s (params ``scale``, ``bias``; ``batch_stats``
   ``mean``, ``var``), so checkpoints and the PyTorch converter see the same names. In
-  training, :func:`batch_norm_train` (``axis_name``, ``strategy``: see there) and the
+  training, :func:`batch_norm_train` (``batch_norm_axis``, ``conv_strategy``: see there) and the
   running averages updated with momentum ``BN_MOMENTUM``; otherwise
   :func:`batch_norm_eval` with the running averages. One difference from PyTorch: the
   running variance is updated with the biased batch variance (PyTorch uses the unbiased

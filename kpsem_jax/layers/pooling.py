@@ -33,8 +33,8 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
   slices, which XLA fuses into one pass (the gradient: one per stride phase); the forward
   keeps each output's first-maximum offset for the gradient. (XLA:CPU's own max-pool
   gradient, a variadic reduce-window over index arrays and a scatter, took a quarter of a
-  narrow MFNet's training step: ``docs/speed.md``.) Where ``strategy`` (a ``layers.conv``
-  strategy) runs :mod:`kpsem_jax.cpu_kernels`, the gradient of a 3-D pooling is their C++
+  narrow MFNet's training step: ``docs/speed.md``.) Where ``conv_strategy`` (a
+  ``layers.conv`` strategy) runs :mod:`kpsem_jax.cpu_kernels`, the gradient of a 3-D pooling is their C++
   one (``cpu_kernels.max_pool_grad``; XLA fused the one below with the producers of the
   output gradient and recomputed them once per window offset); the same values.
 
@@ -42,7 +42,7 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
     x: ``(B, *spatial, C)``, floating point.
     window, strides: one size per spatial axis.
     padding: one ``(low, high)`` pair per spatial axis.
-    strategy: see above.
+    conv_strategy: see above.
   Returns:
     ``(B, *out_spatial, C)``.
   """

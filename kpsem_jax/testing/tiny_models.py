@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from configs.common import load_config
 from kpsem_jax import checkpoint
 from kpsem_jax.models import create_model
 
@@ -32,8 +33,7 @@ def save_tiny_checkpoint(directory, kpsem=True, seed=0):
 
 def train_config(data_dir, steps=12):
   """``configs/synthetic.py:tiny`` reading ``data_dir``, ``steps`` steps, evaluated at the end."""
-  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
-  c = trainer.load_config("synthetic", "tiny")
+  c = load_config("synthetic", "tiny")
   c.dataset.data_dir = str(data_dir)
   c.num_train_steps = c.eval_every = int(steps)
   return c
