@@ -11,24 +11,24 @@ import os
 # prepared in an older layout are rebuilt, not read.
 LAYOUT_VERSION = "2.0.0"
 
-# dataset name -> module path of its builder (imported on demand: each pulls in TFDS).
-BUILDERS = {
-    "synthetic_motion": "data.synthetic_motion.synthetic_motion_dataset_builder",
-    "hmdb51": "data.hmdb51.hmdb51_dataset_builder",
-    "ucf101": "data.ucf101.ucf101_dataset_builder",
-    "mini_kinetics": "data.mini_kinetics.mini_kinetics_dataset_builder",
-    "kinetics400": "data.kinetics400.kinetics400_dataset_builder",
-    "video_folder": "data.video_folder.video_folder_dataset_builder",
-    "something_something_v1":
-        "data.something_something_v1.something_something_v1_dataset_builder",
-}
+
+
+def builders() -> dict:
+  """Dataset name -> module path of its builder, for every folder ``data/<name>/`` holding
+  ``<name>_dataset_builder.py`` (imported on demand: each pulls in TFDS). Adding a dataset
+  is adding its folder; nothing else lists them."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  return {name: f"data.{name}.{name}_dataset_builder" for name in sorted(os.listdir(here))
+          if os.path.isfile(os.path.join(here, name, f"{name}_dataset_builder.py"))}
+
 
 
 def builder_class(name: str):
   """The TFDS builder class of dataset ``name``."""
-  if name not in BUILDERS:
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(BUILDERS))}")
-  return importlib.import_module(BUILDERS[name]).Builder
+  known = builders()
+  if name not in known:
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(known)}")
+  return importlib.import_module(known[name]).Builder
 
 
 def usable_cores() -> int:

@@ -223,6 +223,10 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder):
   # One config, "default", unless a builder has several (splits): the data then sits in
   # <data_dir>/<name>/default/<version>, where configs' dataset.config="default" finds it.
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="default")]
+  # What `python -m kpsem_jax.prepare` needs to know of a builder: whether it builds from a
+  # --source_dir, and whether its configs are the official splits "split1".. (--split=N).
+  NEEDS_SOURCE = True
+  SPLIT_CONFIGS = False
 
   def __init__(self, *, source_dir: Optional[str] = None, short_side: Optional[int] = 256,
                splits_dir: Optional[str] = None, min_frames: int = MIN_FRAMES,

@@ -121,19 +121,13 @@ def dataset_dir(data_dir: str, name: str, config: Optional[str] = None) -> str:
             f"is not prepared in {data_dir}. Build it")
     raise DataNotPreparedError(
         f"the {name} dataset ({config or 'default'}) {what} "
-        f"with:\n  {prepare_command(data_dir, name, config)}")
+        f"with:\n  {_prepare_command(data_dir, name, config)}")
   return os.path.join(root, current[-1])
 
 
-def prepare_command(data_dir: str, name: str, config: Optional[str]) -> str:
-  """The ``python -m kpsem_jax.prepare`` command that builds ``name``/``config``."""
-  source = "" if name == "synthetic_motion" else " --source_dir=<the dataset as distributed>"
-  cfg = ""
-  if config and config.startswith("split"):
-    cfg = f" --split={config[5:]}"
-  elif config and config != "default":
-    cfg = f" --config={config}"
-  return f"python -m kpsem_jax.prepare {name}{source} --data_dir={data_dir}{cfg}"
+def _prepare_command(data_dir: str, name: str, config: Optional[str]) -> str:
+  from kpsem_jax import prepare  # pylint: disable=import-outside-toplevel
+  return prepare.prepare_command(data_dir, name, config)
 
 
 def load_source(data_dir: str, name: str, config: Optional[str], split: str
@@ -146,7 +140,7 @@ def load_source(data_dir: str, name: str, config: Optional[str], split: str
   def damaged(path, reason):
     return DataNotPreparedError(
         f"the {name} dataset ({config or 'default'}) in {root} is damaged: {path}: {reason}; "
-        f"remove {root} and rebuild it with:\n  {prepare_command(data_dir, name, config)}")
+        f"remove {root} and rebuild it with:\n  {_prepare_command(data_dir, name, config)}")
   try:
     builder = tfds.builder_from_directory(root)
   except (json_format.ParseError, ValueError, KeyError, OSError) as e:

@@ -4,9 +4,9 @@
         [--config=NAME] [--short_side=256] [--splits_dir=DIR] [--min_frames=8] [--workers=N]
         [--beam_options="--runner=DirectRunner ..."]
 
-DATASET is one of synthetic_motion (no source needed), hmdb51, ucf101, mini_kinetics,
-kinetics400, something_something_v1, video_folder (your own videos, a folder per class);
-docs/datasets.md gives each source layout. Shows a
+DATASET names a builder folder of ``data/`` (the command without it lists them), e.g.
+synthetic_motion (no source needed), hmdb51, or video_folder (your own videos, a folder per
+class); docs/datasets.md gives each source layout. Shows a
 progress bar per split (videos), then a summary: examples per split, classes, skipped
 files. Videos are decoded and encoded in ``--workers`` processes (default: the cores this
 process may use); the result is the same for any number. With ``--beam_options`` the build
@@ -25,6 +25,7 @@ import shlex
 import shutil
 import sys
 import time
+from typing import Optional
 
 from absl import flags
 
@@ -33,8 +34,8 @@ from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
 
 def datasets():
   """The dataset names ``prepare`` builds."""
-  from data import BUILDERS  # pylint: disable=import-outside-toplevel
-  return sorted(BUILDERS)
+  from data import builders  # pylint: disable=import-outside-toplevel
+  return sorted(builders())
 
 
 def builder_version(dataset: str) -> str:
@@ -140,11 +141,27 @@ def _tfds_quiet():
 
 
 def config_name(dataset: str, split, config):
+  """The build's name: ``config``, else ``split<split>`` for builders of official splits,
+  else ``"default"``."""
+  from data import builder_class  # pylint: disable=import-outside-toplevel
   if config:
     return config
-  if dataset in ("hmdb51", "ucf101"):
+  if builder_class(dataset).SPLIT_CONFIGS:
     return f"split{split or 1}"
   return "default"
+
+
+def prepare_command(data_dir: str, name: str, config: Optional[str]) -> str:
+  """The ``python -m kpsem_jax.prepare`` command that builds ``name``/``config``."""
+  from data import builder_class  # pylint: disable=import-outside-toplevel
+  cls = builder_class(name)
+  source = " --source_dir=<the dataset as distributed>" if cls.NEEDS_SOURCE else ""
+  cfg = ""
+  if config and cls.SPLIT_CONFIGS and config.startswith("split"):
+    cfg = f" --split={config[5:]}"
+  elif config and config != "default":
+    cfg = f" --config={config}"
+  return f"python -m kpsem_jax.prepare {name}{source} --data_dir={data_dir}{cfg}"
 
 
 def prepare(dataset: str, data_dir: str, source_dir=None, split=None, config=None,
@@ -222,8 +239,8 @@ def main(argv):
   from kpsem_jax import cli  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
   if len(argv) != 2:
-    print("usage: python -m kpsem_jax.prepare DATASET --source_dir=SRC --data_dir=OUT",
-          file=sys.stderr)
+    print("usage: python -m kpsem_jax.prepare DATASET --source_dir=SRC --data_dir=OUT\n"
+          f"DATASET: one of {', '.join(datasets())}", file=sys.stderr)
     sys.exit(2)
   try:
     prepare(argv[1], FLAGS.data_dir, FLAGS.source_dir, FLAGS.split, FLAGS.config,

@@ -6,8 +6,8 @@
 - Devices: the train step and eval forward are ``jax.shard_map`` over a 1-D ``data`` mesh of
   every device of every process (``train_step.py``); each process reads its own slice of
   every global batch, whose sequence depends on the seed only.
-- Checkpoints: :class:`kpsem_jax.checkpoint.TrainingCheckpoints` owns their rules; the data
-  position is the step itself, so a rerun resumes with the same batches. A non-finite loss
+- Checkpoints: :class:`training_checkpoints.TrainingCheckpoints` owns their rules; the
+  data position is the step itself, so a rerun resumes with the same batches. A non-finite loss
   or parameter stops the run and is never saved; SIGTERM or SIGINT saves the step reached
   and raises :class:`kpsem_jax.preemption.Interrupted`. A run holds ``workdir/lock``.
 - Before anything runs: the config's fields (``configs/common.py``), the dataset
@@ -26,7 +26,7 @@ import ml_collections
 from configs import common
 from kpsem_jax import checkpoint as checkpoint_lib
 from kpsem_jax import (datasets, eval_loop, evaluation, memory_fit, metric_log, preemption,
-                       process_zero, train_loop, workdir_lock)
+                       process_zero, train_loop, training_checkpoints, workdir_lock)
 from kpsem_jax import input_pipeline as ip
 from kpsem_jax import train_step as ts
 from kpsem_jax.models import create_model
@@ -92,7 +92,7 @@ class Trainer:
                                         step, self.config.to_dict(),
                                         process_count=jax.process_count())
 
-  def resume(self, checkpoints: checkpoint_lib.TrainingCheckpoints, state: ts.TrainState
+  def resume(self, checkpoints: training_checkpoints.TrainingCheckpoints, state: ts.TrainState
              ) -> Tuple[int, ts.TrainState]:
     """``(step, state)`` of the newest intact checkpoint (``(0, state)`` when there is none);
     one written with other data settings resumes with a line naming them."""
@@ -103,7 +103,7 @@ class Trainer:
           {"opt_state": state.opt_state, "step": state.step}, self.spec,
           lambda metadata: state_differences(
               (metadata.get("config") or {}).get("optimizer") or {}, optimizer))
-    except checkpoint_lib.CheckpointMismatch as e:  # another model: not damage
+    except training_checkpoints.CheckpointMismatch as e:  # another model: not damage
       raise TrainingError(str(e)) from None
     if found is None:
       return 0, state
@@ -111,7 +111,7 @@ class Trainer:
     state = ts.TrainState(opt_state["step"], variables["params"], variables["batch_stats"],
                           opt_state["opt_state"])
     process_zero.log(f"resuming from step {step} ({checkpoints.directory})")
-    changes = checkpoint_lib.data_changes(metadata.get("config") or {}, self.config.to_dict())
+    changes = training_checkpoints.data_changes(metadata.get("config") or {}, self.config.to_dict())
     if changes:
       process_zero.log(f"the data settings differ from the checkpoint's ({'; '.join(changes)}"
                        f"): from step {step + 1} on, the batches differ from an "
@@ -222,7 +222,7 @@ def _train_and_evaluate(trainer, config, workdir):
       process_zero.log("compiling the train step and checking that it fits in memory...")
     step_fn = trainer.fitted_train_step(step_fn, state)
     trainer.fit_eval_forward({"params": state.params, "batch_stats": state.batch_stats})
-    checkpoints = checkpoint_lib.TrainingCheckpoints(trainer.workdir, config.keep_checkpoints)
+    checkpoints = training_checkpoints.TrainingCheckpoints(trainer.workdir, config.keep_checkpoints)
     try:
       start, state = trainer.resume(checkpoints, state)
       if process_zero.is_main():  # once the checkpoints are known to fit this config

@@ -674,11 +674,27 @@ def test_beam_build_of_a_split_with_no_usable_video_is_one_error(tmp_path):
           beam_options="--runner=DirectRunner")
 
 
-def test_prepare_help_names_every_dataset_it_builds():
-  from data import BUILDERS  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import prepare  # pylint: disable=import-outside-toplevel
-  for name in BUILDERS:
-    assert name in prepare.__doc__.split("docs/datasets.md")[0], name
+def test_every_builder_folder_is_a_dataset_by_name_and_every_config_names_one():
+  """Adding a dataset is adding its folder data/<name>/ (and a config): nothing else lists
+  it. prepare's usage names every builder; each loads by name; each config's dataset is one."""
+  import glob  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import data  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  folders = sorted(os.path.basename(os.path.dirname(p)) for p in
+                   glob.glob(os.path.join(root, "data", "*", "*_dataset_builder.py")))
+  assert sorted(data.builders()) == folders and len(folders) >= 7
+  for name in folders:
+    assert data.builder_class(name).name == name
+  usage = subprocess.run([sys.executable, "-m", "kpsem_jax.prepare"], cwd=root,
+                         capture_output=True, text=True, timeout=120).stderr
+  assert usage.splitlines()[-1] == f"DATASET: one of {', '.join(folders)}"
+  for path in glob.glob(os.path.join(root, "configs", "*.py")):
+    name = os.path.basename(path)[:-3]
+    if name in ("__init__", "common"):
+      continue
+    assert load_config(name).dataset.name in folders, name
 
 
 def test_prepare_shows_one_bar_a_split_and_none_of_tfds_lines_unless_verbose(tmp_path, capfd):

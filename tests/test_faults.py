@@ -260,14 +260,14 @@ def on_small_disk(size, script, tmp_path):
     ("900k", "", "writing the checkpoint of step 6 to {w}/checkpoints failed: not enough "
      "free space (it needs about ", ["3"]),
     # The check passes (made blind here), the write itself runs out of space.
-    ("300k", "kpsem_jax.checkpoint._agreed_free_space = lambda directory: None", "writing "
+    ("300k", "kpsem_jax.training_checkpoints._agreed_free_space = lambda directory: None", "writing "
      "the checkpoint of step 3 to {w}/checkpoints failed: No space left on device", []),
 ])
 def test_a_full_disk_is_one_line_and_the_last_good_step_stays(tmp_path, tiny_data, size,
                                                               patch, message, kept):
   args = [*TINY, f"--config.dataset.data_dir={tiny_data}", "--workdir=$DISK/w",
           "--config.num_train_steps=9", "--config.eval_every=100"]
-  program = ("import runpy, sys, kpsem_jax.checkpoint\n" + patch + "\n"
+  program = ("import runpy, sys, kpsem_jax.training_checkpoints\n" + patch + "\n"
              "sys.argv = ['train.py'] + sys.argv[1:]\nrunpy.run_path('train.py', run_name='__main__')")
   done, steps = on_small_disk(size, f"{sys.executable} -c {shlex.quote(program)} "
                               + " ".join(args), tmp_path)

@@ -63,8 +63,8 @@ def test_imports_go_one_way_data_never_reaches_into_the_package():
   """config -> data -> model -> step -> checkpoint: ``data/`` imports nothing of kpsem_jax,
   and the package never imports the tests or benchmarks."""
   script = ("import sys\nimport data, data.common, data.video\n"
-            "from data import BUILDERS\nimport importlib\n"
-            "for m in BUILDERS.values(): importlib.import_module(m)\n"
+            "from data import builders\nimport importlib\n"
+            "for m in builders().values(): importlib.import_module(m)\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kpsem_jax'))\n"
             "import kpsem_jax.trainer, kpsem_jax.inference, kpsem_jax.predict, "
             "kpsem_jax.visualize, kpsem_jax.convert, kpsem_jax.experiments\n"

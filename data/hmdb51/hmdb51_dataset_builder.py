@@ -26,6 +26,8 @@ TAGS = {"1": "train", "2": "test"}
 class Builder(common.VideoDatasetBuilder):
   """HMDB51 (51 classes, 3 train/test splits)."""
 
+  SPLIT_CONFIGS = True  # split1, split2, split3: prepare --split=N
+
   VERSION = tfds.core.Version(LAYOUT_VERSION)
   RELEASE_NOTES = common.RELEASE_NOTES
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f"split{n}") for n in (1, 2, 3)]

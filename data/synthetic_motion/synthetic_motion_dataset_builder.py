@@ -196,6 +196,8 @@ def _hues_without_red(rng, count):
 class Builder(common.VideoDatasetBuilder):
   """Synthetic motion-defined action classes (no download)."""
 
+  NEEDS_SOURCE = False  # generated, no download
+
   VERSION = tfds.core.Version("2.1.0")
   RELEASE_NOTES = dict(common.RELEASE_NOTES, **{
       "1.0.0": "First release (the translation config added later: the default config's "

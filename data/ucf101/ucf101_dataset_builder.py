@@ -20,6 +20,8 @@ LISTS = "ucfTrainTestlist"
 class Builder(common.VideoDatasetBuilder):
   """UCF101 (101 classes, 3 train/test splits)."""
 
+  SPLIT_CONFIGS = True  # split1, split2, split3: prepare --split=N
+
   VERSION = tfds.core.Version(LAYOUT_VERSION)
   RELEASE_NOTES = common.RELEASE_NOTES
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f"split{n}") for n in (1, 2, 3)]
