@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from configs import common
 from data import frames
-from kpsem_jax import checkpoint, cli, input_pipeline, trainer, workdir_eval
+from kpsem_jax import checkpoint, cli, trainer, video_source, workdir_eval
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 FLAGS = flags.FLAGS
@@ -68,7 +68,7 @@ def main(argv):
     print(f"process {jax.process_index()} of {jax.process_count()}: "
           f"{jax.local_device_count()} of {jax.device_count()} devices", flush=True)
   doing = f"{'training' if FLAGS.mode == 'train' else 'evaluating'} in {FLAGS.workdir}"
-  with cli.one_line_errors(trainer.TrainingError, input_pipeline.DataNotPreparedError,
+  with cli.one_line_errors(trainer.TrainingError, video_source.DataNotPreparedError,
                            checkpoint.CheckpointError, frames.DamagedDataError, doing=doing):
     if FLAGS.mode == "train":
       trainer.train_and_evaluate(config, FLAGS.workdir)

@@ -36,6 +36,8 @@ import psutil
 
 from data import frames as frames_lib
 from kpsem_jax import input_pipeline as ip
+from kpsem_jax import clips as clips_lib
+from kpsem_jax import video_source
 from kpsem_jax import prepare as prepare_lib
 from kpsem_jax.testing import reference_clips
 
@@ -187,7 +189,7 @@ def breakdown(source, spec):
   record = source.records[video]
   first, n = int(record["first_frame"]), int(record["num_frames"])
   frames_file = record["frames_file"].decode()
-  indices = [first + int(i) for i in ip.window_indices(n, 10, spec.frames, spec.interval)]
+  indices = [first + int(i) for i in clips_lib.window_indices(n, 10, spec.frames, spec.interval)]
   reader = frames_lib.FrameReader(source.reader.root)
   jpegs = reader.read(frames_file, indices)
   decoded = [frames_lib.decode_jpeg(j) for j in jpegs]
@@ -203,11 +205,13 @@ def breakdown(source, spec):
        f"read the whole video ({n} frames)", lambda: reader.read(frames_file, whole)),
       ("decode, simplejpeg", lambda: [frames_lib.decode_jpeg(j) for j in jpegs],
        "decode, Pillow", lambda: [reference_clips.pillow_decode(j) for j in jpegs]),
-      ("resample the crop region (C++)", lambda: [ip.resize_crop(f, box, crop) for f in decoded],
+      ("resample the crop region (C++)",
+       lambda: [clips_lib.resize_crop(f, box, crop) for f in decoded],
        "resize whole frames, crop",
        lambda: [reference_clips._resize(f, new_w, new_h)[top:top + crop, left:left + crop]
                 for f in decoded]),
-      ("resample and flip (C++)", lambda: [ip.resize_crop(f, box, crop, True) for f in decoded],
+      ("resample and flip (C++)",
+       lambda: [clips_lib.resize_crop(f, box, crop, True) for f in decoded],
        "resize whole, crop, reversed copy",
        lambda: np.ascontiguousarray(np.stack(
            [reference_clips._resize(f, new_w, new_h)[top:top + crop, left:left + crop]
@@ -233,8 +237,8 @@ def main(_):
   os.makedirs(FLAGS.data_dir, exist_ok=True)
   prepare_lib.prepare("ucf101", FLAGS.data_dir, source_dir=fixture_ucf101(FLAGS.data_dir),
                       split=1, log=lambda *a: None)
-  source, _ = ip.load_source(FLAGS.data_dir, "ucf101", "split1", "train")
-  spec = ip.ClipSpec()  # 16 frames at interval 2, scale jitter 224-288, 224 crop, flip
+  source, _ = video_source.load_source(FLAGS.data_dir, "ucf101", "split1", "train")
+  spec = clips_lib.ClipSpec()  # 16 frames at interval 2, scale jitter 224-288, 224 crop, flip
   print(f"fixture videos ({len(source)}, 127-310 frames, 256-px short side), train clips "
         f"16x224x224, batch {FLAGS.batch_size}, {len(os.sched_getaffinity(0))} cores")
   if FLAGS.breakdown:
@@ -256,7 +260,7 @@ def main(_):
     if w > 1 and base:
       print(f"{w} workers / 1: {rate / base[0]:.2f}x")
   most = max(rows)
-  eval_spec = ip.ClipSpec(num_clips=10, num_crops=3)
+  eval_spec = clips_lib.ClipSpec(num_clips=10, num_crops=3)
   print(f"eval (10 clips x 3 crops, {most} workers): "
         f"{time_eval(source, eval_spec, most):.1f} views/s")
   if FLAGS.train_steps:

@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 
 from data import usable_cores
-from kpsem_jax import input_pipeline as ip
+from kpsem_jax import video_source
 from kpsem_jax import prepare as prepare_lib
 from kpsem_jax import process_zero
 
@@ -25,7 +25,7 @@ class DatasetError(ValueError):
 def open_dataset(dataset: ml_collections.ConfigDict) -> Tuple[List[str], Any, Any]:
   """``(class_names, train_source, eval_source)`` of ``dataset`` (a config's ``dataset``
   section). Sets ``dataset.num_classes`` from the prepared metadata when it is 0. Raises
-  :class:`input_pipeline.DataNotPreparedError` (not prepared, ``auto_prepare`` off) or
+  :class:`video_source.DataNotPreparedError` (not prepared, ``auto_prepare`` off) or
   :class:`DatasetError`."""
   d = dataset
   data_dir = os.path.expanduser(d.data_dir)
@@ -33,16 +33,16 @@ def open_dataset(dataset: ml_collections.ConfigDict) -> Tuple[List[str], Any, An
     raise DatasetError(f"config.dataset.name={d.name!r} is not a dataset this project "
                        f"builds; choose one of {', '.join(prepare_lib.datasets())}")
   try:
-    found = ip.dataset_dir(data_dir, d.name, d.config)
-    if d.auto_prepare and ip.older_version(found, prepare_lib.builder_version(d.name)):
-      raise ip.DataNotPreparedError(f"{found} is an older version")  # built anew below
-  except ip.DataNotPreparedError:
+    found = video_source.dataset_dir(data_dir, d.name, d.config)
+    if d.auto_prepare and video_source.older_version(found, prepare_lib.builder_version(d.name)):
+      raise video_source.DataNotPreparedError(f"{found} is an older version")  # built anew below
+  except video_source.DataNotPreparedError:
     if not d.auto_prepare:
       raise
     _prepare(d, data_dir)
   try:
-    train, names = ip.load_source(data_dir, d.name, d.config, d.train_split)
-    evals, _ = ip.load_source(data_dir, d.name, d.config, d.eval_split)
+    train, names = video_source.load_source(data_dir, d.name, d.config, d.train_split)
+    evals, _ = video_source.load_source(data_dir, d.name, d.config, d.eval_split)
   except ValueError as e:  # a split the prepared data does not have
     raise DatasetError(f"config.dataset: {e}") from None
   if not d.num_classes:  # from the prepared metadata (video_folder)

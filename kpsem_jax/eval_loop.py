@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kpsem_jax import evaluation
+from kpsem_jax import clips as clips_lib
 from kpsem_jax import input_pipeline as ip
 from kpsem_jax import process_zero
 
@@ -21,7 +22,7 @@ class EmptySplit(ValueError):
   """The eval split holds no video."""
 
 
-def evaluate(forward: Callable, variables, source, *, batch_size: int, spec: ip.ClipSpec,
+def evaluate(forward: Callable, variables, source, *, batch_size: int, spec: clips_lib.ClipSpec,
              sharding: jax.NamedSharding, num_classes: int, worker_count: int = 0,
              desc: str = "eval", stopped: Optional[Callable[[], Any]] = None
              ) -> Optional[Dict[str, Any]]:

@@ -80,13 +80,15 @@ def run_one(variant: Variant, seed: int, steps: int, data_dir: str, workdir: str
 def split_lines_moved(workdir: str, config, videos: int = 128) -> Dict[str, float]:
   """:func:`kpsem_jax.split_movement.movement` of a trained run's split lines on its first
   ``videos`` evaluation videos (one centre view each), in feature-map pixels."""
-  from kpsem_jax import inference, input_pipeline, split_movement  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import inference, split_movement  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import clips as clips_lib  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import video_source  # pylint: disable=import-outside-toplevel
   from kpsem_jax.models import normalize  # pylint: disable=import-outside-toplevel
   predictor = inference.load_predictor(workdir, prefer_best=False)
   d = config.dataset
-  source, _ = input_pipeline.load_source(d.data_dir, d.name, d.config, d.eval_split)
+  source, _ = video_source.load_source(d.data_dir, d.name, d.config, d.eval_split)
   spec = predictor.with_spec(num_clips=1, num_crops=1)
-  clips = np.stack([input_pipeline.eval_views(source[i], spec)[0]
+  clips = np.stack([clips_lib.eval_views(source[i], spec)[0]
                     for i in range(min(videos, len(source)))])
   return split_movement.of_model(predictor.model, predictor.variables,
                                  normalize(clips))

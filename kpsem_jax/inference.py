@@ -6,7 +6,7 @@
     predictor.logits(normalize(clips_uint8))         # (N, num_classes) numpy
 
 ``predict`` uses the evaluation protocol of the checkpoint's training config (clips x crops,
-see ``input_pipeline.eval_views``); a converted checkpoint gets MFNet's (16 frames at interval
+see ``clips.eval_views``); a converted checkpoint gets MFNet's (16 frames at interval
 2, short side 256, 10 clips x 3 crops of 224).
 """
 
@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import video
-from kpsem_jax import checkpoint, input_pipeline, memory_fit
+from kpsem_jax import checkpoint, memory_fit
+from kpsem_jax import clips as clips_lib
+from kpsem_jax import video_source
 from kpsem_jax.models import create_model, normalize
 
 def _centre_crop(clip: np.ndarray, crop: int) -> np.ndarray:
@@ -31,12 +33,12 @@ def _centre_crop(clip: np.ndarray, crop: int) -> np.ndarray:
   return clip[:, top:top + crop, left:left + crop]
 
 
-def clip_spec_of(metadata) -> input_pipeline.ClipSpec:
+def clip_spec_of(metadata) -> clips_lib.ClipSpec:
   """The evaluation views a checkpoint was trained for (MFNet's 10 x 3 when it does not say)."""
   clip = (metadata.get("config") or {}).get("clip")
   if not clip:  # a converted checkpoint: MFNet's protocol
     clip = dict(frames=int(metadata.get("frames", 16)), eval_clips=10, eval_crops=3)
-  return input_pipeline.clip_spec(clip)
+  return clips_lib.clip_spec(clip)
 
 
 class Predictor:
@@ -66,7 +68,7 @@ class Predictor:
     """``(N, T, H, W, 3)`` uint8 RGB clips -> logits; normalised on the device."""
     return np.asarray(self._forward(self.variables, clips))
 
-  def compile(self, batch_size: int, spec: Optional[input_pipeline.ClipSpec] = None,
+  def compile(self, batch_size: int, spec: Optional[clips_lib.ClipSpec] = None,
               memory_limit_gb: float = 0.0):
     """Compiles the forward pass for ``batch_size`` views of ``spec`` ahead of time; raises
     :class:`memory_fit.DoesNotFit` naming the largest batch that fits when XLA's memory
@@ -87,7 +89,7 @@ class Predictor:
           f"a batch of {batch_size} views does not fit in the {memory_fit.describe(budget)} "
           f"a device has: use --batch_size={size} or less")
 
-  def views(self, video_path: str, spec: Optional[input_pipeline.ClipSpec] = None,
+  def views(self, video_path: str, spec: Optional[clips_lib.ClipSpec] = None,
             allow_truncated: bool = False) -> np.ndarray:
     """All ``num_clips x num_crops`` evaluation views of a video, uint8 ``(V, T, S, S, 3)``.
 
@@ -98,7 +100,7 @@ class Predictor:
     frames, info = video.read_video(video_path, short_side=s.eval_resize, with_info=True)
     if not allow_truncated:
       video.check_complete(video_path, len(frames), info["expected_frames"])
-    return input_pipeline.eval_views(input_pipeline.Video.from_frames(frames), s)
+    return clips_lib.eval_views(video_source.Video.from_frames(frames), s)
 
   def softmax(self, clips: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Per-clip softmax ``(N, num_classes)`` of uint8 clips, in batches of ``batch_size``
@@ -121,13 +123,13 @@ class Predictor:
     return [(self.class_names[i], float(probs[i])) for i in order]
 
   def predict(self, video_path: str, top_k: int = 5,
-              spec: Optional[input_pipeline.ClipSpec] = None,
+              spec: Optional[clips_lib.ClipSpec] = None,
               batch_size: int = 8) -> List[Tuple[str, float]]:
     """Top-k ``(label, probability)`` for a video file, softmax averaged over its views."""
     return self.top(self.probabilities(self.views(video_path, spec), batch_size), top_k)
 
   def timeline(self, video_path: str, stride_seconds: Optional[float] = None, top_k: int = 5,
-               spec: Optional[input_pipeline.ClipSpec] = None, batch_size: int = 8
+               spec: Optional[clips_lib.ClipSpec] = None, batch_size: int = 8
                ) -> List[Dict]:
     """One prediction per sliding window over the whole video, decoded as a stream.
 
@@ -166,13 +168,13 @@ class Predictor:
           flush()
     if not windows and not pending:  # shorter than one window: loop it
       frames = np.stack(list(recent))
-      idx = input_pipeline.window_indices(count, 0, s.frames, s.interval)
+      idx = clips_lib.window_indices(count, 0, s.frames, s.interval)
       pending.append((0, _centre_crop(frames[idx], s.crop)))
     if pending:
       flush()
     return windows
 
-  def with_spec(self, **changes) -> input_pipeline.ClipSpec:
+  def with_spec(self, **changes) -> clips_lib.ClipSpec:
     """This checkpoint's clip spec with some fields replaced (e.g. ``num_clips=2``)."""
     return dataclasses.replace(self.clip_spec, **changes)
 

@@ -27,6 +27,7 @@ from configs import common
 from kpsem_jax import checkpoint as checkpoint_lib
 from kpsem_jax import (datasets, eval_loop, evaluation, memory_fit, metric_log, preemption,
                        process_zero, train_loop, training_checkpoints, workdir_lock)
+from kpsem_jax import clips as clips_lib
 from kpsem_jax import input_pipeline as ip
 from kpsem_jax import train_step as ts
 from kpsem_jax.models import create_model
@@ -163,7 +164,7 @@ class Trainer:
   def train_iterator(self, start_step: int = 0) -> ip.TrainIterator:
     """The training batches from the one step ``start_step + 1`` consumes."""
     loader = ip.train_loader(self.train_source, self.config.batch_size // jax.process_count(),
-                             ip.clip_spec(self.config.clip, train=True),
+                             clips_lib.clip_spec(self.config.clip, train=True),
                              seed=self.config.seed, worker_count=self.config.num_workers)
     return loader.iterator(start_step)
 
@@ -187,7 +188,7 @@ class Trainer:
     try:
       return eval_loop.evaluate(
           self.eval_forward, variables, self.eval_source, batch_size=self.eval_batch,
-          spec=ip.clip_spec(self.config.clip), sharding=self.eval_sharding,
+          spec=clips_lib.clip_spec(self.config.clip), sharding=self.eval_sharding,
           num_classes=len(self.class_names), worker_count=self.config.num_workers, desc=desc,
           stopped=None if stop is None else stop.agreed)
     except eval_loop.EmptySplit as e:

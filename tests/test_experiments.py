@@ -91,15 +91,15 @@ def test_the_suites_clips_and_their_time_reversals_show_the_same_frames():
   """C2D averages its frames' features, so it can tell a clip from its time reversal (the
   paired class) only if the two are sampled at different moments of the motion."""
   from data.synthetic_motion import synthetic_motion_dataset_builder as synthetic
-  from kpsem_jax import input_pipeline as ip
+  from kpsem_jax import clips as clips_lib  # pylint: disable=import-outside-toplevel
   builder_configs = {c.name: c for c in synthetic.Builder.BUILDER_CONFIGS}
 
   def reversal_safe(data):
     c = suite_lib.run_config(suite_lib.C2D, 0, 600, "/data", data)
     n, frames, interval = builder_configs[c.dataset.config].frames, c.clip.frames, c.clip.interval
-    starts = set(range(ip.train_starts(n, frames, interval)))  # training's
-    starts |= set(ip.clip_starts(n, frames, interval, 1).tolist())  # evaluation's
-    shown = [set(ip.window_indices(n, s, frames, interval).tolist()) for s in starts]
+    starts = set(range(clips_lib.train_starts(n, frames, interval)))  # training's
+    starts |= set(clips_lib.clip_starts(n, frames, interval, 1).tolist())  # evaluation's
+    shown = [set(clips_lib.window_indices(n, s, frames, interval).tolist()) for s in starts]
     return all(s == {n - 1 - i for i in s} for s in shown)
 
   assert reversal_safe("translation") and reversal_safe("translation_hard")

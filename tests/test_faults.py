@@ -583,14 +583,14 @@ def test_a_full_disk_at_the_start_of_a_run_is_one_line(tmp_path, tiny_data, monk
 
 def test_a_damaged_dataset_index_names_the_file_and_the_command_that_rebuilds_it(
     tmp_path, tiny_data):
-  from kpsem_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import video_source  # pylint: disable=import-outside-toplevel
   data_dir = str(tmp_path / "tfds")
   shutil.copytree(tiny_data, data_dir)
-  root = input_pipeline.dataset_dir(data_dir, "synthetic_motion", "tiny")
+  root = video_source.dataset_dir(data_dir, "synthetic_motion", "tiny")
   shard = glob.glob(os.path.join(root, "*-train.array_record*"))[0]
   open(shard, "wb").close()  # zero bytes
-  with pytest.raises(input_pipeline.DataNotPreparedError) as error:
-    input_pipeline.load_source(data_dir, "synthetic_motion", "tiny", "train")
+  with pytest.raises(video_source.DataNotPreparedError) as error:
+    video_source.load_source(data_dir, "synthetic_motion", "tiny", "train")
   message = str(error.value)
   expected = f"the synthetic_motion dataset (tiny) in {root} is damaged: {shard}: "
   assert message.startswith(expected), message
@@ -600,9 +600,9 @@ def test_a_damaged_dataset_index_names_the_file_and_the_command_that_rebuilds_it
                           f"synthetic_motion --data_dir={data_dir} --config=tiny")
   with open(os.path.join(root, "dataset_info.json"), "w") as f:
     f.write("{ not json")
-  with pytest.raises(input_pipeline.DataNotPreparedError,
+  with pytest.raises(video_source.DataNotPreparedError,
                      match=r"is damaged: .*dataset_info.json: cannot be read \("):
-    input_pipeline.load_source(data_dir, "synthetic_motion", "tiny", "test")
+    video_source.load_source(data_dir, "synthetic_motion", "tiny", "test")
 
 
 def test_metadata_that_was_changed_or_does_not_fit_the_model_is_refused_as_damage(tmp_path):

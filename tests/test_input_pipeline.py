@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 
 from kpsem_jax import input_pipeline as ip
+from kpsem_jax import clips as clips_lib
+from kpsem_jax import loader_workers
+from kpsem_jax import video_source
 from kpsem_jax import prepare as prepare_lib
 from kpsem_jax.testing import reference_clips
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
 
-SPEC = ip.ClipSpec(frames=8, interval=1, crop=24, train_scale=(24, 30), eval_resize=28)
+SPEC = clips_lib.ClipSpec(frames=8, interval=1, crop=24, train_scale=(24, 30), eval_resize=28)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def record(values, width=40, height=30, label=3, index=0):
   ramp = np.linspace(0, 150, width)[None, :, None]
   frames = np.stack([np.broadcast_to(ramp + v, (height, width, 3)).astype(np.uint8)
                      for v in values])
-  return ip.Video.from_frames(frames, label=label, index=index)
+  return video_source.Video.from_frames(frames, label=label, index=index)
 
 
 def batches(loader, n):
@@ -38,7 +41,7 @@ def batches(loader, n):
 
 
 def test_train_batches_shapes_and_determinism(tiny_data):
-  source, names = ip.load_source(tiny_data, "synthetic_motion", "tiny", "train")
+  source, names = video_source.load_source(tiny_data, "synthetic_motion", "tiny", "train")
   assert len(names) == 8
   a = batches(ip.train_loader(source, 4, SPEC, seed=1, process_index=0, process_count=1), 3)
   b = batches(ip.train_loader(source, 4, SPEC, seed=1, process_index=0, process_count=1), 3)
@@ -54,7 +57,7 @@ def test_train_batches_shapes_and_determinism(tiny_data):
 
 
 def test_iterator_state_restores_the_same_batches(tiny_data):
-  source, _ = ip.load_source(tiny_data, "synthetic_motion", "tiny", "train")
+  source, _ = video_source.load_source(tiny_data, "synthetic_motion", "tiny", "train")
   loader = ip.train_loader(source, 4, SPEC, seed=3, process_index=0, process_count=1)
   it = iter(loader)
   for _ in range(5):  # past the first epoch of 32 videos
@@ -70,7 +73,7 @@ def test_iterator_state_restores_the_same_batches(tiny_data):
 
 
 def test_processes_read_disjoint_slices_of_the_same_global_batches(tiny_data):
-  source, _ = ip.load_source(tiny_data, "synthetic_motion", "tiny", "train")
+  source, _ = video_source.load_source(tiny_data, "synthetic_motion", "tiny", "train")
   one = list(ip.train_loader(source, 8, SPEC, seed=0, process_index=0, process_count=1,
                              num_epochs=2))
   halves = [list(ip.train_loader(source, 4, SPEC, seed=0, process_index=p, process_count=2,
@@ -89,9 +92,9 @@ def test_processes_read_disjoint_slices_of_the_same_global_batches(tiny_data):
 
 def test_short_videos_loop_and_windows_follow_the_interval():
   rec = record([0, 40, 80])  # 3 frames
-  spec = ip.ClipSpec(frames=6, interval=2, crop=24, train_scale=(30, 30), aspect=(1, 1),
+  spec = clips_lib.ClipSpec(frames=6, interval=2, crop=24, train_scale=(30, 30), aspect=(1, 1),
                      flip=False)
-  clip = ip.train_clip(rec, spec, np.random.default_rng(0))
+  clip = clips_lib.train_clip(rec, spec, np.random.default_rng(0))
   offsets = clip.mean(axis=(1, 2, 3)) - clip[0].mean()
   # (start + 2 i) mod 3 from start 0: frames 0, 2, 1, 0, 2, 1
   np.testing.assert_allclose(offsets, [0, 80, 40, 0, 80, 40], atol=6)
@@ -100,21 +103,21 @@ def test_short_videos_loop_and_windows_follow_the_interval():
 def test_a_window_spans_frames_minus_one_intervals_plus_one_frame():
   # 16 frames at interval 2 sample frames s, s+2, .., s+30: 31 frames, as PyTorch-MFNet's
   # samplers' frame_range = (num - 1) * interval + 1.
-  assert ip.window_length(16, 2) == 31 and ip.window_length(8, 1) == 8
-  assert ip.train_starts(31, 16, 2) == 1  # exactly one window fits: frames 0 .. 30
-  assert ip.train_starts(32, 16, 2) == 2  # starts 0 and 1 (frames 1 .. 31)
-  assert ip.train_starts(20, 16, 2) == 1  # shorter: start 0, looped
-  assert list(ip.window_indices(32, 1, 16, 2)) == list(range(1, 32, 2))  # no wrap from 1
-  assert ip.clip_starts(41, 16, 2, 3).tolist() == [0, 5, 10]  # last start: 41 - 31
-  assert ip.clip_starts(41, 16, 2, 1).tolist() == [5]  # the centre window
+  assert clips_lib.window_length(16, 2) == 31 and clips_lib.window_length(8, 1) == 8
+  assert clips_lib.train_starts(31, 16, 2) == 1  # exactly one window fits: frames 0 .. 30
+  assert clips_lib.train_starts(32, 16, 2) == 2  # starts 0 and 1 (frames 1 .. 31)
+  assert clips_lib.train_starts(20, 16, 2) == 1  # shorter: start 0, looped
+  assert list(clips_lib.window_indices(32, 1, 16, 2)) == list(range(1, 32, 2))  # no wrap from 1
+  assert clips_lib.clip_starts(41, 16, 2, 3).tolist() == [0, 5, 10]  # last start: 41 - 31
+  assert clips_lib.clip_starts(41, 16, 2, 1).tolist() == [5]  # the centre window
   # Every start training draws keeps the clip inside the video, and the last one is used.
   first_means = []
   for seed in range(200):
     rec = record(list(range(0, 33 * 3, 3)), width=30)  # 33 square frames, frame i: +3 i;
     # scaled to exactly the crop, so only the start changes a frame's mean
-    spec = ip.ClipSpec(frames=16, interval=2, crop=24, train_scale=(24, 24), aspect=(1, 1),
+    spec = clips_lib.ClipSpec(frames=16, interval=2, crop=24, train_scale=(24, 24), aspect=(1, 1),
                        flip=False)
-    clip = ip.train_clip(rec, spec, np.random.default_rng(seed))
+    clip = clips_lib.train_clip(rec, spec, np.random.default_rng(seed))
     offsets = np.round((clip.mean(axis=(1, 2, 3)) - clip[0].mean()) / 6).astype(int)
     assert offsets.tolist() == list(range(16))  # consecutive sampled frames, no wrap
     first_means.append(clip[0].mean())
@@ -125,11 +128,11 @@ def test_a_window_spans_frames_minus_one_intervals_plus_one_frame():
 def test_horizontal_flip_only_when_enabled():
   rec = record([0] * 8)
   for flip, expect_some in ((True, True), (False, False)):
-    spec = ip.ClipSpec(frames=8, interval=1, crop=24, train_scale=(30, 30), aspect=(1, 1),
+    spec = clips_lib.ClipSpec(frames=8, interval=1, crop=24, train_scale=(30, 30), aspect=(1, 1),
                        flip=flip)
     flipped = 0
     for seed in range(20):
-      clip = ip.train_clip(rec, spec, np.random.default_rng(seed))
+      clip = clips_lib.train_clip(rec, spec, np.random.default_rng(seed))
       left, right = clip[0, :, :4].mean(), clip[0, :, -4:].mean()
       flipped += left > right  # the ramp rises left to right unless flipped
     assert (flipped > 0) == expect_some and flipped < 20
@@ -137,8 +140,8 @@ def test_horizontal_flip_only_when_enabled():
 
 def test_eval_views_crops_and_padding():
   rec = record(range(0, 80, 10), width=60, height=30)
-  spec = ip.ClipSpec(frames=4, interval=1, crop=24, eval_resize=30, num_clips=2, num_crops=3)
-  views = ip.eval_views(rec, spec)
+  spec = clips_lib.ClipSpec(frames=4, interval=1, crop=24, eval_resize=30, num_clips=2, num_crops=3)
+  views = clips_lib.eval_views(rec, spec)
   assert all(v.shape == (4, 24, 24, 3) for v in views)
   means = [v[0].mean() for v in views]
   assert means[0] < means[1] < means[2]  # left, centre, right crops of the first clip
@@ -149,7 +152,7 @@ def test_eval_views_crops_and_padding():
       return 5
 
     def __getitem__(self, i):
-      return ip.Video(i, i, rec.num_frames, rec._read)
+      return video_source.Video(i, i, rec.num_frames, rec._read)
 
   out = list(ip.eval_batches(Source(), 4, spec, process_index=0, process_count=1))
   assert len(out) == 8  # 5 videos x 6 views = 30 views -> 7 full batches + 1 padded
@@ -164,12 +167,12 @@ def test_eval_views_crops_and_padding():
 
 
 def test_missing_data_names_the_command(tmp_path):
-  with pytest.raises(ip.DataNotPreparedError,
+  with pytest.raises(video_source.DataNotPreparedError,
                      match=r"python -m kpsem_jax.prepare ucf101 --source_dir=.* --split=3"):
-    ip.load_source(str(tmp_path), "ucf101", "split3", "train")
-  with pytest.raises(ip.DataNotPreparedError,
+    video_source.load_source(str(tmp_path), "ucf101", "split3", "train")
+  with pytest.raises(video_source.DataNotPreparedError,
                      match=r"python -m kpsem_jax.prepare synthetic_motion --data_dir=\S+$"):
-    ip.load_source(str(tmp_path), "synthetic_motion", "default", "train")
+    video_source.load_source(str(tmp_path), "synthetic_motion", "default", "train")
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +197,7 @@ def fixture_videos(tmp_path_factory):
   data_dir = str(root / "tfds")
   prepare_lib.prepare("ucf101", data_dir, source_dir=str(root / "src"), split=1,
                       short_side=128, log=lambda *a: None)
-  source, _ = ip.load_source(data_dir, "ucf101", "split1", "train")
+  source, _ = video_source.load_source(data_dir, "ucf101", "split1", "train")
   return source
 
 
@@ -207,35 +210,36 @@ def stored_jpegs(source, i):
 
 
 def test_train_clips_match_the_whole_frame_path_within_a_level(fixture_videos):
-  spec = ip.ClipSpec(frames=8, interval=2, crop=112, train_scale=(112, 144))
+  spec = clips_lib.ClipSpec(frames=8, interval=2, crop=112, train_scale=(112, 144))
   for i in range(len(fixture_videos)):
     decoded = np.stack([reference_clips.pillow_decode(j) for j in stored_jpegs(fixture_videos, i)])
     flips = 0
     for seed in range(6):
-      clip = ip.train_clip(fixture_videos[i], spec, np.random.default_rng(seed))
+      clip = clips_lib.train_clip(fixture_videos[i], spec, np.random.default_rng(seed))
       want = reference_clips.train_clip(decoded, spec, np.random.default_rng(seed))
       difference = np.abs(clip.astype(int) - want.astype(int))
       assert clip.shape == want.shape == (8, 112, 112, 3)
       # Pillow's filter on the crop region alone rounds a few pixels the other way.
       assert difference.max() <= 2 and difference.mean() < 0.2, (i, seed)
-      unflipped = ip.train_clip(fixture_videos[i], dataclasses.replace(spec, flip=False),
+      unflipped = clips_lib.train_clip(fixture_videos[i], dataclasses.replace(spec, flip=False),
                                 np.random.default_rng(seed))  # the same draws but the last
       flips += int(np.array_equal(clip, unflipped[:, :, ::-1]))
     assert 0 < flips < 6  # the flip is drawn
 
 
 def test_eval_views_decode_each_frame_once_and_match_the_per_view_path(fixture_videos):
-  spec = ip.ClipSpec(frames=4, interval=2, crop=96, eval_resize=112, num_clips=3, num_crops=3)
+  spec = clips_lib.ClipSpec(frames=4, interval=2, crop=96, eval_resize=112, num_clips=3,
+                            num_crops=3)
   video = fixture_videos[1]
   decoded_frames = []
 
-  class Counting(ip.Video):
+  class Counting(video_source.Video):
     def frames(self, indices):
       for frame in video.frames(indices):
         decoded_frames.append(frame)
         yield frame
 
-  views = ip.eval_views(Counting(1, video.label, video.num_frames, None), spec)
+  views = clips_lib.eval_views(Counting(1, video.label, video.num_frames, None), spec)
   assert views.shape == (9, 4, 96, 96, 3)
   assert len(decoded_frames) == 3 * 4  # 3 clips of 4 frames, not once per crop
   decoded = np.stack([reference_clips.pillow_decode(j) for j in stored_jpegs(fixture_videos, 1)])
@@ -250,17 +254,17 @@ def _read_chars() -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux's /proc/self/io")
 def test_a_clip_reads_only_its_own_frames(fixture_videos):
-  spec = ip.ClipSpec(frames=16, interval=2, crop=112, train_scale=(112, 144))
+  spec = clips_lib.ClipSpec(frames=16, interval=2, crop=112, train_scale=(112, 144))
   video = fixture_videos[1]  # 280 frames
   assert video.num_frames == 280
   jpegs = stored_jpegs(fixture_videos, 1)
-  ip.train_clip(video, spec, np.random.default_rng(0))  # the frame file's index is read once
+  clips_lib.train_clip(video, spec, np.random.default_rng(0))  # the frame file's index is read once
   for seed in range(1, 4):
     rng = np.random.default_rng(seed)
-    start = int(np.random.default_rng(seed).integers(0, ip.train_starts(280, 16, 2)))
-    sampled = sum(len(jpegs[i]) for i in ip.window_indices(280, start, 16, 2))
+    start = int(np.random.default_rng(seed).integers(0, clips_lib.train_starts(280, 16, 2)))
+    sampled = sum(len(jpegs[i]) for i in clips_lib.window_indices(280, start, 16, 2))
     counted, before = fixture_videos.bytes_read, _read_chars()
-    ip.train_clip(video, spec, rng)
+    clips_lib.train_clip(video, spec, rng)
     read = _read_chars() - before
     assert fixture_videos.bytes_read - counted == sampled  # the loader's own count
     assert sampled <= read <= 2 * sampled  # what the process read, page cache included
@@ -268,7 +272,7 @@ def test_a_clip_reads_only_its_own_frames(fixture_videos):
 
 
 def test_batches_do_not_depend_on_the_worker_count_and_resume_at_a_step(tiny_data):
-  source, _ = ip.load_source(tiny_data, "synthetic_motion", "tiny", "train")
+  source, _ = video_source.load_source(tiny_data, "synthetic_motion", "tiny", "train")
   loader = ip.train_loader(source, 4, SPEC, seed=5, process_index=0, process_count=1)
   in_process = batches(loader, 6)
   with_workers = ip.train_loader(source, 4, SPEC, seed=5, worker_count=2, process_index=0,
@@ -285,27 +289,29 @@ def test_a_dataset_in_the_old_whole_video_layout_says_to_rebuild(tmp_path):
   old = tmp_path / "synthetic_motion" / "tiny" / "1.0.0"
   old.mkdir(parents=True)
   (old / "dataset_info.json").write_text("{}")
-  with pytest.raises(ip.DataNotPreparedError, match=r"old layout that reads whole videos "
+  with pytest.raises(video_source.DataNotPreparedError, match=r"old layout that reads whole videos "
                      r"\(version 1.0.0\); rebuild it with:\n  python -m kpsem_jax.prepare "
                      r"synthetic_motion --data_dir=\S+ --config=tiny$"):
-    ip.load_source(str(tmp_path), "synthetic_motion", "tiny", "train")
+    video_source.load_source(str(tmp_path), "synthetic_motion", "tiny", "train")
 
 
 def test_num_workers_minus_one_is_one_per_usable_core(monkeypatch):
   import data  # pylint: disable=import-outside-toplevel
-  assert ip.resolve_workers(3) == 3 and ip.resolve_workers(0) == 0
+  assert loader_workers.resolve_workers(3) == 3 and loader_workers.resolve_workers(0) == 0
   monkeypatch.setattr(data, "usable_cores", lambda: 6)
-  assert ip.resolve_workers(-1) == 6
+  assert loader_workers.resolve_workers(-1) == 6
   monkeypatch.setattr(data, "usable_cores", lambda: 1)
-  assert ip.resolve_workers(-1) == 0  # one core: in process
+  assert loader_workers.resolve_workers(-1) == 0  # one core: in process
 
 
 LOADER_SCRIPT = """
 import sys
+from kpsem_jax import clips as clips_lib
 from kpsem_jax import input_pipeline as ip
+from kpsem_jax import video_source
 if __name__ == "__main__":
-  source, _ = ip.load_source(sys.argv[1], "synthetic_motion", "tiny", "train")
-  spec = ip.ClipSpec(frames=8, interval=1, crop=24, train_scale=(24, 30), eval_resize=28)
+  source, _ = video_source.load_source(sys.argv[1], "synthetic_motion", "tiny", "train")
+  spec = clips_lib.ClipSpec(frames=8, interval=1, crop=24, train_scale=(24, 30), eval_resize=28)
   batches = ip.train_loader(source, 4, spec, seed=1, worker_count=2, process_index=0,
                             process_count=1, num_epochs=1)
   views = ip.eval_batches(source, 4, spec, 0, 1, worker_count=2)

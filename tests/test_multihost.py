@@ -195,6 +195,8 @@ def test_resuming_with_another_process_count_reads_the_same_global_batches(runs,
   """A two-process checkpoint resumed by one process (8 devices): global batch n is the same
   for any number of processes, so the run goes on where the pair stopped."""
   from kpsem_jax import input_pipeline as ip  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import clips as clips_lib  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import video_source  # pylint: disable=import-outside-toplevel
   from configs.common import load_config  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path / "copy")
   shutil.copytree(runs["multi"], workdir)
@@ -204,8 +206,8 @@ def test_resuming_with_another_process_count_reads_the_same_global_batches(runs,
   assert f"resuming from step {STEPS}" in out.stdout
   assert "data settings differ" not in out.stdout
   config = load_config("synthetic", "tiny")
-  source, _ = ip.load_source(runs["data_dir"], "synthetic_motion", "tiny", "train")
-  loader = ip.train_loader(source, config.batch_size, ip.clip_spec(config.clip, train=True),
+  source, _ = video_source.load_source(runs["data_dir"], "synthetic_motion", "tiny", "train")
+  loader = ip.train_loader(source, config.batch_size, clips_lib.clip_spec(config.clip, train=True),
                            seed=config.seed, process_index=0, process_count=1)
   expected = loader.iterator(STEPS)
   rows = {r["step"]: r for r in inputs(workdir, 0) if "video_index" in r}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data import video
-from kpsem_jax import input_pipeline
+from kpsem_jax import clips as clips_lib
 from kpsem_jax.testing import reference_clips
 from kpsem_jax.inference import load_predictor
 from kpsem_jax.models import normalize
@@ -43,7 +43,7 @@ def tiny(tmp_path_factory):
 def reference_probabilities(model, variables, path):
   """Loop over views one at a time: the eval protocol, decoded here independently."""
   c = tiny_models.CLIP
-  spec = input_pipeline.ClipSpec(frames=c["frames"], interval=c["interval"], crop=c["crop"],
+  spec = clips_lib.ClipSpec(frames=c["frames"], interval=c["interval"], crop=c["crop"],
                                  eval_resize=c["eval_resize"], num_clips=c["eval_clips"],
                                  num_crops=c["eval_crops"])
   frames = video.read_video(path, short_side=spec.eval_resize)

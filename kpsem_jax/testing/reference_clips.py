@@ -9,7 +9,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from kpsem_jax import input_pipeline as ip
+from kpsem_jax import clips as clips_lib
 
 
 def pillow_decode(jpeg: bytes) -> np.ndarray:
@@ -22,13 +22,14 @@ def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
   return np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))
 
 
-def train_clip(frames: np.ndarray, spec: ip.ClipSpec, rng: np.random.Generator) -> np.ndarray:
+def train_clip(frames: np.ndarray, spec: clips_lib.ClipSpec,
+               rng: np.random.Generator) -> np.ndarray:
   """``frames``: every decoded frame of a video ``(N, H, W, 3)``; the same draws, in the
-  same order, as ``input_pipeline.train_clip``."""
+  same order, as ``clips_lib.train_clip``."""
   s = spec
   n = len(frames)
-  start = int(rng.integers(0, ip.train_starts(n, s.frames, s.interval)))
-  clip = frames[ip.window_indices(n, start, s.frames, s.interval)]
+  start = int(rng.integers(0, clips_lib.train_starts(n, s.frames, s.interval)))
+  clip = frames[clips_lib.window_indices(n, start, s.frames, s.interval)]
   h, w = clip.shape[1:3]
   short = rng.uniform(*s.train_scale)
   aspect = np.sqrt(rng.uniform(*s.aspect))
@@ -44,14 +45,14 @@ def train_clip(frames: np.ndarray, spec: ip.ClipSpec, rng: np.random.Generator) 
   return clip
 
 
-def eval_view(frames: np.ndarray, view: int, spec: ip.ClipSpec) -> np.ndarray:
+def eval_view(frames: np.ndarray, view: int, spec: clips_lib.ClipSpec) -> np.ndarray:
   """View ``view`` (clip-major: clip = view // num_crops) of a video, decoded again for
   each view."""
   from data import video  # pylint: disable=import-outside-toplevel
   clip_id, crop_id = divmod(view, spec.num_crops)
   n = len(frames)
-  starts = ip.clip_starts(n, spec.frames, spec.interval, spec.num_clips)
-  clip = frames[ip.window_indices(n, int(starts[clip_id]), spec.frames, spec.interval)]
+  starts = clips_lib.clip_starts(n, spec.frames, spec.interval, spec.num_clips)
+  clip = frames[clips_lib.window_indices(n, int(starts[clip_id]), spec.frames, spec.interval)]
   h, w = clip.shape[1:3]
   new_w, new_h = video.resized_size(w, h, spec.eval_resize)
   new_w, new_h = max(new_w, spec.crop), max(new_h, spec.crop)
