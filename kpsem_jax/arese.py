@@ -90,7 +90,7 @@ def region_masks(splits_x: jax.Array, splits_y: jax.Array, height: int, width: i
   return masks.reshape(masks.shape[0], -1, height, width)
 
 
-ARGMAX_STRATEGIES = ("jnp", "cpu_kernel")  # KPSEM also takes "auto", resolved before here
+ARGMAX_STRATEGIES = ("jnp", "cpu_kernel")
 
 
 def regional_argmax(features: jax.Array, masks: jax.Array, penalty: jax.Array,

@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 
 from kpsem_jax import arese as arese_lib
-from kpsem_jax import layers
 from kpsem_jax.layers import Conv
 
 
@@ -53,10 +52,9 @@ class KPSEM(nn.Module):
       does not change, so KPSEM cannot tell a clip from its reversal; same parameters).
     conv_strategy: ``layers.conv``'s strategy for the reduction convolutions.
     argmax_strategy: AReSE's regional argmax (:func:`kpsem_jax.arese.regional_argmax`):
-      ``jnp``, ``cpu_kernel``, or ``auto`` (the CPU kernel where
-      ``layers.uses_cpu_kernels(conv_strategy)``); ``create_model`` derives it from the
-      model's resolved convolution strategy, and checks there (not at trace time) that a
-      one-set KPSEM runs with XLA:CPU's YNNPACK fusions off (``jax_options``).
+      ``jnp`` or ``cpu_kernel``; ``create_model`` passes the model's one ``cpu_kernels``
+      decision, and checks there (not at trace time) that a one-set KPSEM runs with
+      XLA:CPU's YNNPACK fusions off (``jax_options``).
   Intermediates (``mutable=["intermediates"]``): ``arese`` holds the
   :class:`~kpsem_jax.arese.AReSEOutput` of every set with leading ``(G, B)`` axes.
   """
@@ -73,14 +71,12 @@ class KPSEM(nn.Module):
   frame_order: str = "time"
   fixed_regions_seed: int = 0
   conv_strategy: str = "auto"
-  argmax_strategy: str = "auto"
+  argmax_strategy: str = "jnp"
 
   @nn.compact
   def __call__(self, features: jax.Array) -> jax.Array:
     b, t, _, _, c = features.shape
     argmax_strategy = self.argmax_strategy
-    if argmax_strategy == "auto":  # KPSEM built alone; create_model passes a concrete one
-      argmax_strategy = "cpu_kernel" if layers.uses_cpu_kernels(self.conv_strategy) else "jnp"
     if t < 2:
       raise ValueError(f"KPSEM needs at least 2 frames in its input feature map, got T={t}")
     k = arese_lib.grid_size(self.num_regions)

@@ -26,11 +26,12 @@ class BNReLUConv(nn.Module):
   strides: Sequence[int] = (1, 1, 1)
   groups: int = 1
   conv_strategy: str = "auto"  # layers.conv's strategy
-  batch_norm_axis: Optional[str] = None  # layers.BatchNorm's axis_name
+  batch_norm_axis: Optional[str] = None  # layers.BatchNorm's batch_norm_axis
+  cpu_kernels: bool = False  # BatchNorm's sums by kpsem_jax.cpu_kernels
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    h = BatchNorm(relu=True, batch_norm_axis=self.batch_norm_axis, conv_strategy=self.conv_strategy,
+    h = BatchNorm(relu=True, batch_norm_axis=self.batch_norm_axis, cpu_kernels=self.cpu_kernels,
                   name="bn")(x, train)
     return Conv(self.features, self.kernel_size, self.strides, groups=self.groups,
                 conv_strategy=self.conv_strategy, name="conv")(h)
@@ -48,12 +49,13 @@ class MFUnit(nn.Module):
   first_block: bool = False
   conv_strategy: str = "auto"
   batch_norm_axis: Optional[str] = None
+  cpu_kernels: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     in_channels = x.shape[-1]
     layer = functools.partial(BNReLUConv, conv_strategy=self.conv_strategy,
-                              batch_norm_axis=self.batch_norm_axis)
+                              batch_norm_axis=self.batch_norm_axis, cpu_kernels=self.cpu_kernels)
     h = layer(self.mid_channels // 4, name="conv_i1")(x, train)
     x_in = x + layer(in_channels, name="conv_i2")(h, train)
     h = layer(self.mid_channels, (3, 3, 3), self.strides, self.groups, name="conv_m1")(x_in, train)
@@ -79,21 +81,23 @@ class MFNet3D(nn.Module):
   stage_depths: Sequence[int] = (3, 4, 6, 3)
   groups: int = 16
   conv_strategy: str = "auto"  # layers.conv's strategy, for every convolution
-  batch_norm_axis: Optional[str] = None  # layers.BatchNorm's axis_name, for every BatchNorm
+  batch_norm_axis: Optional[str] = None  # layers.BatchNorm's batch_norm_axis, for every BatchNorm
+  cpu_kernels: bool = False  # BatchNorm's sums and the max-pool gradient in C++
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
     out = {}
-    h = _Conv1(self.conv1_channels, self.conv_strategy, self.batch_norm_axis, name="conv1")(x, train)
+    h = _Conv1(self.conv1_channels, self.conv_strategy, self.batch_norm_axis, self.cpu_kernels,
+               name="conv1")(x, train)
     out["conv1"] = h
-    h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)), self.conv_strategy)
+    h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)), self.cpu_kernels)
     for i, (stage, channels, depth) in enumerate(
         zip(STAGES, self.stage_channels, self.stage_depths)):
       first_strides = (2, 1, 1) if i == 0 else (1, 2, 2)
       h = _Stage(channels, depth, self.groups, first_strides, self.conv_strategy,
-                 self.batch_norm_axis, name=stage)(h, train)
+                 self.batch_norm_axis, self.cpu_kernels, name=stage)(h, train)
       out[stage] = h
-    h = _Tail(self.conv_strategy, self.batch_norm_axis, name="tail")(h, train)
+    h = _Tail(self.batch_norm_axis, self.cpu_kernels, name="tail")(h, train)
     out["last"] = h  # the final activation map (after the tail), globally pooled below
     out["pooled"] = jnp.mean(h, axis=(1, 2, 3))
     return out
@@ -104,11 +108,12 @@ class _Conv1(nn.Module):
   features: int
   conv_strategy: str = "auto"
   batch_norm_axis: Optional[str] = None
+  cpu_kernels: bool = False
 
   @nn.compact
   def __call__(self, x, train):
     h = Conv(self.features, (3, 5, 5), (1, 2, 2), conv_strategy=self.conv_strategy, name="conv")(x)
-    return BatchNorm(relu=True, batch_norm_axis=self.batch_norm_axis, conv_strategy=self.conv_strategy,
+    return BatchNorm(relu=True, batch_norm_axis=self.batch_norm_axis, cpu_kernels=self.cpu_kernels,
                      name="bn")(h, train)
 
 
@@ -120,6 +125,7 @@ class _Stage(nn.Module):
   first_strides: Sequence[int]
   conv_strategy: str = "auto"
   batch_norm_axis: Optional[str] = None
+  cpu_kernels: bool = False
 
   @nn.compact
   def __call__(self, x, train):
@@ -127,16 +133,16 @@ class _Stage(nn.Module):
       x = MFUnit(self.channels, self.channels, self.groups,
                  self.first_strides if b == 0 else (1, 1, 1), first_block=b == 0,
                  conv_strategy=self.conv_strategy, batch_norm_axis=self.batch_norm_axis,
-                 name=f"B{b + 1:02d}")(x, train)
+                 cpu_kernels=self.cpu_kernels, name=f"B{b + 1:02d}")(x, train)
     return x
 
 
 class _Tail(nn.Module):
   """``tail``: BN -> ReLU on the conv5 output."""
-  conv_strategy: str = "auto"
   batch_norm_axis: Optional[str] = None
+  cpu_kernels: bool = False
 
   @nn.compact
   def __call__(self, x, train):
-    return BatchNorm(relu=True, batch_norm_axis=self.batch_norm_axis, conv_strategy=self.conv_strategy,
+    return BatchNorm(relu=True, batch_norm_axis=self.batch_norm_axis, cpu_kernels=self.cpu_kernels,
                      name="bn")(x, train)

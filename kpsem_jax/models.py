@@ -85,7 +85,8 @@ def complete_spec(spec: Mapping[str, Any]) -> Dict[str, Any]:
   backbone = BACKBONES.get(spec.get("backbone", "mfnet3d"))
   if backbone is not None:
     defaults = {f.name: f.default for f in dataclasses.fields(backbone)
-                if f.name not in ("conv_strategy", "batch_norm_axis", "parent", "name")
+                if f.name not in ("conv_strategy", "batch_norm_axis", "cpu_kernels", "parent",
+                                  "name")
                 and f.default is not dataclasses.MISSING}
     given = dict(spec.get("backbone_kwargs") or {})
     spec["backbone_kwargs"] = {k: tuple(v) if isinstance(v, list) else v
@@ -97,17 +98,20 @@ def create_model(backbone: str = "mfnet3d", num_classes: int = 400,
                  backbone_kwargs: Optional[Mapping[str, Any]] = None,
                  kpsem: Optional[Mapping[str, Any]] = None,
                  kpsem_at: str = "conv4", conv_strategy: str = "auto",
-                 batch_norm_axis: Optional[str] = None, readout: str = "mean") -> VideoClassifier:
+                 batch_norm_axis: Optional[str] = None, readout: str = "mean",
+                 cpu_kernels: Optional[bool] = None) -> VideoClassifier:
   """Builds a classifier; ``kpsem=None`` is the plain backbone, a dict KPSEM's settings.
 
   ``create_model("mfnet3d", 400)`` is the original MFNet-3D (7,996,368 parameters);
   ``create_model("mfnet3d", 51, kpsem={})`` is the paper's MF-KPSEM (K=4, G=8, d_e=24,
   after conv4); ``create_model("resnet3d", 51, kpsem={}, kpsem_at="res3")`` R3D-KPSEM.
 
-  ``conv_strategy`` (``layers.STRATEGIES``) computes every convolution, KPSEM's included;
-  it also picks AReSE's regional argmax: the CPU kernel where the model uses
-  :mod:`kpsem_jax.cpu_kernels` (``onednn``, or ``auto`` on a CPU where they are built),
-  ``jnp.argmax`` otherwise, so a pure-XLA strategy gives a pure-XLA model.
+  ``conv_strategy`` (``layers.STRATEGIES``) computes every convolution, KPSEM's included.
+  ``cpu_kernels``: whether BatchNorm's sums, the 3-D max-pool gradient and AReSE's regional
+  argmax run :mod:`kpsem_jax.cpu_kernels` (C++); None (the default): where the
+  convolutions do (``onednn``, or ``auto`` on a CPU where they are built), so a pure-XLA
+  strategy gives a pure-XLA model. The layers take this one decision, never
+  ``conv_strategy``.
   ``batch_norm_axis``: the mesh axis whose devices share BatchNorm statistics in training
   under ``jax.shard_map`` (the trainer's ``"data"``); None for one device's batch.
   """
@@ -121,9 +125,11 @@ def create_model(backbone: str = "mfnet3d", num_classes: int = 400,
   # Decided here, once: the layers see a concrete strategy (no backend query per call).
   conv_strategy = layers.resolve_conv_strategy(conv_strategy)
   kwargs = dict(backbone_kwargs or {})
-  if "conv_strategy" in kwargs or "batch_norm_axis" in kwargs:
-    raise ValueError("pass conv_strategy and batch_norm_axis to create_model, not in "
-                     "backbone_kwargs")
+  if {"conv_strategy", "batch_norm_axis", "cpu_kernels"} & set(kwargs):
+    raise ValueError("pass conv_strategy, batch_norm_axis and cpu_kernels to create_model, "
+                     "not in backbone_kwargs")
+  if cpu_kernels is None:
+    cpu_kernels = layers.uses_cpu_kernels(conv_strategy)
   kpsem_kwargs = None
   if kpsem is not None:
     gradient = dict(kpsem).get("match_gradient", "splits")
@@ -132,11 +138,11 @@ def create_model(backbone: str = "mfnet3d", num_classes: int = 400,
                        f"{arese.MATCH_GRADIENTS}")
     if dict(kpsem).get("num_sets", 8) == 1:
       jax_options.require_ynn_fusions_off("KPSEM with one AReSE set (num_sets=1)")
-    argmax = "cpu_kernel" if layers.uses_cpu_kernels(conv_strategy) else "jnp"
-    kpsem_kwargs = dict(dict(kpsem), conv_strategy=conv_strategy, argmax_strategy=argmax)
+    kpsem_kwargs = dict(dict(kpsem), conv_strategy=conv_strategy,
+                        argmax_strategy="cpu_kernel" if cpu_kernels else "jnp")
   return VideoClassifier(
       backbone=BACKBONES[backbone](**kwargs, conv_strategy=conv_strategy,
-                                   batch_norm_axis=batch_norm_axis),
+                                   batch_norm_axis=batch_norm_axis, cpu_kernels=bool(cpu_kernels)),
       num_classes=num_classes,
       kpsem=None if kpsem_kwargs is None else KPSEM(**kpsem_kwargs),
       kpsem_at=kpsem_at, readout=readout)

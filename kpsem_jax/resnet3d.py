@@ -26,14 +26,15 @@ class ConvBNReLU(nn.Module):
   strides: Sequence[int] = (1, 1, 1)
   relu: bool = True
   conv_strategy: str = "auto"  # layers.conv's strategy
-  batch_norm_axis: Optional[str] = None  # layers.BatchNorm's axis_name
+  batch_norm_axis: Optional[str] = None  # layers.BatchNorm's batch_norm_axis
+  cpu_kernels: bool = False  # BatchNorm's sums by kpsem_jax.cpu_kernels
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     h = Conv(self.features, self.kernel_size, self.strides, conv_strategy=self.conv_strategy,
              name="conv")(x)
-    return BatchNorm(relu=self.relu, batch_norm_axis=self.batch_norm_axis, conv_strategy=self.conv_strategy,
-                     name="bn")(h, train)
+    return BatchNorm(relu=self.relu, batch_norm_axis=self.batch_norm_axis,
+                     cpu_kernels=self.cpu_kernels, name="bn")(h, train)
 
 
 class Bottleneck(nn.Module):
@@ -43,13 +44,14 @@ class Bottleneck(nn.Module):
   temporal_kernel: int = 1
   conv_strategy: str = "auto"
   batch_norm_axis: Optional[str] = None
+  cpu_kernels: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out_channels = 4 * self.width
     strides = (1, self.spatial_stride, self.spatial_stride)
     layer = functools.partial(ConvBNReLU, conv_strategy=self.conv_strategy,
-                              batch_norm_axis=self.batch_norm_axis)
+                              batch_norm_axis=self.batch_norm_axis, cpu_kernels=self.cpu_kernels)
     h = layer(self.width, (self.temporal_kernel, 1, 1), name="conv_a")(x, train)
     h = layer(self.width, (1, 3, 3), strides, name="conv_b")(h, train)
     h = layer(out_channels, relu=False, name="conv_c")(h, train)
@@ -68,20 +70,22 @@ class ResNet3D(nn.Module):
   base_width: int = 64
   temporal_kernel: int = 1
   conv_strategy: str = "auto"  # layers.conv's strategy, for every convolution
-  batch_norm_axis: Optional[str] = None  # layers.BatchNorm's axis_name, for every BatchNorm
+  batch_norm_axis: Optional[str] = None  # layers.BatchNorm's batch_norm_axis, for every BatchNorm
+  cpu_kernels: bool = False  # BatchNorm's sums and the max-pool gradient in C++
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
     out = {}
     h = ConvBNReLU(self.base_width, (1, 7, 7), (1, 2, 2), conv_strategy=self.conv_strategy,
-                   batch_norm_axis=self.batch_norm_axis, name="stem")(x, train)
+                   batch_norm_axis=self.batch_norm_axis, cpu_kernels=self.cpu_kernels,
+                   name="stem")(x, train)
     out["stem"] = h
-    h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)), self.conv_strategy)
+    h = max_pool(h, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)), self.cpu_kernels)
     for i, (stage, depth) in enumerate(zip(STAGES, self.stage_depths)):
       for b in range(depth):
         h = Bottleneck(self.base_width * 2**i, 2 if (b == 0 and i > 0) else 1,
                        self.temporal_kernel, self.conv_strategy, self.batch_norm_axis,
-                       name=f"{stage}_B{b + 1:02d}")(h, train)
+                       self.cpu_kernels, name=f"{stage}_B{b + 1:02d}")(h, train)
       out[stage] = h
     out["last"] = h  # the final activation map, globally pooled below
     out["pooled"] = jnp.mean(h, axis=(1, 2, 3))

@@ -223,3 +223,28 @@ def test_auto_strategy_by_platform_kernel_and_size():
   assert choose(large, k111, "cpu", True) == "patches_grad"
   assert choose(small, k333, "cpu", False) == "xla"
   assert choose(large, k333, "cpu", False) == "patches_grad"
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="CPU kernels not built")
+@pytest.mark.parametrize("conv_strategy,kernels", [("auto", None), ("auto", False),
+                                                   ("xla", None), ("xla", True)])
+def test_the_cpu_kernels_are_one_decision_apart_from_the_convolutions(conv_strategy, kernels):
+  """``create_model(cpu_kernels=...)`` alone turns BatchNorm's sums, the max-pool gradient
+  and the regional argmax to C++; None follows the convolutions (oneDNN: on, XLA: off)."""
+  model = create_model("mfnet3d", 3, backbone_kwargs=dict(
+      conv1_channels=8, stage_channels=(8, 8, 8, 8), stage_depths=(1, 1, 1, 1), groups=2),
+      kpsem=dict(num_sets=2, embed_dim=4, reduction_channels=(8,)), kpsem_at="conv3",
+      conv_strategy=conv_strategy, cpu_kernels=kernels)
+  x = jnp.zeros((2, 4, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+
+  def loss(params):
+    logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                            train=True, mutable=["batch_stats"])
+    return jnp.sum(logits)
+  text = str(jax.make_jaxpr(jax.grad(loss))(variables["params"]))
+  on = kernels if kernels is not None else conv_strategy == "auto"
+  for name in ("kpsem_batch_norm_sums", "kpsem_batch_norm_grad_sums", "kpsem_max_pool_grad",
+               "kpsem_regional_argmax"):
+    assert (name in text) == on, (name, conv_strategy, kernels)
+  assert ("kpsem_onednn_conv" in text) == (conv_strategy == "auto")

@@ -11,7 +11,7 @@ import pytest
 
 from kpsem_jax import cpu_kernels, layers
 
-STRATEGIES = ["xla", pytest.param("onednn", marks=pytest.mark.skipif(
+KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(
     not cpu_kernels.available(),
     reason=f"CPU kernels not built: {cpu_kernels.unavailable_reason()}"))]
 
@@ -41,15 +41,15 @@ def naive_max_pool_and_grad(x, dy, window, strides, padding):
   return y, dx
 
 
-@pytest.mark.parametrize("conv_strategy", STRATEGIES)
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("ties", [False, True])
-def test_max_pool_matches_the_naive_loop_in_values_and_gradients(case, ties, conv_strategy):
+def test_max_pool_matches_the_naive_loop_in_values_and_gradients(case, ties, kernels):
   shape, window, strides, padding = case
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), shape))
   if ties:  # post-ReLU zeros and repeated positive values: the first maximum must win
     x = np.maximum(np.round(x * 2) / 2, 0).astype(np.float32)
-  fn = jax.jit(lambda x: layers.max_pool(x, window, strides, padding, conv_strategy))
+  fn = jax.jit(lambda x: layers.max_pool(x, window, strides, padding, kernels))
   y, pull = jax.vjp(fn, jnp.asarray(x))
   dy = np.asarray(jax.random.normal(jax.random.PRNGKey(1), y.shape))
   want_y, want_dx = naive_max_pool_and_grad(x, dy, window, strides, padding)

@@ -9,8 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kpsem_jax import cpu_kernels
-from kpsem_jax.layers.convolution import uses_cpu_kernels
+from kpsem_jax import cpu_kernels as kernels_lib
 
 # PyTorch's BatchNorm defaults: eps 1e-5, momentum 0.1 (Flax's momentum is 1 - that).
 BN_EPSILON = 1e-5
@@ -70,7 +69,7 @@ def _batch_norm_train_kernels(x, scale, bias, relu, epsilon, batch_norm_axis):
 
 
 def _batch_norm_train_kernels_fwd(x, scale, bias, relu, epsilon, batch_norm_axis):
-  y, mean, var = _batch_norm_forward(x, cpu_kernels.batch_norm_sums(x), scale, bias, relu,
+  y, mean, var = _batch_norm_forward(x, kernels_lib.batch_norm_sums(x), scale, bias, relu,
                                      epsilon, batch_norm_axis)
   return (y, mean, var), (x, mean, var, scale, bias)
 
@@ -86,7 +85,7 @@ def _batch_norm_train_kernels_bwd(relu, epsilon, batch_norm_axis, residuals, cot
   dy = cotangents[0]
   inv = jax.lax.rsqrt(var + epsilon)
   a = scale * inv
-  local = cpu_kernels.batch_norm_grad_sums(x, dy, mean, a, bias, relu)
+  local = kernels_lib.batch_norm_grad_sums(x, dy, mean, a, bias, relu)
   total, n = local, _rows(x)
   if batch_norm_axis is not None:
     total, n = jax.lax.psum(local, batch_norm_axis), n * jax.lax.psum(1, batch_norm_axis)
@@ -94,8 +93,8 @@ def _batch_norm_train_kernels_bwd(relu, epsilon, batch_norm_axis, residuals, cot
   open_ = ((x - mean) * a + bias > 0) if relu else True
   dz = jnp.where(open_, dy, 0)
   dx = a * (dz - s1) - (x - mean) * (a * inv * inv * s2)
-  dscale = cpu_kernels.shard_typed(local[1] * inv, (x, dy), like=scale)
-  dbias = cpu_kernels.shard_typed(local[0], (x, dy), like=bias)
+  dscale = kernels_lib.shard_typed(local[1] * inv, (x, dy), like=scale)
+  dbias = kernels_lib.shard_typed(local[0], (x, dy), like=bias)
   return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 
@@ -104,7 +103,7 @@ _batch_norm_train_kernels.defvjp(_batch_norm_train_kernels_fwd, _batch_norm_trai
 
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, relu: bool = False,
                      epsilon: float = BN_EPSILON, batch_norm_axis: Optional[str] = None,
-                     conv_strategy: str = "auto") -> Tuple[jax.Array, jax.Array, jax.Array]:
+                     cpu_kernels: bool = False) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """BatchNorm with the statistics of this batch, ReLU after it with ``relu``.
 
   Args:
@@ -115,8 +114,8 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, relu: bool
     batch_norm_axis: under ``jax.shard_map``, the mesh axis whose devices share their statistics
       (``lax.pmean`` of the means and means of squares, as PyTorch's SyncBatchNorm); None:
       this call's batch only.
-    conv_strategy: a ``layers.conv`` strategy; where it runs :mod:`kpsem_jax.cpu_kernels`
-      (:func:`uses_cpu_kernels`), the per-channel sums of both passes are the C++ ones
+    cpu_kernels: with :mod:`kpsem_jax.cpu_kernels` (``create_model`` decides it), the
+      per-channel sums of both passes are the C++ ones
       (XLA:CPU's took about 40 of the 135 ms of a narrow MFNet's training step) with a
       hand-written gradient;
       elsewhere ``jnp`` sums and JAX's autodiff. Both give the same values and gradients.
@@ -124,7 +123,7 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, relu: bool
     ``(y, mean, var)``: ``y`` shaped as ``x``; the batch mean and biased variance ``(C,)``,
     without gradient (for the running averages).
   """
-  forward = _batch_norm_train_kernels if uses_cpu_kernels(conv_strategy) else _batch_norm_train_xla
+  forward = _batch_norm_train_kernels if cpu_kernels else _batch_norm_train_xla
   y, mean, var = forward(x, scale, bias, relu, epsilon, batch_norm_axis)
   return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
 
@@ -134,7 +133,7 @@ class BatchNorm(nn.Module):
 
   Variables as ``flax.linen.BatchNorm``'s (params ``scale``, ``bias``; ``batch_stats``
   ``mean``, ``var``), so checkpoints and the PyTorch converter see the same names. In
-  training, :func:`batch_norm_train` (``batch_norm_axis``, ``conv_strategy``: see there) and the
+  training, :func:`batch_norm_train` (``batch_norm_axis``, ``cpu_kernels``: see there) and the
   running averages updated with momentum ``BN_MOMENTUM``; otherwise
   :func:`batch_norm_eval` with the running averages. One difference from PyTorch: the
   running variance is updated with the biased batch variance (PyTorch uses the unbiased
@@ -142,7 +141,7 @@ class BatchNorm(nn.Module):
   """
   relu: bool = False
   batch_norm_axis: Optional[str] = None
-  conv_strategy: str = "auto"
+  cpu_kernels: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -154,7 +153,7 @@ class BatchNorm(nn.Module):
     if not train:
       return batch_norm_eval(x, ra_mean.value, ra_var.value, scale, bias, self.relu)
     y, mean, var = batch_norm_train(x, scale, bias, self.relu, BN_EPSILON, self.batch_norm_axis,
-                                    self.conv_strategy)
+                                    self.cpu_kernels)
     if not self.is_initializing():
       ra_mean.value = BN_MOMENTUM * ra_mean.value + (1 - BN_MOMENTUM) * mean
       ra_var.value = BN_MOMENTUM * ra_var.value + (1 - BN_MOMENTUM) * var

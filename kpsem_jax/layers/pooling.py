@@ -7,8 +7,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from kpsem_jax import cpu_kernels
-from kpsem_jax.layers.convolution import Padding, uses_cpu_kernels
+from kpsem_jax import cpu_kernels as kernels_lib
+from kpsem_jax.layers.convolution import Padding
 
 
 def _window_values(x, window, strides, padding):
@@ -25,7 +25,7 @@ def _window_values(x, window, strides, padding):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
-             padding: Padding, conv_strategy: str = "auto") -> jax.Array:
+             padding: Padding, cpu_kernels: bool = False) -> jax.Array:
   """Max-pooling of ``(B, *spatial, C)`` over ``window`` with ``strides`` and ``padding``
   (one ``(low, high)`` pair per spatial axis, padded with ``-inf``): as ``flax.linen.max_pool``,
   gradient included (each output's gradient goes to its window's first maximum, in row-major
@@ -33,8 +33,7 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
   slices, which XLA fuses into one pass (the gradient: one per stride phase); the forward
   keeps each output's first-maximum offset for the gradient. (XLA:CPU's own max-pool
   gradient, a variadic reduce-window over index arrays and a scatter, took a quarter of a
-  narrow MFNet's training step: ``docs/speed.md``.) Where ``conv_strategy`` (a
-  ``layers.conv`` strategy) runs :mod:`kpsem_jax.cpu_kernels`, the gradient of a 3-D pooling is their C++
+  narrow MFNet's training step: ``docs/speed.md``.) With ``cpu_kernels``, the gradient of a 3-D pooling is their C++
   one (``cpu_kernels.max_pool_grad``; XLA fused the one below with the producers of the
   output gradient and recomputed them once per window offset); the same values.
 
@@ -42,7 +41,7 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
     x: ``(B, *spatial, C)``, floating point.
     window, strides: one size per spatial axis.
     padding: one ``(low, high)`` pair per spatial axis.
-    conv_strategy: see above.
+    cpu_kernels: a 3-D pooling's gradient by :mod:`kpsem_jax.cpu_kernels` (see above).
   Returns:
     ``(B, *out_spatial, C)``.
   """
@@ -50,7 +49,7 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
   return functools.reduce(jnp.maximum, values)
 
 
-def _max_pool_fwd(x, window, strides, padding, conv_strategy):
+def _max_pool_fwd(x, window, strides, padding, cpu_kernels):
   values = _window_values(x, tuple(window), tuple(strides), tuple(map(tuple, padding)))
   y = functools.reduce(jnp.maximum, values)
   first = jnp.full(y.shape, len(values), jnp.int32)  # the first offset holding the maximum
@@ -59,11 +58,11 @@ def _max_pool_fwd(x, window, strides, padding, conv_strategy):
   return y, (x, first)
 
 
-def _max_pool_bwd(window, strides, padding, conv_strategy, residuals, dy):
+def _max_pool_bwd(window, strides, padding, cpu_kernels, residuals, dy):
   x, first = residuals
   window, strides = tuple(window), tuple(strides)
-  if len(window) == 3 and uses_cpu_kernels(conv_strategy):
-    dx = cpu_kernels.max_pool_grad(dy, first, x.shape, window, strides, [p[0] for p in padding])
+  if len(window) == 3 and cpu_kernels:
+    dx = kernels_lib.max_pool_grad(dy, first, x.shape, window, strides, [p[0] for p in padding])
     return (dx.astype(x.dtype),)
   offsets = list(itertools.product(*(range(k) for k in window)))
   first = jax.lax.optimization_barrier(first)  # computed once, not inside every consumer
