@@ -158,7 +158,7 @@ DATA = {  # synthetic_motion's configs the suite runs on, and how the table desc
                                f"{s / 100:g}-{s / 100 + 0.2:g} frame sizes a clip, 8 "
                                "directions in time-reversed pairs; chance 12.5%, a "
                                "frame-order-blind model tops out at 50%; 1024 test videos)"
-       for s in (75, 100, 150, 165, 175, 200, 250)},
+       for s in (75, 100, 150, 165, 175, 200, 250, 300)},
     "key_object_wrap_far30": "synthetic_motion key_object_wrap_far30 (key_object_4 whose "
                              "discs wrap around the frame's edges; 70% of the videos cross "
                              "1.2-1.5 frame sizes a clip, 30% 2.2-2.4; 8 directions in "

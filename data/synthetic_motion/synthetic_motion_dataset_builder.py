@@ -263,7 +263,7 @@ class Builder(common.VideoDatasetBuilder):
                               span=(s / 100, s / 100 + 0.2), frames=15, train_per_class=256,
                               test_per_class=128, drift=0.005, radius=(16, 12), distractors=4,
                               wrap=True)
-        for s in (75, 100, 150, 165, 175, 200, 250)],
+        for s in (75, 100, 150, 165, 175, 200, 250, 300)],
       # Spans from 1.2 to 2.2 frames in one set: jumps MFNet follows (at 1.5-1.7 it reached
       # 100%) beside jumps it does not (at 2.0-2.2 it stayed at chance), so how many
       # videos it gets right is set by the span each video draws, not by its seed.
