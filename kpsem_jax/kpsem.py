@@ -76,7 +76,6 @@ class KPSEM(nn.Module):
   @nn.compact
   def __call__(self, features: jax.Array) -> jax.Array:
     b, t, _, _, c = features.shape
-    argmax_strategy = self.argmax_strategy
     if t < 2:
       raise ValueError(f"KPSEM needs at least 2 frames in its input feature map, got T={t}")
     k = arese_lib.grid_size(self.num_regions)
@@ -103,7 +102,7 @@ class KPSEM(nn.Module):
 
     def one_set(set_logits, w, bias):
       out = jax.vmap(arese_lib.arese, in_axes=(0, 0, None, None, None, None, None))(
-          f32, set_logits, self.mask_temperature, self.shift_epsilon, argmax_strategy,
+          f32, set_logits, self.mask_temperature, self.shift_epsilon, self.argmax_strategy,
           self.match_gradient, self.sum_regions)
       rkps = out.rkps.reshape(b, t - 1, -1, 2)  # per region: K x C channels
       return out, rkps @ w + bias  # (B, T-1, C or K*C, d_e)
