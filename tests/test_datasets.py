@@ -468,6 +468,32 @@ def test_wrapping_sets_jump_farther_than_the_frame_allows_and_stay_time_reversal
   np.testing.assert_allclose(d, [0.5, 0.5, 45.5])
 
 
+def test_faint_sets_draw_an_opacity_per_video_and_change_only_the_key_objects_pixels():
+  configs = {c.name: c for c in synthetic.Builder.BUILDER_CONFIGS}
+  c, base = configs["key_object_faint_40"], configs["key_object_wrap_150"]
+  assert c.faint == 0.4 and (c.span, c.wrap, c.distractors) == (base.span, True, 4)
+  opacities = np.array([synthetic.key_object_opacity(0, 1, i, c.faint) for i in range(2000)])
+  assert opacities.min() >= 0 and opacities.max() <= 0.4
+  assert np.histogram(opacities, bins=4, range=(0, 0.4))[0].min() > 400  # uniform
+  assert synthetic.key_object_opacity(0, 1, 7, 0.0) == 1.0  # the other sets: opaque
+  # The same draws at opacity 1 and 0: only the key object's pixels differ, and at 0 the
+  # clip is the one without it (1 equals the sets without ``faint``: nothing else moved).
+  def clip(opacity):
+    return synthetic.render(3, 96, 15, np.random.default_rng(5), c.classes, c.span, c.drift,
+                            c.radius, 4, wrap=True, opacity=opacity).astype(float)
+  opaque, none, half = clip(1.0), clip(0.0), clip(0.5)
+  np.testing.assert_array_equal(opaque, synthetic.render(
+      3, 96, 15, np.random.default_rng(5), c.classes, c.span, c.drift, c.radius, 4, wrap=True))
+  # Pixel noise is drawn after the blend from the same stream, so the clips differ only
+  # where the key object is: a disc of radius 6-8 and its soft edge, in each frame.
+  for frame in range(15):
+    changed = np.abs(opaque[frame] - none[frame]).sum(-1) > 0
+    assert 80 < changed.sum() < np.pi * 15 ** 2  # within 7 pixels of a radius-8 disc
+    strong = np.abs(opaque[frame] - none[frame]) > 40  # on the object's bright stripes
+    midway = np.abs(half[frame] - none[frame])[strong] / np.abs(opaque[frame] - none[frame])[strong]
+    assert strong.sum() > 20 and abs(midway.mean() - 0.5) < 0.02  # up to uint8 rounding, clipping
+
+
 def test_interrupted_build_reruns_to_completion(tmp_path, monkeypatch):
   calls = {"n": 0}
   original = synthetic.render

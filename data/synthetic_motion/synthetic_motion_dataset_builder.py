@@ -12,7 +12,8 @@ slow background; 1024 test videos; ``key_object_<n>_<m>`` with ``m`` training vi
 class), ``key_object_striped_8_<m>`` (the distractors striped as the key object is, only
 its hue tells it apart), ``key_object_wrap_<s>`` (``key_object_4`` wrapping around the
 edges, spans of ``s/100`` frame sizes and more a clip), ``key_object_wrap_mix`` and
-``key_object_wrap_far30`` (spans mixed), ``tiny`` (``default``'s classes, small, for tests).
+``key_object_wrap_far30`` (spans mixed), ``key_object_faint_<a>`` (``key_object_wrap_150``
+whose key object is drawn at an opacity between 0 and ``a/100``, per video), ``tiny`` (``default``'s classes, small, for tests).
 """
 
 import dataclasses
@@ -50,6 +51,7 @@ class SyntheticMotionConfig(tfds.core.BuilderConfig):
   wrap: bool = False  # translations wrap around the frame's edges (a torus): any span fits
   far: float = 0.0  # the share of videos whose key object's span is drawn from far_span
   far_span: tuple = (2.2, 2.4)
+  faint: float = 0.0  # > 0: each video's key object opacity is drawn from [0, faint]
 
 
 def _texture(rng, height, width, channels=3):
@@ -151,8 +153,10 @@ def _stripes(rng, size):
 def render(label: int, size: int, frames: int, rng: np.random.Generator,
            classes=CLASSES, span=(0.25, 0.45), drift=0.02, radius=(10, 7),
            distractors: int = 0, striped_distractors: bool = False,
-           wrap: bool = False, far: float = 0.0, far_span=(2.2, 2.4)) -> np.ndarray:
-  """``(frames, size, size, 3)`` uint8 clip of class ``classes[label]``; with
+           wrap: bool = False, far: float = 0.0, far_span=(2.2, 2.4),
+           opacity: float = 1.0) -> np.ndarray:
+  """``(frames, size, size, 3)`` uint8 clip of class ``classes[label]``, its key object
+  blended over the rest at ``opacity`` (1: opaque; no draw depends on it); with
   ``distractors``, that many discs of the object's size cross the frame too (drawn after
   every other draw, so the clips without them are unchanged): plain, or with
   ``striped_distractors`` striped as the key object is, so that only its hue tells it apart
@@ -180,7 +184,7 @@ def render(label: int, size: int, frames: int, rng: np.random.Generator,
     for (px, py), look in others:  # discs (a colour or a striped texture), under the key object
       disc = 1.0 / (1.0 + np.exp(_distance(xx, yy, px[i], py[i], size, wrap) - radius[i]))
       frame = frame * (1 - disc[..., None]) + look * disc[..., None]
-    inside = 1.0 / (1.0 + np.exp(_distance(xx, yy, x[i], y[i], size, wrap) - radius[i]))
+    inside = opacity / (1.0 + np.exp(_distance(xx, yy, x[i], y[i], size, wrap) - radius[i]))
     frame = frame * (1 - inside[..., None]) + texture * inside[..., None]
     frame = frame + rng.normal(0, 0.02, frame.shape)
     clip[i] = np.clip(frame * 255, 0, 255).astype(np.uint8)
@@ -191,6 +195,14 @@ def _hues_without_red(rng, count):
   """``(count, 3)`` colours whose red is the weakest channel (greens, cyans, blues)."""
   return np.array([[rng.uniform(0.0, 0.3), rng.uniform(0.4, 1.0), rng.uniform(0.4, 1.0)]
                    for _ in range(count)]).reshape(count, 3)
+
+
+def key_object_opacity(seed: int, split_id: int, i: int, faint: float) -> float:
+  """Video ``i``'s key object opacity: 1 without ``faint``, else uniform in [0, faint]
+  from a stream of its own, so it can be recomputed without rendering."""
+  if faint <= 0:
+    return 1.0
+  return float(np.random.default_rng([seed, split_id, i, 1]).uniform(0.0, faint))
 
 
 class Builder(common.VideoDatasetBuilder):
@@ -283,6 +295,18 @@ class Builder(common.VideoDatasetBuilder):
                             train_per_class=256, test_per_class=128, drift=0.005,
                             radius=(16, 12), distractors=4, wrap=True, far=0.3,
                             far_span=(2.2, 2.4)),
+      # key_object_wrap_150 (MFNet read all of it) whose key object each video draws at an
+      # opacity from [0, a/100] (its own random stream, so every other draw is unchanged):
+      # below some opacity no model sees it, so how many videos a model gets right is set
+      # by the opacities the videos draw, not by its seed (docs/experiments.md, design 9).
+      *[SyntheticMotionConfig(name=f"key_object_faint_{a}",
+                              description=f"key_object_wrap_150, the key object at an opacity "
+                                          f"of 0-{a / 100:g}, 96x96, 15 frames, 2048/1024",
+                              size=96, classes=TRANSLATION_CLASSES, span=(1.5, 1.7),
+                              frames=15, train_per_class=256, test_per_class=128,
+                              drift=0.005, radius=(16, 12), distractors=4, wrap=True,
+                              faint=a / 100)
+        for a in (10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 100)],
       SyntheticMotionConfig(name="tiny", description="for tests: 32x32, 8 frames, 32/16",
                             size=32, frames=8, train_per_class=4, test_per_class=2),
   ]
@@ -303,18 +327,19 @@ class Builder(common.VideoDatasetBuilder):
                              frames=c.frames, classes=c.classes, span=c.span, drift=c.drift,
                              radius=c.radius, distractors=c.distractors,
                              striped_distractors=c.striped_distractors, wrap=c.wrap,
-                             far=c.far, far_span=c.far_span)
+                             far=c.far, far_span=c.far_span, faint=c.faint)
     return self.examples(split, [(f"{split_id}_{i:06d}", i)
                                  for i in range(per_class * len(c.classes))], make)
 
 
 def _example(i, seed, split_id, size, frames, classes, span, drift, radius,
              distractors=0, striped_distractors=False, wrap=False, far=0.0,
-             far_span=(2.2, 2.4)) -> dict:
+             far_span=(2.2, 2.4), faint=0.0) -> dict:
   """Video ``i`` of a split, rendered and JPEG-encoded (run in ``prepare``'s workers)."""
   label = i % len(classes)
   clip = render(label, size, frames, np.random.default_rng([seed, split_id, i]), classes, span,
-                drift, radius, distractors, striped_distractors, wrap, far, far_span)
+                drift, radius, distractors, striped_distractors, wrap, far, far_span,
+                opacity=key_object_opacity(seed, split_id, i, faint))
   return dict(frames=common.encode_frames(clip), label=label,
               video_id=f"synthetic_{split_id}_{i:06d}", fps=25.0, height=size, width=size,
               num_frames=frames)
