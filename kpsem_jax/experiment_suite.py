@@ -168,6 +168,12 @@ DATA = {  # synthetic_motion's configs the suite runs on, and how the table desc
                            "wrap around the frame's edges, crossing 1.2-2.2 frame sizes a "
                            "clip, 8 directions in time-reversed pairs; chance 12.5%, a "
                            "frame-order-blind model tops out at 50%; 1024 test videos)",
+    **{f"key_object_faint_{a}": f"synthetic_motion key_object_faint_{a} (key_object_wrap_150 "
+                                f"whose key object each video draws at an opacity of "
+                                f"0-{a / 100:g}, 8 directions in time-reversed pairs; chance "
+                                "12.5%, a frame-order-blind model tops out at 50%; 1024 test "
+                                "videos)"
+       for a in (10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 100)},
     # 16 frames: a clip and its reversal are sampled at different moments (docs/experiments.md)
     "default": "synthetic_motion default (right/left, down/up, clockwise/anticlockwise, "
                "approach/recede, in time-reversed pairs; chance 12.5%)",

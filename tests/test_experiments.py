@@ -373,3 +373,12 @@ def test_seed_and_step_counts_below_one_are_one_error_line(tmp_path):
     assert run.returncode == 1 and run.stderr.strip().startswith(f"error: flag {flag}: "), (
         run.stderr[-2000:])
     assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
+
+
+def test_the_suites_data_are_exactly_the_generated_sets_a_run_can_use():
+  from data.synthetic_motion import synthetic_motion_dataset_builder as synthetic  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.experiment_suite import DATA  # pylint: disable=import-outside-toplevel
+  # Every synthetic_motion config but the test-only one can be named by --data, and nothing
+  # else can: a new set is usable by the suite the moment it exists.
+  configs = {c.name for c in synthetic.Builder.BUILDER_CONFIGS} - {"tiny"}
+  assert set(DATA) == configs
