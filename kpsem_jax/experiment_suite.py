@@ -174,6 +174,13 @@ DATA = {  # synthetic_motion's configs the suite runs on, and how the table desc
                                 "12.5%, a frame-order-blind model tops out at 50%; 1024 test "
                                 "videos)"
        for a in (10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 100)},
+    **{f"key_object_faint_test_{a}": f"synthetic_motion key_object_faint_test_{a} "
+                                     "(key_object_wrap_150, trained on opaque key objects, "
+                                     "tested on key objects each video draws at an opacity "
+                                     f"of 0-{a / 100:g}, 8 directions in time-reversed "
+                                     "pairs; chance 12.5%, a frame-order-blind model tops "
+                                     "out at 50%; 1024 test videos)"
+       for a in (10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 100)},
     # 16 frames: a clip and its reversal are sampled at different moments (docs/experiments.md)
     "default": "synthetic_motion default (right/left, down/up, clockwise/anticlockwise, "
                "approach/recede, in time-reversed pairs; chance 12.5%)",

@@ -476,6 +476,14 @@ def test_faint_sets_draw_an_opacity_per_video_and_change_only_the_key_objects_pi
   assert opacities.min() >= 0 and opacities.max() <= 0.4
   assert np.histogram(opacities, bins=4, range=(0, 0.4))[0].min() > 400  # uniform
   assert synthetic.key_object_opacity(0, 1, 7, 0.0) == 1.0  # the other sets: opaque
+  # Every split of key_object_faint_<a> draws; key_object_faint_test_<a> only its test split,
+  # so its training videos are key_object_wrap_150's.
+  test_only = configs["key_object_faint_test_40"]
+  assert [synthetic.faint_of(c, s) for s in ("train", "test")] == [0.4, 0.4]
+  assert [synthetic.faint_of(test_only, s) for s in ("train", "test")] == [0.0, 0.4]
+  assert [synthetic.faint_of(base, s) for s in ("train", "test")] == [0.0, 0.0]
+  for field in ("span", "wrap", "distractors", "drift", "radius", "train_per_class", "seed"):
+    assert getattr(test_only, field) == getattr(base, field), field
   # The same draws at opacity 1 and 0: only the key object's pixels differ, and at 0 the
   # clip is the one without it (1 equals the sets without ``faint``: nothing else moved).
   def clip(opacity):

@@ -13,7 +13,8 @@ class), ``key_object_striped_8_<m>`` (the distractors striped as the key object 
 its hue tells it apart), ``key_object_wrap_<s>`` (``key_object_4`` wrapping around the
 edges, spans of ``s/100`` frame sizes and more a clip), ``key_object_wrap_mix`` and
 ``key_object_wrap_far30`` (spans mixed), ``key_object_faint_<a>`` (``key_object_wrap_150``
-whose key object is drawn at an opacity between 0 and ``a/100``, per video), ``tiny`` (``default``'s classes, small, for tests).
+whose key object is drawn at an opacity between 0 and ``a/100``, per video),
+``key_object_faint_test_<a>`` (the same opacities in the test split only), ``tiny`` (``default``'s classes, small, for tests).
 """
 
 import dataclasses
@@ -52,6 +53,7 @@ class SyntheticMotionConfig(tfds.core.BuilderConfig):
   far: float = 0.0  # the share of videos whose key object's span is drawn from far_span
   far_span: tuple = (2.2, 2.4)
   faint: float = 0.0  # > 0: each video's key object opacity is drawn from [0, faint]
+  faint_test: float = 0.0  # > 0: so in the test split only (training videos stay opaque)
 
 
 def _texture(rng, height, width, channels=3):
@@ -197,6 +199,11 @@ def _hues_without_red(rng, count):
                    for _ in range(count)]).reshape(count, 3)
 
 
+def faint_of(config: SyntheticMotionConfig, split: str) -> float:
+  """The largest key-object opacity videos of ``split`` draw from (0: opaque, no draw)."""
+  return config.faint_test if split == "test" and config.faint_test else config.faint
+
+
 def key_object_opacity(seed: int, split_id: int, i: int, faint: float) -> float:
   """Video ``i``'s key object opacity: 1 without ``faint``, else uniform in [0, faint]
   from a stream of its own, so it can be recomputed without rendering."""
@@ -307,6 +314,19 @@ class Builder(common.VideoDatasetBuilder):
                               drift=0.005, radius=(16, 12), distractors=4, wrap=True,
                               faint=a / 100)
         for a in (10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 100)],
+      # The same opacities in the test split only: the training videos are exactly
+      # key_object_wrap_150's (opaque), so what a model learns does not depend on how many
+      # videos it cannot read, and the test split measures how faint a key object it reads
+      # (docs/experiments.md, design 10).
+      *[SyntheticMotionConfig(name=f"key_object_faint_test_{a}",
+                              description=f"key_object_wrap_150, the test split's key object "
+                                          f"at an opacity of 0-{a / 100:g}, 96x96, 15 frames, "
+                                          "2048/1024",
+                              size=96, classes=TRANSLATION_CLASSES, span=(1.5, 1.7),
+                              frames=15, train_per_class=256, test_per_class=128,
+                              drift=0.005, radius=(16, 12), distractors=4, wrap=True,
+                              faint_test=a / 100)
+        for a in (10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 100)],
       SyntheticMotionConfig(name="tiny", description="for tests: 32x32, 8 frames, 32/16",
                             size=32, frames=8, train_per_class=4, test_per_class=2),
   ]
@@ -327,7 +347,8 @@ class Builder(common.VideoDatasetBuilder):
                              frames=c.frames, classes=c.classes, span=c.span, drift=c.drift,
                              radius=c.radius, distractors=c.distractors,
                              striped_distractors=c.striped_distractors, wrap=c.wrap,
-                             far=c.far, far_span=c.far_span, faint=c.faint)
+                             far=c.far, far_span=c.far_span,
+                             faint=faint_of(c, split))
     return self.examples(split, [(f"{split_id}_{i:06d}", i)
                                  for i in range(per_class * len(c.classes))], make)
 
