@@ -19,9 +19,11 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from configs import common
-from data import frames
-from kpsem_jax import checkpoint, cli, trainer, video_source, workdir_eval
+from kpsem_jax import cli
+from kpsem_jax import config_base
+from kpsem_jax.data import frames
+from kpsem_jax.data import video_source
+from kpsem_jax.train import checkpoint, trainer, workdir_eval
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 FLAGS = flags.FLAGS
@@ -60,7 +62,7 @@ def main(argv):
     given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config=")]
     print(f"the fields of {given[-1] if given else 'configs/synthetic.py'} (each settable "
           "as --config.<field>=<value>):")
-    print(common.field_help(config))
+    print(config_base.field_help(config))
     return
   if FLAGS.distributed or FLAGS.coordinator_address or "JAX_COORDINATOR_ADDRESS" in os.environ:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,

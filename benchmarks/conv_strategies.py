@@ -48,8 +48,8 @@ def main(argv):
   import torch  # pylint: disable=import-outside-toplevel
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
-  from kpsem_jax import cpu_kernels, layers  # pylint: disable=import-outside-toplevel
-  from kpsem_jax.layers import STRATEGIES, conv  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models import cpu_kernels, layers  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models.layers import STRATEGIES, conv  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(FLAGS.threads)
   strategies = [s for s in STRATEGIES if s != "auto"]
   auto = layers.auto_strategy(np.zeros((1, 8, 56, 56, 96)), np.zeros((3, 3, 3, 6, 96)),

@@ -12,7 +12,7 @@ this process and its workers: every byte read, from page cache or disk) beside t
 the JPEGs its frames hold, and the peak resident memory of this process and of its largest
 worker. Before that, on one core, what each step of a 16x224x224 clip costs the new way and
 the old way, side by side (``--breakdown``): reading 16 frames vs the whole video, decoding
-with simplejpeg vs Pillow, resampling the crop region in C++ (``data/resample.py``; the
+with simplejpeg vs Pillow, resampling the crop region in C++ (``kpsem_jax/data/resample.py``; the
 flip written mirrored) vs resizing whole frames, cropping (and copying a reversed view),
 the order's lookup vs grain's ``IndexSampler``. Then ``train.py
 --config=configs/ucf101.py:tiny_model`` (the smallest C2D the configs build, on the same
@@ -34,11 +34,11 @@ from absl import app, flags, logging
 import numpy as np
 import psutil
 
-from data import frames as frames_lib
-from kpsem_jax import input_pipeline as ip
-from kpsem_jax import clips as clips_lib
-from kpsem_jax import video_source
-from kpsem_jax import prepare as prepare_lib
+from kpsem_jax.data import clips as clips_lib
+from kpsem_jax.data import frames as frames_lib
+from kpsem_jax.data import input_pipeline as ip
+from kpsem_jax.data import prepare as prepare_lib
+from kpsem_jax.data import video_source
 from kpsem_jax.testing import reference_clips
 
 flags.DEFINE_string("data_dir", "/tmp/kpsem_bench_data", "where the benchmark dataset goes")

@@ -18,7 +18,7 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 
-from kpsem_jax.models import VideoClassifier, create_model
+from kpsem_jax.models.classifier import VideoClassifier, create_model
 
 FLAGS = flags.DEFINE_integer("batch", 1, "clips per forward")
 flags.DEFINE_integer("repeats", 5, "timed runs per model (after one warm-up)")

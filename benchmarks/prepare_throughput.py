@@ -23,8 +23,8 @@ import time
 
 from absl import app, flags, logging
 
-import data as data_lib
-from kpsem_jax import prepare as prepare_lib
+from kpsem_jax.data import prepare as prepare_lib
+from kpsem_jax.host import usable_cores
 
 flags.DEFINE_list("workers", ["1", "2"], "worker counts to time")
 flags.DEFINE_list("beam_workers", ["2"], "DirectRunner worker counts to time (needs "
@@ -70,12 +70,12 @@ def build(src: str, root: str, workers: int, beam: bool = False):
 
 CEILING = """
 import os, sys, time
-from data import common
+from kpsem_jax.data import video_builder
 folder = sys.argv[1]
-items = [common.Item(n, os.path.join(folder, n), 0) for n in sorted(os.listdir(folder))
+items = [video_builder.Item(n, os.path.join(folder, n), 0) for n in sorted(os.listdir(folder))
          if n.endswith((".avi", ".mp4", ".mkv"))]
 for item in items * 2:
-  common.video_example(item, 256)
+  video_builder.video_example(item, 256)
 """
 
 
@@ -103,7 +103,7 @@ def main(_):
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
   logging.set_verbosity(logging.ERROR)
-  cores = data_lib.usable_cores()
+  cores = usable_cores()
   with tempfile.TemporaryDirectory() as root:
     src = source_folder(root)
     print(f"{cores} cores; the fixture videos x {FLAGS.copies} at a 256-px short side")

@@ -77,12 +77,13 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import cpu_kernels, jax_options  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models import cpu_kernels  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import jax_options
   jax_options.configure()
-  from configs.common import model_spec  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import train_step as ts  # pylint: disable=import-outside-toplevel
-  from kpsem_jax.models import create_model, normalize  # pylint: disable=import-outside-toplevel
-  from kpsem_jax.optimizer import create_optimizer, lr_schedule  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.config_base import model_spec  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train import train_step as ts  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models.classifier import create_model, normalize  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train.optimizer import create_optimizer, lr_schedule  # pylint: disable=import-outside-toplevel
 
   config = FLAGS.config
   c = config.clip

@@ -4,7 +4,7 @@
         --micro=8 [--micro=4] [--run] [--classes=10]
 
 For each ``--micro`` (clips per micro-batch, one device), compiles the config's train step
-(random inputs, no data) and prints XLA's need (``kpsem_jax.memory_fit.need_bytes``: the
+(random inputs, no data) and prints XLA's need (``kpsem_jax.train.memory_fit.need_bytes``: the
 check a run makes before its first step) and the budget the run would compare it with.
 ``--run`` then runs 3 steps at the first ``--micro`` and prints the seconds per step and the
 process's peak resident memory growth beside the need (the ratio says how far the check's
@@ -19,11 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.common import load_config, model_spec
-from kpsem_jax import jax_options, memory_fit
-from kpsem_jax.models import create_model
-from kpsem_jax.optimizer import create_optimizer, lr_schedule
-from kpsem_jax.train_step import DATA_AXIS, TrainState, data_mesh, make_train_step
+from kpsem_jax import jax_options
+from kpsem_jax.config_base import load_config, model_spec
+from kpsem_jax.models.classifier import create_model
+from kpsem_jax.train import memory_fit
+from kpsem_jax.train.optimizer import create_optimizer, lr_schedule
+from kpsem_jax.train.train_step import DATA_AXIS, TrainState, data_mesh, make_train_step
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "video_folder", "a file of configs/, without .py")

@@ -86,8 +86,9 @@ def main(argv):
   import onnxruntime  # pylint: disable=import-outside-toplevel
   import openvino  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import checkpoint, convert  # pylint: disable=import-outside-toplevel
-  from kpsem_jax.models import create_model, normalize  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import convert
+  from kpsem_jax.models.classifier import create_model, normalize  # pylint: disable=import-outside-toplevel
   from kpsem_jax.testing import torch_kpsem, torch_mfnet  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(FLAGS.threads)

@@ -92,10 +92,11 @@ def main(argv):
   import torch  # pylint: disable=import-outside-toplevel
   from kpsem_jax.testing import torch_kpsem  # pylint: disable=import-outside-toplevel
   from kpsem_jax.testing import torch_mfnet  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import checkpoint, convert  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import train_step as ts  # pylint: disable=import-outside-toplevel
-  from kpsem_jax.models import normalize  # pylint: disable=import-outside-toplevel
-  from kpsem_jax.models import VideoClassifier, create_model  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import convert
+  from kpsem_jax.train import train_step as ts  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models.classifier import normalize  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models.classifier import VideoClassifier, create_model  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(FLAGS.threads)
   print(f"JAX {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} with "

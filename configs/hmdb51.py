@@ -3,11 +3,11 @@
     python train.py --config=configs/hmdb51.py --workdir=workdirs/hmdb51
 """
 
-from configs import common
+from kpsem_jax import config_base
 
 
 def get_config():
-  c = common.base()
+  c = config_base.base()
   c.dataset.name = "hmdb51"
   c.dataset.config = "split1"
   c.dataset.num_classes = 51

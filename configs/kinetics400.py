@@ -10,11 +10,11 @@ the optimiser family (SGD, Nesterov 0.9, weight decay 1e-4, step decay) are the 
 not give the release's pretraining schedule; change them for your hardware.
 """
 
-from configs import common
+from kpsem_jax import config_base
 
 
 def get_config():
-  c = common.base()
+  c = config_base.base()
   c.dataset.name = "kinetics400"
   c.dataset.config = "default"
   c.dataset.num_classes = 400

@@ -3,11 +3,11 @@
     python train.py --config=configs/mini_kinetics.py --workdir=workdirs/mini_kinetics
 """
 
-from configs import common
+from kpsem_jax import config_base
 
 
 def get_config():
-  c = common.base()
+  c = config_base.base()
   c.dataset.name = "mini_kinetics"
   c.dataset.config = "default"
   c.dataset.num_classes = 200

@@ -5,11 +5,11 @@
 No horizontal flips: several classes are defined by left/right.
 """
 
-from configs import common
+from kpsem_jax import config_base
 
 
 def get_config():
-  c = common.base()
+  c = config_base.base()
   c.dataset.name = "something_something_v1"
   c.dataset.num_classes = 174
   c.dataset.eval_split = "validation"

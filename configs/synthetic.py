@@ -7,14 +7,14 @@ Builds the dataset on first use (about 10 s), trains from scratch and evaluates 
 sized for a 2-core CPU. Classes are motions (and their time reversals), so flips are off.
 """
 
-from configs import common
+from kpsem_jax import config_base
 
 
 def get_config(arg: str = ""):
   """The default; ``arg="tiny"``: the tests' variant, a few seconds a step on 2 CPU cores
   (the ``tiny`` dataset config: 32x32, 8 frames, 32 train / 16 test videos; 12 steps)."""
-  opts = common.parse_arg(arg, "configs/synthetic.py", tiny=False)
-  c = common.base()
+  opts = config_base.parse_arg(arg, "configs/synthetic.py", tiny=False)
+  c = config_base.base()
   c.dataset.name = "synthetic_motion"
   c.dataset.num_classes = 8
   c.dataset.auto_prepare = True

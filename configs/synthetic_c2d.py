@@ -36,7 +36,7 @@ reversed) at 64x64, so the object moves 4.6-6.4 input pixels between sampled fra
 of the steps) with the global gradient norm clipped at 1.
 """
 
-from configs import common, synthetic
+from kpsem_jax import config_base
 
 # Each model's backbone and the stages KPSEM can read, the first its default: the stride-4
 # 16x16 map.
@@ -60,14 +60,14 @@ def get_config(arg: str = "c2d_kpsem"):
     raise ValueError(f"configs/synthetic_c2d.py: unknown model {model!r}; choose one of "
                      f"{', '.join(MODELS)}")
   backbone, backbone_kwargs, stages = BACKBONES[MODELS[model]]
-  opts = common.parse_arg(options, "configs/synthetic_c2d.py", k=4, g=4, fixed=False, de=8,
+  opts = config_base.parse_arg(options, "configs/synthetic_c2d.py", k=4, g=4, fixed=False, de=8,
                           at=stages[0], steps=600, data="translation", lr=0.05, grad="splits",
                           clip=1.0, bclip=1.0, mlplr=1.0, mlpadam=0.003, sum=True, order="time",
                           readout="mean", size=64)
   if opts.at not in stages:
     raise ValueError(f"configs/synthetic_c2d.py: at={opts.at!r} is not a stage of {model}; "
                      f"choose one of {', '.join(stages)}")
-  c = synthetic.get_config()
+  c = config_base.load_config("synthetic")
   c.dataset.config = opts.data
   c.clip.update(dict(frames=8, interval=2, crop=opts.size,
                      train_scale=(opts.size, opts.size * 9 // 8), aspect=(0.9, 1.1),

@@ -4,7 +4,7 @@
     python train.py --config=configs/ucf101.py:tiny_model ...  # input pipeline timing
 """
 
-from configs import common
+from kpsem_jax import config_base
 
 
 def get_config(arg: str = ""):
@@ -12,8 +12,8 @@ def get_config(arg: str = ""):
   block per stage) from scratch on the same 16x224x224 clips, batch 8, one eval view per
   video: training that the input pipeline alone limits (benchmarks/loader_throughput.py
   --train_steps)."""
-  opts = common.parse_arg(arg, "configs/ucf101.py", tiny_model=False)
-  c = common.base()
+  opts = config_base.parse_arg(arg, "configs/ucf101.py", tiny_model=False)
+  c = config_base.base()
   c.dataset.name = "ucf101"
   c.dataset.config = "split1"
   c.dataset.num_classes = 101

@@ -18,12 +18,12 @@ mf_kpsem --num_classes=<your classes>``) and pass ``--config.init_from=<that fol
 ``--config.dataset.config=<name>`` picks a build named with ``prepare --config=<name>``.
 """
 
-from configs import common
+from kpsem_jax import config_base
 
 
 def get_config(arg: str = ""):
-  opts = common.parse_arg(arg, "configs/video_folder.py", small=False)
-  c = common.base()
+  opts = config_base.parse_arg(arg, "configs/video_folder.py", small=False)
+  c = config_base.base()
   c.dataset.name = "video_folder"
   c.dataset.config = "default"
   c.dataset.source_dir = ""

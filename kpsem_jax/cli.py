@@ -28,7 +28,6 @@ quiet libraries.
 import contextlib
 import errno
 import logging as std_logging
-import os
 import re
 import sys
 import traceback
@@ -106,10 +105,10 @@ def config_error(e: Exception, argv) -> str:
   if isinstance(e, ValueError):  # get_config(arg) refused its variant
     return f"--config: {e}"
   if isinstance(e, OSError):
-    from configs import common  # pylint: disable=import-outside-toplevel
+    from kpsem_jax import config_base  # pylint: disable=import-outside-toplevel
     given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     return (f"--config={given[-1] if given else ''}: no such readable config file (the "
-            f"configs are in {os.path.dirname(os.path.abspath(common.__file__))})")
+            f"configs are in {config_base.configs_dir()})")
   text = str(e.args[0]) if e.args else str(e)
   # ml_collections: "'x'\nDid you mean "y" ...", escaped once more on its way through absl
   text = text.replace("\\\\", "\\").replace("\\n", "\n").replace("\\'", "'")

@@ -22,9 +22,11 @@ import jax.numpy as jnp
 from flax import traverse_util
 import numpy as np
 
-from kpsem_jax import checkpoint, cli, porting
-from kpsem_jax.mfnet3d import STAGES
-from kpsem_jax.models import create_model
+from kpsem_jax import cli
+from kpsem_jax.inference import porting
+from kpsem_jax.models.classifier import create_model
+from kpsem_jax.models.mfnet3d import STAGES
+from kpsem_jax.train import checkpoint
 
 
 

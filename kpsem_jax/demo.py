@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kpsem_jax import arese
-from kpsem_jax.models import create_model
+from kpsem_jax.models import arese
+from kpsem_jax.models.classifier import create_model
 
 FLAGS = flags.FLAGS
 

@@ -11,7 +11,7 @@ Load and run it with JAX alone::
 
 The artifact is lowered for CPU and CUDA. It is pure XLA: the model is built with
 ``conv_strategy="xla"`` (AReSE's argmax in ``jnp``), because the CPU kernels of
-:mod:`kpsem_jax.cpu_kernels` are custom calls that exist only where this project built them.
+:mod:`kpsem_jax.models.cpu_kernels` are custom calls that exist only where this project built them.
 The weights are constants inside the artifact. Beside it, ``FILE.json`` names the classes
 (``class_names``, in the logits' order) and the input it takes. Both files are written to
 temporary names and renamed, so an interrupted export leaves nothing half-written; an
@@ -25,10 +25,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from data import atomic
-from kpsem_jax import checkpoint
-from kpsem_jax.inference import clip_spec_of
-from kpsem_jax.models import create_model, normalize
+from kpsem_jax import atomic
+from kpsem_jax.inference.predictor import clip_spec_of
+from kpsem_jax.models.classifier import create_model, normalize
+from kpsem_jax.train import checkpoint
 
 PLATFORMS = ("cpu", "cuda")
 

@@ -48,7 +48,7 @@ def require_ynn_fusions_off(what: str) -> None:
 
 
 def cpu_kernels_allowed() -> bool:
-  """Whether the environment allows :mod:`kpsem_jax.cpu_kernels` (``KPSEM_JAX_ONEDNN=0``
+  """Whether the environment allows :mod:`kpsem_jax.models.cpu_kernels` (``KPSEM_JAX_ONEDNN=0``
   turns them off: every ``auto`` convolution then resolves to pure XLA). The environment
   variables that change behaviour are read here; the build's own (compiler, oneDNN root,
   cache folder) in ``cpu_kernels.build``."""

@@ -21,8 +21,8 @@ import sys
 import time
 from typing import Callable, Dict, Iterable, List, Optional
 
-from data import video
-from data import printable
+from kpsem_jax.data import video
+from kpsem_jax.host import printable
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
                     ".wmv", ".3gp", ".ogv")
@@ -57,7 +57,7 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
   ``allow_truncated``: then what decodes is classified. Each result's ``video`` is the name as
   given, shown as valid UTF-8 (``\\xNN`` for bytes that are not); ``on_result`` gets each
   result as soon as it is made."""
-  from kpsem_jax import inference  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.inference.predictor import load_predictor  # pylint: disable=import-outside-toplevel
   videos = expand(paths)
   # Inputs are checked before anything is compiled: a name that is not a readable regular
   # file (missing, a folder of no videos, a FIFO or device) is its result at once.
@@ -76,7 +76,7 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
     for path in videos:
       add({"video": path, "error": unusable[path]})
     return results
-  predictor = inference.load_predictor(checkpoint)
+  predictor = load_predictor(checkpoint)
   changes = {k: v for k, v in (("num_clips", num_clips), ("num_crops", num_crops)) if v}
   spec = predictor.with_spec(**changes)
   views_per_video = spec.num_clips * spec.num_crops
@@ -183,7 +183,8 @@ def define_flags():
 
 def main(argv):
   from absl import app, flags  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import checkpoint, cli  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import cli
   FLAGS = flags.FLAGS
   if len(argv) < 2:
     raise app.UsageError("name at least one video file or folder")
@@ -198,7 +199,7 @@ def main(argv):
              "seconds, 0 or more (0: one window)")
   log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
   try:
-    from kpsem_jax import memory_fit  # pylint: disable=import-outside-toplevel
+    from kpsem_jax.train import memory_fit  # pylint: disable=import-outside-toplevel
     with cli.one_line_errors(checkpoint.CheckpointError, memory_fit.DoesNotFit,
                              doing=f"predicting with {FLAGS.checkpoint}"):
       # the text of each video as soon as it is classified (nothing is lost to a later one)

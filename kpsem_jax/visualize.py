@@ -45,7 +45,7 @@ def arese_of(model, variables, clip: np.ndarray):
   """Logits ``(num_classes,)`` and the AReSE outputs of every set, leading axis ``G``.
 
   ``clip``: uint8 ``(T, S, S, 3)``."""
-  from kpsem_jax.models import normalize  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models.classifier import normalize  # pylint: disable=import-outside-toplevel
   logits, state = model.apply(variables, normalize(clip[None]), mutable=["intermediates"])
   if "kpsem" not in state.get("intermediates", {}):
     raise ValueError("this model has no KPSEM branch: there are no key points to draw")
@@ -58,7 +58,7 @@ def grad_cam(model, variables, clip: np.ndarray, class_index: int) -> np.ndarray
 
   Channel weights are the mean gradient of the ``class_index`` logit over the map's
   positions; the map is ``relu(sum_c weight_c * A_c)``, divided by its maximum."""
-  from kpsem_jax.models import normalize  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models.classifier import normalize  # pylint: disable=import-outside-toplevel
   stages = model.apply(variables, normalize(clip[None]), method="stages")
 
   def logit(last):
@@ -222,8 +222,8 @@ def save_gif(panels: Sequence[Image.Image], path: str, ms_per_frame: int = 400):
 def run(checkpoint: str, video_path: str, out: str, baseline: str = "", set_index: int = 0,
         channels: int = 2, size: int = 224, arrow_scale: float = 1.0) -> Dict:
   """Draws the pictures for one video; returns the summary also written as JSON."""
-  from kpsem_jax import inference  # pylint: disable=import-outside-toplevel
-  predictor = inference.load_predictor(checkpoint)
+  from kpsem_jax.inference.predictor import load_predictor  # pylint: disable=import-outside-toplevel
+  predictor = load_predictor(checkpoint)
   spec = predictor.with_spec(num_clips=1, num_crops=1)
   clip = predictor.views(video_path, spec)[0]  # (T, S, S, 3) uint8
   logits, sets = arese_of(predictor.model, predictor.variables, clip)
@@ -241,8 +241,8 @@ def run(checkpoint: str, video_path: str, out: str, baseline: str = "", set_inde
   probs = np.asarray(jax.nn.softmax(logits))
   said = (f"predicted: {predictor.class_names[predicted]} (p={probs[predicted]:.2f}); "
           f"AReSE set {set_index} of {num_sets}")
-  from kpsem_jax import split_movement  # pylint: disable=import-outside-toplevel
-  from kpsem_jax.models import normalize  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.experiments import split_movement  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models.classifier import normalize  # pylint: disable=import-outside-toplevel
   map_size = predictor.model.apply(predictor.variables, normalize(clip[None]),
                                    method="stages")[predictor.model.kpsem_at].shape[2:4]
   moved = split_movement.movement(sets.splits_x[:, None], sets.splits_y[:, None],
@@ -264,7 +264,7 @@ def run(checkpoint: str, video_path: str, out: str, baseline: str = "", set_inde
 
   rows, models = [], [("model", predictor)]
   if baseline:
-    models.append(("baseline", inference.load_predictor(baseline)))
+    models.append(("baseline", load_predictor(baseline)))
   cams = {}
   for name, p in models:
     cls = int(np.argmax(np.asarray(p.uint8_logits(clip[None]))[0]))
@@ -310,14 +310,15 @@ def define_flags():
 
 def main(argv):
   from absl import app, flags  # pylint: disable=import-outside-toplevel
-  from data import video  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import checkpoint, cli  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.data import video  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import cli
   FLAGS = flags.FLAGS
   if len(argv) != 2:
     raise app.UsageError("name exactly one video file")
   with cli.one_line_errors(video.VideoError, FileNotFoundError, ValueError,
                            checkpoint.CheckpointError, doing=f"drawing into {FLAGS.out}"):
-    from data import atomic  # pylint: disable=import-outside-toplevel
+    from kpsem_jax import atomic  # pylint: disable=import-outside-toplevel
     os.makedirs(FLAGS.out, exist_ok=True)  # the pictures' folder: writable, before the work
     atomic.check_writable(FLAGS.out)
     summary = run(FLAGS.checkpoint, argv[1], FLAGS.out, FLAGS.baseline, FLAGS.set,

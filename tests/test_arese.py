@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kpsem_jax import arese as A
-from kpsem_jax.kpsem import KPSEM
+from kpsem_jax.models import arese as A
+from kpsem_jax.models.kpsem import KPSEM
 from kpsem_jax.testing.naive_arese import naive_arese, naive_centre_mlp
 
 arese = jax.jit(A.arese, static_argnums=(2, 3))
@@ -163,7 +163,7 @@ import json, sys
 from kpsem_jax import jax_options
 jax_options.configure()  # as every entry point: before JAX starts its backend
 import jax, jax.numpy as jnp, numpy as np
-from kpsem_jax.kpsem import KPSEM
+from kpsem_jax.models.kpsem import KPSEM
 x = jnp.asarray(np.random.RandomState(0).randn(16, 8, 12, 12, 32), jnp.float32)
 grads = {}
 for g in (1, 2):
@@ -363,7 +363,7 @@ def test_soft_mask_module_converges_to_the_papers_hard_equations(k):
 
 
 def test_split_movement_in_map_pixels():
-  from kpsem_jax import split_movement  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.experiments import split_movement  # pylint: disable=import-outside-toplevel
   # (G=1, N=2 clips, T=1, k-1=1): x lines at +0.25 and -0.25 (2 px either side on W=16),
   # y lines at the centre
   sx = np.array([[[[0.25]], [[-0.25]]]])

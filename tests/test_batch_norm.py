@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kpsem_jax import cpu_kernels, layers
+from kpsem_jax.models import cpu_kernels, layers
 from kpsem_jax.testing import fake_devices
 from kpsem_jax.testing.batch_norm_reference import inputs, reference
 
@@ -92,8 +92,8 @@ def test_batch_norm_module_equals_flax_batch_norm(kernels):
 SHARED_SCRIPT = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
+from kpsem_jax.models import layers
 from kpsem_jax.testing import batch_norm_reference as test_batch_norm
-from kpsem_jax import layers
 assert jax.device_count() == 4, jax.devices()
 x, scale, bias, w = test_batch_norm.inputs((8, 2, 3, 4, 16), seed=4)
 want = test_batch_norm.reference(x, scale, bias, w, relu=True)

@@ -1,4 +1,4 @@
-"""``configs/common.parse_arg``: the one parser of every config's ``get_config(arg)``."""
+"""``config_base.parse_arg``: the one parser of every config's ``get_config(arg)``."""
 
 import json
 
@@ -6,26 +6,26 @@ import jax
 import numpy as np
 import pytest
 
-from configs import common
-from configs.common import load_config, model_spec
-from kpsem_jax import trainer
-from kpsem_jax.models import create_model
+from kpsem_jax import config_base
+from kpsem_jax.config_base import load_config, model_spec
+from kpsem_jax.models.classifier import create_model
+from kpsem_jax.train import trainer
 
 
 def test_parse_arg_casts_to_the_defaults_types_and_names_bad_options():
-  opts = common.parse_arg("k=9,fixed,lr=0.01,at=res3", "configs/x.py", k=4, fixed=False,
+  opts = config_base.parse_arg("k=9,fixed,lr=0.01,at=res3", "configs/x.py", k=4, fixed=False,
                           lr=0.05, at="res2", steps=600)
   assert (opts.k, opts.fixed, opts.lr, opts.at, opts.steps) == (9, True, 0.01, "res3", 600)
   assert isinstance(opts.k, int) and isinstance(opts.lr, float)
-  assert common.parse_arg("fixed=false", "c", fixed=True).fixed is False
-  assert common.parse_arg("", "c", k=4).k == 4
+  assert config_base.parse_arg("fixed=false", "c", fixed=True).fixed is False
+  assert config_base.parse_arg("", "c", k=4).k == 4
   with pytest.raises(ValueError, match=r"configs/x.py: unknown option\(s\) \['h'\]; the "
                                        r"options are k=<int>, fixed$"):
-    common.parse_arg("k=2,h=3", "configs/x.py", k=4, fixed=False)
+    config_base.parse_arg("k=2,h=3", "configs/x.py", k=4, fixed=False)
   with pytest.raises(ValueError, match=r"configs/x.py: 'k=nine': expected k=<int>"):
-    common.parse_arg("k=nine", "configs/x.py", k=4)
+    config_base.parse_arg("k=nine", "configs/x.py", k=4)
   with pytest.raises(ValueError, match=r"'fixed=maybe': expected fixed=<bool>"):
-    common.parse_arg("fixed=maybe", "configs/x.py", fixed=False)
+    config_base.parse_arg("fixed=maybe", "configs/x.py", fixed=False)
 
 
 def test_every_config_with_variants_parses_them_through_parse_arg():
@@ -98,7 +98,8 @@ def test_paired_mfnet_runs_share_the_backbones_initial_values():
 def test_widths_are_set_from_the_command_line_and_old_checkpoints_still_match(tmp_path):
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import checkpoint, models  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models import classifier
   values = flags.FlagValues()
   argv = ["train.py", "--config=configs/video_folder.py:small",
           "--config.model.backbone_kwargs.conv1_channels=8",
@@ -119,11 +120,11 @@ def test_widths_are_set_from_the_command_line_and_old_checkpoints_still_match(tm
   # the default (every one written before they were fields) is the same model.
   spec = model_spec(load_config("hmdb51"))
   old = dict(spec, backbone_kwargs={})
-  assert spec != old and models.complete_spec(old) == models.complete_spec(spec)
-  saved = json.loads(json.dumps(models.complete_spec(old)))  # as resume reads metadata
-  assert checkpoint.json_differences(saved, models.complete_spec(spec)) == []
+  assert spec != old and classifier.complete_spec(old) == classifier.complete_spec(spec)
+  saved = json.loads(json.dumps(classifier.complete_spec(old)))  # as resume reads metadata
+  assert checkpoint.json_differences(saved, classifier.complete_spec(spec)) == []
   wider = dict(spec, backbone_kwargs=dict(spec["backbone_kwargs"], groups=8))
-  assert checkpoint.json_differences(saved, models.complete_spec(wider)) == [
+  assert checkpoint.json_differences(saved, classifier.complete_spec(wider)) == [
       "model.backbone_kwargs.groups: checkpoint 16, config 8"]
 
 
@@ -131,14 +132,13 @@ def test_every_field_of_every_config_has_a_declared_meaning():
   import glob  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
   names = sorted(os.path.basename(p)[:-3] for p in glob.glob(
-      os.path.join(os.path.dirname(common.__file__), "*.py")) if not p.endswith("__init__.py")
-                 and not p.endswith("common.py"))
+      os.path.join(config_base.configs_dir(), "*.py")) if not p.endswith("__init__.py"))
   assert {"synthetic", "video_folder", "hmdb51", "synthetic_c2d"} <= set(names)
   for name in names:
-    text = common.field_help(load_config(name))
+    text = config_base.field_help(load_config(name))
     for line in text.splitlines():
       path = line.split("=")[0].strip()[len("--config."):]
-      assert any(path == f or path.startswith(f + ".") for f in common.FIELDS), (name, path)
+      assert any(path == f or path.startswith(f + ".") for f in config_base.FIELDS), (name, path)
 
 
 def test_the_config_check_names_every_bad_field_in_one_line_each():
@@ -184,6 +184,6 @@ def test_config_help_lists_every_field_with_its_meaning_and_rule():
 
 
 def test_the_configs_choices_are_the_model_codes():
-  from kpsem_jax import arese, layers  # pylint: disable=import-outside-toplevel
-  assert common.CONV_STRATEGIES == layers.STRATEGIES
-  assert common.MATCH_GRADIENTS == arese.MATCH_GRADIENTS
+  from kpsem_jax.models import arese, layers  # pylint: disable=import-outside-toplevel
+  assert config_base.CONV_STRATEGIES == layers.STRATEGIES
+  assert config_base.MATCH_GRADIENTS == arese.MATCH_GRADIENTS

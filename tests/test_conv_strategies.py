@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data import native
-from kpsem_jax import cpu_kernels, layers
-from kpsem_jax.layers import STRATEGIES, conv
-from kpsem_jax.models import create_model
+from kpsem_jax import native
+from kpsem_jax.models import cpu_kernels, layers
+from kpsem_jax.models.classifier import create_model
+from kpsem_jax.models.layers import STRATEGIES, conv
 
 CASES = [  # (input (B, T, H, W, C), kernel (kt, kh, kw), C_out, strides, padding, groups)
     ((2, 4, 6, 6, 8), (3, 3, 3), 8, (1, 1, 1), ((1, 1), (1, 1), (1, 1)), 4),
@@ -29,7 +29,7 @@ KERNELS_BUILT = cpu_kernels.available()  # read before any test hides them
 
 
 def without_cpu_kernels(monkeypatch):
-  """``auto`` as on a machine where :mod:`kpsem_jax.cpu_kernels` cannot be built."""
+  """``auto`` as on a machine where :mod:`kpsem_jax.models.cpu_kernels` cannot be built."""
   monkeypatch.setattr(layers.convolution, "_cpu_kernels_built", lambda: False)
 
 

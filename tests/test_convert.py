@@ -10,10 +10,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kpsem_jax import checkpoint, convert, porting  # noqa: E402
-from kpsem_jax.inference import load_predictor
-from kpsem_jax.models import normalize  # noqa: E402
+from kpsem_jax import convert
+from kpsem_jax.inference import porting
+from kpsem_jax.inference.predictor import load_predictor
+from kpsem_jax.models.classifier import normalize  # noqa: E402
 from kpsem_jax.testing import release_keys  # noqa: E402
+from kpsem_jax.train import checkpoint  # noqa: E402
 from kpsem_jax.testing.torch_mfnet import (  # noqa: E402
     MFNET_3D, TINY, randomize, relative_error, save, torch_logits)
 

@@ -8,12 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from configs.common import load_config
-import data as data_lib
-from data import common
-from data import frames as frames_lib
-from data.synthetic_motion import synthetic_motion_dataset_builder as synthetic
-from kpsem_jax import prepare as prepare_lib
+from kpsem_jax.builders.synthetic_motion import synthetic_motion_dataset_builder as synthetic
+from kpsem_jax.config_base import load_config
+from kpsem_jax.data import frames as frames_lib
+from kpsem_jax.data import prepare as prepare_lib
+from kpsem_jax.data import video_builder
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
 VIDEOS = os.path.join(SHARED, "videos")
@@ -151,7 +150,7 @@ def test_malformed_split_line_names_file_and_line(tmp_path):
   lines = open(path).read().splitlines()
   lines.insert(4, "broken_line_without_tag.avi")
   path.write_text("\n".join(lines) + "\n")
-  with pytest.raises(common.SplitFileError, match=r"cartwheel_test_split1.txt, line 5: "
+  with pytest.raises(video_builder.SplitFileError, match=r"cartwheel_test_split1.txt, line 5: "
                      r"'broken_line_without_tag.avi'"):
     build("hmdb51", tmp_path, source_dir=str(tmp_path / "src"), split=1)
 
@@ -242,11 +241,12 @@ def test_kinetics400_from_the_annotation_csv_shares_the_kinetics_reader(tmp_path
   assert names[val["label"]] == "arm wrestling" and val["num_frames"] == 280
   assert list(builder.info.splits) == ["validation"]
   assert len(skipped) == len(rows) - 2 and all("not downloaded" in r for _, _, r in skipped)
-  assert builder.data_dir.endswith(os.path.join("kinetics400", "default", data_lib.LAYOUT_VERSION))
+  assert builder.data_dir.endswith(
+      os.path.join("kinetics400", "default", video_builder.LAYOUT_VERSION))
   # A line that is not a Kinetics row names the file and line.
   with open(splits / "kinetics-400_val.csv", "a") as f:
     f.write("arm wrestling,tooShort,1,11,val,0\n")
-  with pytest.raises(common.SplitFileError, match=r"kinetics-400_val.csv, line 19908: "):
+  with pytest.raises(video_builder.SplitFileError, match=r"kinetics-400_val.csv, line 19908: "):
     build("kinetics400", tmp_path / "again", source_dir=str(tmp_path / "src"),
           splits_dir=str(splits))
 
@@ -321,7 +321,7 @@ def test_the_background_drift_is_centred_so_a_reversed_clip_is_a_reversed_class_
 
 
 def test_training_builds_the_current_synthetic_version_beside_an_older_one(tmp_path):
-  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train import trainer  # pylint: disable=import-outside-toplevel
   data_dir = tmp_path / "tfds"
   builder, _ = build("synthetic_motion", tmp_path, config="tiny")
   old = os.path.join(os.path.dirname(builder.data_dir), "2.0.0")
@@ -577,7 +577,8 @@ def test_video_folder_class_folders_hold_out_a_deterministic_fraction(tmp_path):
                      r"with --config=<another name>"):
     build("video_folder", tmp_path, source_dir=str(other))
   named, _ = build("video_folder", tmp_path, source_dir=str(other), config="other")
-  assert named.data_dir.endswith(os.path.join("video_folder", "other", data_lib.LAYOUT_VERSION))
+  assert named.data_dir.endswith(
+      os.path.join("video_folder", "other", video_builder.LAYOUT_VERSION))
   assert [e["video_id"] for e in read_all(named, "train")] == [b"crawl/x.avi"]
 
 
@@ -603,16 +604,16 @@ def test_video_folder_split_folders_and_list_files(tmp_path):
   assert sorted(e["label"] for e in read_all(builder, "train")) == [0, 2]
   assert [(s, p) for s, p, _ in skipped] == [("train", "videos/gone.avi")]
   (lists / "test.txt").write_text("videos/one.avi 2\nvideos/two.avi\n")
-  with pytest.raises(common.SplitFileError, match=r"test.txt, line 2: 'videos/two.avi': "
+  with pytest.raises(video_builder.SplitFileError, match=r"test.txt, line 2: 'videos/two.avi': "
                      r"expected 'relative/path <0-based label>'"):
     build("video_folder", tmp_path / "bad", source_dir=str(lists))
   (lists / "test.txt").write_text("videos/one.avi 3\n")
-  with pytest.raises(common.SplitFileError, match=r"test.txt, line 1: .*a label below 3"):
+  with pytest.raises(video_builder.SplitFileError, match=r"test.txt, line 1: .*a label below 3"):
     build("video_folder", tmp_path / "bad2", source_dir=str(lists))
 
 
 def test_video_folder_config_reads_its_classes_from_the_prepared_metadata(tmp_path):
-  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train import trainer  # pylint: disable=import-outside-toplevel
   src = tmp_path / "mine"
   for cls in ("jump", "run", "walk"):
     _copy("ucf101_style_BabyCrawling.avi", src / cls / "a.avi")
@@ -710,29 +711,30 @@ def test_beam_build_of_a_split_with_no_usable_video_is_one_error(tmp_path):
 
 def test_every_builder_folder_is_a_dataset_by_name_and_every_config_names_one():
   """Adding a dataset is adding its folder data/<name>/ (and a config): nothing else lists
-  it. prepare's usage names every builder; each loads by name; each config's dataset is one."""
+  it (setup.py installs every folder). prepare's usage names every builder; each loads by
+  name; each shipped config's dataset is one."""
   import glob  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  import data  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.data import registry  # pylint: disable=import-outside-toplevel
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   folders = sorted(os.path.basename(os.path.dirname(p)) for p in
                    glob.glob(os.path.join(root, "data", "*", "*_dataset_builder.py")))
-  assert sorted(data.builders()) == folders and len(folders) >= 7
+  assert sorted(registry.builders()) == folders and len(folders) >= 7
   for name in folders:
-    assert data.builder_class(name).name == name
+    assert registry.builder_class(name).name == name
   usage = subprocess.run([sys.executable, "-m", "kpsem_jax.prepare"], cwd=root,
                          capture_output=True, text=True, timeout=120).stderr
   assert usage.splitlines()[-1] == f"DATASET: one of {', '.join(folders)}"
   for path in glob.glob(os.path.join(root, "configs", "*.py")):
     name = os.path.basename(path)[:-3]
-    if name in ("__init__", "common"):
+    if name == "__init__":
       continue
     assert load_config(name).dataset.name in folders, name
 
 
 def test_prepare_shows_one_bar_a_split_and_none_of_tfds_lines_unless_verbose(tmp_path, capfd):
-  from kpsem_jax import prepare  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.data import prepare  # pylint: disable=import-outside-toplevel
   prepare.prepare("synthetic_motion", str(tmp_path / "quiet"), config="tiny", log=print)
   out, err = capfd.readouterr()
   assert "Downloading and preparing" not in out + err and "incomplete." not in out + err

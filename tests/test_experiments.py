@@ -11,10 +11,11 @@ from PIL import Image
 import pytest
 from scipy import stats as scipy_stats
 
-from configs.common import load_config, model_spec
-from kpsem_jax import experiment_stats, experiments, trainer
-from kpsem_jax import experiment_report as report
-from kpsem_jax import experiment_suite as suite_lib
+from kpsem_jax.config_base import load_config, model_spec
+from kpsem_jax.experiments import report
+from kpsem_jax.experiments import stats, runner
+from kpsem_jax.experiments import suite as suite_lib
+from kpsem_jax.train import trainer
 
 
 def test_reversal_error_counts_only_time_reversed_partners():
@@ -90,8 +91,8 @@ def test_the_learning_rate_and_backbone_rows_differ_from_their_reference_in_one_
 def test_the_suites_clips_and_their_time_reversals_show_the_same_frames():
   """C2D averages its frames' features, so it can tell a clip from its time reversal (the
   paired class) only if the two are sampled at different moments of the motion."""
-  from data.synthetic_motion import synthetic_motion_dataset_builder as synthetic
-  from kpsem_jax import clips as clips_lib  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.builders.synthetic_motion import synthetic_motion_dataset_builder as synthetic
+  from kpsem_jax.data import clips as clips_lib  # pylint: disable=import-outside-toplevel
   builder_configs = {c.name: c for c in synthetic.Builder.BUILDER_CONFIGS}
 
   def reversal_safe(data):
@@ -136,23 +137,23 @@ def test_welch_and_trend_equal_scipys_reference_implementations():
   rng = np.random.default_rng(0)
   for n_a, n_b in ((3, 3), (2, 5), (6, 4)):
     a, b = rng.normal(0.6, 0.05, n_a), rng.normal(0.55, 0.1, n_b)
-    got = experiment_stats.welch(a, b)
+    got = stats.welch(a, b)
     want = scipy_stats.ttest_ind(a, b, equal_var=False)
     assert got["t"] == pytest.approx(want.statistic) and got["p"] == pytest.approx(want.pvalue)
     # Welch-Satterthwaite degrees of freedom, written out
     va, vb = np.var(a, ddof=1) / n_a, np.var(b, ddof=1) / n_b
     assert got["dof"] == pytest.approx((va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)))
-  assert experiment_stats.welch([1.0, 1.0], [1.0, 1.0])["p"] == 1.0  # no spread, same mean
-  assert experiment_stats.welch([1.0, 1.0], [0.5, 0.5])["p"] == 0.0
-  assert experiment_stats.welch([1.0], [0.5, 0.6]) is None
-  assert experiment_stats.sample_std([0.90, 0.94, 0.92]) == pytest.approx(0.02)
+  assert stats.welch([1.0, 1.0], [1.0, 1.0])["p"] == 1.0  # no spread, same mean
+  assert stats.welch([1.0, 1.0], [0.5, 0.5])["p"] == 0.0
+  assert stats.welch([1.0], [0.5, 0.6]) is None
+  assert stats.sample_std([0.90, 0.94, 0.92]) == pytest.approx(0.02)
   settings = [1, 1, 2, 2, 4, 4, 8, 8]
   top1 = [0.80, 0.82, 0.85, 0.83, 0.90, 0.88, 0.91, 0.95]
-  got = experiment_stats.trend(settings, top1)
+  got = stats.trend(settings, top1)
   want = scipy_stats.linregress(np.log2(settings), top1)
   assert got["slope"] == pytest.approx(want.slope) and got["p"] == pytest.approx(want.pvalue)
   assert got["t"] == pytest.approx(want.slope / want.stderr) and got["runs"] == 8
-  assert experiment_stats.trend([4, 4, 4], [0.1, 0.2, 0.3]) is None  # one setting
+  assert stats.trend([4, 4, 4], [0.1, 0.2, 0.3]) is None  # one setting
 
 
 def test_the_k_and_g_sweeps_get_a_trend_test_over_every_run():
@@ -173,7 +174,7 @@ def test_the_k_and_g_sweeps_get_a_trend_test_over_every_run():
 
 def test_fixed_regions_are_drawn_per_training_seed():
   import jax  # pylint: disable=import-outside-toplevel
-  from kpsem_jax.kpsem import KPSEM  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models.kpsem import KPSEM  # pylint: disable=import-outside-toplevel
   fixed = next(v for v in suite_lib.SUITES["ablation"] if v.config == "c2d_kpsem,fixed")
   splits = []
   for seed in (0, 1, 1):
@@ -201,10 +202,10 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
     c.batch_size, c.eval_batch_size = 8, 8
     return c
 
-  monkeypatch.setattr(experiments, "run_config", tiny)  # what run_one calls
+  monkeypatch.setattr(runner, "run_config", tiny)  # what run_one calls
   only = ["C2D", "fixed regions"]
   data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "suite")
-  rows = experiments.run_suite("ablation", workdir, seeds=2, steps=2, data_dir=data_dir,
+  rows = runner.run_suite("ablation", workdir, seeds=2, steps=2, data_dir=data_dir,
                                only=only, log=lambda *a: None)
   assert [r["variant"] for r in rows] == only and all(r["seeds"] == 2 for r in rows)
   for row in rows:
@@ -234,7 +235,7 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
     raise AssertionError("a finished run was trained again")
 
   monkeypatch.setattr(trainer, "train_and_evaluate", no_training)
-  again = experiments.run_suite("ablation", workdir, seeds=2, steps=2, data_dir=data_dir,
+  again = runner.run_suite("ablation", workdir, seeds=2, steps=2, data_dir=data_dir,
                                 only=only, log=lambda *a: None)
   assert again == rows
   # A new workdir holding only the suite's results.json (as committed under docs/) resumes
@@ -242,12 +243,12 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
   fresh = tmp_path / "fresh"
   fresh.mkdir()
   shutil.copy(os.path.join(workdir, "results.json"), fresh / "results.json")
-  assert experiments.run_suite("ablation", str(fresh), seeds=2, steps=2, data_dir=data_dir,
+  assert runner.run_suite("ablation", str(fresh), seeds=2, steps=2, data_dir=data_dir,
                                only=only, log=lambda *a: None) == rows
   del rows[0]["top1_per_seed"][1:]  # the table of seed 0 alone, as --report_only writes it
   os.remove(os.path.join(workdir, "runs", "C2D_seed1", "result.json"))
   logged = []
-  report = experiments.run_suite("ablation", workdir, seeds=2, steps=2, data_dir=data_dir,
+  report = runner.run_suite("ablation", workdir, seeds=2, steps=2, data_dir=data_dir,
                                  only=only, log=logged.append, train=False)
   assert report[0]["seeds"] == 1 and report[0]["top1_per_seed"] == rows[0]["top1_per_seed"]
   assert report[1] == rows[1]
@@ -255,10 +256,10 @@ def test_a_small_suite_writes_its_table_and_resumes_without_retraining(tmp_path,
   table = open(os.path.join(workdir, "results.md")).read()
   assert f"| C2D | 1 | {100 * report[0]['top1_mean']:.1f} | " in table  # one seed: no ±
   for data, steps in (("default", 2), ("translation", 3)):  # never mixed into the table
-    with pytest.raises(experiments.WorkdirMismatch,
+    with pytest.raises(runner.WorkdirMismatch,
                        match=r"C2D_seed0/result.json: a finished run with --data=translation "
                              r"--steps=2, not --data=\w+ --steps=\d"):
-      experiments.run_suite("ablation", workdir, seeds=2, steps=steps, data_dir=data_dir,
+      runner.run_suite("ablation", workdir, seeds=2, steps=steps, data_dir=data_dir,
                             only=only, log=lambda *a: None, data=data)
 
 
@@ -290,20 +291,20 @@ def test_quick_lists_the_core_contrast_only(tmp_path):
 def test_paired_test_holm_and_the_minimum_detectable_difference():
   rng = np.random.default_rng(1)
   a, b = rng.normal(0.75, 0.03, 8), rng.normal(0.73, 0.03, 8)
-  got = experiment_stats.paired(a, b)
+  got = stats.paired(a, b)
   want = scipy_stats.ttest_rel(a, b)
   assert got["t"] == pytest.approx(want.statistic) and got["p"] == pytest.approx(want.pvalue)
   interval = want.confidence_interval(0.95)
   assert (got["low"], got["high"]) == pytest.approx((interval.low, interval.high))
   assert got["mean"] == pytest.approx(np.mean(a - b)) and got["dof"] == 7
-  assert experiment_stats.paired([0.5], [0.4]) is None
+  assert stats.paired([0.5], [0.4]) is None
   # Holm: sorted p 0.01, 0.03, 0.04, 0.2 times 4, 3, 2, 1, made monotone, in the given order
-  assert experiment_stats.holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
-  assert experiment_stats.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+  assert stats.holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+  assert stats.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
   # One-sample t power, alpha 0.05 two-sided, power 0.8: effect 0.9958 sd at n = 10 (as
   # statsmodels' TTestPower gives), and its Monte Carlo check.
-  assert experiment_stats.minimum_detectable_difference(1.0, 10) == pytest.approx(0.9958, abs=2e-3)
-  assert experiment_stats.pairs_needed(1.0, 1.0) == 10
+  assert stats.minimum_detectable_difference(1.0, 10) == pytest.approx(0.9958, abs=2e-3)
+  assert stats.pairs_needed(1.0, 1.0) == 10
   draws = rng.normal(0.9958, 1.0, (20000, 10))
   t = draws.mean(1) / (draws.std(1, ddof=1) / np.sqrt(10))
   assert np.mean(np.abs(t) > scipy_stats.t.ppf(0.975, 9)) == pytest.approx(0.8, abs=0.015)
@@ -323,7 +324,7 @@ def test_paired_suites_compare_seed_for_seed_and_correct_every_test():
   want = scipy_stats.ttest_rel(top1[variants[1].name], top1[variants[0].name])
   assert kpsem["test"]["p"] == pytest.approx(want.pvalue)
   ps = [kpsem["test"]["p"], control["test"]["p"]]
-  assert [kpsem["p_holm"], control["p_holm"]] == pytest.approx(experiment_stats.holm(ps))
+  assert [kpsem["p_holm"], control["p_holm"]] == pytest.approx(stats.holm(ps))
   table = report.markdown(list(rows.values()), 600, "key_object_4")
   assert "paired t t = " in table and "4 pairs" in table
   unpaired = {r["variant"]: r for r in report.summarize(runs, variants)}
@@ -350,13 +351,14 @@ def test_the_docs_results_tables_are_what_the_report_makes_of_the_committed_json
 
 
 def test_a_suite_stopped_by_a_signal_says_so_in_one_line(tmp_path):
-  code = ("import sys\nfrom absl import app\nfrom kpsem_jax import experiments, preemption\n"
+  code = ("import sys\nfrom absl import app\nfrom kpsem_jax import preemption\n"
+          "from kpsem_jax.experiments import runner\n"
           "def stopped(*args, **kwargs):\n"
           "  raise preemption.Interrupted('interrupted at step 3; saved; rerun the same "
           "command to resume', 15)\n"
-          "experiments.run_suite = stopped\nexperiments.define_flags()\n"
+          "runner.run_suite = stopped\nrunner.define_flags()\n"
           f"sys.argv = ['experiments', '--workdir={tmp_path}', '--suite=core']\n"
-          "app.run(experiments.main)\n")
+          "app.run(runner.main)\n")
   run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert run.returncode == 143 and "Traceback" not in run.stderr
@@ -376,8 +378,8 @@ def test_seed_and_step_counts_below_one_are_one_error_line(tmp_path):
 
 
 def test_the_suites_data_are_exactly_the_generated_sets_a_run_can_use():
-  from data.synthetic_motion import synthetic_motion_dataset_builder as synthetic  # pylint: disable=import-outside-toplevel
-  from kpsem_jax.experiment_suite import DATA  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.builders.synthetic_motion import synthetic_motion_dataset_builder as synthetic  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.experiments.suite import DATA  # pylint: disable=import-outside-toplevel
   # Every synthetic_motion config but the test-only one can be named by --data, and nothing
   # else can: a new set is usable by the suite the moment it exists.
   configs = {c.name for c in synthetic.Builder.BUILDER_CONFIGS} - {"tiny"}

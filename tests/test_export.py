@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from kpsem_jax import export
-from kpsem_jax.inference import load_predictor
+from kpsem_jax.inference.predictor import load_predictor
 from kpsem_jax.testing import tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,10 +14,11 @@ import time
 import numpy as np
 import pytest
 
-from configs.common import load_config
-from kpsem_jax import checkpoint, prepare, trainer
-from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
+from kpsem_jax.config_base import load_config
+from kpsem_jax.data import prepare
 from kpsem_jax.testing import tiny_models
+from kpsem_jax.train import checkpoint, trainer
+from kpsem_jax.workdir_lock import WorkdirInUseError, WorkdirLock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -260,14 +261,14 @@ def on_small_disk(size, script, tmp_path):
     ("900k", "", "writing the checkpoint of step 6 to {w}/checkpoints failed: not enough "
      "free space (it needs about ", ["3"]),
     # The check passes (made blind here), the write itself runs out of space.
-    ("300k", "kpsem_jax.training_checkpoints._agreed_free_space = lambda directory: None", "writing "
-     "the checkpoint of step 3 to {w}/checkpoints failed: No space left on device", []),
+    ("300k", "kpsem_jax.train.training_checkpoints._agreed_free_space = lambda directory: None",
+     "writing the checkpoint of step 3 to {w}/checkpoints failed: No space left on device", []),
 ])
 def test_a_full_disk_is_one_line_and_the_last_good_step_stays(tmp_path, tiny_data, size,
                                                               patch, message, kept):
   args = [*TINY, f"--config.dataset.data_dir={tiny_data}", "--workdir=$DISK/w",
           "--config.num_train_steps=9", "--config.eval_every=100"]
-  program = ("import runpy, sys, kpsem_jax.training_checkpoints\n" + patch + "\n"
+  program = ("import runpy, sys, kpsem_jax.train.training_checkpoints\n" + patch + "\n"
              "sys.argv = ['train.py'] + sys.argv[1:]\nrunpy.run_path('train.py', run_name='__main__')")
   done, steps = on_small_disk(size, f"{sys.executable} -c {shlex.quote(program)} "
                               + " ".join(args), tmp_path)
@@ -508,7 +509,7 @@ def test_the_exported_artifact_follows_the_umask(tmp_path):
 
 def test_an_init_from_that_is_not_a_checkpoint_is_one_error_before_the_workdir(tmp_path,
                                                                                 tiny_data):
-  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train import trainer  # pylint: disable=import-outside-toplevel
   empty, text = tmp_path / "empty", tmp_path / "weights.pth"
   empty.mkdir()
   text.write_text("not a checkpoint")
@@ -527,7 +528,7 @@ def test_a_checkpoint_of_other_optimizer_settings_is_refused_not_thrown_away(tmp
   """A run checkpointed with another optimizer state's shape (here: before the KPSEM branch
   clip and the split MLPs' Adam, 2026-12-03) is not damaged: resuming with today's defaults
   stops with one line naming the fields, keeps every step, and resumes with the old values."""
-  from kpsem_jax import trainer  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train import trainer  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path / "w")
 
   def config(**optimizer):
@@ -583,7 +584,7 @@ def test_a_full_disk_at_the_start_of_a_run_is_one_line(tmp_path, tiny_data, monk
 
 def test_a_damaged_dataset_index_names_the_file_and_the_command_that_rebuilds_it(
     tmp_path, tiny_data):
-  from kpsem_jax import video_source  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.data import video_source  # pylint: disable=import-outside-toplevel
   data_dir = str(tmp_path / "tfds")
   shutil.copytree(tiny_data, data_dir)
   root = video_source.dataset_dir(data_dir, "synthetic_motion", "tiny")

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from kpsem_jax import input_pipeline as ip
-from kpsem_jax import clips as clips_lib
-from kpsem_jax import loader_workers
-from kpsem_jax import video_source
-from kpsem_jax import prepare as prepare_lib
+from kpsem_jax.data import clips as clips_lib
+from kpsem_jax.data import input_pipeline as ip
+from kpsem_jax.data import loader_workers
+from kpsem_jax.data import prepare as prepare_lib
+from kpsem_jax.data import video_source
 from kpsem_jax.testing import reference_clips
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
@@ -296,19 +296,18 @@ def test_a_dataset_in_the_old_whole_video_layout_says_to_rebuild(tmp_path):
 
 
 def test_num_workers_minus_one_is_one_per_usable_core(monkeypatch):
-  import data  # pylint: disable=import-outside-toplevel
   assert loader_workers.resolve_workers(3) == 3 and loader_workers.resolve_workers(0) == 0
-  monkeypatch.setattr(data, "usable_cores", lambda: 6)
+  monkeypatch.setattr(loader_workers, "usable_cores", lambda: 6)
   assert loader_workers.resolve_workers(-1) == 6
-  monkeypatch.setattr(data, "usable_cores", lambda: 1)
+  monkeypatch.setattr(loader_workers, "usable_cores", lambda: 1)
   assert loader_workers.resolve_workers(-1) == 0  # one core: in process
 
 
 LOADER_SCRIPT = """
 import sys
-from kpsem_jax import clips as clips_lib
-from kpsem_jax import input_pipeline as ip
-from kpsem_jax import video_source
+from kpsem_jax.data import clips as clips_lib
+from kpsem_jax.data import input_pipeline as ip
+from kpsem_jax.data import video_source
 if __name__ == "__main__":
   source, _ = video_source.load_source(sys.argv[1], "synthetic_motion", "tiny", "train")
   spec = clips_lib.ClipSpec(frames=8, interval=1, crop=24, train_scale=(24, 30), eval_resize=28)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kpsem_jax import cpu_kernels, layers
+from kpsem_jax.models import cpu_kernels, layers
 
 KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(
     not cpu_kernels.available(),

@@ -6,10 +6,10 @@ from flax import traverse_util
 import numpy as np
 import pytest
 
-from kpsem_jax import porting
-from kpsem_jax.kpsem import KPSEM
-from kpsem_jax.layers import conv
-from kpsem_jax.models import create_model
+from kpsem_jax.inference import porting
+from kpsem_jax.models.classifier import create_model
+from kpsem_jax.models.kpsem import KPSEM
+from kpsem_jax.models.layers import conv
 from kpsem_jax.testing import release_keys
 
 PAPER = (1, 16, 224, 224, 3)

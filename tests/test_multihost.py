@@ -26,8 +26,9 @@ from flax import traverse_util
 import numpy as np
 import pytest
 
-from kpsem_jax import checkpoint, prepare
+from kpsem_jax.data import prepare
 from kpsem_jax.testing import fake_devices
+from kpsem_jax.train import checkpoint
 
 pytestmark = pytest.mark.multihost
 
@@ -194,10 +195,10 @@ def test_a_killed_process_stops_the_other_and_both_resume(runs, tmp_path):
 def test_resuming_with_another_process_count_reads_the_same_global_batches(runs, tmp_path):
   """A two-process checkpoint resumed by one process (8 devices): global batch n is the same
   for any number of processes, so the run goes on where the pair stopped."""
-  from kpsem_jax import input_pipeline as ip  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import clips as clips_lib  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import video_source  # pylint: disable=import-outside-toplevel
-  from configs.common import load_config  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.data import input_pipeline as ip  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.data import clips as clips_lib  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.data import video_source  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.config_base import load_config  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path / "copy")
   shutil.copytree(runs["multi"], workdir)
   out = subprocess.run(command(runs["data_dir"], workdir, steps=STEPS + 2), env=environment(8),

@@ -10,11 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from data import video
-from kpsem_jax import clips as clips_lib
+from kpsem_jax.data import clips as clips_lib
+from kpsem_jax.data import video
+from kpsem_jax.inference.predictor import load_predictor
+from kpsem_jax.models.classifier import normalize
 from kpsem_jax.testing import reference_clips
-from kpsem_jax.inference import load_predictor
-from kpsem_jax.models import normalize
 from kpsem_jax.testing import tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,7 +180,7 @@ def test_a_truncated_video_is_reported_unless_allowed(tiny, tmp_path):
 def test_a_checkpoint_with_non_finite_parameters_is_refused_in_one_line(tmp_path, tiny):
   """predict (and every loader of checkpoints: export, visualize, --mode=eval)
   refuses non-finite parameters instead of serving NaN probabilities."""
-  from kpsem_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
   variables, metadata = checkpoint.load_variables(tiny["ckpt"])
   kernel = np.array(variables["params"]["classifier"]["kernel"])
   kernel[0, 0] = np.nan
@@ -243,7 +243,8 @@ def test_a_name_that_is_not_utf8_is_printed_escaped_and_results_stream(tiny, tmp
 
 
 def test_a_batch_that_does_not_fit_in_memory_names_one_that_does(tiny):
-  from kpsem_jax import memory_fit, predict  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.train import memory_fit  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import predict
   predictor = load_predictor(tiny["ckpt"])
   spec = predictor.with_spec(num_clips=1, num_crops=1)
   need = {}

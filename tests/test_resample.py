@@ -1,10 +1,10 @@
-"""data.resample: Pillow's bilinear crop resampling in C++, byte for byte."""
+"""kpsem_jax.data.resample: Pillow's bilinear crop resampling in C++, byte for byte."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from data import resample
+from kpsem_jax.data import resample
 
 
 def pillow(frame, box, size, flip):

@@ -13,10 +13,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kpsem_jax import checkpoint, convert  # noqa: E402
-from kpsem_jax.inference import load_predictor  # noqa: E402
-from kpsem_jax.kpsem import KPSEM  # noqa: E402
+from kpsem_jax import convert
+from kpsem_jax.inference.predictor import load_predictor  # noqa: E402
+from kpsem_jax.models.kpsem import KPSEM  # noqa: E402
 from kpsem_jax.testing.torch_kpsem import KPSEM as TorchKPSEM, MF_KPSEM  # noqa: E402
+from kpsem_jax.train import checkpoint  # noqa: E402
 from kpsem_jax.testing.torch_mfnet import (  # noqa: E402
     MFNET_3D, TINY, randomize, relative_error, save, torch_logits)
 

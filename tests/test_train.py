@@ -11,12 +11,13 @@ from flax import traverse_util
 import numpy as np
 import pytest
 
-from configs.common import load_config, model_spec
-from kpsem_jax import checkpoint, cpu_kernels, evaluation, trainer, workdir_eval
-from kpsem_jax import train_step as ts
-from kpsem_jax.models import create_model, normalize
-from kpsem_jax.optimizer import create_optimizer, lr_schedule
+from kpsem_jax.config_base import load_config, model_spec
+from kpsem_jax.models import cpu_kernels
+from kpsem_jax.models.classifier import create_model, normalize
 from kpsem_jax.testing import fake_devices, tiny_models
+from kpsem_jax.train import checkpoint, evaluation, trainer, workdir_eval
+from kpsem_jax.train import train_step as ts
+from kpsem_jax.train.optimizer import create_optimizer, lr_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -332,12 +333,13 @@ def test_paper_configs():
 SHARDED_SCRIPT = r"""
 import os, sys, json, re
 import jax, jax.numpy as jnp, numpy as np
-from configs.common import model_spec
-from kpsem_jax import jax_options, trainer
-from kpsem_jax import train_step as ts
-from kpsem_jax.models import create_model
-from kpsem_jax.optimizer import create_optimizer, lr_schedule
+from kpsem_jax import jax_options
+from kpsem_jax.config_base import model_spec
+from kpsem_jax.models.classifier import create_model
 from kpsem_jax.testing import tiny_models
+from kpsem_jax.train import train_step as ts
+from kpsem_jax.train import trainer
+from kpsem_jax.train.optimizer import create_optimizer, lr_schedule
 jax_options.configure()
 assert jax.device_count() == 8, jax.devices()
 config = tiny_models.train_config({data_dir!r})
@@ -475,7 +477,8 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(straight_run):
 
 def test_init_from_a_converted_pytorch_checkpoint(straight_run, tmp_path):
   torch = pytest.importorskip("torch")
-  from kpsem_jax import convert, porting
+  from kpsem_jax import convert
+  from kpsem_jax.inference import porting
   from kpsem_jax.testing.torch_mfnet import MFNET_3D, randomize
   config, _, _, _ = straight_run
   kwargs = config.model.backbone_kwargs.to_dict()
@@ -624,7 +627,7 @@ class _Compiled:
 
 
 def test_largest_fitting_picks_the_largest_size_under_the_budget_from_few_compiles():
-  from kpsem_jax import memory_fit
+  from kpsem_jax.train import memory_fit
   compiled = []
 
   def compile_at(size, fixed=100, per_item=10, bump=0):
@@ -645,8 +648,8 @@ def test_largest_fitting_picks_the_largest_size_under_the_budget_from_few_compil
 
 
 def test_a_step_over_the_memory_budget_is_split_into_micro_batches(tmp_path):
-  from kpsem_jax import memory_fit
-  from kpsem_jax.train_step import make_train_step
+  from kpsem_jax.train import memory_fit
+  from kpsem_jax.train.train_step import make_train_step
   config = tiny_config(tmp_path / "tfds", steps=2)
   config.dataset.auto_prepare = True
   t = trainer.Trainer(config, str(tmp_path / "probe"))
@@ -666,7 +669,7 @@ def test_a_step_over_the_memory_budget_is_split_into_micro_batches(tmp_path):
 
 def test_a_step_over_the_memory_budget_is_named_in_one_line_when_asked_or_nothing_fits(
     tmp_path, monkeypatch, straight_run):
-  from kpsem_jax import memory_fit
+  from kpsem_jax.train import memory_fit
   config = straight_run[0].copy_and_resolve_references()
   # Needs of 100 bytes + 10 a clip (the decision, without compiling).
   monkeypatch.setattr(trainer.Trainer, "compile_train_step",
@@ -723,7 +726,7 @@ def test_a_full_disk_when_a_run_resumes_is_one_line(straight_run, tmp_path, monk
                                                      capsys):
   import errno  # pylint: disable=import-outside-toplevel
   import shutil  # pylint: disable=import-outside-toplevel
-  from data import atomic  # pylint: disable=import-outside-toplevel
+  from kpsem_jax import atomic  # pylint: disable=import-outside-toplevel
   from kpsem_jax import cli  # pylint: disable=import-outside-toplevel
   config, workdir, _, _ = straight_run
   copy = str(tmp_path / "w")

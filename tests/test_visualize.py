@@ -10,9 +10,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from kpsem_jax import arese, visualize
-from kpsem_jax.inference import load_predictor
-from kpsem_jax.models import normalize
+from kpsem_jax import visualize
+from kpsem_jax.inference.predictor import load_predictor
+from kpsem_jax.models import arese
+from kpsem_jax.models.classifier import normalize
 from kpsem_jax.testing import tiny_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

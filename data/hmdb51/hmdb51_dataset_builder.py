@@ -17,19 +17,20 @@ import subprocess
 
 import tensorflow_datasets as tfds
 
-from data import LAYOUT_VERSION, common
+from kpsem_jax.data import video_builder
+from kpsem_jax.data.video_builder import LAYOUT_VERSION
 
 SPLITS_DIR = "testTrainMulti_7030_splits"
 TAGS = {"1": "train", "2": "test"}
 
 
-class Builder(common.VideoDatasetBuilder):
+class Builder(video_builder.VideoDatasetBuilder):
   """HMDB51 (51 classes, 3 train/test splits)."""
 
   SPLIT_CONFIGS = True  # split1, split2, split3: prepare --split=N
 
   VERSION = tfds.core.Version(LAYOUT_VERSION)
-  RELEASE_NOTES = common.RELEASE_NOTES
+  RELEASE_NOTES = video_builder.RELEASE_NOTES
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f"split{n}") for n in (1, 2, 3)]
 
   def _split_number(self) -> int:
@@ -48,7 +49,7 @@ class Builder(common.VideoDatasetBuilder):
   def _info(self):
     names = list(self._split_files()) if self.source_dir or self.splits_dir else None
     return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                 features=common.features(names or ["unknown"]))
+                                 features=video_builder.features(names or ["unknown"]))
 
   def _video_root(self, class_names) -> str:
     """The folder holding ``<class>/*.avi``: the source, or its extracted .rar archives."""
@@ -88,13 +89,13 @@ class Builder(common.VideoDatasetBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    index = common.FileIndex(self._video_root(list(self._split_files())))
+    index = video_builder.FileIndex(self._video_root(list(self._split_files())))
     rows = {"train": [], "test": []}
     for label, (name, path) in enumerate(self._split_files().items()):
-      for number, line in common.read_lines(path):
+      for number, line in video_builder.read_lines(path):
         parts = line.split()
         if len(parts) != 2 or parts[1] not in ("0", "1", "2") or not parts[0].endswith(".avi"):
-          raise common.SplitFileError(path, number, line, "'<video>.avi <0|1|2>'")
+          raise video_builder.SplitFileError(path, number, line, "'<video>.avi <0|1|2>'")
         if parts[1] in TAGS:
           rows[TAGS[parts[1]]].append((f"{name}/{parts[0]}", f"{name}/{parts[0]}", label))
     return self.split_generators({split: self.items_or_missing(split, r, index, "the split files")

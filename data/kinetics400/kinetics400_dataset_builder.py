@@ -1,7 +1,7 @@
 """kinetics400: Kinetics-400 (Kay et al. 2017), the pretraining set of the released MFNet.
 
 Source layout (``--source_dir``): the downloaded clips anywhere below it
-(``data/kinetics.py``: ``{youtube_id}_{start:06d}_{end:06d}.mp4`` or ``{youtube_id}.mp4``,
+(``kpsem_jax.data.kinetics``: ``{youtube_id}_{start:06d}_{end:06d}.mp4`` or ``{youtube_id}.mp4``,
 flat or in ``<split>/<label>/`` folders). Annotations (in ``--splits_dir``, default the
 source folder), as distributed: ``train.csv`` and ``validate.csv``
 (``label,youtube_id,time_start,time_end,split``), or the same under the names
@@ -13,8 +13,9 @@ were never downloaded are counted and reported, not fatal.
 
 import tensorflow_datasets as tfds
 
-from data import LAYOUT_VERSION, common
-from data import kinetics
+from kpsem_jax.data import kinetics
+from kpsem_jax.data import video_builder
+from kpsem_jax.data.video_builder import LAYOUT_VERSION
 
 CSV_NAMES = {"train": ("train.csv", "kinetics-400_train.csv", "kinetics_400_train.csv"),
              "validation": ("validate.csv", "kinetics-400_val.csv", "kinetics_400_val.csv",
@@ -25,7 +26,7 @@ class Builder(kinetics.KineticsBuilder):
   """Kinetics-400 (train / validation)."""
 
   VERSION = tfds.core.Version(LAYOUT_VERSION)
-  RELEASE_NOTES = common.RELEASE_NOTES
+  RELEASE_NOTES = video_builder.RELEASE_NOTES
 
   def split_csvs(self):
     found = {split: kinetics.first_existing(self, names) for split, names in CSV_NAMES.items()}

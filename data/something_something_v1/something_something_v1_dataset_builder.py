@@ -13,24 +13,25 @@ import os
 
 import tensorflow_datasets as tfds
 
-from data import LAYOUT_VERSION, common
+from kpsem_jax.data import video_builder
+from kpsem_jax.data.video_builder import LAYOUT_VERSION
 
 PREFIX = "something-something-v1"
 
 
-class Builder(common.VideoDatasetBuilder):
+class Builder(video_builder.VideoDatasetBuilder):
   """Something-Something v1 (train / validation)."""
 
   VERSION = tfds.core.Version(LAYOUT_VERSION)
-  RELEASE_NOTES = common.RELEASE_NOTES
+  RELEASE_NOTES = video_builder.RELEASE_NOTES
 
   def _classes(self):
-    return [name for _, name in common.read_lines(self.split_file(f"{PREFIX}-labels.csv"))]
+    return [name for _, name in video_builder.read_lines(self.split_file(f"{PREFIX}-labels.csv"))]
 
   def _info(self):
     names = self._classes() if self.source_dir or self.splits_dir else ["unknown"]
     return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                 features=common.features(names))
+                                 features=video_builder.features(names))
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -41,15 +42,16 @@ class Builder(common.VideoDatasetBuilder):
     for split, name in (("train", "train"), ("validation", "validation")):
       path = self.split_file(f"{PREFIX}-{name}.csv")
       rows = []
-      for number, line in common.read_lines(path):
+      for number, line in video_builder.read_lines(path):
         video_id, _, label = line.partition(";")
         if not video_id.strip().isdigit() or label not in labels:
-          raise common.SplitFileError(path, number, line, "'<id>;<label of the labels file>'")
+          raise video_builder.SplitFileError(path, number, line,
+                                             "'<id>;<label of the labels file>'")
         rows.append((video_id.strip(), os.path.join(root, video_id.strip()), labels[label]))
       items = []
       for key, folder, label in rows:
         if os.path.isdir(folder):
-          items.append(common.Item(key, folder, label, is_frame_folder=True))
+          items.append(video_builder.Item(key, folder, label, is_frame_folder=True))
         else:
           self.skipped.add(split, folder, f"listed in {path} but not found")
       splits[split] = items

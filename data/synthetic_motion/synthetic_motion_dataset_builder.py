@@ -23,7 +23,7 @@ import functools
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data import common
+from kpsem_jax.data import video_builder
 
 CLASSES = ("move_right", "move_left", "move_down", "move_up", "rotate_clockwise",
            "rotate_anticlockwise", "approach", "recede")
@@ -212,13 +212,13 @@ def key_object_opacity(seed: int, split_id: int, i: int, faint: float) -> float:
   return float(np.random.default_rng([seed, split_id, i, 1]).uniform(0.0, faint))
 
 
-class Builder(common.VideoDatasetBuilder):
+class Builder(video_builder.VideoDatasetBuilder):
   """Synthetic motion-defined action classes (no download)."""
 
   NEEDS_SOURCE = False  # generated, no download
 
   VERSION = tfds.core.Version("2.1.0")
-  RELEASE_NOTES = dict(common.RELEASE_NOTES, **{
+  RELEASE_NOTES = dict(video_builder.RELEASE_NOTES, **{
       "1.0.0": "First release (the translation config added later: the default config's "
                "clips are unchanged).",
       "2.1.0": "The background's drift path is centred on the middle frame (it started at "
@@ -332,7 +332,8 @@ class Builder(common.VideoDatasetBuilder):
   ]
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=common.features(self.builder_config.classes),
+    return tfds.core.DatasetInfo(builder=self,
+                                 features=video_builder.features(self.builder_config.classes),
                                  description=__doc__)
 
   def _split_generators(self, dl_manager):
@@ -361,6 +362,6 @@ def _example(i, seed, split_id, size, frames, classes, span, drift, radius,
   clip = render(label, size, frames, np.random.default_rng([seed, split_id, i]), classes, span,
                 drift, radius, distractors, striped_distractors, wrap, far, far_span,
                 opacity=key_object_opacity(seed, split_id, i, faint))
-  return dict(frames=common.encode_frames(clip), label=label,
+  return dict(frames=video_builder.encode_frames(clip), label=label,
               video_id=f"synthetic_{split_id}_{i:06d}", fps=25.0, height=size, width=size,
               num_frames=frames)

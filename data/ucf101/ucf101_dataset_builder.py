@@ -12,18 +12,19 @@ import os
 
 import tensorflow_datasets as tfds
 
-from data import LAYOUT_VERSION, common
+from kpsem_jax.data import video_builder
+from kpsem_jax.data.video_builder import LAYOUT_VERSION
 
 LISTS = "ucfTrainTestlist"
 
 
-class Builder(common.VideoDatasetBuilder):
+class Builder(video_builder.VideoDatasetBuilder):
   """UCF101 (101 classes, 3 train/test splits)."""
 
   SPLIT_CONFIGS = True  # split1, split2, split3: prepare --split=N
 
   VERSION = tfds.core.Version(LAYOUT_VERSION)
-  RELEASE_NOTES = common.RELEASE_NOTES
+  RELEASE_NOTES = video_builder.RELEASE_NOTES
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f"split{n}") for n in (1, 2, 3)]
 
   def _list(self, name):
@@ -32,30 +33,30 @@ class Builder(common.VideoDatasetBuilder):
   def _classes(self):
     path = self._list("classInd.txt")
     classes = {}
-    for number, line in common.read_lines(path):
+    for number, line in video_builder.read_lines(path):
       parts = line.split()
       if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != len(classes) + 1:
-        raise common.SplitFileError(path, number, line, f"'{len(classes) + 1} <ClassName>'")
+        raise video_builder.SplitFileError(path, number, line, f"'{len(classes) + 1} <ClassName>'")
       classes[parts[1]] = int(parts[0]) - 1
     return classes
 
   def _info(self):
     names = list(self._classes()) if self.source_dir or self.splits_dir else ["unknown"]
     return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                 features=common.features(names))
+                                 features=video_builder.features(names))
 
   def _split_generators(self, dl_manager):
     del dl_manager
     classes = self._classes()
     by_lower = {name.lower(): label for name, label in classes.items()}
     root = os.path.join(self.require_source(), "UCF-101")
-    index = common.FileIndex(root if os.path.isdir(root) else self.require_source())
+    index = video_builder.FileIndex(root if os.path.isdir(root) else self.require_source())
     n = self.builder_config.name[-1]
     splits = {}
     for split, name in (("train", f"trainlist0{n}.txt"), ("test", f"testlist0{n}.txt")):
       path = self._list(name)
       rows = []
-      for number, line in common.read_lines(path):
+      for number, line in video_builder.read_lines(path):
         parts = line.split()
         folder = parts[0].split("/")[0].lower() if parts else ""
         if split == "train":
@@ -67,7 +68,7 @@ class Builder(common.VideoDatasetBuilder):
           label = by_lower.get(folder)
           expected = "'<Class>/<video>.avi' with a class of classInd.txt"
         if not ok or "/" not in parts[0]:
-          raise common.SplitFileError(path, number, line, expected)
+          raise video_builder.SplitFileError(path, number, line, expected)
         rows.append((parts[0], parts[0], label))
       splits[split] = self.items_or_missing(split, rows, index, path)
     return self.split_generators(splits)

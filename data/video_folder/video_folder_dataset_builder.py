@@ -23,19 +23,20 @@ from typing import Dict, List, Tuple
 
 import tensorflow_datasets as tfds
 
-import data as data_lib
-from data import LAYOUT_VERSION, common
+from kpsem_jax.data import video_builder
+from kpsem_jax.data.video_builder import LAYOUT_VERSION
+from kpsem_jax.host import printable
 
 EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv",
               ".flv", ".3gp", ".ogv")
 DEFAULT_TEST_FRACTION = 0.2
 
 
-class Builder(common.VideoDatasetBuilder):
+class Builder(video_builder.VideoDatasetBuilder):
   """Videos of your own (train / test)."""
 
   VERSION = tfds.core.Version(LAYOUT_VERSION)
-  RELEASE_NOTES = common.RELEASE_NOTES
+  RELEASE_NOTES = video_builder.RELEASE_NOTES
   ANY_CONFIG_NAME = True  # prepare --config=NAME names the build (default "default")
 
   def __init__(self, *, test_fraction: float = DEFAULT_TEST_FRACTION, **kwargs):
@@ -59,12 +60,12 @@ class Builder(common.VideoDatasetBuilder):
     if layout == "lists":
       named = os.path.join(root, "classes.txt")
       if os.path.isfile(named):
-        return [name for _, name in common.read_lines(named)]
+        return [name for _, name in video_builder.read_lines(named)]
       labels = [label for split in self._list_files()
                 for _, _, label in self._list_rows(split)]
       return [f"class_{i}" for i in range(max(labels) + 1)]
     folder = os.path.join(root, "train") if layout == "split folders" else root
-    names = sorted(n for n in self._class_folders(folder) if data_lib.printable(n) == n)
+    names = sorted(n for n in self._class_folders(folder) if printable(n) == n)
     if not names:
       raise FileNotFoundError(f"{self.name}: {folder} holds no class folder (docs/datasets.md "
                               "gives the layouts of video_folder)")
@@ -79,8 +80,8 @@ class Builder(common.VideoDatasetBuilder):
     """Lists in ``skipped.tsv`` each class folder whose name is not valid UTF-8 (no class
     label can hold it); its videos are left out with it."""
     for name in self._class_folders(folder):
-      shown = data_lib.printable(os.path.join(folder, name))
-      if data_lib.printable(name) != name:
+      shown = printable(os.path.join(folder, name))
+      if printable(name) != name:
         self.skipped.add(split, shown, f"{shown}: a class folder whose name is not valid "
                          "UTF-8, left out with its videos (rename it)")
 
@@ -92,10 +93,10 @@ class Builder(common.VideoDatasetBuilder):
   def _list_rows(self, split: str) -> List[Tuple[int, str, int]]:
     path = self._list_files()[split]
     rows = []
-    for number, line in common.read_lines(path):
+    for number, line in video_builder.read_lines(path):
       parts = line.rsplit(maxsplit=1)
       if len(parts) != 2 or not parts[1].isdigit():
-        raise common.SplitFileError(path, number, line, "'relative/path <0-based label>'")
+        raise video_builder.SplitFileError(path, number, line, "'relative/path <0-based label>'")
       rows.append((number, parts[0], int(parts[1])))
     return rows
 
@@ -107,7 +108,7 @@ class Builder(common.VideoDatasetBuilder):
     for directory, subdirs, files in os.walk(folder, followlinks=True):
       real = os.path.realpath(directory)
       if real in seen:
-        self.skipped.add(split, directory, f"{data_lib.printable(directory)}: a folder "
+        self.skipped.add(split, directory, f"{printable(directory)}: a folder "
                          f"already listed ({real}): a symlink loop or a second link, skipped")
         subdirs[:] = []
         continue
@@ -115,7 +116,7 @@ class Builder(common.VideoDatasetBuilder):
       subdirs.sort()
       for name in sorted(files):
         path = os.path.join(directory, name)
-        shown = data_lib.printable(path)
+        shown = printable(path)
         if shown != path:
           self.skipped.add(split, shown, f"{shown}: its name is not valid UTF-8 (rename it)")
         elif name.lower().endswith(EXTENSIONS):
@@ -141,24 +142,24 @@ class Builder(common.VideoDatasetBuilder):
       count = min(max(count, 1), len(ranked) - 1)
     return ranked[:count]
 
-  def _items(self) -> Dict[str, List[common.Item]]:
+  def _items(self) -> Dict[str, List[video_builder.Item]]:
     root = self.require_source()
     layout = self.layout()
     names = self.class_names()
     labels = {name: i for i, name in enumerate(names)}
-    items: Dict[str, List[common.Item]] = {"train": [], "test": []}
+    items: Dict[str, List[video_builder.Item]] = {"train": [], "test": []}
 
     def item(path, label):
       key = os.path.relpath(path, root).replace(os.sep, "/")
-      return common.Item(key, path, label)
+      return video_builder.Item(key, path, label)
 
     if layout == "lists":
-      index = common.FileIndex(root)
+      index = video_builder.FileIndex(root)
       for split, path in self._list_files().items():
         rows = []
         for number, relative, label in self._list_rows(split):
           if label >= len(names):
-            raise common.SplitFileError(path, number, f"{relative} {label}",
+            raise video_builder.SplitFileError(path, number, f"{relative} {label}",
                                         f"a label below {len(names)} (classes.txt)")
           rows.append((relative, relative, label))
         items[split] = self.items_or_missing(split, rows, index, path)
@@ -169,7 +170,7 @@ class Builder(common.VideoDatasetBuilder):
           continue
         self._skip_unreadable_class_names(folder, split)
         for name in self._class_folders(folder):
-          if data_lib.printable(name) != name:
+          if printable(name) != name:
             continue
           if name not in labels:
             raise ValueError(f"{os.path.join(folder, name)}: class {name!r} is not among the "
@@ -180,7 +181,7 @@ class Builder(common.VideoDatasetBuilder):
       for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
         if os.path.isfile(path) and not name.startswith("."):
-          shown = data_lib.printable(path)
+          shown = printable(path)
           self.skipped.add("train", shown, f"{shown}: not in a class folder (<class>/<video>)")
       self._skip_unreadable_class_names(root, "train")
       for name in names:
@@ -215,7 +216,7 @@ class Builder(common.VideoDatasetBuilder):
   def _info(self):
     names = self.class_names() if self.source_dir else ["unknown"]
     return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                 features=common.features(names))
+                                 features=video_builder.features(names))
 
   def _split_generators(self, dl_manager):
     del dl_manager

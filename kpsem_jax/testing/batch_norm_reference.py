@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from kpsem_jax import layers
+from kpsem_jax.models import layers
 
 
 def inputs(shape=(3, 4, 5, 6, 24), seed=0):

@@ -1,7 +1,7 @@
 """A deliberately plain AReSE: Python loops over frames, regions, channels and pixels.
 
 Written from the paper's equations (4-12) and the choices documented in
-``kpsem_jax/arese.py``, sharing no code with it, to check the vectorised version.
+``kpsem_jax/models/arese.py``, sharing no code with it, to check the vectorised version.
 """
 
 import math

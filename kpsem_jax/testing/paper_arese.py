@@ -1,7 +1,7 @@
 """AReSE as the paper prints it (Eq. 6-12), hard regions, written without our choices.
 
 Deliberately literal, loops over frames, regions, channels and pixels, float64, sharing no
-code or interpretive choice with ``kpsem_jax/arese.py`` beyond what the equations fix:
+code or interpretive choice with ``kpsem_jax/models/arese.py`` beyond what the equations fix:
 
 - regions are hard: a pixel belongs to the region whose split lines enclose its centre
   (lines are given as positions, no MLP, no logits, no soft masks);

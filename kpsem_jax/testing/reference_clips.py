@@ -9,7 +9,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from kpsem_jax import clips as clips_lib
+from kpsem_jax.data import clips as clips_lib
 
 
 def pillow_decode(jpeg: bytes) -> np.ndarray:
@@ -48,7 +48,7 @@ def train_clip(frames: np.ndarray, spec: clips_lib.ClipSpec,
 def eval_view(frames: np.ndarray, view: int, spec: clips_lib.ClipSpec) -> np.ndarray:
   """View ``view`` (clip-major: clip = view // num_crops) of a video, decoded again for
   each view."""
-  from data import video  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.data import video  # pylint: disable=import-outside-toplevel
   clip_id, crop_id = divmod(view, spec.num_crops)
   n = len(frames)
   starts = clips_lib.clip_starts(n, spec.frames, spec.interval, spec.num_clips)

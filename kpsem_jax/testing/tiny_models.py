@@ -3,9 +3,9 @@
 import jax
 import jax.numpy as jnp
 
-from configs.common import load_config
-from kpsem_jax import checkpoint
-from kpsem_jax.models import create_model
+from kpsem_jax.config_base import load_config
+from kpsem_jax.models.classifier import create_model
+from kpsem_jax.train import checkpoint
 
 CLASSES = [f"action_{i}" for i in range(6)]
 CLIP = dict(frames=8, interval=2, crop=32, eval_resize=36, eval_clips=2, eval_crops=3)

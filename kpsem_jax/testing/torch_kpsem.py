@@ -1,4 +1,4 @@
-"""PyTorch KPSEM and MF-KPSEM: a transliteration of ``kpsem_jax.arese`` and ``kpsem``.
+"""PyTorch KPSEM and MF-KPSEM: a transliteration of ``kpsem_jax.models.arese`` and ``kpsem``.
 
 Test-only (torch 2.13.0 CPU), batched and channels-first like the PyTorch MFNet, without
 the JAX code's vmaps: every op carries explicit batch and set axes. It repeats every
