@@ -11,7 +11,10 @@ precision hint, latency hint, ``--threads`` threads); beside them the kpsem-jax 
 the same weights converted by ``kpsem_jax.convert`` (jit, ``conv_strategy="auto"``: oneDNN
 convolutions on CPUs, as ``predict`` runs it; XLA:CPU uses every core it may, which is
 ``--threads`` on a machine of that many) and eager PyTorch; with ``--openvino_bf16``, also
-OpenVINO's bf16 precision hint (what a CPU without bf16 units does with it is OpenVINO's). For each model and batch of
+OpenVINO's bf16 precision hint (what a CPU without bf16 units does with it is OpenVINO's);
+with ``--own_onnx``, also both runtimes serving the ONNX file ``python -m kpsem_jax.export
+--format=onnx`` writes of the converted checkpoint (uint8 clips in, normalisation inside;
+rows ``ort (ours)`` and ``openvino (ours)``). For each model and batch of
 ``(B, 16, 224, 224, 3)`` clips the runs are interleaved, each after half a second idle, and
 the medians compared: each runtime's time, kpsem-jax's time over it (below 1: kpsem-jax is
 faster), and its logits' largest difference from eager PyTorch's relative to the largest
@@ -32,6 +35,9 @@ flags.DEFINE_integer("threads", 2, "threads of every runtime (this machine: 2 co
 flags.DEFINE_list("models", ["mfnet3d", "mf_kpsem"], "mfnet3d and/or mf_kpsem")
 flags.DEFINE_bool("openvino_bf16", True, "also OpenVINO with the bf16 precision hint (where "
                   "the CPU has bf16 units; the reference for a bf16 mode)")
+
+flags.DEFINE_bool("own_onnx", True, "also serve kpsem-jax's own ONNX export (export "
+                  "--format=onnx) with both runtimes")
 
 SETTLE_S = 0.5  # idle before each timed run: one runtime's spinning threads would slow the next
 
@@ -87,7 +93,7 @@ def main(argv):
   import openvino  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   from kpsem_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
-  from kpsem_jax import convert
+  from kpsem_jax import convert, export  # pylint: disable=import-outside-toplevel
   from kpsem_jax.models.classifier import create_model, normalize  # pylint: disable=import-outside-toplevel
   from kpsem_jax.testing import torch_kpsem, torch_mfnet  # pylint: disable=import-outside-toplevel
 
@@ -140,6 +146,13 @@ def main(argv):
         exporter = None
         print(f"{name}: ONNX export or load failed, peers skipped: "
               f"{' '.join(str(e).split())[:300]}")
+      if FLAGS.own_onnx:
+        own = os.path.join(tmp, f"{name}_b{b}_ours.onnx")
+        with open(own, "wb") as f:
+          f.write(export.export_onnx(os.path.join(tmp, name), b)[0].SerializeToString())
+        own_ort, own_ov = onnxruntime_session(own, FLAGS.threads), openvino_model(own, FLAGS.threads)
+        runtimes["ort (ours)"] = lambda: own_ort(clips)
+        runtimes["openvino (ours)"] = lambda: own_ov(clips)
       with torch.no_grad():
         for fn in runtimes.values():
           fn()  # compile / warm up
