@@ -11,7 +11,9 @@ precision hint, latency hint, ``--threads`` threads); beside them the kpsem-jax 
 the same weights converted by ``kpsem_jax.convert`` (jit, ``conv_strategy="auto"``: oneDNN
 convolutions on CPUs, as ``predict`` runs it; XLA:CPU uses every core it may, which is
 ``--threads`` on a machine of that many) and eager PyTorch; with ``--openvino_bf16``, also
-OpenVINO's bf16 precision hint (what a CPU without bf16 units does with it is OpenVINO's);
+OpenVINO's bf16 precision hint (what a CPU without bf16 units does with it is OpenVINO's)
+and kpsem-jax's own bfloat16 inference (``predict --precision=bfloat16``: the backbone in
+bf16 on oneDNN's bf16 convolutions; row ``kpsem-jax bf16``);
 with ``--own_onnx``, also both runtimes serving the ONNX file ``python -m kpsem_jax.export
 --format=onnx`` writes of the converted checkpoint (uint8 clips in, normalisation inside;
 rows ``ort (ours)`` and ``openvino (ours)``). For each model and batch of
@@ -89,11 +91,13 @@ def main(argv):
   from kpsem_jax import jax_options  # pylint: disable=import-outside-toplevel
   jax_options.configure()  # before JAX starts
   import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import onnxruntime  # pylint: disable=import-outside-toplevel
   import openvino  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   from kpsem_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
   from kpsem_jax import convert, export  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.inference import predictor  # pylint: disable=import-outside-toplevel
   from kpsem_jax.models.classifier import create_model, normalize  # pylint: disable=import-outside-toplevel
   from kpsem_jax.testing import torch_kpsem, torch_mfnet  # pylint: disable=import-outside-toplevel
 
@@ -114,22 +118,29 @@ def main(argv):
                              if not k.startswith("classifier.")}, strict=False)
   torch_nets = {"mfnet3d": net, "mf_kpsem": net_kpsem.eval()}
 
-  def jax_forward(name):
+  def jax_forward(name, precision="float32"):
     variables, meta = checkpoint.load_variables(os.path.join(tmp, name))
     model = create_model(**meta["model"], conv_strategy="auto")
-    fn = jax.jit(lambda v, x: model.apply(v, x))
+    if precision == "bfloat16":  # as Predictor(precision="bfloat16") runs it
+      variables = predictor.bfloat16_variables(variables)
+      fn = jax.jit(lambda v, x: model.apply(v, x.astype(jnp.bfloat16)).astype(jnp.float32))
+    else:
+      fn = jax.jit(lambda v, x: model.apply(v, x))
     return lambda x: np.asarray(jax.block_until_ready(fn(variables, x)))
 
   print(f"\n{'model':9s} {'B':>2s} {'runtime':13s} {'time s':>7s} {'jax/it':>6s} "
         f"{'max diff':>9s}  (max diff: logits vs eager PyTorch, relative to the largest)")
   for name in FLAGS.models:
     forward_jax = jax_forward(name)
+    forward_bf16 = jax_forward(name, "bfloat16") if FLAGS.openvino_bf16 else None
     for b in (int(v) for v in FLAGS.batches):
       clips = np.random.RandomState(b).randint(0, 256, (b, 16, 224, 224, 3)).astype(np.uint8)
       x = np.asarray(normalize(clips))
       xt = np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3))  # (B, 3, T, H, W)
       path = os.path.join(tmp, f"{name}_b{b}.onnx")
       runtimes = {"kpsem-jax": lambda: forward_jax(x)}
+      if forward_bf16 is not None:
+        runtimes["kpsem-jax bf16"] = lambda: forward_bf16(x)
       with torch.no_grad():
         ref = torch_nets[name](torch.from_numpy(xt)).numpy()
       runtimes["torch eager"] = lambda: torch_nets[name](torch.from_numpy(xt)).numpy()

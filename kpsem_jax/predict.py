@@ -49,14 +49,15 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
         log=print, timeline_stride: Optional[float] = None,
         allow_truncated: bool = False,
         on_result: Optional[Callable[[Dict], None]] = None,
-        memory_limit_gb: float = 0.0) -> List[Dict]:
+        memory_limit_gb: float = 0.0, precision: str = "float32") -> List[Dict]:
   """One result per video: ``{"video", "top": [{"label", "probability"}], "views"}`` or
   ``{"video", "error"}``; with ``timeline_stride`` (seconds) also ``"timeline"``, one entry
   per window (``Predictor.timeline``). ``log`` gets the timing lines. A truncated video
   (decoding ends well short of the frames its container promises) is an error unless
   ``allow_truncated``: then what decodes is classified. Each result's ``video`` is the name as
   given, shown as valid UTF-8 (``\\xNN`` for bytes that are not); ``on_result`` gets each
-  result as soon as it is made."""
+  result as soon as it is made. ``precision``: ``Predictor``'s (``float32`` or
+  ``bfloat16``)."""
   from kpsem_jax.inference.predictor import load_predictor  # pylint: disable=import-outside-toplevel
   videos = expand(paths)
   # Inputs are checked before anything is compiled: a name that is not a readable regular
@@ -76,7 +77,7 @@ def run(checkpoint: str, paths: Iterable[str], top_k: int = 5, batch_size: int =
     for path in videos:
       add({"video": path, "error": unusable[path]})
     return results
-  predictor = load_predictor(checkpoint)
+  predictor = load_predictor(checkpoint, precision=precision)
   changes = {k: v for k, v in (("num_clips", num_clips), ("num_crops", num_crops)) if v}
   spec = predictor.with_spec(**changes)
   views_per_video = spec.num_clips * spec.num_crops
@@ -178,6 +179,9 @@ def define_flags():
                     "well short of the frames its container promises (default: an error)")
   flags.DEFINE_float("memory_limit_gb", 0.0, "a device's memory budget for the forward pass "
                      "(0: what it has); a --batch_size over it is refused naming one that fits")
+  flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "bfloat16: the backbone "
+                    "in bf16, where the CPU has bf16 units (avx512_bf16, AMX) or on a GPU; "
+                    "docs/speed.md gives its agreement with float32")
   flags.mark_flag_as_required("checkpoint")
 
 
@@ -197,6 +201,11 @@ def main(argv):
   if not FLAGS.timeline_stride >= 0 or FLAGS.timeline_stride == float("inf"):  # nan, inf, < 0
     cli.fail(f"--timeline_stride={FLAGS.timeline_stride}: must be a finite number of "
              "seconds, 0 or more (0: one window)")
+  if FLAGS.precision == "bfloat16":
+    from kpsem_jax.inference.predictor import has_bf16_units  # pylint: disable=import-outside-toplevel
+    if not has_bf16_units():
+      cli.fail("--precision=bfloat16 needs bf16 units (a GPU, or a CPU with avx512_bf16 or "
+               "amx_bf16); this CPU has none: use --precision=float32")
   log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
   try:
     from kpsem_jax.train import memory_fit  # pylint: disable=import-outside-toplevel
@@ -208,7 +217,7 @@ def main(argv):
                     FLAGS.num_clips, FLAGS.num_crops, log=log,
                     timeline_stride=FLAGS.timeline_stride if FLAGS.timeline else None,
                     allow_truncated=FLAGS.allow_truncated, on_result=stream,
-                    memory_limit_gb=FLAGS.memory_limit_gb)
+                    memory_limit_gb=FLAGS.memory_limit_gb, precision=FLAGS.precision)
   except FileNotFoundError as e:
     cli.fail(str(e))
   if FLAGS.json:

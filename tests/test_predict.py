@@ -7,12 +7,13 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from kpsem_jax.data import clips as clips_lib
 from kpsem_jax.data import video
-from kpsem_jax.inference.predictor import load_predictor
+from kpsem_jax.inference.predictor import has_bf16_units, load_predictor
 from kpsem_jax.models.classifier import normalize
 from kpsem_jax.testing import reference_clips
 from kpsem_jax.testing import tiny_models
@@ -257,3 +258,38 @@ def test_a_batch_that_does_not_fit_in_memory_names_one_that_does(tiny):
                      r"a device has: use --batch_size=[23] or less"):
     predict.run(tiny["ckpt"], [os.path.join(FIXTURES, VIDEOS[0])], batch_size=4, num_clips=4,
                 num_crops=1, log=lambda m: None, memory_limit_gb=limit)
+
+
+@pytest.mark.skipif(not has_bf16_units(), reason="this CPU has no bf16 units")
+def test_bfloat16_inference_runs_the_backbone_in_bf16_and_agrees_with_float32(tmp_path):
+  from kpsem_jax.inference import predictor as predictor_lib  # pylint: disable=import-outside-toplevel
+  from kpsem_jax.models import cpu_kernels, layers  # pylint: disable=import-outside-toplevel
+  # oneDNN's bf16 convolution: bf16 out, within bf16's rounding of the float32 one.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 6, 10, 10, 16)).astype(np.float32)
+  k = (0.1 * rng.normal(size=(3, 3, 3, 4, 16))).astype(np.float32)
+  want = np.asarray(layers.conv(x, k, (1, 2, 2), ((1, 1),) * 3, groups=4, conv_strategy="xla"))
+  got = cpu_kernels.conv(jnp.asarray(x, jnp.bfloat16), jnp.asarray(k, jnp.bfloat16), (1, 2, 2),
+                         ((1, 1),) * 3, groups=4)
+  assert got.dtype == jnp.bfloat16
+  assert np.abs(np.asarray(got, np.float32) - want).max() < 0.02 * np.abs(want).max()
+  # The predictor: backbone variables in bf16, KPSEM's and the classifier's float32.
+  tiny_models.save_tiny_checkpoint(tmp_path / "ckpt", kpsem=False)
+  p32 = load_predictor(str(tmp_path / "ckpt"))
+  p16 = load_predictor(str(tmp_path / "ckpt"), precision="bfloat16")
+  kinds = {jax.tree_util.keystr(path).split("'")[3]: leaf.dtype for path, leaf in
+           jax.tree_util.tree_leaves_with_path(p16._run_variables)}  # pylint: disable=protected-access
+  assert kinds == {"backbone": jnp.bfloat16, "classifier": jnp.float32}
+  clips = rng.integers(0, 255, (4, 8, 32, 32, 3), np.uint8)
+  a, b = p32.uint8_logits(clips), p16.uint8_logits(clips)
+  assert b.dtype == np.float32 and 0 < np.abs(a - b).max() < 0.03 * np.abs(a).max()
+  with pytest.raises(ValueError, match="unknown precision 'half'"):
+    predictor_lib.Predictor(p32.variables, p32.metadata, "half")
+
+
+def test_bfloat16_without_bf16_units_is_refused_in_one_line(tmp_path, monkeypatch):
+  from kpsem_jax.inference import predictor as predictor_lib  # pylint: disable=import-outside-toplevel
+  tiny_models.save_tiny_checkpoint(tmp_path / "ckpt", kpsem=False)
+  monkeypatch.setattr(predictor_lib, "has_bf16_units", lambda: False)
+  with pytest.raises(ValueError, match="needs bf16 units .* this CPU has none: use float32"):
+    load_predictor(str(tmp_path / "ckpt"), precision="bfloat16")

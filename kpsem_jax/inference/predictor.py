@@ -41,32 +41,69 @@ def clip_spec_of(metadata) -> clips_lib.ClipSpec:
   return clips_lib.clip_spec(clip)
 
 
-class Predictor:
-  """A model and its variables behind one jit-compiled inference function."""
+PRECISIONS = ("float32", "bfloat16")
 
-  def __init__(self, variables, metadata):
+
+def has_bf16_units() -> bool:
+  """Whether JAX's default device computes bfloat16 natively: a GPU or TPU, or a CPU with
+  bf16 instructions (``avx512_bf16`` or ``amx_bf16`` among its flags)."""
+  if jax.default_backend() != "cpu":
+    return True
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((line for line in f if line.startswith("flags")), "").split()
+  except OSError:
+    return False
+  return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bfloat16_variables(variables):
+  """``variables`` with the backbone's parameters and BatchNorm statistics in bfloat16 (its
+  convolutions then run on bf16 units); KPSEM's and the classifier's stay float32."""
+  def cast(path, leaf):
+    return leaf.astype(jnp.bfloat16) if "backbone" in jax.tree_util.keystr(path) else leaf
+  return jax.tree_util.tree_map_with_path(cast, variables)
+
+
+class Predictor:
+  """A model and its variables behind one jit-compiled inference function.
+
+  ``precision``: ``"float32"``, or ``"bfloat16"`` (the backbone in bfloat16, on CPUs with
+  bf16 units: :func:`has_bf16_units`; logits float32)."""
+
+  def __init__(self, variables, metadata, precision: str = "float32"):
+    if precision not in PRECISIONS:
+      raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if precision == "bfloat16" and not has_bf16_units():
+      raise ValueError("precision bfloat16 needs bf16 units (a GPU, or a CPU with avx512_bf16 "
+                       "or amx_bf16); this CPU has none: use float32")
     self.metadata = metadata
+    self.precision = precision
     self.model = create_model(**metadata["model"])
     self.variables = variables
+    dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
+    self._run_variables = bfloat16_variables(variables) if precision == "bfloat16" else variables
     self.num_classes = int(metadata["model"]["num_classes"])
     self.clip_spec = clip_spec_of(metadata)
     self.frames = self.clip_spec.frames
     names = metadata.get("class_names")
     self.class_names: List[str] = list(names) if names else [
         f"class_{i}" for i in range(self.num_classes)]
-    self._forward_float = jax.jit(lambda v, x: self.model.apply(v, x, train=False))
-    self._forward = jax.jit(lambda v, x: self.model.apply(v, normalize(x), train=False))
+    self._forward_float = jax.jit(lambda v, x: self.model.apply(
+        v, x.astype(dtype), train=False).astype(jnp.float32))
+    self._forward = jax.jit(lambda v, x: self.model.apply(
+        v, normalize(x).astype(dtype), train=False).astype(jnp.float32))
 
   def logits(self, clips) -> np.ndarray:
     """``(N, T, H, W, 3)`` normalised float clips -> ``(N, num_classes)`` logits."""
     clips = jnp.asarray(clips, jnp.float32)
     if clips.ndim != 5 or clips.shape[-1] != 3:
       raise ValueError(f"clips must be (N, T, H, W, 3), got {clips.shape}")
-    return np.asarray(self._forward_float(self.variables, clips))
+    return np.asarray(self._forward_float(self._run_variables, clips))
 
   def uint8_logits(self, clips: np.ndarray) -> np.ndarray:
     """``(N, T, H, W, 3)`` uint8 RGB clips -> logits; normalised on the device."""
-    return np.asarray(self._forward(self.variables, clips))
+    return np.asarray(self._forward(self._run_variables, clips))
 
   def compile(self, batch_size: int, spec: Optional[clips_lib.ClipSpec] = None,
               memory_limit_gb: float = 0.0):
@@ -77,7 +114,7 @@ class Predictor:
 
     def compile_at(size):
       shape = jax.ShapeDtypeStruct((size, s.frames, s.crop, s.crop, 3), jnp.uint8)
-      return self._forward.lower(self.variables, shape).compile()
+      return self._forward.lower(self._run_variables, shape).compile()
     budget = memory_fit.budget_bytes(memory_limit_gb)
     try:
       size, _, _ = memory_fit.largest_fitting(compile_at, range(1, batch_size + 1), budget)
@@ -179,8 +216,9 @@ class Predictor:
     return dataclasses.replace(self.clip_spec, **changes)
 
 
-def load_predictor(checkpoint_dir: str, prefer_best: bool = True) -> Predictor:
+def load_predictor(checkpoint_dir: str, prefer_best: bool = True,
+                   precision: str = "float32") -> Predictor:
   """A :class:`Predictor` for a converted checkpoint folder or a training workdir (its best
-  checkpoint when it has one, else its latest)."""
+  checkpoint when it has one, else its latest), computing in ``precision``."""
   variables, metadata = checkpoint.load_variables(checkpoint_dir, prefer_best=prefer_best)
-  return Predictor(variables, metadata)
+  return Predictor(variables, metadata, precision)

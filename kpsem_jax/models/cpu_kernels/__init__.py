@@ -71,9 +71,9 @@ def shard_typed(value, computed_from, like=None):
   return value
 
 
-def _call(name, out_shape, a, b, strides, padding, groups, like=None):
+def _call(name, out_shape, a, b, strides, padding, groups, like=None, dtype=jnp.float32):
   out = jax.ffi.ffi_call(f"kpsem_onednn_conv_{name}",
-                          jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                          jax.ShapeDtypeStruct(out_shape, dtype),
                           vmap_method="sequential")(
       a, b, strides=np.asarray(strides, np.int64),
       pad_lo=np.asarray([p[0] for p in padding], np.int64),
@@ -108,14 +108,16 @@ _conv3d.defvjp(_conv3d_fwd, _conv3d_bwd)
 
 def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding,
          groups: int = 1) -> jax.Array:
-  """``layers.conv`` through oneDNN: float32, 1 to 3 spatial axes, channels-last.
+  """``layers.conv`` through oneDNN: float32, 1 to 3 spatial axes, channels-last; a
+  bfloat16 ``x`` runs oneDNN's bfloat16 forward (inference only: it has no gradient).
 
   Args:
     x: ``(B, *spatial, C_in)``.
     kernel: ``(*kernel_spatial, C_in // groups, C_out)``.
     strides: one per spatial axis; padding: one ``(low, high)`` pair per spatial axis.
   Returns:
-    ``(B, *out_spatial, C_out)`` in ``x``'s dtype (computed in float32).
+    ``(B, *out_spatial, C_out)`` in ``x``'s dtype (float32 computed in float32; bfloat16
+    accumulated in float32).
   Raises:
     RuntimeError: when the extension is unavailable (the reason is in the message).
   """
@@ -127,9 +129,15 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
                      "1 to 3 spatial axes")
   # Leading size-1 spatial axes make every convolution a 3-D one.
   lead = 3 - nd
-  x3 = x.astype(jnp.float32).reshape(x.shape[:1] + (1,) * lead + x.shape[1:])
-  k3 = kernel.astype(jnp.float32).reshape((1,) * lead + kernel.shape)
-  y = _conv3d(x3, k3, (1,) * lead + tuple(strides), ((0, 0),) * lead + tuple(padding), groups)
+  dtype = jnp.bfloat16 if x.dtype == jnp.bfloat16 else jnp.float32
+  x3 = x.astype(dtype).reshape(x.shape[:1] + (1,) * lead + x.shape[1:])
+  k3 = kernel.astype(dtype).reshape((1,) * lead + kernel.shape)
+  strides3, padding3 = (1,) * lead + tuple(strides), ((0, 0),) * lead + tuple(padding)
+  if dtype == jnp.bfloat16:
+    y = _call("forward_bf16", _out_shape(x3.shape, k3.shape, strides3, padding3), x3, k3,
+              strides3, padding3, groups, dtype=jnp.bfloat16)
+  else:
+    y = _conv3d(x3, k3, strides3, padding3, groups)
   return y.reshape(y.shape[:1] + y.shape[1 + lead:]).astype(x.dtype)
 
 

@@ -5,7 +5,9 @@
 // with output channel g * C_out/G + o belonging to group g, y (B, D', H', W', C_out).
 // Activations stay in our layout (oneDNN's nxc, which its AVX-512/AVX2 kernels read and write
 // directly: no reorder per call); oneDNN picks the kernel's layout, reordered per call.
-// Attributes: strides, pad_lo, pad_hi (3 each), groups. float32 only.
+// Attributes: strides, pad_lo, pad_hi (3 each), groups. float32; and a bfloat16 forward for
+// inference (bf16 activations and kernel, accumulated in float32 by oneDNN, bf16 out), which
+// runs on the CPU's bf16 units (avx512_bf16, AMX) where it has them.
 //
 // Built on first use by kpsem_jax/cpu_kernels/build.py.
 
@@ -63,14 +65,16 @@ ffi::Error MakeGeometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t
   return ffi::Error::Success();
 }
 
-memory::desc UserActivation(const Dims& dims) {
-  return memory::desc(dims, memory::data_type::f32, memory::format_tag::ndhwc);
+using Type = memory::data_type;
+
+memory::desc UserActivation(const Dims& dims, Type type = Type::f32) {
+  return memory::desc(dims, type, memory::format_tag::ndhwc);
 }
-memory::desc UserKernel(const Geometry& g) {
-  return memory::desc(g.wei, memory::data_type::f32, g.wei_strides);
+memory::desc UserKernel(const Geometry& g, Type type = Type::f32) {
+  return memory::desc(g.wei, type, g.wei_strides);
 }
-memory::desc Any(const Dims& dims) {
-  return memory::desc(dims, memory::data_type::f32, memory::format_tag::any);
+memory::desc Any(const Dims& dims, Type type = Type::f32) {
+  return memory::desc(dims, type, memory::format_tag::any);
 }
 
 // Scratch memory comes from the calling thread, not from the library: oneDNN's primitive
@@ -178,6 +182,24 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
   });
 }
 
+// The bfloat16 forward, for inference only (no gradient uses it).
+ffi::Error ForwardBf16(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> k,
+                       ffi::ResultBuffer<ffi::BF16> y, ffi::Span<const int64_t> strides,
+                       ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                       int64_t groups) {
+  return WithGeometry(x.dimensions(), k.dimensions(), y->dimensions(), strides, pad_lo, pad_hi,
+                      groups, [&](const Geometry& g) {
+    Execute<dnnl::convolution_forward>(
+        dnnl::convolution_forward::primitive_desc(
+            Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+            UserActivation(g.src, Type::bf16), Any(g.wei, Type::bf16),
+            UserActivation(g.dst, Type::bf16), g.strides, g.pad_lo, g.pad_hi, Attributes()),
+        {{DNNL_ARG_SRC, UserActivation(g.src, Type::bf16), x.untyped_data()},
+         {DNNL_ARG_WEIGHTS, UserKernel(g, Type::bf16), k.untyped_data()}},
+        {DNNL_ARG_DST, UserActivation(g.dst, Type::bf16), y->untyped_data()});
+  });
+}
+
 // dx from dy: x's shape comes from the result buffer.
 ffi::Error BackwardInput(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k,
                          ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
@@ -226,6 +248,17 @@ ffi::Error BackwardKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
       .Attr<ffi::Span<const int64_t>>("pad_hi")                                       \
       .Attr<int64_t>("groups")
 
+#define KPSEM_CONV_BF16_BINDING                                                       \
+  ffi::Ffi::Bind()                                                                    \
+      .Arg<ffi::Buffer<ffi::BF16>>()                                                  \
+      .Arg<ffi::Buffer<ffi::BF16>>()                                                  \
+      .Ret<ffi::Buffer<ffi::BF16>>()                                                  \
+      .Attr<ffi::Span<const int64_t>>("strides")                                      \
+      .Attr<ffi::Span<const int64_t>>("pad_lo")                                       \
+      .Attr<ffi::Span<const int64_t>>("pad_hi")                                       \
+      .Attr<int64_t>("groups")
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(KpsemOnednnConvForward, Forward, KPSEM_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KpsemOnednnConvForwardBf16, ForwardBf16, KPSEM_CONV_BF16_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(KpsemOnednnConvBackwardInput, BackwardInput, KPSEM_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(KpsemOnednnConvBackwardKernel, BackwardKernel, KPSEM_CONV_BINDING);
