@@ -384,3 +384,26 @@ def test_the_suites_data_are_exactly_the_generated_sets_a_run_can_use():
   # else can: a new set is usable by the suite the moment it exists.
   configs = {c.name for c in synthetic.Builder.BUILDER_CONFIGS} - {"tiny"}
   assert set(DATA) == configs
+
+
+def test_a_paired_suite_runs_seed_by_seed_so_a_cut_suite_holds_whole_pairs(tmp_path,
+                                                                             monkeypatch):
+  order = []
+
+  def fake_run(variant, seed, steps, data_dir, workdir, data="translation"):
+    order.append((variant.name, seed))
+    confusion = np.eye(8, dtype=int).tolist()
+    return dict(variant=variant.name, group=variant.group, config=variant.config, seed=seed,
+                data=data, steps=steps, video_top1=0.5 + 0.01 * seed, reversal_error=0.0,
+                num_videos=8, seconds=1.0, confusion=confusion)
+
+  monkeypatch.setattr(runner, "run_one", fake_run)
+  quiet = lambda *a: None  # noqa: E731
+  runner.run_suite("mfnet", str(tmp_path / "paired"), seeds=2, steps=2, log=quiet,
+                   data="key_object_faint_test_100")
+  names = [v.name for v in suite_lib.SUITES["mfnet"]]
+  assert order == [(n, s) for s in range(2) for n in names]
+  order.clear()
+  runner.run_suite("ablation", str(tmp_path / "rows"), seeds=2, steps=2, log=quiet,
+                   only=["C2D", "fixed regions"])
+  assert order == [("C2D", 0), ("C2D", 1), ("fixed regions", 0), ("fixed regions", 1)]

@@ -107,8 +107,11 @@ def run_suite(suite: str, workdir: str, seeds: int = 3, steps: int = 600,
   if train:
     os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
   results, missing = [], 0
-  todo = [(v, s) for v in variants for s in range(seeds)]  # whole rows first
   paired = suite in PAIRED
+  # Paired suites go seed by seed, so a suite cut short (or spread over sittings) holds
+  # whole pairs; the others row by row.
+  todo = ([(v, s) for s in range(seeds) for v in variants] if paired
+          else [(v, s) for v in variants for s in range(seeds)])
   restored = restore_recorded(workdir, todo, data, steps) if train else 0
   if restored:
     log(f"{restored} finished runs restored from {os.path.join(workdir, 'results.json')}")
