@@ -9,6 +9,9 @@ settings (flax's method interception), then each is timed alone, jitted as ``pre
 runs it (``conv_strategy="auto"``: oneDNN's convolutions where they are built), median of
 ``--repeats``; the whole forward is timed too, so the sum shows what the pieces leave out
 (pooling, residual adds, the classifier, and what fusing them into neighbours saves).
+Each grouped convolution is also timed on oneDNN's preferred (blocked) activation layout,
+reordered in and out (the extension's ``forward_blocked`` target, which the models do not
+use), interleaved with ours: the ratio says where a layout change would pay.
 OpenVINO: the same weights exported by ``torch.onnx.export``, compiled with the FP32
 precision hint, the latency hint and ``PERF_COUNT``; its executed nodes' times summed by
 node type. Both at ``(--batch, 16, 224, 224, 3)``, ``--threads`` threads.
@@ -38,8 +41,36 @@ def median_time(fn, *args):
   return float(np.median(times))
 
 
+def blocked_conv(x, kernel, strides, padding, groups):
+  """The oneDNN forward on its preferred activation layouts (``forward_blocked``)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  out = (x.shape[0],) + tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(
+      x.shape[1:4], kernel.shape[:3], strides, padding)) + (kernel.shape[-1],)
+  return jax.ffi.ffi_call("kpsem_onednn_conv_forward_blocked",
+                          jax.ShapeDtypeStruct(out, jnp.float32))(
+      x, kernel, strides=np.asarray(strides, np.int64),
+      pad_lo=np.asarray([p[0] for p in padding], np.int64),
+      pad_hi=np.asarray([p[1] for p in padding], np.int64), groups=np.int64(groups))
+
+
+def interleaved(fns, *args):
+  """Medians of ``fns`` timed in turn ``--repeats`` times (each compiled first)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  for fn in fns:
+    jax.block_until_ready(fn(*args))
+  times = [[] for _ in fns]
+  for _ in range(FLAGS.repeats):
+    for t, fn in zip(times, fns):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      t.append(time.perf_counter() - start)
+  return [float(np.median(t)) for t in times]
+
+
 def ours(tmp):
-  """``(rows, whole)``: per-layer ``(kind, name, seconds)`` and the whole forward's time."""
+  """``(rows, whole)``: per-layer ``(kind, name, seconds, blocked seconds or None)`` and the
+  whole forward's time."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -71,7 +102,13 @@ def ours(tmp):
       padding = layers.same_padding(module.kernel_size) if module.padding is None else module.padding
       fn = jax.jit(lambda a, b, m=module, p=padding: layers.conv(
           a, b, m.strides, p, m.groups, m.conv_strategy))
-      seconds = median_time(lambda: jax.block_until_ready(fn(inp, k)))
+      blocked = None
+      if module.groups > 1 and len(module.kernel_size) == 3:
+        other = jax.jit(lambda a, b, m=module, p=padding: blocked_conv(
+            a, b, tuple(m.strides), tuple(p), m.groups))
+        seconds, blocked = interleaved([fn, other], inp, k)
+      else:
+        seconds = median_time(lambda: jax.block_until_ready(fn(inp, k)))
       kind = (f"conv {'x'.join(map(str, module.kernel_size))}"
               f"{' grouped' if module.groups > 1 else ''}")
     else:
@@ -79,9 +116,9 @@ def ours(tmp):
       stats = [jnp.asarray(v, jnp.float32) for v in (np.zeros(c), np.ones(c), np.ones(c),
                                                      np.zeros(c))]
       fn = jax.jit(lambda a, m=module: layers.batch_norm_eval(a, *stats, relu=m.relu))
-      seconds = median_time(lambda: jax.block_until_ready(fn(inp)))
+      seconds, blocked = median_time(lambda: jax.block_until_ready(fn(inp))), None
       kind = "BatchNorm+ReLU" if module.relu else "BatchNorm"
-    rows.append((kind, f"{module.name} {tuple(shape)}", seconds))
+    rows.append((kind, f"{module.name} {tuple(shape)}", seconds, blocked))
   return rows, whole
 
 
@@ -133,16 +170,27 @@ def main(argv):
   print(f"\nkpsem-jax: whole forward {whole:.3f} s; its convolutions and BatchNorms timed "
         "one by one:")
   kinds = collections.defaultdict(lambda: [0, 0.0])
-  for kind, _, seconds in rows:
+  for kind, _, seconds, _ in rows:
     kinds[kind][0] += 1
     kinds[kind][1] += seconds
   for kind, (count, seconds) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
     print(f"  {kind:24s} {count:3d} layers {seconds:7.3f} s  {100 * seconds / whole:5.1f}%")
-  parts = sum(s for _, _, s in rows)
+  parts = sum(r[2] for r in rows)
   print(f"  {'sum of the layers':24s}            {parts:7.3f} s  {100 * parts / whole:5.1f}%")
   print("  the ten slowest:")
-  for kind, name, seconds in sorted(rows, key=lambda r: -r[2])[:10]:
+  for kind, name, seconds, _ in sorted(rows, key=lambda r: -r[2])[:10]:
     print(f"    {seconds * 1000:7.1f} ms  {kind:22s} {name}")
+  print("  grouped convolutions on oneDNN's blocked layout (reorders included), by input:")
+  shapes = collections.defaultdict(lambda: [0, 0.0, 0.0])
+  for kind, name, seconds, blocked in rows:
+    if blocked is not None:
+      key = f"{kind} {name.split(' ', 1)[1]}"
+      shapes[key][0] += 1
+      shapes[key][1] += seconds
+      shapes[key][2] += blocked
+  for key, (count, seconds, blocked) in shapes.items():
+    print(f"    {key:44s} x{count}: ours {seconds * 1000:7.1f} ms, blocked "
+          f"{blocked * 1000:7.1f} ms ({blocked / seconds:.2f})")
   counted = sum(counters.values())
   print(f"\nOpenVINO FP32: {ov_total:.3f} s a forward, {counted:.3f} s in its counters, by "
         "node type:")

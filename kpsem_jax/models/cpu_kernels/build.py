@@ -19,6 +19,7 @@ SOURCES = tuple(os.path.join(os.path.dirname(__file__), name) for name in
                 ("onednn_conv.cc", "regional_argmax.cc", "batch_norm.cc", "max_pool.cc"))
 _TARGETS = {"kpsem_onednn_conv_forward": "KpsemOnednnConvForward",
             "kpsem_onednn_conv_forward_bf16": "KpsemOnednnConvForwardBf16",
+            "kpsem_onednn_conv_forward_blocked": "KpsemOnednnConvForwardBlocked",
             "kpsem_onednn_conv_input_grad": "KpsemOnednnConvBackwardInput",
             "kpsem_onednn_conv_kernel_grad": "KpsemOnednnConvBackwardKernel",
             "kpsem_regional_argmax": "KpsemRegionalArgmax",

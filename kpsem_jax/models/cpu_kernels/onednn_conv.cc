@@ -106,11 +106,14 @@ dnnl::primitive_attr Attributes() {
   return attr;
 }
 
-dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+// `blocked`: activations in the layout oneDNN prefers (reordered in and out per call)
+// instead of ours; benchmarks/layer_profile.py compares the two per convolution.
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, bool blocked = false) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      UserActivation(g.src), Any(g.wei), UserActivation(g.dst), g.strides, g.pad_lo,
-      g.pad_hi, Attributes());
+      blocked ? Any(g.src) : UserActivation(g.src), Any(g.wei),
+      blocked ? Any(g.dst) : UserActivation(g.dst), g.strides, g.pad_lo, g.pad_hi,
+      Attributes());
 }
 
 // `user` memory as `want`: itself when the layouts agree, else a reordered copy.
@@ -176,6 +179,21 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
                       groups, [&](const Geometry& g) {
     Execute<dnnl::convolution_forward>(
         ForwardDesc(g),
+        {{DNNL_ARG_SRC, UserActivation(g.src), x.typed_data()},
+         {DNNL_ARG_WEIGHTS, UserKernel(g), k.typed_data()}},
+        {DNNL_ARG_DST, UserActivation(g.dst), y->typed_data()});
+  });
+}
+
+// The forward on oneDNN's preferred activation layouts (measured, not used by the models).
+ffi::Error ForwardBlocked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                          ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                          ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                          int64_t groups) {
+  return WithGeometry(x.dimensions(), k.dimensions(), y->dimensions(), strides, pad_lo, pad_hi,
+                      groups, [&](const Geometry& g) {
+    Execute<dnnl::convolution_forward>(
+        ForwardDesc(g, /*blocked=*/true),
         {{DNNL_ARG_SRC, UserActivation(g.src), x.typed_data()},
          {DNNL_ARG_WEIGHTS, UserKernel(g), k.typed_data()}},
         {DNNL_ARG_DST, UserActivation(g.dst), y->typed_data()});
@@ -259,6 +277,7 @@ ffi::Error BackwardKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
       .Attr<int64_t>("groups")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(KpsemOnednnConvForward, Forward, KPSEM_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KpsemOnednnConvForwardBlocked, ForwardBlocked, KPSEM_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(KpsemOnednnConvForwardBf16, ForwardBf16, KPSEM_CONV_BF16_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(KpsemOnednnConvBackwardInput, BackwardInput, KPSEM_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(KpsemOnednnConvBackwardKernel, BackwardKernel, KPSEM_CONV_BINDING);
