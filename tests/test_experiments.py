@@ -348,6 +348,14 @@ def test_the_docs_results_tables_are_what_the_report_makes_of_the_committed_json
   (tmp_path / "experiments").symlink_to(os.path.join(root, "docs", "experiments"))
   assert report.refresh_files([str(edited)], check=True) == 1
   assert report.refresh_files([str(edited)]) == 0 and edited.read_text() == text
+  # Each committed suite folder's results.md is what the report makes of its results.json.
+  import glob  # pylint: disable=import-outside-toplevel
+  folders = glob.glob(os.path.join(root, "docs", "experiments", "**", "results.json"),
+                      recursive=True)
+  assert len(folders) >= 20
+  for path in folders:
+    with open(path) as f:
+      assert open(path[:-len(".json")] + ".md").read() == report.table_of(json.load(f)), path
 
 
 def test_a_suite_stopped_by_a_signal_says_so_in_one_line(tmp_path):
@@ -403,6 +411,8 @@ def test_a_paired_suite_runs_seed_by_seed_so_a_cut_suite_holds_whole_pairs(tmp_p
                    data="key_object_faint_test_100")
   names = [v.name for v in suite_lib.SUITES["mfnet"]]
   assert order == [(n, s) for s in range(2) for n in names]
+  # The table names the suite's own clips (MFNet's 96x96), not the C2D's.
+  assert "8x96x96 clips, 2 steps" in (tmp_path / "paired" / "results.md").read_text()
   order.clear()
   runner.run_suite("ablation", str(tmp_path / "rows"), seeds=2, steps=2, log=quiet,
                    only=["C2D", "fixed regions"])

@@ -116,7 +116,9 @@ def _pe(p: float) -> str:
 
 def markdown(rows: Sequence[Dict], steps: int, data: str = "translation",
              trend_tests: Optional[Dict[str, Dict]] = None) -> str:
-  c = run_config(C2D, 0, steps, "", data)  # the clip and batch of every C2D run
+  # The clip and batch of the table's first row (every row of a suite shares them).
+  first = Variant(rows[0]["variant"], rows[0]["group"], rows[0]["config"]) if rows else C2D
+  c = run_config(first, 0, steps, "", data)
   moved = any("split_movement" in r for r in rows)
   lines = [f"{DATA[data]}, {c.clip.frames}x{c.clip.crop}x{c.clip.crop} clips, {steps} steps "
            f"of {c.batch_size} clips; mean ± sample std "
