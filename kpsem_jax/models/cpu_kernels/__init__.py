@@ -108,8 +108,9 @@ _conv3d.defvjp(_conv3d_fwd, _conv3d_bwd)
 
 def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding,
          groups: int = 1) -> jax.Array:
-  """``layers.conv`` through oneDNN: float32, 1 to 3 spatial axes, channels-last; a
-  bfloat16 ``x`` runs oneDNN's bfloat16 forward (inference only: it has no gradient).
+  """``layers.conv`` through oneDNN: float32, 1 to 3 spatial axes, channels-last; ``x`` and
+  ``kernel`` both bfloat16 run oneDNN's bfloat16 forward (inference only: it has no
+  gradient), any other pair is computed in float32.
 
   Args:
     x: ``(B, *spatial, C_in)``.
@@ -129,7 +130,10 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Paddi
                      "1 to 3 spatial axes")
   # Leading size-1 spatial axes make every convolution a 3-D one.
   lead = 3 - nd
-  dtype = jnp.bfloat16 if x.dtype == jnp.bfloat16 else jnp.float32
+  # Both in bfloat16 (bf16 inference casts the weights): oneDNN's bf16 forward. Otherwise
+  # float32 with its gradient, whatever x's dtype (bf16 training keeps float32 kernels).
+  both_bf16 = x.dtype == jnp.bfloat16 and kernel.dtype == jnp.bfloat16
+  dtype = jnp.bfloat16 if both_bf16 else jnp.float32
   x3 = x.astype(dtype).reshape(x.shape[:1] + (1,) * lead + x.shape[1:])
   k3 = kernel.astype(dtype).reshape((1,) * lead + kernel.shape)
   strides3, padding3 = (1,) * lead + tuple(strides), ((0, 0),) * lead + tuple(padding)
